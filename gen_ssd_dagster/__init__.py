@@ -1,0 +1,1 @@
+"""Gen-SSD: generation-time self-selection distillation."""

@@ -1,0 +1,163 @@
+"""The knobs of Gen-SSD and of its baselines.
+
+The paper (arXiv 2604.02819) publishes no code and no hyperparameters: every default below is
+ours, chosen so that the embedded demo shows the effect on 2 CPU cores. Every value is recorded
+with every trajectory (see `config_dict()` / `config_hash()`), so stored work says how it was made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Literal
+
+from .errors import ConfigError
+
+PPLNormalisation = Literal["token", "char"]
+SuitabilityRule = Literal["ratio", "absolute", "none"]
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How the teacher samples, shared by Gen-SSD and the baselines.
+
+    sampling:
+        temperature: softmax temperature of the teacher; must be > 0 when more than one candidate
+            is drawn (a greedy teacher would propose K identical candidates).
+        top_p: nucleus sampling mass, in (0, 1].
+        max_new_tokens: length cap of a whole solution, in teacher tokens. A path that reaches it
+            without a final answer ends as ``length_cap``.
+        seed: seeds the teacher's sampling so a run can be repeated.
+    """
+
+    temperature: float = 1.0
+    top_p: float = 0.95
+    max_new_tokens: int = 192
+    seed: int = 0
+
+    def validate(self, num_candidates: int) -> None:
+        if num_candidates < 1:
+            raise ConfigError(f"num_candidates (K) must be >= 1, got {num_candidates}")
+        if not self.temperature > 0 and num_candidates > 1:
+            raise ConfigError(
+                f"temperature must be > 0 when num_candidates (K) > 1, got temperature={self.temperature}"
+                f" with K={num_candidates}: a greedy teacher proposes K identical candidates"
+            )
+        if self.temperature < 0:
+            raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+@dataclass(frozen=True)
+class GenSSDConfig:
+    """Generation-time self-selection: the teacher proposes, the student chooses.
+
+    generation:
+        chunk_tokens: size of one chunk, in teacher tokens (the paper tunes this per task).
+        snap_to_line: end a chunk early at the first newline after at least one token, so a chunk
+            is a whole reasoning step rather than a cut through one.
+    sampling:
+        num_candidates: K, the candidate continuations proposed per step.
+        sampling: temperature, top-p, length cap and seed (see `SamplingConfig`).
+    selection:
+        ppl_normalisation: "token" = exp(mean NLL per student token); "char" = exp(NLL per
+            character), which does not depend on the student's tokenizer.
+        suitability: the rule a candidate must pass to be learnable.
+            "ratio": PPL <= ppl_ratio x running PPL of the accepted prefix (the first chunk, which
+                has no prefix, is held to max_ppl instead);
+            "absolute": PPL <= max_ppl;
+            "none": never prune (every step keeps its best candidate).
+        ppl_ratio: the factor of the "ratio" rule.
+        max_ppl: the ceiling of the "absolute" rule and of the first chunk under "ratio".
+        When no candidate of a step passes, the path is pruned there.
+    """
+
+    chunk_tokens: int = 16
+    snap_to_line: bool = True
+    num_candidates: int = 4
+    sampling: SamplingConfig = SamplingConfig()
+    ppl_normalisation: PPLNormalisation = "token"
+    suitability: SuitabilityRule = "ratio"
+    ppl_ratio: float = 3.0
+    max_ppl: float = 20.0
+
+    method = "gen_ssd"
+
+    def validate(self) -> None:
+        self.sampling.validate(self.num_candidates)
+        if self.chunk_tokens < 1:
+            raise ConfigError(f"chunk_tokens must be >= 1, got {self.chunk_tokens}")
+        if self.ppl_normalisation not in ("token", "char"):
+            raise ConfigError(f"ppl_normalisation must be 'token' or 'char', got {self.ppl_normalisation!r}")
+        if self.suitability not in ("ratio", "absolute", "none"):
+            raise ConfigError(f"suitability must be 'ratio', 'absolute' or 'none', got {self.suitability!r}")
+        if not self.ppl_ratio > 0:
+            raise ConfigError(f"ppl_ratio must be > 0, got {self.ppl_ratio}")
+        if not self.max_ppl > 1:
+            raise ConfigError(f"max_ppl must be > 1 (a perplexity is never below 1), got {self.max_ppl}")
+
+
+@dataclass(frozen=True)
+class StandardKDConfig:
+    """Standard knowledge distillation: K full teacher samples per problem, keep the correct ones."""
+
+    num_candidates: int = 4
+    sampling: SamplingConfig = SamplingConfig()
+
+    method = "standard_kd"
+
+    def validate(self) -> None:
+        self.sampling.validate(self.num_candidates)
+
+
+@dataclass(frozen=True)
+class PostHocConfig:
+    """Post-hoc filtering: K full teacher samples, keep the correct one of lowest student PPL."""
+
+    num_candidates: int = 4
+    sampling: SamplingConfig = SamplingConfig()
+    ppl_normalisation: PPLNormalisation = "token"
+
+    method = "posthoc"
+
+    def validate(self) -> None:
+        self.sampling.validate(self.num_candidates)
+        if self.ppl_normalisation not in ("token", "char"):
+            raise ConfigError(f"ppl_normalisation must be 'token' or 'char', got {self.ppl_normalisation!r}")
+
+
+MethodConfig = GenSSDConfig | StandardKDConfig | PostHocConfig
+
+
+def config_dict(config: MethodConfig) -> dict:
+    """The exact configuration as plain data, with the method name, for storing beside results."""
+    return {"method": config.method, **dataclasses.asdict(config)}
+
+
+def config_hash(config: MethodConfig) -> str:
+    """A short, stable hash of the configuration: part of the key of stored work."""
+    blob = json.dumps(config_dict(config), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def config_from_dict(data: dict) -> MethodConfig:
+    """Inverse of `config_dict`; unknown keys are an error that names them."""
+    data = dict(data)
+    method = data.pop("method", None)
+    classes = {c.method: c for c in (GenSSDConfig, StandardKDConfig, PostHocConfig)}
+    if method not in classes:
+        raise ConfigError(f"method must be one of {sorted(classes)}, got {method!r}")
+    cls = classes[method]
+    sampling = SamplingConfig(**data.pop("sampling", {}))
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise ConfigError(f"unknown setting(s) for {method}: {sorted(unknown)}")
+    config = cls(sampling=sampling, **data)
+    config.validate()
+    return config
