@@ -1,0 +1,213 @@
+"""Teacher and student backends: the only code that touches model weights during selection.
+
+The method talks to two small interfaces, so a vLLM engine or a served model can stand in later:
+
+* a teacher `start(prompts)`s a session; each step it `propose`s K continuations per live path and
+  is told which one was `accept`ed (or that the path was dropped);
+* a student scorer does the same with `score`, returning the summed NLL and token count of each
+  candidate under the student's OWN tokenizer. Only text crosses between them, so teacher and
+  student need not share a vocabulary.
+
+The transformers backends keep each path's KV cache between steps (see `kv_batch.KVBatch`), so
+the accepted prefix is encoded once, not once per step, and the K candidates share it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from .kv_batch import KVBatch
+from .models import ModelSpec, load_model, load_tokenizer
+
+
+@dataclass
+class Proposal:
+    text: str
+    tokens: int  # teacher tokens generated (EOS included)
+    ended: bool  # the teacher emitted EOS
+
+
+@dataclass
+class Score:
+    nll: float  # summed over the student tokens of the text (+ the student's EOS if it ends there)
+    tokens: int
+
+
+class TeacherSession(Protocol):
+    def propose(self, k: int, max_tokens: list[int], stop_at_newline: bool) -> list[list[Proposal]]: ...
+    def accept(self, chosen: list[int | None]) -> None: ...
+
+
+class ScorerSession(Protocol):
+    def score(self, candidates: list[list[str]], ends: list[list[bool]]) -> list[list[Score]]: ...
+    def accept(self, chosen: list[int | None]) -> None: ...
+
+
+class Teacher(Protocol):
+    version: str
+
+    def start(self, prompts: list[str], temperature: float, top_p: float, seed: int) -> TeacherSession: ...
+
+
+class Scorer(Protocol):
+    version: str
+
+    def start(self, prompts: list[str]) -> ScorerSession: ...
+
+
+def model_version(spec: ModelSpec) -> str:
+    """What identifies the weights: a cheap content fingerprint of a local checkpoint, or the hub
+    revision. The fingerprint reads config.json and the sizes plus the first and last MiB of each
+    weight file, so it changes with any retraining without hashing gigabytes."""
+    if not spec.is_local:
+        return f"{spec.name_or_path}@{spec.revision or 'main'}"
+    root = Path(spec.name_or_path).expanduser()
+    digest = hashlib.sha256()
+    for path in sorted(root.iterdir()):
+        if not path.is_file():
+            continue
+        digest.update(path.name.encode())
+        size = path.stat().st_size
+        digest.update(str(size).encode())
+        with path.open("rb") as f:
+            digest.update(f.read(1 << 20))
+            if size > 2 << 20:
+                f.seek(-(1 << 20), 2)
+                digest.update(f.read(1 << 20))
+    return f"{root.name}-{digest.hexdigest()[:12]}"
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator) -> torch.Tensor:
+    """One token per row, with temperature and nucleus (top-p) sampling; greedy at temperature 0."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        outside = sorted_p.cumsum(-1) - sorted_p > top_p  # keep the smallest set reaching top_p
+        sorted_p[outside] = 0.0
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return torch.multinomial(probs, 1, generator=gen).squeeze(1)
+
+
+def _accept_rows(chosen: list[int | None], k: int) -> list[int]:
+    """Rows of a K-way fanned-out batch to keep: the chosen candidate of each surviving path."""
+    return [i * k + c for i, c in enumerate(chosen) if c is not None]
+
+
+class TransformersTeacher:
+    """Teacher sampling with transformers, batched over paths x candidates, KV cache kept."""
+
+    def __init__(self, spec: ModelSpec):
+        self.spec = spec
+        self.model = load_model(spec)
+        self.tokenizer = load_tokenizer(spec)
+        self.version = model_version(spec)
+        # Token ids whose text holds a newline: where a chunk may be snapped to a step boundary.
+        vocab = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
+        newline_ids = [i for i, piece in enumerate(vocab) if piece and ("\n" in piece or "Ċ" in piece)]
+        self.newline_ids = set(newline_ids)
+
+    def start(self, prompts: list[str], temperature: float, top_p: float, seed: int) -> "_TeacherSession":
+        ids = [self.tokenizer(p)["input_ids"] for p in prompts]
+        return _TeacherSession(self, KVBatch(self.model, ids, self.tokenizer.pad_token_id), temperature, top_p, seed)
+
+
+class _TeacherSession:
+    def __init__(self, teacher: TransformersTeacher, batch: KVBatch, temperature: float, top_p: float, seed: int):
+        self.teacher, self.batch = teacher, batch
+        self.temperature, self.top_p = temperature, top_p
+        self.gen = torch.Generator().manual_seed(seed)
+        self.k = 1
+
+    @torch.no_grad()
+    def propose(self, k: int, max_tokens: list[int], stop_at_newline: bool) -> list[list[Proposal]]:
+        tok = self.teacher.tokenizer
+        self.k = k
+        n_paths = len(self.batch)
+        self.batch.select(torch.arange(n_paths).repeat_interleave(k))
+        rows = n_paths * k
+        budget = torch.tensor(max_tokens).repeat_interleave(k)
+        live = budget > 0
+        generated = [[] for _ in range(rows)]
+        ended = [False] * rows
+        for _ in range(int(budget.max()) if rows else 0):
+            if not live.any():
+                break
+            token = _sample(self.batch.last_logits, self.temperature, self.top_p, self.gen)
+            token = torch.where(live, token, torch.full_like(token, tok.pad_token_id))
+            mask = live.long()
+            self.batch.extend(token[:, None], mask[:, None])
+            for r in torch.nonzero(live).squeeze(1).tolist():
+                t = int(token[r])
+                generated[r].append(t)
+                if t == tok.eos_token_id:
+                    ended[r] = True
+                    live[r] = False
+                elif len(generated[r]) >= budget[r] or (stop_at_newline and t in self.teacher.newline_ids):
+                    live[r] = False
+        proposals = []
+        for r in range(rows):
+            text_ids = [t for t in generated[r] if t != tok.eos_token_id]
+            proposals.append(Proposal(tok.decode(text_ids), len(generated[r]), ended[r]))
+        return [proposals[i * k:(i + 1) * k] for i in range(n_paths)]
+
+    def accept(self, chosen: list[int | None]) -> None:
+        self.batch.select(_accept_rows(chosen, self.k))
+        self.k = 1
+
+
+class TransformersScorer:
+    """The student's view: summed NLL of candidate text under its own tokenizer, KV cache kept."""
+
+    def __init__(self, spec: ModelSpec):
+        self.spec = spec
+        self.model = load_model(spec)
+        self.tokenizer = load_tokenizer(spec)
+        self.version = model_version(spec)
+
+    def start(self, prompts: list[str]) -> "_ScorerSession":
+        ids = [self.tokenizer(p)["input_ids"] for p in prompts]
+        return _ScorerSession(self, KVBatch(self.model, ids, self.tokenizer.pad_token_id))
+
+    def score_texts(self, prompts: list[str], texts: list[str], ends: list[bool] | None = None) -> list[Score]:
+        """Score whole completions (post-hoc filtering, trajectory PPL): one text per prompt."""
+        session = self.start(prompts)
+        scores = session.score([[t] for t in texts], [[e] for e in (ends or [True] * len(texts))])
+        return [s[0] for s in scores]
+
+
+class _ScorerSession:
+    def __init__(self, scorer: TransformersScorer, batch: KVBatch):
+        self.scorer, self.batch, self.k = scorer, batch, 1
+
+    @torch.no_grad()
+    def score(self, candidates: list[list[str]], ends: list[list[bool]]) -> list[list[Score]]:
+        tok = self.scorer.tokenizer
+        n_paths, k = len(candidates), len(candidates[0])
+        self.k = k
+        self.batch.select(torch.arange(n_paths).repeat_interleave(k))
+        ids = []
+        for texts, text_ends in zip(candidates, ends):
+            for text, end in zip(texts, text_ends):
+                piece = tok(text, add_special_tokens=False)["input_ids"] if text else []
+                ids.append(piece + ([tok.eos_token_id] if end else []))
+        width = max(1, max(len(t) for t in ids))
+        padded = torch.full((len(ids), width), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(padded)
+        for r, t in enumerate(ids):
+            padded[r, : len(t)] = torch.tensor(t, dtype=torch.long)
+            mask[r, : len(t)] = 1
+        logprobs = self.batch.next_token_logprobs(padded, mask)
+        flat = [Score(float(-logprobs[r].sum()), len(ids[r])) for r in range(len(ids))]
+        return [flat[i * k:(i + 1) * k] for i in range(n_paths)]
+
+    def accept(self, chosen: list[int | None]) -> None:
+        self.batch.select(_accept_rows(chosen, self.k))
+        self.k = 1

@@ -1,0 +1,90 @@
+"""The two baselines, shaped like Gen-SSD: problems in, trajectories out.
+
+Both draw K complete teacher solutions per problem and have the student score each whole
+solution (so every method reports the PPL of what it trains on). They differ in what they keep:
+Standard KD keeps every correct sample; post-hoc filtering keeps the correct sample of lowest
+student PPL.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from .backends import Scorer, Teacher
+from .config import PostHocConfig, StandardKDConfig, config_dict
+from .grading import grade
+from .prompts import format_prompt
+from .selection import normalised_ppl
+from .solution_text import cut_after_answer, ends_with_answer
+from .types import Problem, Trajectory
+
+Progress = Callable[[dict], None]
+
+
+def sample_full(
+    problems: list[Problem],
+    teacher: Teacher,
+    scorer: Scorer,
+    config: StandardKDConfig | PostHocConfig,
+    batch_size: int = 16,
+    progress: Progress | None = None,
+) -> list[list[Trajectory]]:
+    """K complete, graded, student-scored teacher solutions per problem (none selected yet)."""
+    s = config.sampling
+    normalisation = getattr(config, "ppl_normalisation", "token")
+    out: list[list[Trajectory]] = []
+    for start in range(0, len(problems), batch_size):
+        batch = problems[start : start + batch_size]
+        prompts = [format_prompt(p.question) for p in batch]
+        session = teacher.start(prompts, s.temperature, s.top_p, s.seed + start)
+        proposals = session.propose(config.num_candidates, [s.max_new_tokens] * len(batch), stop_at_newline=False)
+        texts = [[cut_after_answer(c.text) for c in props] for props in proposals]
+        finished = [[c.ended or ends_with_answer(t) for c, t in zip(props, ts)] for props, ts in zip(proposals, texts)]
+        flat_prompts = [p for p, ts in zip(prompts, texts) for _ in ts]
+        flat_scores = scorer.score_texts(flat_prompts, [t for ts in texts for t in ts], [f for fs in finished for f in fs])
+        for i, problem in enumerate(batch):
+            samples = []
+            for k, (prop, text, done) in enumerate(zip(proposals[i], texts[i], finished[i])):
+                score = flat_scores[i * config.num_candidates + k]
+                predicted, correct = grade(text, problem.gold) if done else (None, None)
+                samples.append(
+                    Trajectory(
+                        dataset=problem.dataset,
+                        problem_id=problem.problem_id,
+                        method=config.method,
+                        sample_index=k,
+                        question=problem.question,
+                        gold=problem.gold,
+                        text=text,
+                        end_reason="finished" if done else "length_cap",
+                        teacher_tokens=prop.tokens,
+                        student_tokens=score.tokens,
+                        ppl=normalised_ppl(score.nll, score.tokens, text, normalisation),
+                        predicted=predicted,
+                        correct=correct,
+                        config=config_dict(config),
+                    )
+                )
+            out.append(samples)
+        if progress:
+            progress({"done": len(out), "total": len(problems), "method": config.method})
+    return out
+
+
+def run_standard_kd(problems, teacher, scorer, config: StandardKDConfig, batch_size=16, progress=None) -> list[Trajectory]:
+    config.validate()
+    groups = sample_full(problems, teacher, scorer, config, batch_size, progress)
+    for samples in groups:
+        for t in samples:
+            t.selected = bool(t.correct)
+    return [t for samples in groups for t in samples]
+
+
+def run_posthoc(problems, teacher, scorer, config: PostHocConfig, batch_size=16, progress=None) -> list[Trajectory]:
+    config.validate()
+    groups = sample_full(problems, teacher, scorer, config, batch_size, progress)
+    for samples in groups:
+        correct = [t for t in samples if t.correct]
+        if correct:
+            min(correct, key=lambda t: t.ppl).selected = True
+    return [t for samples in groups for t in samples]

@@ -1,0 +1,35 @@
+"""One entry point for every method, so callers (the demo, Dagster assets) need not branch."""
+
+from __future__ import annotations
+
+from .backends import Scorer, Teacher
+from .baselines import run_posthoc, run_standard_kd
+from .config import GenSSDConfig, MethodConfig, PostHocConfig, StandardKDConfig
+from .prompts import format_prompt
+from .selection import Progress, run_gen_ssd
+from .types import Problem, Trajectory
+
+METHODS = ("gen_ssd", "standard_kd", "posthoc")
+
+
+def run_method(
+    config: MethodConfig,
+    problems: list[Problem],
+    teacher: Teacher,
+    scorer: Scorer,
+    batch_size: int = 16,
+    progress: Progress | None = None,
+) -> list[Trajectory]:
+    """Trajectories of `problems` by the method `config` describes; `.selected` marks training data."""
+    if isinstance(config, GenSSDConfig):
+        return run_gen_ssd(problems, teacher, scorer, config, batch_size, progress)
+    if isinstance(config, StandardKDConfig):
+        return run_standard_kd(problems, teacher, scorer, config, batch_size, progress)
+    if isinstance(config, PostHocConfig):
+        return run_posthoc(problems, teacher, scorer, config, batch_size, progress)
+    raise TypeError(f"not a method config: {type(config).__name__}")
+
+
+def training_examples(trajectories: list[Trajectory]) -> list[tuple[str, str]]:
+    """(prompt, completion) pairs from the trajectories a method selected."""
+    return [(format_prompt(t.question), t.text) for t in trajectories if t.selected]

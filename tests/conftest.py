@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny real transformer models with two DIFFERENT tokenizers, built on the spot.
+
+They are random-weight Llama models (the demo's trained models are tested elsewhere); what these
+fixtures guarantee is that every code path runs on real transformers models, saved with
+`save_pretrained` and loaded back through the project's own loader.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+CORPUS = [
+    "Question: Mia has 7 apples. She buys 5 more. How many apples does Mia have?\nAnswer:\n",
+    "7 + 5 = 12\n12 - 3 = 9\n#### 9\n",
+    "Tom has 12 pears. He gives away 4 and doubles the rest. How many pears now?\n",
+    "12 - 4 = 8\n8 * 2 = 16\n#### 16\n",
+] * 20
+
+
+def data_dir() -> Path:
+    """The shared benchmark data: $GEN_SSD_DATA_DIR, else ../shared/data beside the repo."""
+    env = os.environ.get("GEN_SSD_DATA_DIR")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def build_tiny_model(out: Path, vocab_size: int, hidden: int, layers: int, seed: int) -> Path:
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "<s>", "</s>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(CORPUS, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(fast), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(out)
+    fast.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> tuple[Path, Path]:
+    """(teacher_dir, student_dir): random tiny Llamas whose tokenizers differ."""
+    root = tmp_path_factory.mktemp("tiny_models")
+    teacher = build_tiny_model(root / "teacher", vocab_size=300, hidden=64, layers=2, seed=0)
+    student = build_tiny_model(root / "student", vocab_size=270, hidden=32, layers=1, seed=1)
+    return teacher, student

@@ -1,0 +1,145 @@
+"""The Gen-SSD loop and the baselines on real (tiny, random) transformer models."""
+
+import dataclasses
+
+import pytest
+
+from gen_ssd_dagster.core.backends import TransformersScorer, TransformersTeacher
+from gen_ssd_dagster.core.baselines import run_posthoc, run_standard_kd
+from gen_ssd_dagster.core.config import GenSSDConfig, PostHocConfig, SamplingConfig, StandardKDConfig
+from gen_ssd_dagster.core.errors import ConfigError
+from gen_ssd_dagster.core.methods import run_method
+from gen_ssd_dagster.core.models import ModelSpec
+from gen_ssd_dagster.core.selection import normalised_ppl
+from gen_ssd_dagster.core.types import Problem
+
+PROBLEMS = [
+    Problem("demo", f"demo-{i}", q, g)
+    for i, (q, g) in enumerate(
+        [("Mia has 7 apples. She buys 5 more.", "12"), ("Tom has 12 pears.", "12"), ("What is 8 * 2?", "16")]
+    )
+]
+
+
+@pytest.fixture(scope="module")
+def backends(tiny_models):
+    teacher_dir, student_dir = tiny_models
+    return TransformersTeacher(ModelSpec(str(teacher_dir))), TransformersScorer(ModelSpec(str(student_dir)))
+
+
+def _config(**kw) -> GenSSDConfig:
+    sampling = SamplingConfig(temperature=1.0, top_p=0.9, max_new_tokens=24, seed=3)
+    return GenSSDConfig(chunk_tokens=6, num_candidates=3, sampling=sampling, **kw)
+
+
+def test_gen_ssd_keeps_lowest_ppl_candidate_and_accounts_for_every_token(backends):
+    teacher, scorer = backends
+    config = _config(suitability="none")
+    trajectories = run_method(config, PROBLEMS, teacher, scorer, batch_size=2)
+    assert [t.problem_id for t in trajectories] == [p.problem_id for p in PROBLEMS]
+    for t in trajectories:
+        assert t.end_reason in ("finished", "length_cap")  # "none" never prunes
+        assert t.config["num_candidates"] == 3 and t.config["chunk_tokens"] == 6
+        assert t.text == "".join(s.candidates[s.chosen].text for s in t.steps)
+        assert t.teacher_tokens == sum(c.teacher_tokens for s in t.steps for c in s.candidates)
+        for step in t.steps:
+            assert len(step.candidates) == 3
+            assert step.candidates[step.chosen].ppl == min(c.ppl for c in step.candidates)
+            for c in step.candidates:
+                assert 1 <= c.teacher_tokens <= 6
+                # Scored under the STUDENT's tokenizer, not the teacher's (+1 for the student's EOS).
+                n = len(scorer.tokenizer(c.text, add_special_tokens=False)["input_ids"]) if c.text else 0
+                assert c.student_tokens == n + int(c.ends_solution)
+                assert c.ppl == pytest.approx(normalised_ppl(c.nll, c.student_tokens, c.text, "token"))
+
+
+def test_candidate_nll_equals_student_scoring_the_text_directly(backends):
+    teacher, scorer = backends
+    trajectory = run_method(_config(suitability="none"), PROBLEMS[:1], teacher, scorer)[0]
+    from gen_ssd_dagster.core.prompts import format_prompt
+
+    first = trajectory.steps[0]
+    direct = scorer.score_texts([format_prompt(PROBLEMS[0].question)] * 3, [c.text for c in first.candidates],
+                                [c.ends_solution for c in first.candidates])
+    for c, d in zip(first.candidates, direct):
+        assert c.nll == pytest.approx(d.nll, rel=1e-4, abs=1e-4)
+
+
+def test_same_seed_same_trajectories(backends):
+    teacher, scorer = backends
+    a = run_method(_config(suitability="none"), PROBLEMS, teacher, scorer)
+    b = run_method(_config(suitability="none"), PROBLEMS, teacher, scorer)
+    assert [t.text for t in a] == [t.text for t in b]
+
+
+def test_absolute_ceiling_prunes_when_no_candidate_is_learnable(backends):
+    teacher, scorer = backends
+    # A random student's perplexity is near its vocabulary size: nothing passes a ceiling of 2.
+    trajectories = run_method(_config(suitability="absolute", max_ppl=2.0), PROBLEMS, teacher, scorer)
+    for t in trajectories:
+        assert t.end_reason == "pruned" and t.text == "" and not t.selected
+        assert len(t.steps) == 1 and t.steps[0].chosen is None
+        assert t.teacher_tokens == sum(c.teacher_tokens for c in t.steps[0].candidates) > 0
+
+
+def test_ratio_rule_compares_with_running_ppl_of_accepted_prefix(backends):
+    teacher, scorer = backends
+    loose = run_method(_config(suitability="ratio", ppl_ratio=100.0, max_ppl=1e6), PROBLEMS, teacher, scorer)
+    assert all(t.end_reason != "pruned" for t in loose)
+    tight = run_method(_config(suitability="ratio", ppl_ratio=0.5, max_ppl=1e6), PROBLEMS, teacher, scorer)
+    # The first chunk passes the ceiling; no later chunk is twice as predictable as the prefix.
+    for t in tight:
+        assert t.end_reason in ("pruned", "finished")
+        if t.end_reason == "pruned":
+            assert len(t.steps) >= 2 and t.steps[0].chosen is not None
+
+
+def test_length_cap_ends_paths(backends):
+    teacher, scorer = backends
+    config = _config(suitability="none", snap_to_line=False)
+    for t in run_method(config, PROBLEMS, teacher, scorer):
+        accepted = sum(s.candidates[s.chosen].teacher_tokens for s in t.steps)
+        assert t.end_reason == "finished" or (t.end_reason == "length_cap" and accepted == 24)
+
+
+def test_baselines_sample_k_full_solutions(backends):
+    teacher, scorer = backends
+    sampling = SamplingConfig(temperature=1.0, max_new_tokens=16, seed=1)
+    kd = run_standard_kd(PROBLEMS, teacher, scorer, StandardKDConfig(num_candidates=2, sampling=sampling))
+    post = run_posthoc(PROBLEMS, teacher, scorer, PostHocConfig(num_candidates=2, sampling=sampling))
+    for trajectories, method in ((kd, "standard_kd"), (post, "posthoc")):
+        assert len(trajectories) == 2 * len(PROBLEMS)
+        assert {t.method for t in trajectories} == {method}
+        assert all(0 < t.teacher_tokens <= 16 and t.ppl > 1 for t in trajectories)
+        assert all(t.selected == bool(t.correct) or method == "posthoc" for t in trajectories)
+    # Same seed, same teacher: both baselines see the very same samples.
+    assert [t.text for t in kd] == [t.text for t in post]
+
+
+@pytest.mark.parametrize(
+    "config, setting",
+    [
+        (GenSSDConfig(num_candidates=0), "num_candidates"),
+        (GenSSDConfig(chunk_tokens=0), "chunk_tokens"),
+        (GenSSDConfig(sampling=SamplingConfig(temperature=0.0)), "temperature"),
+        (GenSSDConfig(sampling=SamplingConfig(top_p=1.5)), "top_p"),
+        (GenSSDConfig(suitability="sometimes"), "suitability"),
+        (StandardKDConfig(num_candidates=-1), "num_candidates"),
+    ],
+)
+def test_bad_settings_are_named(config, setting):
+    with pytest.raises(ConfigError, match=setting):
+        config.validate()
+
+
+def test_greedy_single_candidate_is_allowed():
+    GenSSDConfig(num_candidates=1, sampling=SamplingConfig(temperature=0.0)).validate()
+
+
+def test_config_hash_changes_with_any_knob():
+    from gen_ssd_dagster.core.config import config_hash
+
+    base = GenSSDConfig()
+    assert config_hash(base) == config_hash(GenSSDConfig())
+    assert config_hash(base) != config_hash(dataclasses.replace(base, chunk_tokens=17))
+    assert config_hash(base) != config_hash(dataclasses.replace(base, sampling=SamplingConfig(seed=1)))
