@@ -1,2 +1,99 @@
-def main():
-    raise SystemExit("not yet")
+"""`gen-ssd`: the user's entry point for what is not Dagster (demo, report, ...).
+
+One small function per subcommand; the work lives in the library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from gen_ssd_dagster.core.errors import GenSSDError
+
+
+def default_home() -> Path:
+    """Where a run keeps its state: $GEN_SSD_HOME, else ./.gen_ssd_home."""
+    return Path(os.environ.get("GEN_SSD_HOME", ".gen_ssd_home")).resolve()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the library demo (no Dagster): every method on the embedded demo world."""
+    import time
+
+    from gen_ssd_dagster.core.demo import DemoConfig, run_demo
+
+    started = time.perf_counter()
+    result = run_demo(Path(args.home) / "library_demo", DemoConfig(seed=args.seed))
+    print(f"\nAccuracy on the demo test split ({time.perf_counter() - started:.0f}s in all):")
+    width = max(map(len, result.accuracy))
+    for name, acc in result.accuracy.items():
+        print(f"  {name:<{width}}  {acc:6.1%}")
+    return 0
+
+
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    """Materialize the Dagster asset graph (embedded demo by default), then print the scores."""
+    from gen_ssd_dagster.pipeline import run_pipeline
+    from gen_ssd_dagster.store import Home
+
+    home = Home.resolve(args.home)
+    result = run_pipeline(home, partition=args.partition)
+    cmd_report(args)
+    return 0 if result.success else 1
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Print the latest evaluation score of each student on each benchmark, from DuckDB."""
+    import json
+
+    from gen_ssd_dagster.store import Home, Store
+    from gen_ssd_dagster.store.scores import latest_scores, score_table
+
+    home = Home.resolve(args.home)
+    if not home.db_path.exists():
+        print(f"gen-ssd: no results in {home.root} yet: run `gen-ssd pipeline` first", file=sys.stderr)
+        return 1
+    df = latest_scores(Store(home.db_path))
+    if getattr(args, "json", False):
+        rows = df.assign(created_at=df.created_at.astype(str)).to_dict(orient="records")
+        print(json.dumps({"home": str(home.root), "scores": rows}, indent=2))
+    else:
+        print(f"Accuracy (latest score per student and benchmark; {home.db_path}):\n")
+        print(score_table(df))
+        if not df.empty:
+            print(f"\ngrader {', '.join(sorted(set(df.grader_version)))}; MLflow runs: "
+                  f"{', '.join(sorted(set(df.mlflow_run_id.dropna())))}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gen-ssd", description=__doc__.splitlines()[0])
+    parser.add_argument("--home", default=str(default_home()), help="state directory (default: $GEN_SSD_HOME or ./.gen_ssd_home)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="run the library demo end to end and print accuracies")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=cmd_demo)
+    pipeline = sub.add_parser("pipeline", help="materialize the Dagster asset graph in-process and print the scores")
+    pipeline.add_argument("--partition", default="demo", help="dataset partition of the trajectory assets (default: demo)")
+    pipeline.set_defaults(func=cmd_pipeline)
+    report = sub.add_parser("report", help="print the evaluation table (student x benchmark) from DuckDB")
+    report.add_argument("--json", action="store_true", help="machine-readable output")
+    report.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except GenSSDError as exc:  # bad input: one clear line, no traceback
+        print(f"gen-ssd: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""The whole method end to end on the embedded demo world, as a plain library call.
+
+teacher + base student -> cold start (fine-tune on a few Standard-KD samples) -> trajectories by
+Gen-SSD, Standard KD and post-hoc filtering -> one distilled student per method -> accuracy of
+every student on the demo test split. The Dagster pipeline runs the same steps as assets.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .backends import TransformersScorer, TransformersTeacher
+from .config import GenSSDConfig, PostHocConfig, SamplingConfig, StandardKDConfig
+from .data import BUILTIN_DATASETS, load_problems
+from .demo_models import DemoModelsConfig, build_demo_models
+from .demo_world import write_demo_dataset
+from .evaluation import evaluate
+from .methods import run_method, training_examples
+from .models import ModelSpec
+from .training import TrainConfig, fine_tune
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Sizes of the demo run. Defaults fit the 10-minute budget on 2 CPU cores.
+
+    n_train / n_test: demo problems generated for the train and test splits.
+    n_cold_start: train problems whose Standard-KD samples teach the student the format.
+    n_distill: train problems (disjoint from the cold-start ones) every method generates for.
+    """
+
+    seed: int = 0
+    n_train: int = 800
+    n_test: int = 200
+    n_cold_start: int = 64
+    n_distill: int = 320
+    models: DemoModelsConfig = DemoModelsConfig()
+    gen_ssd: GenSSDConfig = GenSSDConfig()
+    standard_kd: StandardKDConfig = StandardKDConfig()
+    posthoc: PostHocConfig = PostHocConfig()
+    cold_start_sampling: SamplingConfig = SamplingConfig(temperature=0.8)
+    cold_start_train: TrainConfig = TrainConfig(epochs=3, learning_rate=2e-3, batch_size=16, bf16=True)
+    distill_train: TrainConfig = TrainConfig(epochs=3, learning_rate=1e-3, batch_size=16, bf16=True)
+
+
+@dataclass
+class DemoResult:
+    accuracy: dict[str, float]  # student -> accuracy on the demo test split
+    trajectories: dict[str, list] = field(default_factory=dict)  # method -> trajectories
+    seconds: dict[str, float] = field(default_factory=dict)  # stage -> wall time
+
+
+def run_demo(home: str | Path, config: DemoConfig = DemoConfig(), log: Log = print) -> DemoResult:
+    home = Path(home)
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def stage(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[name] = now - clock
+        clock = now
+        log(f"[demo] {name} done in {seconds[name]:.1f}s")
+
+    data_dir = home / "data" / "demo"
+    write_demo_dataset(data_dir, config.n_train, config.n_test, config.seed)
+    train = load_problems(BUILTIN_DATASETS["demo"]["train"], data_dir=home / "data")
+    test = load_problems(BUILTIN_DATASETS["demo"]["test"], data_dir=home / "data")
+    cold_problems = train[: config.n_cold_start]
+    distill_problems = train[config.n_cold_start : config.n_cold_start + config.n_distill]
+
+    models = build_demo_models(home / "models", config.models, progress=_train_log(log, "demo models"))
+    stage("demo models")
+    teacher = TransformersTeacher(ModelSpec(str(models.teacher)))
+
+    base_scorer = TransformersScorer(ModelSpec(str(models.student)))
+    cold_kd = StandardKDConfig(num_candidates=2, sampling=config.cold_start_sampling)
+    cold_data = training_examples(run_method(cold_kd, cold_problems, teacher, base_scorer))
+    log(f"[demo] cold start: {len(cold_data)} correct teacher samples from {len(cold_problems)} problems")
+    cold = fine_tune(models.student, cold_data, home / "students" / "cold_start", config.cold_start_train,
+                     _train_log(log, "cold start"))
+    stage("cold start")
+
+    # The cold-start student is the judge: its perplexity now measures the teacher's format.
+    scorer = TransformersScorer(ModelSpec(str(cold.path)))
+    students = {"base": models.student, "cold_start": cold.path}
+    trajectories = {}
+    for method_config in (config.gen_ssd, config.standard_kd, config.posthoc):
+        method = method_config.method
+        trajectories[method] = run_method(method_config, distill_problems, teacher, scorer,
+                                          progress=lambda p: log(f"[demo] {p['method']}: {p['done']}/{p['total']} problems"))
+        examples = training_examples(trajectories[method])
+        log(f"[demo] {method}: {len(examples)} training trajectories, "
+            f"{sum(t.teacher_tokens for t in trajectories[method])} teacher tokens")
+        stage(f"{method} trajectories")
+        result = fine_tune(cold.path, examples, home / "students" / method, config.distill_train,
+                           _train_log(log, f"distill {method}"))
+        students[method] = result.path
+        stage(f"{method} student")
+
+    accuracy = {}
+    for name, path in students.items():
+        accuracy[name] = evaluate(ModelSpec(str(path)), test).accuracy
+        log(f"[demo] accuracy of {name}: {accuracy[name]:.3f}")
+    stage("evaluation")
+    return DemoResult(accuracy, trajectories, seconds)
+
+
+def _train_log(log: Log, what: str) -> Callable[[dict], None]:
+    def report(info: dict) -> None:
+        stage = f" {info['stage']}" if "stage" in info else ""
+        log(f"[demo] {what}{stage}: step {info['step']}/{info['total_steps']} loss {info['loss']:.3f}")
+
+    return report
