@@ -143,3 +143,18 @@ def test_config_hash_changes_with_any_knob():
     assert config_hash(base) == config_hash(GenSSDConfig())
     assert config_hash(base) != config_hash(dataclasses.replace(base, chunk_tokens=17))
     assert config_hash(base) != config_hash(dataclasses.replace(base, sampling=SamplingConfig(seed=1)))
+
+
+def test_posthoc_keeps_only_the_lowest_ppl_correct_sample():
+    from gen_ssd_dagster.core.baselines import select_lowest_ppl_correct
+    from gen_ssd_dagster.core.types import Trajectory
+
+    def sample(i, ppl, correct):
+        return Trajectory("demo", "p", "posthoc", i, "q", "1", "t", "finished", 5, 5, ppl, "1", correct)
+
+    samples = [sample(0, 1.5, False), sample(1, 3.0, True), sample(2, 2.0, True), sample(3, 9.0, None)]
+    select_lowest_ppl_correct(samples)
+    assert [t.selected for t in samples] == [False, False, True, False]
+    wrong = [sample(0, 1.1, False)]
+    select_lowest_ppl_correct(wrong)
+    assert not wrong[0].selected

@@ -84,7 +84,12 @@ def run_posthoc(problems, teacher, scorer, config: PostHocConfig, batch_size=16,
     config.validate()
     groups = sample_full(problems, teacher, scorer, config, batch_size, progress)
     for samples in groups:
-        correct = [t for t in samples if t.correct]
-        if correct:
-            min(correct, key=lambda t: t.ppl).selected = True
+        select_lowest_ppl_correct(samples)
     return [t for samples in groups for t in samples]
+
+
+def select_lowest_ppl_correct(samples: list[Trajectory]) -> None:
+    """Mark, among one problem's samples, the correct one the student finds most predictable."""
+    correct = [t for t in samples if t.correct]
+    if correct:
+        min(correct, key=lambda t: t.ppl).selected = True

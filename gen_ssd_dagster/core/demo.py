@@ -69,8 +69,8 @@ def run_demo(home: str | Path, config: DemoConfig = DemoConfig(), log: Log = pri
 
     data_dir = home / "data" / "demo"
     write_demo_dataset(data_dir, config.n_train, config.n_test, config.seed)
-    train = load_problems(BUILTIN_DATASETS["demo"]["train"], data_dir=home / "data")
-    test = load_problems(BUILTIN_DATASETS["demo"]["test"], data_dir=home / "data")
+    train = load_problems(BUILTIN_DATASETS["demo"]["train"], data_dir=data_dir)
+    test = load_problems(BUILTIN_DATASETS["demo"]["test"], data_dir=data_dir)
     cold_problems = train[: config.n_cold_start]
     distill_problems = train[config.n_cold_start : config.n_cold_start + config.n_distill]
 

@@ -1,0 +1,341 @@
+"""Benchmarks as `Problem` records: built-in specs, specs from configuration, and a strict loader.
+
+A `DatasetSpec` says where a benchmark comes from (a hub id and/or a JSON Lines file under a data
+directory) and how to read a row (question field or template, answer field and its format). Bad
+input gets one `DataError` naming the file, the row and the setting, and nothing partial is
+returned: local files are checked line by line before `datasets` sees them, because its own errors
+on a bad row ("Expected object or value") name neither.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import string
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any, Iterable
+
+from .errors import ConfigError, DataError
+from .grading import extract_boxed, extract_gsm8k
+from .types import Problem
+
+ANSWER_FORMATS = ("gsm8k", "boxed", "plain", "number")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """How to read one side (train or test) of a benchmark.
+
+    name: prefix of every problem_id: `f"{name}-{id}"` (an id already starting "<name>-" is kept).
+    hub_id, hub_config, split: where online users load it from (`datasets.load_dataset`).
+    local_file: a JSON Lines file, relative to the data directory passed to `load_problems`
+        (an absolute path is used as is, with or without a data directory).
+    question_field or question_template: the question is a field, or `str.format` over fields.
+    answer_field, answer_format: the gold answer and how to read it: "gsm8k" (after `####`),
+        "boxed" (last `\\boxed{}`), "plain" (the value as text, `27.0` kept), "number" (a number,
+        written canonically: `025` -> `25`, `27.0` -> `27`).
+    id_field: a stable row id; without it, the 0-based row index.
+    solution_field: an optional worked reference solution.
+    """
+
+    name: str
+    answer_field: str = "answer"
+    question_field: str | None = None
+    question_template: str | None = None
+    answer_format: str = "plain"
+    hub_id: str | None = None
+    hub_config: str | None = None
+    split: str = "test"
+    local_file: str | None = None
+    id_field: str | None = None
+    solution_field: str | None = None
+
+    def template_fields(self) -> list[str]:
+        """The fields a question_template refers to (empty when question_field is used)."""
+        if self.question_template is None:
+            return []
+        try:
+            parsed = list(string.Formatter().parse(self.question_template))
+        except ValueError as e:
+            raise ConfigError(f"dataset {self.name!r}: question_template is not a valid format string: {e}") from e
+        names = [f for _, f, _, _ in parsed if f is not None]
+        for f in names:
+            if f == "" or f.isdigit():
+                raise ConfigError(
+                    f"dataset {self.name!r}: question_template must use named fields like {{problem}}, got {{{f}}}"
+                )
+        # "{a.b}" / "{a[0]}" reach into a field; the row must have the field itself.
+        return list(dict.fromkeys(f.split(".")[0].split("[")[0] for f in names))
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first setting that cannot work."""
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if v is not None and not isinstance(v, str):
+                raise ConfigError(f"dataset setting {f.name} must be a string, got {type(v).__name__} {v!r}")
+        if not self.name or not self.name.strip() or any(c.isspace() for c in self.name):
+            raise ConfigError(f"dataset setting name must be a non-empty word, got {self.name!r}")
+        where = f"dataset {self.name!r}:"
+        if (self.question_field is None) == (self.question_template is None):
+            raise ConfigError(f"{where} set exactly one of question_field or question_template")
+        if self.question_field is not None and not self.question_field.strip():
+            raise ConfigError(f"{where} question_field is empty")
+        if self.question_template is not None and not self.template_fields():
+            raise ConfigError(f"{where} question_template refers to no field: {self.question_template!r}")
+        if not self.answer_field or not self.answer_field.strip():
+            raise ConfigError(f"{where} answer_field is empty")
+        if self.answer_format not in ANSWER_FORMATS:
+            raise ConfigError(f"{where} answer_format must be one of {ANSWER_FORMATS}, got {self.answer_format!r}")
+        if not self.hub_id and not self.local_file:
+            raise ConfigError(f"{where} set hub_id or local_file (or both)")
+        if self.hub_id and not self.split:
+            raise ConfigError(f"{where} split is empty")
+        for key in ("id_field", "solution_field", "hub_config", "local_file"):
+            v = getattr(self, key)
+            if v is not None and not v.strip():
+                raise ConfigError(f"{where} {key} is empty; leave it out instead")
+
+
+def dataset_spec_from_dict(d: dict) -> DatasetSpec:
+    """A validated DatasetSpec from configuration (YAML/TOML/Dagster). Unknown keys are an error."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"a dataset spec must be a mapping, got {type(d).__name__}")
+    allowed = [f.name for f in dataclasses.fields(DatasetSpec)]
+    unknown = sorted(set(d) - set(allowed))
+    if unknown:
+        raise ConfigError(f"unknown dataset setting(s) {unknown}; allowed: {allowed}")
+    if "name" not in d:
+        raise ConfigError("dataset setting name is required")
+    spec = DatasetSpec(**d)
+    spec.validate()
+    return spec
+
+
+def _both(name: str, hub_id: str | None, hub_config: str | None, files: dict[str, str], **kw) -> dict:
+    return {
+        side: DatasetSpec(name=name, hub_id=hub_id, hub_config=hub_config, split=side, local_file=f, **kw)
+        for side, f in files.items()
+    }
+
+
+# Keyed by dataset, then side. Field names match both the hub copy and the files in the data dir.
+BUILTIN_DATASETS: dict[str, dict[str, DatasetSpec]] = {
+    # Written by core/demo_world.py into a directory the caller passes as data_dir.
+    "demo": _both(
+        "demo", None, None, {"train": "train.jsonl", "test": "test.jsonl"},
+        question_field="question", answer_format="gsm8k", id_field="id", solution_field="answer",
+    ),
+    "gsm8k": _both(
+        "gsm8k", "openai/gsm8k", "main", {"train": "gsm8k/train.jsonl", "test": "gsm8k/test.jsonl"},
+        question_field="question", answer_format="gsm8k", solution_field="answer",
+    ),
+    "math500": _both(
+        "math500", "HuggingFaceH4/MATH-500", None, {"test": "math500/test.jsonl"},
+        question_field="problem", answer_format="plain", id_field="unique_id", solution_field="solution",
+    ),
+    "aime24": _both(
+        "aime24", "HuggingFaceH4/aime_2024", None, {"test": "aime24/test.jsonl"},
+        question_field="problem", answer_format="number", id_field="id", solution_field="solution",
+    ),
+    # The local file has both `problem` and `question`; the hub copy (math-ai/amc23) has `question`.
+    "amc23": _both(
+        "amc23", "math-ai/amc23", None, {"test": "amc23/test.jsonl"},
+        question_field="question", answer_format="plain", id_field="id",
+    ),
+}
+
+
+# ---------------------------------------------------------------- reading rows
+
+
+def _json_kind(v: Any) -> str:
+    # int and float share a column in Arrow; str and number do not.
+    return {bool: "bool", int: "number", float: "number", str: "string", list: "list", dict: "object"}.get(
+        type(v), "null" if v is None else type(v).__name__
+    )
+
+
+def _check_jsonl(path: Path) -> list[int]:
+    """Check a JSON Lines file before `datasets` reads it; return the 1-based line of each row."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found (setting local_file)")
+    lines: list[int] = []
+    kinds: dict[str, tuple[str, int]] = {}  # field -> (JSON kind, first line having it)
+    for n, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}, line {n}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        if not text.strip():
+            continue  # blank lines (e.g. the final newline) are not rows
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}, line {n}: malformed JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}, line {n}: a row must be a JSON object, got {_json_kind(row)}")
+        for k, v in row.items():
+            kind = _json_kind(v)
+            if kind == "null":
+                continue
+            first = kinds.setdefault(k, (kind, n))
+            if first[0] != kind:
+                raise DataError(
+                    f"{path}, line {n}: field {k!r} is a {kind} but a {first[0]} on line {first[1]};"
+                    " a field must have one type in every row"
+                )
+        lines.append(n)
+    if not lines:
+        raise DataError(f"{path}: the file has no rows (setting local_file)")
+    return lines
+
+
+def _canonical_number(v: Any) -> str | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        return None
+    try:
+        d = Decimal(str(v).strip().replace(",", ""))
+    except InvalidOperation:
+        return None
+    if not d.is_finite():
+        return None
+    if d == d.to_integral_value():
+        return str(int(d))
+    return format(d.normalize(), "f")
+
+
+def _gold(spec: DatasetSpec, value: Any) -> str | None:
+    """The gold final answer under spec.answer_format, or None when it cannot be read."""
+    fmt = spec.answer_format
+    if fmt == "number":
+        return _canonical_number(value)
+    if fmt == "plain":
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            return None
+        return str(value).strip() or None
+    if not isinstance(value, str):
+        return None
+    return extract_gsm8k(value) if fmt == "gsm8k" else extract_boxed(value)
+
+
+_HOW = {
+    "gsm8k": "a text ending in a '#### <answer>' line",
+    "boxed": "a text with a non-empty \\boxed{...}",
+    "plain": "a non-empty text or number",
+    "number": "a number",
+}
+
+
+def _problem(spec: DatasetSpec, row: dict, index: int, where: str) -> Problem:
+    present = [k for k, v in row.items() if v is not None]
+
+    def need(field: str, setting: str) -> Any:
+        if row.get(field) is None:
+            raise DataError(f"{where}: missing field {field!r} (setting {setting}); the row has fields {present}")
+        return row[field]
+
+    if spec.question_field is not None:
+        question = need(spec.question_field, "question_field")
+        if not isinstance(question, str):
+            raise DataError(f"{where}: field {spec.question_field!r} (setting question_field) must be text")
+    else:
+        for f in spec.template_fields():
+            need(f, "question_template")
+        try:
+            question = spec.question_template.format(**row)
+        except (KeyError, IndexError, AttributeError, ValueError) as e:
+            raise DataError(f"{where}: question_template cannot be filled from this row: {e!r}") from None
+    if not question.strip():
+        raise DataError(f"{where}: the question is empty (setting {'question_field' if spec.question_field else 'question_template'})")
+
+    raw_answer = need(spec.answer_field, "answer_field")
+    gold = _gold(spec, raw_answer)
+    if gold is None:
+        raise DataError(
+            f"{where}: field {spec.answer_field!r} (setting answer_field) is not {_HOW[spec.answer_format]}"
+            f" as answer_format {spec.answer_format!r} requires; got {str(raw_answer)[-120:]!r}"
+        )
+
+    solution = None
+    if spec.solution_field is not None:
+        solution = need(spec.solution_field, "solution_field")
+        if not isinstance(solution, str):
+            raise DataError(f"{where}: field {spec.solution_field!r} (setting solution_field) must be text")
+
+    rid = str(need(spec.id_field, "id_field")) if spec.id_field else str(index)
+    # Ids already written as "<name>-..." (the demo's) are not prefixed twice.
+    pid = rid if rid.startswith(f"{spec.name}-") else f"{spec.name}-{rid}"
+    return Problem(dataset=spec.name, problem_id=pid, question=question, gold=gold, solution=solution)
+
+
+def _to_problems(spec: DatasetSpec, rows: Iterable[dict], labels: list[str]) -> list[Problem]:
+    problems, seen = [], {}
+    for i, (row, where) in enumerate(zip(rows, labels)):
+        p = _problem(spec, row, i, where)
+        if p.problem_id in seen:
+            raise DataError(f"{where}: problem_id {p.problem_id!r} repeats {seen[p.problem_id]} (setting id_field)")
+        seen[p.problem_id] = where
+        problems.append(p)
+    return problems
+
+
+def _load_local(spec: DatasetSpec, path: Path) -> list[Problem]:
+    lines = _check_jsonl(path)
+    from datasets import load_dataset  # heavy import, only when loading
+
+    try:
+        ds = load_dataset("json", data_files=str(path), split="train")
+    except Exception as e:  # checked above, so this is unexpected: still say which file
+        raise DataError(f"{path}: datasets could not read the file: {type(e).__name__}: {e}") from e
+    if len(ds) != len(lines):
+        raise DataError(f"{path}: datasets read {len(ds)} rows but the file has {len(lines)}")
+    return _to_problems(spec, ds, [f"{path}, line {n}" for n in lines])
+
+
+def _load_hub(spec: DatasetSpec) -> list[Problem]:
+    from datasets import load_dataset
+
+    src = f"{spec.hub_id} (config {spec.hub_config}, split {spec.split})"
+    try:
+        ds = load_dataset(spec.hub_id, spec.hub_config, split=spec.split)
+    except Exception as e:
+        raise DataError(
+            f"{src}: could not load from the hub (setting hub_id): {type(e).__name__}: {e}."
+            " Offline? Pass a data_dir holding the spec's local_file."
+        ) from e
+    if len(ds) == 0:
+        raise DataError(f"{src}: the dataset has no rows")
+    return _to_problems(spec, ds, [f"{src}, row {i + 1}" for i in range(len(ds))])
+
+
+def load_problems(
+    spec: DatasetSpec,
+    data_dir: str | Path | None = None,
+    limit: int | None = None,
+    seed: int | None = None,
+) -> list[Problem]:
+    """Load a benchmark side as Problems, all rows checked first (one DataError, nothing partial).
+
+    The local file (data_dir / spec.local_file) is used when data_dir is given and the spec has
+    one, or when local_file is absolute; otherwise the hub. `limit` keeps the first N rows, or a sample of N seeded by `seed`
+    (in file order); `seed` alone changes nothing. problem_id is f"{name}-{id}", stable across runs
+    (ids that already start with f"{name}-" are kept as they are).
+    """
+    spec.validate()
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ConfigError(f"limit must be a positive integer or None, got {limit!r}")
+    if spec.local_file and (data_dir is not None or Path(spec.local_file).is_absolute()):
+        problems = _load_local(spec, Path(data_dir or "/") / spec.local_file)  # absolute wins the join
+    elif spec.hub_id:
+        problems = _load_hub(spec)
+    else:
+        raise ConfigError(f"dataset {spec.name!r} has only a local_file ({spec.local_file}); pass data_dir")
+    if limit is None or limit >= len(problems):
+        return problems
+    if seed is None:
+        return problems[:limit]
+    keep = sorted(random.Random(seed).sample(range(len(problems)), limit))
+    return [problems[i] for i in keep]
