@@ -1,0 +1,247 @@
+"""A seeded world of small multi-step arithmetic word problems, for the embedded demo.
+
+Each problem is kept as a structured `Spec` (a start count and 2-4 operations) and its solutions
+are rendered from it in three styles that differ in how learnable they are for a small model:
+
+* "stepwise":  one operation per line ("Step 1: she buys 5 more, so 7 + 5 = 12"): each line
+               copies its sentence of the question, so the operand sits right before the
+               arithmetic, and every intermediate result is written out. Easiest to learn.
+* "collapsed": all operations in one expression on one line, so the arithmetic happens in one go.
+* "verbose":   restatements, random asides, a double check and sometimes a wrong partial result
+               that gets corrected: long and full of unpredictable tokens.
+
+Gen-SSD exploits exactly this spread: a teacher trained on the mixture proposes all three, and the
+student should keep the ones it can learn from. The opening line tells the styles apart, and
+each style opens with its own word ("Step", "Total", a verbose opener), so a greedy teacher picks
+the most frequent style of its training mix rather than whichever first digit is likeliest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ConfigError
+from .prompts import final_answer_line
+from .types import Problem
+
+STYLES = ("stepwise", "collapsed", "verbose")
+SPLITS = ("train", "validation", "test")
+
+NAMES = {"Mia": "she", "Tom": "he", "Ana": "she", "Leo": "he", "Sam": "he", "Ivy": "she",
+         "Ben": "he", "Zoe": "she", "Max": "he", "Eva": "she", "Noah": "he", "Lily": "she"}
+ITEMS = ("apples", "marbles", "stickers", "coins", "books", "pencils", "cookies", "cards",
+         "shells", "stamps", "eggs", "toys")
+
+# (operator, fixed factor or None, phrase). "{n}" is the number, "{f}" a friend, "{i}" the item.
+PHRASES = (
+    ("+", None, "buys {n} more"), ("+", None, "finds {n} more"),
+    ("+", None, "gets {n} more from {f}"), ("+", None, "wins {n} more"),
+    ("-", None, "gives {n} to {f}"), ("-", None, "loses {n}"),
+    ("-", None, "sells {n}"), ("-", None, "gives away {n}"),
+    ("*", 2, "doubles the number of {i}"), ("*", 3, "triples the number of {i}"),
+)
+CONNECTORS = ("Then", "Next,", "After that,")
+
+_VERBOSE_OPENERS = ("Let me think about this carefully.", "Okay, let us read the problem again.",
+                    "Hmm, this one needs some care.", "Alright, I will go slowly here.")
+_VERBOSE_STEPS = ("First", "Next", "Then", "After that")
+_ASIDES = ("Note that {r} is not relevant here.", "By the way, {r} {o} would be too many.",
+           "I should not confuse {i} with {o}.", "The number {r} does not appear in the problem.",
+           "Let me double check: {a} {k} {n} = {b}. Yes.", "So far so good, {b} {i}.")
+
+
+@dataclass(frozen=True)
+class Op:
+    kind: str  # "+", "-" or "*"
+    n: int
+    phrase: str  # the question's wording, e.g. "gives 3 to Tom"
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One problem as data: every solution style is rendered from these same operations."""
+
+    name: str
+    item: str
+    start: int
+    ops: tuple[Op, ...]
+
+    @property
+    def pronoun(self) -> str:
+        return NAMES[self.name]
+
+    def values(self) -> list[int]:
+        """Running totals: the start, then the value after each operation."""
+        out = [self.start]
+        for op in self.ops:
+            out.append(_apply(out[-1], op))
+        return out
+
+    @property
+    def answer(self) -> int:
+        return self.values()[-1]
+
+    @property
+    def question(self) -> str:
+        parts = [f"{self.name} has {self.start} {self.item}."]
+        for i, op in enumerate(self.ops):
+            lead = self.pronoun.capitalize() if i == 0 else f"{CONNECTORS[(i - 1) % 3]} {self.pronoun}"
+            parts.append(f"{lead} {op.phrase}.")
+        parts.append(f"How many {self.item} does {self.name} have now?")
+        return " ".join(parts)
+
+
+def _apply(value: int, op: Op) -> int:
+    return value + op.n if op.kind == "+" else value - op.n if op.kind == "-" else value * op.n
+
+
+def random_spec(rng: random.Random) -> Spec:
+    """Draw one problem. Values stay in 0..~90 and never go negative; at most one multiplication."""
+    name = rng.choice(sorted(NAMES))
+    item = rng.choice(ITEMS)
+    friend = rng.choice([n for n in sorted(NAMES) if n != name])
+    value = rng.randint(2, 15)
+    start, ops, multiplied = value, [], False
+    for _ in range(rng.randint(2, 4)):
+        options = [p for p in PHRASES if p[0] == "+"]
+        if value >= 2:
+            options += [p for p in PHRASES if p[0] == "-"]
+        if not multiplied:
+            options += [p for p in PHRASES if p[0] == "*" and value * p[1] <= 60]
+        kind, factor, phrase = rng.choice(options)
+        n = factor if factor else rng.randint(1, 9) if kind == "+" else rng.randint(1, min(9, value))
+        op = Op(kind, n, phrase.format(n=n, f=friend, i=item))
+        multiplied |= kind == "*"
+        ops.append(op)
+        value = _apply(value, op)
+    return Spec(name, item, start, tuple(ops))
+
+
+def split_of(question: str) -> str:
+    """Which split a question belongs to, by a stable hash: splits can never share a question."""
+    bucket = zlib.crc32(question.encode()) % 20
+    return "test" if bucket < 3 else "validation" if bucket == 3 else "train"
+
+
+def generate_specs(n: int, seed: int, split: str) -> list[Spec]:
+    """`n` distinct problems of `split`, the same for the same (seed, split)."""
+    if split not in SPLITS:
+        raise ConfigError(f"split must be one of {SPLITS}, got {split!r}")
+    if n < 0:
+        raise ConfigError(f"n must be >= 0, got {n}")
+    rng = random.Random(f"demo-{seed}-{split}")  # str seeds hash stably across processes
+    specs, seen = [], set()
+    for _ in range(200 * n + 1000):
+        if len(specs) == n:
+            break
+        spec = random_spec(rng)
+        q = spec.question
+        if q not in seen and split_of(q) == split:
+            seen.add(q)
+            specs.append(spec)
+    if len(specs) < n:
+        raise ConfigError(f"could not draw {n} distinct {split} problems (got {len(specs)})")
+    return specs
+
+
+def generate_problems(n: int, seed: int, split: str) -> list[Problem]:
+    """`n` demo problems with gold answers and stepwise solutions; ids like ``demo-train-000123``."""
+    return [
+        Problem(dataset="demo", problem_id=f"demo-{split}-{i:06d}", question=s.question,
+                gold=str(s.answer), solution=render_solution(s, "stepwise"))
+        for i, s in enumerate(generate_specs(n, seed, split))
+    ]
+
+
+def spec_from_question(question: str) -> Spec:
+    """Recover the `Spec` of a demo question (the inverse of `Spec.question`)."""
+    sentences = [s.strip() for s in re.split(r"(?<=[.?])\s+", question.strip())]
+    head = re.fullmatch(r"(\w+) has (\d+) (\w+)\.", sentences[0])
+    if head is None:
+        raise ConfigError(f"not a demo question: {question!r}")
+    name, start, item = head.group(1), int(head.group(2)), head.group(3)
+    ops = []
+    for sentence in sentences[1:-1]:
+        for kind, factor, phrase in PHRASES:
+            pattern = re.escape(phrase).replace(r"\{n\}", r"(\d+)").replace(r"\{f\}", r"\w+")
+            m = re.search(pattern.replace(r"\{i\}", re.escape(item)) + r"\.$", sentence)
+            if m:
+                ops.append(Op(kind, factor or int(m.group(1)), m.group(0)[:-1]))
+                break
+        else:
+            raise ConfigError(f"not a demo question (cannot read {sentence!r}): {question!r}")
+    return Spec(name, item, start, tuple(ops))
+
+
+def render_solution(problem: Spec | Problem, style: str, rng: random.Random | None = None) -> str:
+    """A worked solution in `style`, ending in ``#### N``. Only "verbose" uses `rng`."""
+    spec = problem if isinstance(problem, Spec) else spec_from_question(problem.question)
+    values = spec.values()
+    if style == "stepwise":
+        lines = [f"Step {i}: {spec.pronoun} {op.phrase}, so {a} {op.kind} {op.n} = {b}"
+                 for i, (a, b, op) in enumerate(zip(values, values[1:], spec.ops), start=1)]
+    elif style == "collapsed":
+        expr = str(spec.start)
+        for op in spec.ops:
+            if op.kind == "*" and not expr.isdigit():
+                expr = f"({expr})"
+            expr = f"{expr} {op.kind} {op.n}"
+        lines = [f"Total: {expr} = {spec.answer}"]
+    elif style == "verbose":
+        lines = _verbose_lines(spec, values, rng or random.Random(0))
+    else:
+        raise ConfigError(f"style must be one of {STYLES}, got {style!r}")
+    return "\n".join([*lines, final_answer_line(str(spec.answer))])
+
+
+def _verbose_lines(spec: Spec, values: list[int], rng: random.Random) -> list[str]:
+    other = rng.choice([i for i in ITEMS if i != spec.item])
+    lines = [rng.choice(_VERBOSE_OPENERS), f"{spec.name} has {spec.start} {spec.item} at the start."]
+    wrong_at = rng.randrange(len(spec.ops)) if rng.random() < 0.6 else -1
+    for i, (a, b, op) in enumerate(zip(values, values[1:], spec.ops)):
+        step = f"{_VERBOSE_STEPS[min(i, 3)]} {spec.pronoun} {op.phrase}, so {a} {op.kind} {op.n} = "
+        if i == wrong_at:  # a slip, caught at once: the final answer stays right
+            slip = max(0, b + rng.choice((-3, -2, -1, 1, 2, 3)))
+            slip = slip if slip != b else b + 1
+            lines.append(f"{step}{slip}. Wait, that is wrong. {a} {op.kind} {op.n} = {b}.")
+        else:
+            lines.append(f"{step}{b}.")
+        if rng.random() < 0.5:
+            aside = rng.choice(_ASIDES)
+            lines.append(aside.format(r=rng.randint(10, 99), o=other, i=spec.item, a=a, k=op.kind, n=op.n, b=b))
+    lines.append(f"So {spec.name} has {spec.answer} {spec.item} now.")
+    return lines
+
+
+def classify_style(solution: str) -> str:
+    """The style of a solution, read from its opening line only ("other" when none fits)."""
+    first = solution.lstrip().split("\n", 1)[0].strip()
+    if first.startswith("Step 1:"):
+        return "stepwise"
+    if first.startswith("Total:"):
+        return "collapsed"
+    if first in _VERBOSE_OPENERS:
+        return "verbose"
+    return "other"
+
+
+def write_demo_dataset(directory: str | Path, n_train: int, n_test: int, seed: int) -> dict[str, Path]:
+    """Write ``train.jsonl`` and ``test.jsonl`` in GSM8K's form (question, answer, id)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        path = directory / f"{split}.jsonl"
+        tmp = path.with_suffix(f".jsonl.tmp{os.getpid()}")  # whole file or nothing
+        with tmp.open("w") as f:
+            for p in generate_problems(n, seed, split):
+                f.write(json.dumps({"question": p.question, "answer": p.solution, "id": p.problem_id}) + "\n")
+        tmp.replace(path)
+        paths[split] = path
+    return paths
