@@ -163,7 +163,23 @@ class _TeacherSession:
         self.k = 1
 
 
-class TransformersScorer:
+def student_pieces(tokenizer, text: str, end: bool) -> list[int]:
+    """The student tokens a candidate adds: its own tokenization, + EOS when it ends the solution."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+    return ids + ([tokenizer.eos_token_id] if end else [])
+
+
+class ScoresWholeTexts:
+    """`score_texts` for any scorer with `start`: whole completions are one-chunk paths."""
+
+    def score_texts(self, prompts: list[str], texts: list[str], ends: list[bool] | None = None) -> list[Score]:
+        """Score whole completions (post-hoc filtering, trajectory PPL): one text per prompt."""
+        session = self.start(prompts)
+        scores = session.score([[t] for t in texts], [[e] for e in (ends or [True] * len(texts))])
+        return [s[0] for s in scores]
+
+
+class TransformersScorer(ScoresWholeTexts):
     """The student's view: summed NLL of candidate text under its own tokenizer, KV cache kept."""
 
     def __init__(self, spec: ModelSpec):
@@ -176,11 +192,6 @@ class TransformersScorer:
         ids = [self.tokenizer(p)["input_ids"] for p in prompts]
         return _ScorerSession(self, KVBatch(self.model, ids, self.tokenizer.pad_token_id))
 
-    def score_texts(self, prompts: list[str], texts: list[str], ends: list[bool] | None = None) -> list[Score]:
-        """Score whole completions (post-hoc filtering, trajectory PPL): one text per prompt."""
-        session = self.start(prompts)
-        scores = session.score([[t] for t in texts], [[e] for e in (ends or [True] * len(texts))])
-        return [s[0] for s in scores]
 
 
 class _ScorerSession:
@@ -193,11 +204,8 @@ class _ScorerSession:
         n_paths, k = len(candidates), len(candidates[0])
         self.k = k
         self.batch.select(torch.arange(n_paths).repeat_interleave(k))
-        ids = []
-        for texts, text_ends in zip(candidates, ends):
-            for text, end in zip(texts, text_ends):
-                piece = tok(text, add_special_tokens=False)["input_ids"] if text else []
-                ids.append(piece + ([tok.eos_token_id] if end else []))
+        ids = [student_pieces(tok, text, end) for texts, text_ends in zip(candidates, ends)
+               for text, end in zip(texts, text_ends)]
         width = max(1, max(len(t) for t in ids))
         padded = torch.full((len(ids), width), tok.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(padded)

@@ -37,7 +37,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .backends import Proposal, Score
+from .backends import Proposal, ScoresWholeTexts, student_pieces
 from .errors import ConfigError
 from .models import ModelSpec, load_tokenizer
 from .vllm_backend import PrefixScorerSession, step_seed  # neither imports vllm
@@ -185,7 +185,7 @@ def _proposal(choice: dict, stop_at_newline: bool) -> Proposal:
     return Proposal(text, tokens, ended)
 
 
-class OpenAIScorer:
+class OpenAIScorer(ScoresWholeTexts):
     """Student NLLs from a vLLM server's `prompt_logprobs`; token ids from the student's own tokenizer."""
 
     def __init__(self, base_url: str, model: str, tokenizer: str | ModelSpec | None = None,
@@ -199,15 +199,8 @@ class OpenAIScorer:
     def start(self, prompts: list[str]) -> PrefixScorerSession:
         return PrefixScorerSession(self, [self.tokenizer(p)["input_ids"] for p in prompts])
 
-    def score_texts(self, prompts: list[str], texts: list[str], ends: list[bool] | None = None) -> list[Score]:
-        session = self.start(prompts)
-        scores = session.score([[t] for t in texts], [[e] for e in (ends or [True] * len(texts))])
-        return [s[0] for s in scores]
-
     def pieces(self, text: str, end: bool) -> list[int]:
-        tok = self.tokenizer
-        ids = tok(text, add_special_tokens=False)["input_ids"] if text else []
-        return ids + ([tok.eos_token_id] if end else [])
+        return student_pieces(self.tokenizer, text, end)
 
     def nlls(self, prefixes: list[list[int]], pieces: list[list[int]]) -> list[float]:
         rows = [r for r, p in enumerate(pieces) if p]

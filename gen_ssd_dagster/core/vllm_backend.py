@@ -45,7 +45,7 @@ import contextlib
 import os
 from typing import Any
 
-from .backends import Proposal, Score, model_version
+from .backends import Proposal, Score, ScoresWholeTexts, model_version, student_pieces
 from .models import ModelSpec, load_tokenizer
 
 INSTALL_HINT = (
@@ -194,7 +194,7 @@ class _VLLMTeacherSession:
         self.pending = []
 
 
-class VLLMScorer:
+class VLLMScorer(ScoresWholeTexts):
     """The student's summed NLL of each candidate, from vLLM prompt log-probs, under its own tokenizer."""
 
     def __init__(self, spec: ModelSpec, kv_cache_gib: float | None = None, gpu_memory_utilization: float = 0.2,
@@ -207,17 +207,8 @@ class VLLMScorer:
     def start(self, prompts: list[str]) -> "PrefixScorerSession":
         return PrefixScorerSession(self, [self.tokenizer(p)["input_ids"] for p in prompts])
 
-    def score_texts(self, prompts: list[str], texts: list[str], ends: list[bool] | None = None) -> list[Score]:
-        """Score whole completions (post-hoc filtering, trajectory PPL): one text per prompt."""
-        session = self.start(prompts)
-        scores = session.score([[t] for t in texts], [[e] for e in (ends or [True] * len(texts))])
-        return [s[0] for s in scores]
-
     def pieces(self, text: str, end: bool) -> list[int]:
-        """The student tokens a candidate adds: its own tokenization, + EOS when it ends the solution."""
-        tok = self.tokenizer
-        ids = tok(text, add_special_tokens=False)["input_ids"] if text else []
-        return ids + ([tok.eos_token_id] if end else [])
+        return student_pieces(self.tokenizer, text, end)
 
     def nlls(self, prefixes: list[list[int]], pieces: list[list[int]]) -> list[float]:
         """Summed NLL of each `pieces[r]` given `prefixes[r]`: one batched engine call."""
