@@ -36,11 +36,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
     """Materialize the Dagster asset graph (embedded demo by default), then print the scores."""
-    from gen_ssd_dagster.pipeline import run_pipeline
+    os.environ["GEN_SSD_HOME"] = str(Path(args.home).resolve())  # before the definitions load (datasets.yaml)
+    from gen_ssd_dagster.pipeline import load_config, run_pipeline
     from gen_ssd_dagster.store import Home
 
+    run_config, overrides = load_config(args.config)
     home = Home.resolve(args.home)
-    result = run_pipeline(home, partition=args.partition)
+    result = run_pipeline(home, partition=args.partition, run_config=run_config, resource_overrides=overrides)
     cmd_report(args)
     return 0 if result.success else 1
 
@@ -69,6 +71,25 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lineage(args: argparse.Namespace) -> int:
+    """Which teacher, datasets, config and trajectories made a model; or which models learned from a dataset."""
+    from gen_ssd_dagster.store import Home, lineage
+
+    home = Home.resolve(args.home)
+    dataset = args.dataset or args.partition
+    if args.dataset and args.partition and args.dataset != args.partition:
+        raise lineage.LineageError("--dataset and --partition name the same thing (the partition is the dataset)")
+    if dataset and (args.model or args.run_id):
+        raise lineage.LineageError("ask about a model (--model/--run-id) or a dataset (--dataset), not both")
+    if dataset:
+        info = lineage.dataset_lineage(home, dataset)
+        print(lineage.as_json(info) if args.json else lineage.format_dataset(info))
+    else:
+        info = lineage.model_lineage(home, args.model, args.version, args.run_id)
+        print(lineage.as_json(info) if args.json else lineage.format_model(info))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gen-ssd", description=__doc__.splitlines()[0])
     parser.add_argument("--home", default=str(default_home()), help="state directory (default: $GEN_SSD_HOME or ./.gen_ssd_home)")
@@ -78,10 +99,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
     pipeline = sub.add_parser("pipeline", help="materialize the Dagster asset graph in-process and print the scores")
     pipeline.add_argument("--partition", default="demo", help="dataset partition of the trajectory assets (default: demo)")
+    pipeline.add_argument("--config", help="YAML: Dagster run config (ops: ...) and resources: {models, data, mlflow}")
     pipeline.set_defaults(func=cmd_pipeline)
     report = sub.add_parser("report", help="print the evaluation table (student x benchmark) from DuckDB")
     report.add_argument("--json", action="store_true", help="machine-readable output")
     report.set_defaults(func=cmd_report)
+    lineage = sub.add_parser("lineage", help="which teacher, datasets and config made a model (MLflow + DuckDB), "
+                             "or which models learned from a dataset")
+    lineage.add_argument("--model", help="registered MLflow model, e.g. gen-ssd-student-gen-ssd (or gen_ssd)")
+    lineage.add_argument("--version", help="its version (default: the newest)")
+    lineage.add_argument("--run-id", help="the MLflow run that trained the model")
+    lineage.add_argument("--dataset", help="reverse: the models that learned from this dataset partition")
+    lineage.add_argument("--partition", help="same as --dataset (partitions are datasets)")
+    lineage.add_argument("--json", action="store_true", help="machine-readable output")
+    lineage.set_defaults(func=cmd_lineage)
     return parser
 
 

@@ -1,0 +1,85 @@
+"""The student's training: the cold start, then one distilled student per method.
+
+cold_start_student: Standard-KD teacher samples of a few training problems, the correct ones,
+teach the base student the teacher's format; it then scores candidates for every method.
+distilled_students/<method>: the cold-start student fine-tuned on what that method selected.
+"""
+
+import dagster as dg
+
+from ..core.config import StandardKDConfig
+from ..core.backends import model_version
+from ..core.models import ModelSpec
+from ..core.prompts import format_prompt
+from ..store.trajectories import WorkKey, latest_config_hash, selected_examples
+from .resources import MLflowResource, ModelsResource, StoreResource
+from .run_config import ColdStartConfig, DistillConfig
+from .trajectories import METHOD_ASSETS, generate
+from .training_runs import metadata, train_logged
+
+
+@dg.asset(group_name="distillation", kinds={"pytorch", "mlflow"}, deps=[dg.AssetDep(
+    "problems", partition_mapping=dg.SpecificPartitionsPartitionMapping(["demo"]))])
+def cold_start_student(context: dg.AssetExecutionContext, config: ColdStartConfig, teacher: ModelSpec,
+                       base_student: ModelSpec, models: ModelsResource, store: StoreResource,
+                       mlflow: MLflowResource) -> dg.Output[ModelSpec]:
+    """The base student fine-tuned on a few correct Standard-KD teacher samples (the format).
+
+    max_problems=0 skips the cold start (an ablation): the base student itself then scores."""
+    if config.max_problems == 0:
+        context.log.warning("cold start skipped (max_problems=0): the base student is the scorer")
+        return dg.Output(base_student, data_version=dg.DataVersion(model_version(base_student)),
+                         metadata={"model_version": model_version(base_student), "cold_start": "skipped",
+                                   "path": base_student.name_or_path})
+    key, summary = generate(context, "standard_kd", StandardKDConfig, config, teacher, base_student, models, store,
+                            config.dataset)
+    rows = selected_examples(store.store(), key)
+    if not rows:
+        raise dg.Failure(f"cold start: none of the teacher's {summary['trajectories']} samples on "
+                         f"{config.dataset!r} was correct; raise max_problems or num_candidates")
+    examples = [(format_prompt(q), text) for _, q, text in rows]
+    lineage = {"method": "standard_kd", "partitions": config.dataset, "config_hash": key.config_hash,
+               "teacher_version": key.teacher_version, "trajectories": len(examples)}
+    model = train_logged(context, "cold_start_student", base_student, examples, config.train_config(),
+                         store, mlflow, lineage)
+    return dg.Output(model.spec, data_version=dg.DataVersion(model.version),
+                     metadata={**metadata(model), **lineage, "teacher_samples": summary["trajectories"],
+                               "examples": len(examples), "teacher_tokens": summary["teacher_tokens"]})
+
+
+def distilled_asset(method: str) -> dg.AssetsDefinition:
+    trajectories = METHOD_ASSETS[method][0]
+
+    @dg.asset(name=method, key_prefix="distilled_students", group_name="distillation",
+              kinds={"pytorch", "mlflow"}, deps=[trajectories],
+              description=f"The cold-start student fine-tuned on the {method} trajectories it selected.")
+    def _asset(context: dg.AssetExecutionContext, config: DistillConfig, teacher: ModelSpec,
+               cold_start_student: ModelSpec, models: ModelsResource, store: StoreResource,
+               mlflow: MLflowResource) -> dg.Output[ModelSpec]:
+        db = store.store()
+        teacher_version = models.teacher_version(teacher)
+        scorer_version = model_version(cold_start_student)
+        examples, hashes = [], {}
+        for dataset in config.partitions:
+            h = latest_config_hash(db, dataset, method, teacher_version, scorer_version)
+            if h is None:
+                raise dg.Failure(f"no {method} trajectories for partition {dataset!r} from this teacher and "
+                                 f"cold-start student: materialize {trajectories}[{dataset}] first")
+            hashes[dataset] = h
+            key = WorkKey(dataset, method, teacher_version, scorer_version, h)
+            examples += [(format_prompt(q), text) for _, q, text in selected_examples(db, key)]
+        if not examples:
+            raise dg.Failure(f"{method} selected no trajectory in {config.partitions}: nothing to learn from")
+        lineage = {"method": method, "partitions": ",".join(config.partitions),
+                   "config_hash": ",".join(f"{d}:{h}" for d, h in hashes.items()),
+                   "teacher_version": teacher_version, "student_version": scorer_version,
+                   "trajectories": len(examples)}
+        model = train_logged(context, f"student_{method}", cold_start_student, examples, config.train_config(),
+                             store, mlflow, lineage)
+        return dg.Output(model.spec, data_version=dg.DataVersion(model.version),
+                         metadata={**metadata(model), **lineage})
+
+    return _asset
+
+
+distilled_students = [distilled_asset(m) for m in METHOD_ASSETS]

@@ -1,0 +1,71 @@
+"""Accuracy of every student on every chosen benchmark, in DuckDB and MLflow, with GRADER_VERSION."""
+
+import hashlib
+import json
+
+import dagster as dg
+
+from ..core.backends import model_version
+from ..core.evaluation import evaluate
+from ..core.grading import GRADER_VERSION
+from ..core.models import ModelSpec
+from ..store.scores import Score, cached_score, latest_scores, score_table, write_scores
+from ..store.trajectories import read_problems
+from . import reporting
+from .resources import MLflowResource, StoreResource
+from .run_config import EvaluationConfig
+
+
+def _students(base, cold, gen_ssd, standard_kd, posthoc) -> dict[str, ModelSpec]:
+    return {"base": base, "cold_start": cold, "standard_kd": standard_kd, "posthoc": posthoc, "gen_ssd": gen_ssd}
+
+
+@dg.asset(
+    group_name="evaluation", kinds={"duckdb", "mlflow"}, deps=["benchmarks"],
+    ins={"gen_ssd": dg.AssetIn(["distilled_students", "gen_ssd"]),
+         "standard_kd": dg.AssetIn(["distilled_students", "standard_kd"]),
+         "posthoc": dg.AssetIn(["distilled_students", "posthoc"])},
+)
+def evaluation_scores(context: dg.AssetExecutionContext, config: EvaluationConfig, base_student: ModelSpec,
+                      cold_start_student: ModelSpec, gen_ssd: ModelSpec, standard_kd: ModelSpec,
+                      posthoc: ModelSpec, store: StoreResource, mlflow: MLflowResource) -> dg.MaterializeResult:
+    """Greedy accuracy of the base, cold-start and distilled students on each benchmark."""
+    db = store.store()
+    students = _students(base_student, cold_start_student, gen_ssd, standard_kd, posthoc)
+    eval_hash = hashlib.sha256(json.dumps({"max_problems": config.max_problems,
+                                           "max_new_tokens": config.max_new_tokens}).encode()).hexdigest()[:12]
+    benches = {}
+    for bench in config.benchmarks:
+        benches[bench] = read_problems(db, bench, "test", config.max_problems)
+        if not benches[bench]:
+            raise dg.Failure(f"benchmark {bench!r} has no test problems stored: materialize benchmarks[{bench}]")
+    session = mlflow.session()
+    scores = []
+    with session.run("evaluation", tags={"grader_version": GRADER_VERSION, "dagster_run_id": context.run.run_id}) as run:
+        for student, spec in students.items():
+            version = model_version(spec)
+            for bench, problems in benches.items():
+                hit = cached_score(db, version, bench, GRADER_VERSION, eval_hash)
+                if hit is None:
+                    result = evaluate(spec, problems, config.batch_size, config.max_new_tokens)
+                    n, n_correct = result.n, sum(o["correct"] for o in result.outputs)
+                    run.log_text("\n".join(json.dumps(o) for o in result.outputs), f"outputs/{student}_{bench}.jsonl")
+                else:
+                    n, n_correct = hit
+                context.log.info(f"{student} on {bench}: {n_correct}/{n}{' (cached)' if hit else ''}")
+                scores.append(Score(student, version, bench, n, n_correct, n_correct / n, GRADER_VERSION, eval_hash,
+                                    spec.name_or_path, context.run.run_id, run.run_id))
+        run.log(metrics={f"accuracy.{s.student}.{s.benchmark}": s.accuracy for s in scores},
+                params={"benchmarks": ",".join(config.benchmarks), "max_problems": config.max_problems,
+                        "max_new_tokens": config.max_new_tokens, "grader_version": GRADER_VERSION},
+                tags={f"model_version.{s}": model_version(spec) for s, spec in students.items()})
+        write_scores(db, scores)
+        df = latest_scores(db)
+        table = score_table(df[df.benchmark.isin(config.benchmarks)])
+        run.log_text(table, "evaluation_table.md")
+    return dg.MaterializeResult(metadata={
+        "scores": dg.MetadataValue.md(table), "grader_version": GRADER_VERSION, "mlflow_run_id": run.run_id,
+        **{f"model_version/{s}": model_version(spec) for s, spec in students.items()},
+        "accuracy_plot": reporting.accuracy_bars(df[df.benchmark.isin(config.benchmarks)],
+                                                 store.home_dir().plots / "evaluation_scores.png"),
+        **{f"accuracy/{s.student}/{s.benchmark}": round(s.accuracy, 4) for s in scores}})

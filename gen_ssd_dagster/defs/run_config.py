@@ -1,0 +1,118 @@
+"""Run configuration: every knob of core/config.py as a Dagster `Config`, defaults taken from the
+dataclasses themselves (never retyped here), plus the limits of a run.
+
+`method_config()` converts back to the core dataclass, which validates it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import dagster as dg
+from pydantic import Field
+
+from ..core.config import GenSSDConfig, PostHocConfig, SamplingConfig, StandardKDConfig
+from ..core.demo import DemoConfig
+from ..core.training import TrainConfig
+
+_S, _G, _K, _P = SamplingConfig(), GenSSDConfig(), StandardKDConfig(), PostHocConfig()
+_D = DemoConfig()  # run sizes and training recipes shared with the library demo (`gen-ssd demo`)
+SAMPLING_FIELDS = [f.name for f in dataclasses.fields(SamplingConfig)]
+TRAIN_FIELDS = ["epochs", "learning_rate", "batch_size", "max_length", "seed", "bf16"]
+
+
+class _Sampling(dg.Config):
+    temperature: float = Field(default=_S.temperature, description="teacher softmax temperature")
+    top_p: float = Field(default=_S.top_p, description="teacher nucleus mass")
+    max_new_tokens: int = Field(default=_S.max_new_tokens, description="length cap of one solution")
+    seed: int = Field(default=_S.seed, description="seeds the teacher's sampling")
+
+
+class _Limits(dg.Config):
+    max_problems: int | None = Field(default=_D.n_distill, description="train problems per partition; None = all")
+    offset: int = Field(default=_D.n_cold_start, description="train problems skipped first (the cold start's)")
+    batch_size: int = Field(default=16, description="problems per generation batch (one DuckDB commit each)")
+
+
+class GenSSDRunConfig(_Sampling, _Limits):
+    """Gen-SSD: chunked teacher proposals, student (cold-start) perplexity selection."""
+
+    chunk_tokens: int = _G.chunk_tokens
+    snap_to_line: bool = _G.snap_to_line
+    num_candidates: int = Field(default=_G.num_candidates, description="K candidates per step")
+    ppl_normalisation: str = Field(default=_G.ppl_normalisation, description='"token" or "char"')
+    suitability: str = Field(default=_G.suitability, description='"ratio", "absolute" or "none"')
+    ppl_ratio: float = _G.ppl_ratio
+    max_ppl: float = _G.max_ppl
+
+
+class StandardKDRunConfig(_Sampling, _Limits):
+    """Standard KD: K full teacher samples per problem, keep the correct ones."""
+
+    num_candidates: int = _K.num_candidates
+
+
+class PostHocRunConfig(_Sampling, _Limits):
+    """Post-hoc filtering: K full samples, keep the correct one of lowest student PPL."""
+
+    num_candidates: int = _P.num_candidates
+    ppl_normalisation: str = Field(default=_P.ppl_normalisation, description='"token" or "char"')
+
+
+def _train(t: TrainConfig) -> type:
+    class _Train(dg.Config):
+        epochs: float = t.epochs
+        learning_rate: float = t.learning_rate
+        train_batch_size: int = t.batch_size
+        max_length: int = t.max_length
+        train_seed: int = t.seed
+        bf16: bool = t.bf16
+
+        def train_config(self) -> TrainConfig:
+            return TrainConfig(epochs=self.epochs, learning_rate=self.learning_rate, batch_size=self.train_batch_size,
+                               max_length=self.max_length, seed=self.train_seed, bf16=self.bf16)
+
+    return _Train
+
+
+_CS = _D.cold_start_sampling
+
+
+class ColdStartConfig(_train(_D.cold_start_train), StandardKDRunConfig):
+    """The cold start: Standard-KD teacher samples of the first train problems teach the student the format."""
+
+    dataset: str = Field(default="demo", description="train side of this dataset supplies the problems")
+    max_problems: int | None = Field(default=_D.n_cold_start, description="problems sampled for the cold start")
+    offset: int = 0
+    num_candidates: int = 2
+    temperature: float = _CS.temperature
+    top_p: float = _CS.top_p
+    max_new_tokens: int = _CS.max_new_tokens
+    seed: int = _CS.seed
+
+
+class DistillConfig(_train(_D.distill_train)):
+    """Fine-tune the cold-start student on the trajectories a method selected."""
+
+    partitions: list[str] = Field(default=["demo"], description="dataset partitions whose trajectories to learn")
+
+
+class EvaluationConfig(dg.Config):
+    benchmarks: list[str] = Field(default=["demo"], description="test sides to evaluate on")
+    max_problems: int | None = Field(default=None, description="problems per benchmark; None = all")
+    batch_size: int = 32
+    max_new_tokens: int = _S.max_new_tokens
+
+
+class ProblemsConfig(dg.Config):
+    max_problems: int | None = Field(default=None, description="keep the first N problems; None = all")
+
+
+def method_config(run: dg.Config, cls):
+    """The core dataclass `cls` (GenSSDConfig, StandardKDConfig, PostHocConfig) from run config."""
+    values = run.model_dump() if hasattr(run, "model_dump") else dict(run)
+    sampling = SamplingConfig(**{k: values[k] for k in SAMPLING_FIELDS})
+    own = {f.name: values[f.name] for f in dataclasses.fields(cls) if f.name != "sampling"}
+    config = cls(sampling=sampling, **own)
+    config.validate()
+    return config

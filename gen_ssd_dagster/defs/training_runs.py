@@ -1,0 +1,81 @@
+"""Fine-tune, cache and log a student: one helper shared by the cold start and the distillation.
+
+A checkpoint lives in <home>/checkpoints/<name>/<key>, where the key hashes the base model's
+version, the exact training examples and the training config: re-materializing with unchanged
+inputs reuses the checkpoint and its MLflow model version instead of training again.
+"""
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+
+from ..core.backends import model_version
+from ..core.models import ModelSpec
+from ..core.training import TrainConfig, fine_tune
+from .resources import MLflowResource, StoreResource
+
+DONE = "train_result.json"
+
+
+@dataclass
+class TrainedModel:
+    spec: ModelSpec
+    version: str
+    mlflow_run_id: str
+    registered_model: str
+    registered_version: str
+    steps: int
+    final_loss: float
+    reused: bool
+
+
+def train_logged(context, name: str, base: ModelSpec, examples: list[tuple[str, str]], config: TrainConfig,
+                 store: StoreResource, mlflow: MLflowResource, lineage: dict) -> TrainedModel:
+    """Fine-tune `base` on `examples` (or reuse the same earlier run) and log it to MLflow as a
+    version of the registered model `gen-ssd-<name>` whose tags carry `lineage`."""
+    base_version = model_version(base)
+    # The lineage is part of the key: a model version's tags must name the teacher and data that
+    # made it, so a new teacher gets a new model version even if its examples happen to be the same.
+    blob = json.dumps([base_version, examples, dataclasses.asdict(config), lineage], sort_keys=True).encode()
+    key = hashlib.sha256(blob).hexdigest()[:16]
+    out_dir = store.home_dir().checkpoints / name / key
+    registered = f"gen-ssd-{name.replace('_', '-')}"
+    session = mlflow.session()
+    done = out_dir.parent / f"{key}.{DONE}"  # beside the checkpoint: inside it would change its fingerprint
+    if done.is_file():
+        saved = json.loads(done.read_text())
+        existing = session.latest_version(registered, "checkpoint_key", key)
+        if existing is not None:
+            context.log.info(f"{name}: reusing checkpoint {out_dir} (MLflow {registered} v{existing.version})")
+            spec = ModelSpec(str(out_dir), dtype=base.dtype)
+            return TrainedModel(spec, model_version(spec), existing.run_id, registered, str(existing.version),
+                                saved["steps"], saved["final_loss"], reused=True)
+
+    tags = {"checkpoint_key": key, "base_version": base_version, "n_examples": len(examples),
+            "dagster_run_id": context.run.run_id, **lineage}
+    with session.run(name, tags=tags) as run:
+        run.log(params={**dataclasses.asdict(config), "base_model": base.name_or_path, **tags})
+        result = fine_tune(base, examples, out_dir, config,
+                           lambda info: (context.log.info(f"{name}: {info}"),
+                                         run.log(metrics={"train_loss": info["loss"]})))
+        # Before the fingerprint (the marker is a file of the checkpoint directory, so the version
+        # must include it); it is only trusted together with a registered MLflow version (above).
+        done.write_text(json.dumps({"steps": result.steps, "final_loss": result.final_loss}))
+        spec = ModelSpec(str(result.path), dtype=base.dtype)
+        version = model_version(spec)
+        run.log(metrics={"final_loss": result.final_loss, "steps": result.steps,
+                         "train_tokens": result.train_tokens, "train_seconds": result.seconds},
+                tags={"model_version": version})
+        run.log_artifacts(result.path, "model")
+        reg_version = run.register(registered, "model", tags={**tags, "model_version": version})
+    return TrainedModel(spec, version, run.run_id, registered, reg_version, result.steps, result.final_loss,
+                        reused=False)
+
+
+def metadata(m: TrainedModel) -> dict:
+    return {"model_version": m.version, "path": m.spec.name_or_path, "mlflow_run_id": m.mlflow_run_id,
+            "registered_model": f"{m.registered_model} v{m.registered_version}", "steps": m.steps,
+            "final_loss": round(m.final_loss, 4), "reused_checkpoint": m.reused}
+
+

@@ -1,0 +1,104 @@
+"""Short-lived DuckDB connections that many processes can share.
+
+DuckDB lets one process hold a database file for writing. Partitions materialized in parallel
+(Dagster's multiprocess executor, or two `gen-ssd` commands) each run in their own process, so no
+connection is ever kept open: every read or write opens the file, does its work in one
+transaction and closes it, under an inter-process file lock (`<db>.lock`). A lock held by a
+process outside this package (a DuckDB shell, say) is waited out with retry and backoff rather
+than surfaced as an error.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+from filelock import FileLock
+
+from .schema import DDL, SCHEMA_VERSION
+
+
+class StoreBusyError(RuntimeError):
+    """The database stayed locked by another process for longer than the configured wait."""
+
+
+def _is_lock_error(exc: Exception) -> bool:
+    msg = str(exc).lower()
+    return "lock" in msg or "conflicting" in msg
+
+
+class Store:
+    """The DuckDB file of one home. Every method opens and closes its own connection."""
+
+    def __init__(self, path: str | Path, timeout_s: float = 600.0):
+        self.path = Path(path)
+        self.timeout_s = timeout_s
+        self._lock = FileLock(str(self.path) + ".lock", timeout=timeout_s)
+        self._ready = False
+
+    @contextmanager
+    def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection held for the duration of the block, under the file lock."""
+        if not self._ready:
+            self._ready = True
+            self.init()
+        with self._lock:
+            con = self._open(read_only)
+            try:
+                yield con
+            finally:
+                con.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """One write transaction: everything in the block lands, or nothing does."""
+        with self.connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+
+    def init(self) -> None:
+        """Create the file and tables if they are missing (idempotent)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            con = self._open(read_only=False)
+            try:
+                con.execute(DDL)
+                if not con.execute("SELECT count(*) FROM schema_info").fetchone()[0]:
+                    con.execute("INSERT INTO schema_info VALUES (?)", [SCHEMA_VERSION])
+            finally:
+                con.close()
+        self._ready = True
+
+    def query_df(self, sql: str, params: list | None = None):
+        """Run one read query and return a pandas DataFrame."""
+        with self.connect(read_only=True) as con:
+            return con.execute(sql, params or []).df()
+
+    def query(self, sql: str, params: list | None = None) -> list[tuple]:
+        with self.connect(read_only=True) as con:
+            return con.execute(sql, params or []).fetchall()
+
+    def _open(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+        deadline = time.monotonic() + self.timeout_s
+        delay = 0.05
+        while True:
+            try:
+                return duckdb.connect(str(self.path), read_only=read_only and self.path.exists())
+            except duckdb.Error as exc:
+                if not _is_lock_error(exc):
+                    raise
+                if time.monotonic() > deadline:
+                    raise StoreBusyError(
+                        f"{self.path} stayed locked by another process for {self.timeout_s:.0f}s: {exc}"
+                    ) from exc
+                time.sleep(delay * (1 + random.random()))
+                delay = min(delay * 2, 2.0)

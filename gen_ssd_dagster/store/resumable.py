@@ -1,0 +1,51 @@
+"""Run a method over problems in batches, committing each batch, skipping what is already stored.
+
+A crash loses at most the batch in flight; re-running with the same key (dataset, method, teacher
+version, scorer version, config hash) redoes nothing that finished. Each batch keeps the seed it
+would have had in one uninterrupted `run_method` call (seed + offset of the batch), so a resumed
+run draws the same samples as a clean one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..core.config import MethodConfig, config_dict
+from ..core.methods import run_method
+from ..core.types import Problem
+from .db import Store
+from .trajectories import WorkKey, done_problem_ids, write_batch
+
+
+@dataclass
+class ResumeReport:
+    total: int  # problems asked for
+    reused: int  # already stored under the same key
+    generated: int  # problems generated now
+    trajectories_written: int
+    batches: int
+
+
+def run_resumable(store: Store, key: WorkKey, config: MethodConfig, problems: list[Problem], teacher, scorer,
+                  batch_size: int = 16, run_id: str | None = None,
+                  log: Callable[[str], None] | None = None) -> ResumeReport:
+    done = done_problem_ids(store, key)
+    report = ResumeReport(total=len(problems), reused=sum(p.problem_id in done for p in problems),
+                          generated=0, trajectories_written=0, batches=0)
+    for start in range(0, len(problems), batch_size):
+        todo = [p for p in problems[start:start + batch_size] if p.problem_id not in done]
+        if not todo:
+            continue
+        sampling = dataclasses.replace(config.sampling, seed=config.sampling.seed + start)
+        trajectories = run_method(dataclasses.replace(config, sampling=sampling), todo, teacher, scorer,
+                                  batch_size=batch_size)
+        # Stored under the key of the run's config (its seed is the base seed, not the batch's).
+        report.trajectories_written += write_batch(store, key, [p.problem_id for p in todo], trajectories,
+                                                   config_dict(config), run_id)
+        report.generated += len(todo)
+        report.batches += 1
+        if log:
+            log(f"{key.method}/{key.dataset}: {report.generated + report.reused}/{len(problems)} problems stored")
+    return report

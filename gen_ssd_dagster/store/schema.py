@@ -1,0 +1,97 @@
+"""The DuckDB schema. Stored work is keyed by everything that determines it.
+
+A trajectory's key is (dataset, problem_id, method, sample_index, teacher_version,
+student_version, config_hash): change the teacher, the scorer or one knob and the key changes, so
+the new work is visible next to the old and unchanged work is reused. `problem_runs` marks a
+problem done under a key, written in the same transaction as its trajectories, so a problem that
+produced no trajectory is not redone either.
+"""
+
+SCHEMA_VERSION = 1
+
+DDL = """
+CREATE TABLE IF NOT EXISTS schema_info (version INTEGER);
+
+CREATE TABLE IF NOT EXISTS problems (
+    dataset VARCHAR NOT NULL,
+    side VARCHAR NOT NULL,            -- train | test
+    problem_id VARCHAR NOT NULL,
+    position INTEGER NOT NULL,        -- order in the source file (cold start takes the first ones)
+    question VARCHAR NOT NULL,
+    gold VARCHAR NOT NULL,
+    solution VARCHAR,
+    dagster_run_id VARCHAR,
+    created_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    PRIMARY KEY (dataset, side, problem_id)
+);
+
+CREATE TABLE IF NOT EXISTS problem_runs (
+    dataset VARCHAR NOT NULL,
+    problem_id VARCHAR NOT NULL,
+    method VARCHAR NOT NULL,
+    teacher_version VARCHAR NOT NULL,
+    student_version VARCHAR NOT NULL,
+    config_hash VARCHAR NOT NULL,
+    n_trajectories INTEGER NOT NULL,
+    dagster_run_id VARCHAR,
+    created_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    PRIMARY KEY (dataset, problem_id, method, teacher_version, student_version, config_hash)
+);
+
+CREATE TABLE IF NOT EXISTS trajectories (
+    trajectory_key VARCHAR PRIMARY KEY,
+    dataset VARCHAR NOT NULL,          -- the Dagster partition
+    problem_id VARCHAR NOT NULL,
+    method VARCHAR NOT NULL,
+    sample_index INTEGER NOT NULL,
+    teacher_version VARCHAR NOT NULL,
+    student_version VARCHAR NOT NULL,  -- the scorer's version ('' when the method scores nothing)
+    config_hash VARCHAR NOT NULL,
+    config JSON,
+    dagster_run_id VARCHAR,
+    end_reason VARCHAR NOT NULL,       -- finished | pruned | length_cap
+    teacher_tokens INTEGER,
+    student_tokens INTEGER,
+    ppl DOUBLE,
+    predicted VARCHAR,
+    correct BOOLEAN,
+    selected BOOLEAN NOT NULL,
+    n_steps INTEGER,
+    question VARCHAR,
+    gold VARCHAR,
+    text VARCHAR NOT NULL,
+    created_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    UNIQUE (dataset, problem_id, method, sample_index, teacher_version, student_version, config_hash)
+);
+
+CREATE TABLE IF NOT EXISTS candidates (
+    trajectory_key VARCHAR NOT NULL,
+    step INTEGER NOT NULL,
+    candidate_index INTEGER NOT NULL,
+    text VARCHAR NOT NULL,
+    ppl DOUBLE,
+    nll DOUBLE,
+    teacher_tokens INTEGER,
+    student_tokens INTEGER,
+    chars INTEGER,
+    passed BOOLEAN,
+    chosen BOOLEAN NOT NULL,
+    ends_solution BOOLEAN,
+    PRIMARY KEY (trajectory_key, step, candidate_index)
+);
+
+CREATE TABLE IF NOT EXISTS evaluation_scores (
+    student VARCHAR NOT NULL,          -- base | cold_start | gen_ssd | standard_kd | posthoc
+    model_version VARCHAR NOT NULL,
+    benchmark VARCHAR NOT NULL,
+    n INTEGER NOT NULL,
+    n_correct INTEGER NOT NULL,
+    accuracy DOUBLE NOT NULL,
+    grader_version VARCHAR NOT NULL,
+    eval_config_hash VARCHAR NOT NULL, -- limit, max_new_tokens: what makes two scores comparable
+    model_path VARCHAR,
+    dagster_run_id VARCHAR,
+    mlflow_run_id VARCHAR,
+    created_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
+"""

@@ -1,0 +1,189 @@
+"""Writing and reading trajectories, their candidates and the problems they came from."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from ..core.types import Problem, Trajectory
+from .db import Store
+
+
+@dataclass(frozen=True)
+class WorkKey:
+    """Everything that determines a stored trajectory, apart from its problem and sample index."""
+
+    dataset: str
+    method: str
+    teacher_version: str
+    student_version: str
+    config_hash: str
+
+    def trajectory_key(self, problem_id: str, sample_index: int) -> str:
+        parts = [self.dataset, problem_id, self.method, str(sample_index), self.teacher_version,
+                 self.student_version, self.config_hash]
+        return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:24]
+
+
+# ---------------------------------------------------------------- problems
+
+def write_problems(store: Store, problems: Iterable[Problem], side: str, run_id: str | None = None) -> int:
+    """Upsert problems of one dataset side; returns how many rows were written."""
+    rows = [(p.dataset, side, p.problem_id, i, p.question, p.gold, p.solution, run_id)
+            for i, p in enumerate(problems)]
+    with store.transaction() as con:
+        con.executemany(
+            "INSERT OR REPLACE INTO problems (dataset, side, problem_id, position, question, gold, solution,"
+            " dagster_run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    return len(rows)
+
+
+def read_problems(store: Store, dataset: str, side: str, limit: int | None = None, offset: int = 0) -> list[Problem]:
+    """Problems of one dataset side in source order, skipping the first `offset`."""
+    sql = ("SELECT dataset, problem_id, question, gold, solution FROM problems"
+           " WHERE dataset = ? AND side = ? ORDER BY position, problem_id")
+    if limit is not None:
+        sql += f" LIMIT {int(limit)}"
+    sql += f" OFFSET {int(offset)}"
+    return [Problem(*row) for row in store.query(sql, [dataset, side])]
+
+
+# ---------------------------------------------------------------- trajectories
+
+def done_problem_ids(store: Store, key: WorkKey) -> set[str]:
+    """Problems already finished under this exact key (their work is reused, not redone)."""
+    rows = store.query(
+        "SELECT problem_id FROM problem_runs WHERE dataset = ? AND method = ? AND teacher_version = ?"
+        " AND student_version = ? AND config_hash = ?",
+        [key.dataset, key.method, key.teacher_version, key.student_version, key.config_hash])
+    return {r[0] for r in rows}
+
+
+def write_batch(store: Store, key: WorkKey, problem_ids: list[str], trajectories: list[Trajectory],
+                config: dict, run_id: str | None = None) -> int:
+    """Write one batch of finished problems in one transaction: all of it lands, or none of it."""
+    traj_rows, cand_rows = [], []
+    counts = dict.fromkeys(problem_ids, 0)
+    for t in trajectories:
+        tkey = key.trajectory_key(t.problem_id, t.sample_index)
+        counts[t.problem_id] = counts.get(t.problem_id, 0) + 1
+        traj_rows.append((
+            tkey, key.dataset, t.problem_id, key.method, t.sample_index, key.teacher_version,
+            key.student_version, key.config_hash, json.dumps(config, sort_keys=True), run_id,
+            t.end_reason, t.teacher_tokens, t.student_tokens, t.ppl, t.predicted, t.correct,
+            bool(t.selected), len(t.steps), t.question, t.gold, t.text))
+        for s, step in enumerate(t.steps):
+            for c, cand in enumerate(step.candidates):
+                cand_rows.append((tkey, s, c, cand.text, cand.ppl, cand.nll, cand.teacher_tokens,
+                                  cand.student_tokens, len(cand.text), cand.passed, step.chosen == c,
+                                  cand.ends_solution))
+    work_rows = [(key.dataset, pid, key.method, key.teacher_version, key.student_version, key.config_hash,
+                  n, run_id) for pid, n in counts.items()]
+    with store.transaction() as con:
+        if traj_rows:
+            keys = [r[0] for r in traj_rows]
+            con.execute("DELETE FROM candidates WHERE list_contains(?, trajectory_key)", [keys])
+            con.execute("DELETE FROM trajectories WHERE list_contains(?, trajectory_key)", [keys])
+            con.executemany(
+                "INSERT INTO trajectories (trajectory_key, dataset, problem_id, method, sample_index,"
+                " teacher_version, student_version, config_hash, config, dagster_run_id, end_reason,"
+                " teacher_tokens, student_tokens, ppl, predicted, correct, selected, n_steps, question,"
+                " gold, text) VALUES (" + ", ".join(["?"] * 21) + ")", traj_rows)
+        if cand_rows:
+            con.executemany(
+                "INSERT INTO candidates (trajectory_key, step, candidate_index, text, ppl, nll,"
+                " teacher_tokens, student_tokens, chars, passed, chosen, ends_solution)"
+                " VALUES (" + ", ".join(["?"] * 12) + ")", cand_rows)
+        con.executemany(
+            "INSERT OR REPLACE INTO problem_runs (dataset, problem_id, method, teacher_version,"
+            " student_version, config_hash, n_trajectories, dagster_run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            work_rows)
+    return len(traj_rows)
+
+
+def _where(key: WorkKey, alias: str = "") -> tuple[str, list]:
+    a = f"{alias}." if alias else ""
+    return (f"{a}dataset = ? AND {a}method = ? AND {a}teacher_version = ? AND {a}student_version = ?"
+            f" AND {a}config_hash = ?",
+            [key.dataset, key.method, key.teacher_version, key.student_version, key.config_hash])
+
+
+def partition_summary(store: Store, key: WorkKey) -> dict:
+    """The numbers a trajectory asset reports about everything stored under its key."""
+    where, params = _where(key)
+    row = store.query(
+        "SELECT count(*), count(DISTINCT problem_id),"
+        " count(*) FILTER (end_reason = 'finished'), count(*) FILTER (end_reason = 'pruned'),"
+        " count(*) FILTER (end_reason = 'length_cap'), count(*) FILTER (selected),"
+        " count(*) FILTER (correct), coalesce(sum(teacher_tokens), 0), avg(student_tokens), avg(ppl),"
+        f" count(*) - count(DISTINCT (problem_id, sample_index)) FROM trajectories WHERE {where}", params)[0]
+    cwhere, cparams = _where(key, "t")
+    cand = store.query(
+        "SELECT avg(c.ppl) FILTER (c.chosen), avg(c.ppl) FILTER (NOT c.chosen),"
+        " count(*) FILTER (c.chosen), count(*) FILTER (c.passed), count(*)"
+        f" FROM candidates c JOIN trajectories t USING (trajectory_key) WHERE {cwhere}", cparams)[0]
+    n = row[0]
+    if not cand[4]:  # the baselines have no steps: their candidates are whole samples
+        cand = store.query(
+            "SELECT avg(ppl) FILTER (selected), avg(ppl) FILTER (NOT selected), 0,"
+            f" count(*) FILTER (selected), count(*) FROM trajectories WHERE {where}", params)[0]
+    return {
+        "trajectories": n, "problems": row[1], "finished": row[2], "pruned": row[3], "length_capped": row[4],
+        "selected": row[5], "correct": row[6], "teacher_tokens": int(row[7]),
+        "mean_length_student_tokens": row[8], "mean_trajectory_ppl": row[9], "duplicates": row[10],
+        "mean_chosen_ppl": cand[0], "mean_rejected_ppl": cand[1],
+        "steps": cand[2], "candidates": cand[4],
+        # Gen-SSD: the share of trajectories that ended with an answer rather than pruned.
+        "acceptance_rate": (row[2] / n) if n else 0.0,
+        "candidate_pass_rate": (cand[3] / cand[4]) if cand[4] else None,
+    }
+
+
+def candidate_ppls(store: Store, key: WorkKey) -> tuple[list[float], list[float]]:
+    """Student PPLs of chosen and of rejected candidates under a key (for the plot); for the
+    baselines, which have no steps, of selected and of not-selected whole samples."""
+    where, params = _where(key, "t")
+    rows = store.query(
+        f"SELECT c.ppl, c.chosen FROM candidates c JOIN trajectories t USING (trajectory_key)"
+        f" WHERE {where} AND c.ppl IS NOT NULL", params)
+    if not rows:
+        rows = store.query(f"SELECT t.ppl, t.selected FROM trajectories t WHERE {where} AND t.ppl IS NOT NULL", params)
+    return [r[0] for r in rows if r[1]], [r[0] for r in rows if not r[1]]
+
+
+def sample_trajectory(store: Store, key: WorkKey) -> dict | None:
+    """One selected (else any) trajectory under a key, for a readable example."""
+    where, params = _where(key)
+    df = store.query_df(
+        f"SELECT problem_id, question, gold, text, end_reason, ppl, correct, selected FROM trajectories"
+        f" WHERE {where} ORDER BY selected DESC, problem_id, sample_index LIMIT 1", params)
+    return None if df.empty else df.iloc[0].to_dict()
+
+
+def selected_examples(store: Store, key: WorkKey) -> list[tuple[str, str, str]]:
+    """(problem_id, question, text) of the trajectories the method kept as training data."""
+    where, params = _where(key)
+    return [tuple(r) for r in store.query(
+        f"SELECT problem_id, question, text FROM trajectories WHERE {where} AND selected"
+        " ORDER BY problem_id, sample_index", params)]
+
+
+def latest_config_hash(store: Store, dataset: str, method: str, teacher_version: str,
+                       student_version: str) -> str | None:
+    """The configuration most recently used for (dataset, method, teacher, scorer), if any."""
+    rows = store.query(
+        "SELECT config_hash FROM problem_runs WHERE dataset = ? AND method = ? AND teacher_version = ?"
+        " AND student_version = ? ORDER BY created_at DESC LIMIT 1",
+        [dataset, method, teacher_version, student_version])
+    return rows[0][0] if rows else None
+
+
+MEAN_CHOSEN_PPL_SQL = """
+SELECT t.dataset, t.teacher_version, avg(c.ppl) AS mean_chosen_ppl, count(*) AS n_chosen
+FROM candidates c JOIN trajectories t USING (trajectory_key)
+WHERE c.chosen
+GROUP BY t.dataset, t.teacher_version
+ORDER BY t.dataset, t.teacher_version
+"""

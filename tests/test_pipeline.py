@@ -1,0 +1,248 @@
+"""The Dagster layer: assets materialized with `dagster.materialize` on a real instance in a tmp home.
+
+Fast tests use the tiny random models of conftest (cold start skipped, so nothing needs to be
+correct); the slow one runs every asset on the embedded demo with small trained demo models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing as mp
+
+import pytest
+
+from conftest import data_dir
+
+TRAJ_ASSETS = ["gen_ssd_trajectories", "standard_kd_trajectories", "posthoc_trajectories"]
+SMALL = {"max_problems": 3, "offset": 0, "batch_size": 2, "max_new_tokens": 24, "num_candidates": 2}
+
+
+def _run_config(**gen_ssd) -> dict:
+    return {"ops": {
+        "problems": {"config": {"max_problems": 6}},
+        "cold_start_student": {"config": {"max_problems": 0}},  # skipped: the tiny models are random
+        "gen_ssd_trajectories": {"config": {**SMALL, "chunk_tokens": 8, "suitability": "none", **gen_ssd}},
+        "standard_kd_trajectories": {"config": SMALL},
+        "posthoc_trajectories": {"config": SMALL},
+    }}
+
+
+def _materialize(home, teacher, student, partition, assets, run_config):
+    from gen_ssd_dagster.defs.resources import DataResource, ModelsResource
+    from gen_ssd_dagster.pipeline import run_pipeline
+    from gen_ssd_dagster.store import Home
+
+    return run_pipeline(
+        Home.resolve(home), partition, run_config,
+        {"models": ModelsResource(teacher=str(teacher), student=str(student)),
+         "data": DataResource(demo_train=12, demo_test=4, data_dir=str(data_dir()))},
+        log=lambda _: None, selection=assets)
+
+
+def _materialization(result, asset):
+    return next(e for e in result.get_asset_materialization_events()
+                if e.asset_key.to_user_string() == asset).step_materialization_data.materialization
+
+
+def _store(home):
+    from gen_ssd_dagster.store import Home, Store
+
+    return Store(Home.resolve(home).db_path)
+
+
+UPSTREAM = ["teacher", "base_student", "problems", "cold_start_student"]
+
+
+def test_definitions_load():
+    import dagster as dg
+
+    from gen_ssd_dagster.definitions import defs
+
+    dg.Definitions.validate_loadable(defs)
+    graph = defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert {"teacher", "base_student", "problems", "benchmarks", "cold_start_student", *TRAJ_ASSETS,
+            "distilled_students/gen_ssd", "distilled_students/standard_kd", "distilled_students/posthoc",
+            "evaluation_scores"} <= keys
+    partitions = graph.get(dg.AssetKey("gen_ssd_trajectories")).partitions_def.get_partition_keys()
+    assert {"demo", "gsm8k", "math500", "aime24", "amc23"} <= set(partitions)
+
+
+def test_run_config_mirrors_core_defaults():
+    from gen_ssd_dagster.core.config import GenSSDConfig, PostHocConfig, SamplingConfig, StandardKDConfig
+    from gen_ssd_dagster.defs.run_config import (GenSSDRunConfig, PostHocRunConfig, StandardKDRunConfig,
+                                                 method_config)
+
+    for run_cls, cls in ((GenSSDRunConfig, GenSSDConfig), (StandardKDRunConfig, StandardKDConfig),
+                         (PostHocRunConfig, PostHocConfig)):
+        assert method_config(run_cls(), cls) == cls()
+        knobs = {f.name for f in dataclasses.fields(cls)} - {"sampling"} | {f.name for f in dataclasses.fields(SamplingConfig)}
+        assert knobs <= set(run_cls.model_fields)
+    custom = method_config(GenSSDRunConfig(chunk_tokens=5, temperature=0.7, suitability="absolute"), GenSSDConfig)
+    assert (custom.chunk_tokens, custom.sampling.temperature, custom.suitability) == (5, 0.7, "absolute")
+
+
+def test_trajectories_stored_and_reused(tmp_path, tiny_models):
+    teacher, student = tiny_models
+    home = tmp_path / "home"
+    result = _materialize(home, teacher, student, "demo", UPSTREAM + TRAJ_ASSETS, _run_config())
+    assert result.success
+    store = _store(home)
+    counts = dict(store.query("SELECT method, count(*) FROM trajectories WHERE dataset = 'demo' GROUP BY method"))
+    assert counts == {"gen_ssd": 3, "standard_kd": 6, "posthoc": 6}  # 3 problems, K=2 full samples for baselines
+    assert store.query("SELECT count(*) FROM candidates")[0][0] > 0
+    md = _materialization(result, "gen_ssd_trajectories").metadata
+    assert md["trajectories"].value == 3 and md["new_problems"].value == 3
+    for key in ("finished", "pruned", "length_capped", "acceptance_rate", "teacher_tokens", "mean_chosen_ppl",
+                "mean_rejected_ppl", "sample_trajectory", "ppl_chosen_vs_rejected", "teacher_version"):
+        assert key in md, key
+    first = store.query("SELECT trajectory_key, created_at FROM trajectories ORDER BY 1")
+
+    again = _materialize(home, teacher, student, "demo", TRAJ_ASSETS, _run_config())
+    assert again.success
+    assert store.query("SELECT trajectory_key, created_at FROM trajectories ORDER BY 1") == first
+    md = _materialization(again, "gen_ssd_trajectories").metadata
+    assert (md["new_problems"].value, md["reused_problems"].value) == (0, 3)
+
+    # one changed knob is a new key: new work, old rows kept beside it
+    changed = _materialize(home, teacher, student, "demo", ["gen_ssd_trajectories"], _run_config(num_candidates=3))
+    assert changed.success
+    hashes = store.query("SELECT DISTINCT config_hash FROM trajectories WHERE method = 'gen_ssd'")
+    assert len(hashes) == 2
+
+
+def test_gsm8k_partition(tmp_path, tiny_models):
+    if not (data_dir() / "gsm8k" / "train.jsonl").is_file():
+        pytest.skip("no GSM8K data (set GEN_SSD_DATA_DIR)")
+    teacher, student = tiny_models
+    home = tmp_path / "home"
+    rc = _run_config()
+    rc["ops"]["problems"] = {"config": {"max_problems": 4}}
+    rc["ops"]["benchmarks"] = {"config": {"max_problems": 4}}
+    result = _materialize(home, teacher, student, "gsm8k",
+                          ["teacher", "base_student", "problems", "benchmarks", "cold_start_student",
+                           "gen_ssd_trajectories"], rc)
+    assert result.success
+    store = _store(home)
+    assert store.query("SELECT side, count(*) FROM problems WHERE dataset = 'gsm8k' GROUP BY side ORDER BY side") \
+        == [("test", 4), ("train", 4)]
+    rows = store.query("SELECT DISTINCT dataset, method FROM trajectories")
+    assert rows == [("gsm8k", "gen_ssd")]
+
+
+def _child(home, teacher, student, partition):
+    result = _materialize(home, teacher, student, partition, ["problems", "gen_ssd_trajectories"], _run_config())
+    raise SystemExit(0 if result.success else 1)
+
+
+def test_two_partitions_in_parallel(tmp_path, tiny_models):
+    if not (data_dir() / "gsm8k" / "train.jsonl").is_file():
+        pytest.skip("no GSM8K data (set GEN_SSD_DATA_DIR)")
+    teacher, student = tiny_models
+    home = tmp_path / "home"
+    assert _materialize(home, teacher, student, "demo", UPSTREAM, _run_config()).success
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_child, args=(home, teacher, student, p)) for p in ("demo", "gsm8k")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(600)
+    assert [p.exitcode for p in procs] == [0, 0]
+    rows = dict(_store(home).query("SELECT dataset, count(*) FROM trajectories GROUP BY dataset"))
+    assert rows == {"demo": 3, "gsm8k": 3}
+    done = dict(_store(home).query("SELECT dataset, count(*) FROM problem_runs GROUP BY dataset"))
+    assert done == {"demo": 3, "gsm8k": 3}
+
+
+DEMO_SIZES = {"demo_train": 12, "demo_test": 4, "demo_seed": 0}
+
+
+@pytest.fixture(scope="session")
+def memorizing_teacher(tmp_path_factory, tiny_models):
+    """The tiny teacher fine-tuned until it reproduces the demo train solutions: correct answers,
+    so every asset downstream of "keep the correct ones" has data, in about a minute."""
+    from gen_ssd_dagster.core import data as core_data
+    from gen_ssd_dagster.core.demo_world import write_demo_dataset
+    from gen_ssd_dagster.core.prompts import format_prompt
+    from gen_ssd_dagster.core.training import TrainConfig, fine_tune
+
+    root = tmp_path_factory.mktemp("memorizing")
+    write_demo_dataset(root, DEMO_SIZES["demo_train"], DEMO_SIZES["demo_test"], DEMO_SIZES["demo_seed"])
+    train = core_data.load_problems(core_data.BUILTIN_DATASETS["demo"]["train"], data_dir=root)
+    examples = [(format_prompt(p.question), p.solution) for p in train[:8]]  # the ones the test samples
+    config = TrainConfig(epochs=100, learning_rate=3e-3, batch_size=4, warmup_steps=5, bf16=True)
+    return fine_tune(tiny_models[0], examples, root / "teacher", config).path
+
+
+@pytest.mark.slow
+def test_every_asset_on_demo(tmp_path, tiny_models, memorizing_teacher, capsys):
+    """The whole graph on the demo partition; DuckDB and MLflow hold what the assets claim."""
+    from mlflow import MlflowClient
+
+    from gen_ssd_dagster import cli
+    from gen_ssd_dagster.defs.resources import DataResource, ModelsResource
+    from gen_ssd_dagster.pipeline import run_pipeline
+    from gen_ssd_dagster.store import Home
+
+    home = Home.resolve(tmp_path / "home")
+    small = {"batch_size": 4, "max_new_tokens": 128, "num_candidates": 2, "temperature": 0.3}
+    rc = {"ops": {
+        "cold_start_student": {"config": {**small, "max_problems": 4, "epochs": 2}},
+        "gen_ssd_trajectories": {"config": {**small, "max_problems": 4, "offset": 4, "suitability": "none"}},
+        "standard_kd_trajectories": {"config": {**small, "max_problems": 4, "offset": 4}},
+        "posthoc_trajectories": {"config": {**small, "max_problems": 4, "offset": 4}},
+        **{f"distilled_students__{m}": {"config": {"epochs": 1}} for m in ("gen_ssd", "standard_kd", "posthoc")},
+        "evaluation_scores": {"config": {"max_new_tokens": 128}},
+    }}
+    result = run_pipeline(home, "demo", rc, {
+        "models": ModelsResource(teacher=str(memorizing_teacher), student=str(tiny_models[1])),
+        "data": DataResource(**DEMO_SIZES)}, log=lambda _: None)
+    assert result.success
+    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert len(materialized) == 12, materialized
+
+    store = _store(home.root)
+    scores = store.query_df("SELECT student, benchmark, accuracy, grader_version, mlflow_run_id, model_version"
+                            " FROM evaluation_scores")
+    assert set(scores.student) == {"base", "cold_start", "gen_ssd", "standard_kd", "posthoc"}
+    assert (scores.grader_version != "").all()
+
+    client = MlflowClient(home.mlflow_uri)
+    run = client.get_run(scores.mlflow_run_id.iloc[0])
+    for row in scores.itertuples():
+        assert run.data.metrics[f"accuracy.{row.student}.{row.benchmark}"] == pytest.approx(row.accuracy)
+    exp = client.get_experiment_by_name("gen-ssd")
+    statuses = {r.info.status for r in client.search_runs([exp.experiment_id])}
+    assert statuses == {"FINISHED"}
+    mv = client.search_model_versions("name = 'gen-ssd-student-gen-ssd'")[0]
+    assert mv.tags["method"] == "gen_ssd" and mv.tags["partitions"] == "demo"
+    n_selected = store.query("SELECT count(*) FROM trajectories WHERE method = 'gen_ssd' AND selected")[0][0]
+    assert int(mv.tags["trajectories"]) == n_selected > 0
+    teacher_version = store.query("SELECT DISTINCT teacher_version FROM trajectories WHERE method = 'gen_ssd'")[0][0]
+    assert mv.tags["teacher_version"] == teacher_version
+    # the registered version is the one evaluated (its checkpoint was not touched after logging)
+    assert mv.tags["model_version"] == scores.set_index("student").loc["gen_ssd", "model_version"]
+
+    assert cli.main(["--home", str(home.root), "report", "--json"]) == 0
+    import json
+
+    reported = json.loads(capsys.readouterr().out)["scores"]
+    assert {(r["student"], r["benchmark"]): r["accuracy"] for r in reported} == \
+        {(r.student, r.benchmark): r.accuracy for r in scores.itertuples()}
+
+
+def test_a_failed_step_is_named(tmp_path, tiny_models):
+    """Distilling before any trajectory exists fails with a message that says what to do."""
+    from gen_ssd_dagster.defs.resources import DataResource, ModelsResource
+    from gen_ssd_dagster.pipeline import run_pipeline
+    from gen_ssd_dagster.store import Home
+
+    teacher, student = tiny_models
+    lines = []
+    result = run_pipeline(
+        Home.resolve(tmp_path / "home"), "demo", _run_config(),
+        {"models": ModelsResource(teacher=str(teacher), student=str(student)),
+         "data": DataResource(demo_train=12, demo_test=4)},
+        log=lines.append, selection=UPSTREAM + ["distilled_students/gen_ssd"])
+    assert not result.success
+    assert any("distilled_students__gen_ssd failed" in line and "gen_ssd_trajectories[demo]" in line for line in lines), lines

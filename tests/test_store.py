@@ -1,0 +1,154 @@
+"""The DuckDB store: schema, idempotent batch writes, the lineage query, concurrent writers."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+
+import pytest
+
+from gen_ssd_dagster.core.types import Candidate, Problem, Step, Trajectory
+from gen_ssd_dagster.store import Store
+from gen_ssd_dagster.store.scores import Score, latest_scores, score_table, write_scores
+from gen_ssd_dagster.store.trajectories import (
+    MEAN_CHOSEN_PPL_SQL, WorkKey, done_problem_ids, partition_summary, read_problems, write_batch,
+    write_problems)
+
+
+def _traj(dataset: str, pid: str, sample: int = 0, ppls=(2.0, 5.0), end="finished") -> Trajectory:
+    cands = [Candidate(text=f"c{i}", teacher_tokens=3, student_tokens=3, nll=1.0, ppl=p, passed=True)
+             for i, p in enumerate(ppls)]
+    return Trajectory(dataset=dataset, problem_id=pid, method="gen_ssd", sample_index=sample, question="q?",
+                      gold="4", text="c0\n#### 4", end_reason=end, teacher_tokens=6, student_tokens=3, ppl=2.0,
+                      predicted="4", correct=True, selected=end == "finished", steps=[Step(cands, 0)])
+
+
+def _key(dataset="demo", teacher="t1", cfg="h1") -> WorkKey:
+    return WorkKey(dataset=dataset, method="gen_ssd", teacher_version=teacher, student_version="s1", config_hash=cfg)
+
+
+def test_schema_and_problems(tmp_path):
+    store = Store(tmp_path / "db.duckdb")
+    store.init()
+    store.init()  # idempotent
+    probs = [Problem("demo", f"p{i}", f"question {i}", str(i)) for i in range(3)]
+    assert write_problems(store, probs, "train") == 3
+    assert write_problems(store, probs, "train") == 3  # upsert, no duplicates
+    assert read_problems(store, "demo", "train") == probs
+    assert read_problems(store, "demo", "test") == []
+
+
+def test_batch_write_is_keyed_and_idempotent(tmp_path):
+    store = Store(tmp_path / "db.duckdb")
+    key = _key()
+    write_batch(store, key, ["p0", "p1"], [_traj("demo", "p0"), _traj("demo", "p1", end="pruned")], {"k": 1})
+    assert done_problem_ids(store, key) == {"p0", "p1"}
+    # writing the same problems again replaces, never duplicates
+    write_batch(store, key, ["p0"], [_traj("demo", "p0")], {"k": 1})
+    s = partition_summary(store, key)
+    assert (s["trajectories"], s["finished"], s["pruned"], s["duplicates"]) == (2, 1, 1, 0)
+    assert s["mean_chosen_ppl"] == pytest.approx(2.0) and s["mean_rejected_ppl"] == pytest.approx(5.0)
+    # a new config hash is new work: nothing of it is done yet
+    assert done_problem_ids(store, _key(cfg="h2")) == set()
+    # a problem that produced no trajectory is still marked done
+    write_batch(store, key, ["p9"], [], {"k": 1})
+    assert "p9" in done_problem_ids(store, key)
+
+
+def test_failed_batch_leaves_nothing(tmp_path):
+    store = Store(tmp_path / "db.duckdb")
+    bad = _traj("demo", "p0")
+    bad.steps[0].candidates[0].text = None  # NOT NULL violation in the candidates insert
+    with pytest.raises(Exception):
+        write_batch(store, _key(), ["p0"], [bad], {})
+    assert store.query("SELECT count(*) FROM trajectories")[0][0] == 0
+    assert done_problem_ids(store, _key()) == set()
+
+
+def test_mean_chosen_ppl_by_dataset_and_teacher_is_one_statement(tmp_path):
+    store = Store(tmp_path / "db.duckdb")
+    write_batch(store, _key("demo", "t1"), ["p0"], [_traj("demo", "p0", ppls=(2.0, 9.0))], {})
+    write_batch(store, _key("demo", "t2"), ["p0"], [_traj("demo", "p0", ppls=(4.0, 9.0))], {})
+    write_batch(store, _key("gsm8k", "t1"), ["p0"], [_traj("gsm8k", "p0", ppls=(3.0, 9.0))], {})
+    rows = store.query(MEAN_CHOSEN_PPL_SQL)
+    assert [(r[0], r[1], r[2]) for r in rows] == [("demo", "t1", 2.0), ("demo", "t2", 4.0), ("gsm8k", "t1", 3.0)]
+
+
+def test_scores_table(tmp_path):
+    store = Store(tmp_path / "db.duckdb")
+    write_scores(store, [Score("base", "v0", "demo", 10, 1, 0.1, "g1", "e"),
+                         Score("gen_ssd", "v1", "demo", 10, 5, 0.5, "g1", "e")])
+    df = latest_scores(store)
+    assert set(df.student) == {"base", "gen_ssd"}
+    assert "| gen_ssd | 0.500 |" in score_table(df)
+
+
+def _writer(path: str, dataset: str, n: int) -> None:
+    store = Store(path)
+    key = _key(dataset)
+    for i in range(n):
+        write_batch(store, key, [f"p{i}"], [_traj(dataset, f"p{i}")], {})
+
+
+def test_two_processes_write_at_once(tmp_path):
+    path = str(tmp_path / "db.duckdb")
+    Store(path).init()
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(path, ds, 25)) for ds in ("demo", "gsm8k")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    rows = dict(Store(path).query("SELECT dataset, count(*) FROM trajectories GROUP BY dataset"))
+    assert rows == {"demo": 25, "gsm8k": 25}
+
+
+def _hold_db(path: str, seconds: float, ready) -> None:
+    import time
+
+    import duckdb
+
+    con = duckdb.connect(path)  # a foreign writer that ignores our file lock
+    ready.set()
+    time.sleep(seconds)
+    con.close()
+
+
+def test_foreign_lock_holder_is_waited_out(tmp_path):
+    path = str(tmp_path / "db.duckdb")
+    Store(path).init()
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    holder = ctx.Process(target=_hold_db, args=(path, 2.0, ready))
+    holder.start()
+    assert ready.wait(60)
+    write_batch(Store(path), _key(), ["p0"], [_traj("demo", "p0")], {})  # retries until the holder lets go
+    holder.join(60)
+    assert Store(path).query("SELECT count(*) FROM trajectories")[0][0] == 1
+
+
+def test_crash_loses_at_most_one_batch_and_resume_redoes_nothing_finished(tmp_path, monkeypatch):
+    from gen_ssd_dagster.core.config import GenSSDConfig
+    from gen_ssd_dagster.store import resumable
+
+    calls = []
+
+    def fake_run_method(config, problems, teacher, scorer, batch_size):
+        calls.append([p.problem_id for p in problems])
+        if len(calls) == 3 and crash:
+            raise RuntimeError("killed mid-run")
+        return [_traj(p.dataset, p.problem_id) for p in problems]
+
+    monkeypatch.setattr(resumable, "run_method", fake_run_method)
+    store, key = Store(tmp_path / "db.duckdb"), _key()
+    problems = [Problem("demo", f"p{i}", "q", "4") for i in range(10)]
+    crash = True
+    with pytest.raises(RuntimeError):
+        resumable.run_resumable(store, key, GenSSDConfig(), problems, None, None, batch_size=3)
+    assert done_problem_ids(store, key) == {f"p{i}" for i in range(6)}  # two batches committed
+    calls.clear()
+    crash = False
+    report = resumable.run_resumable(store, key, GenSSDConfig(), problems, None, None, batch_size=3)
+    assert calls == [["p6", "p7", "p8"], ["p9"]]
+    assert (report.reused, report.generated) == (6, 4)
+    assert store.query("SELECT count(*) FROM trajectories")[0][0] == 10
