@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 VLLM_VENV := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: demo test test-vllm venv clean-venv
+.PHONY: demo library-demo ui test test-vllm venv clean-venv
 
 venv: $(STAMP)
 
@@ -28,8 +28,17 @@ $(VLLM_STAMP): pyproject.toml
 	$(VLLM_VENV)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec triton
 	touch $(VLLM_STAMP)
 
+# The whole Dagster asset graph on the embedded default, then the evaluation table.
 demo: $(STAMP)
+	$(BIN)/gen-ssd pipeline
+
+# The same method through the plain library, no Dagster.
+library-demo: $(STAMP)
 	$(BIN)/gen-ssd demo
+
+# The Dagster UI on 127.0.0.1:3000, on the instance `make demo` writes to.
+ui: $(STAMP)
+	DAGSTER_HOME=$(CURDIR) $(BIN)/dagster dev -h 127.0.0.1 -p 3000
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
