@@ -77,3 +77,20 @@ def load_model(spec: ModelSpec) -> PreTrainedModel:
         raise ModelLoadError(f"cannot load model from {spec.name_or_path}: {exc}") from exc
     model.eval()
     return model
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def resolve_hub_revision(name: str, revision: str | None) -> tuple[str | None, str]:
+    """(commit hash of a hub id's revision, "") when online; (None, why) when offline
+    (HF_HUB_OFFLINE=1) or when the hub cannot be asked. Never raises."""
+    if hub_offline():
+        return None, "HF_HUB_OFFLINE=1"
+    try:
+        from huggingface_hub import HfApi
+
+        return HfApi().model_info(name, revision=revision, timeout=10).sha, ""
+    except Exception as exc:  # no network, unknown repo, gated: the caller falls back to the revision name
+        return None, f"hub not reachable ({type(exc).__name__})"

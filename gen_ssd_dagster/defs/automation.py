@@ -18,7 +18,7 @@ run the pipeline on every manual materialization of `teacher`, and needs an expl
 two partitioning schemes: `teacher` -> `cold_start_student` -> trajectories[every partition] ->
 `distilled_students/*` -> `evaluation_scores`. A sensor whose cursor is the last version it
 acted on does exactly that, and it requests the re-run as ONE asset backfill
-(`RunRequest(asset_graph_subset=...)`): the backfill daemon then launches the runs in dependency
+(`RunRequest.for_asset_graph_subset`): the backfill daemon then launches the runs in dependency
 order (all trajectory partitions before the unpartitioned students, and the students before the
 evaluation), which separate RunRequests cannot guarantee. An observable source asset feeding
 eager automation conditions would re-run the same assets but turns every upstream change into a
@@ -189,7 +189,7 @@ def decide(instance: dg.DagsterInstance, asset_graph, models: ModelsResource, ho
                         f"(backfill {running})")
     partitions = refresh_partitions(instance)
     tags = {VERSION_TAG: obs.version, PREVIOUS_TAG: previous, "gen_ssd/trigger": "teacher_change"}
-    request = dg.RunRequest(asset_graph_subset=refresh_subset(asset_graph, partitions), tags=tags)
+    request = dg.RunRequest.for_asset_graph_subset(refresh_subset(asset_graph, partitions), tags=tags)
     return Decision(obs, previous, request, f"teacher version changed {previous} -> {obs.version} "
                     f"({obs.source}): re-running partitions {', '.join(partitions)} and downstream",
                     tuple(partitions))
