@@ -1,6 +1,6 @@
 """How fast is the Gen-SSD loop, and what does pruning save?
 
-Measured in one run, on the demo teacher and a cold-start-free student (the base demo student):
+Measured in one run, on the demo teacher and the demo student after a small cold start:
   1. batched Gen-SSD (paths x candidates in one batch, KV cache kept across steps)
      vs a naive loop (one problem, one candidate at a time, prefix re-encoded every step);
   2. Gen-SSD teacher tokens/s vs plain batched teacher sampling (no scoring, no chunking);
@@ -22,10 +22,11 @@ from gen_ssd_dagster.core.backends import TransformersScorer, TransformersTeache
 from gen_ssd_dagster.core.config import GenSSDConfig, SamplingConfig, StandardKDConfig
 from gen_ssd_dagster.core.demo_models import build_demo_models
 from gen_ssd_dagster.core.demo_world import generate_problems
-from gen_ssd_dagster.core.methods import run_method
+from gen_ssd_dagster.core.methods import run_method, training_examples
 from gen_ssd_dagster.core.models import ModelSpec
 from gen_ssd_dagster.core.prompts import format_prompt
 from gen_ssd_dagster.core.solution_text import ends_with_answer
+from gen_ssd_dagster.core.training import TrainConfig, fine_tune
 
 
 @torch.no_grad()
@@ -73,12 +74,21 @@ def main() -> None:
     parser.add_argument("--home", default=".gen_ssd_home/benchmark", help="where the demo models are built/cached")
     parser.add_argument("--problems", type=int, default=32)
     parser.add_argument("--naive-problems", type=int, default=8, help="the naive loop is slow: fewer problems")
+    parser.add_argument("--cold-start-problems", type=int, default=64, help="teacher samples that teach the student the format")
     args = parser.parse_args()
     torch.set_num_threads(2)
 
     models = build_demo_models(Path(args.home) / "models")
     teacher = TransformersTeacher(ModelSpec(str(models.teacher)))
-    scorer = TransformersScorer(ModelSpec(str(models.student)))
+    # Pruning only means something once the student knows the format: a quick cold start first.
+    cold_problems = generate_problems(args.cold_start_problems, seed=7, split="train")
+    base = TransformersScorer(ModelSpec(str(models.student)))
+    kd = StandardKDConfig(num_candidates=2, sampling=SamplingConfig(temperature=0.8))
+    examples = training_examples(run_method(kd, cold_problems, teacher, base))
+    if not examples:
+        raise SystemExit(f"the teacher solved none of {len(cold_problems)} cold-start problems: nothing to learn from")
+    cold = fine_tune(models.student, examples, Path(args.home) / "cold_start", TrainConfig(epochs=3, batch_size=16, bf16=True))
+    scorer = TransformersScorer(ModelSpec(str(cold.path)))
     problems = generate_problems(args.problems, seed=123, split="test")
     config = GenSSDConfig(suitability="none")
 
