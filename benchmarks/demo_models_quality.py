@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import logging
 import os
 import random
 import time
+from pathlib import Path
 
 import torch
 
-from gen_ssd_dagster.core.demo_models import DemoModelsConfig, build_demo_models
+from gen_ssd_dagster.core.demo_models import MARKER, DemoModelsConfig, build_demo_models
 from gen_ssd_dagster.core.demo_world import classify_style, generate_problems
 from gen_ssd_dagster.core.models import ModelSpec, load_model, load_tokenizer
 from gen_ssd_dagster.core.prompts import extract_final_answer, format_prompt
@@ -52,7 +54,11 @@ def main() -> None:
     load = os.getloadavg()[0]
     t = time.perf_counter()
     built = build_demo_models(args.out_dir, DemoModelsConfig())
-    print(f"build: {built.seconds:.1f} s (wall {time.perf_counter() - t:.1f} s, load avg at start {load:.2f})")
+    print(f"build: {built.seconds:.1f} s (wall {time.perf_counter() - t:.1f} s, load avg at start {load:.2f}, "
+          f"now {os.getloadavg()[0]:.2f})")
+    marker = json.loads((Path(args.out_dir) / MARKER).read_text())
+    print(f"tokens seen: teacher {marker.get('teacher_tokens', '?'):,}, student {marker.get('student_tokens', '?'):,} "
+          f"(build of {marker['seconds']} s)")
 
     teacher, tok = load_model(ModelSpec(str(built.teacher))), load_tokenizer(ModelSpec(str(built.teacher)))
     student = load_model(ModelSpec(str(built.student)))
@@ -62,9 +68,12 @@ def main() -> None:
     t = time.perf_counter()
     greedy = generate(teacher, tok, [p.question for p in problems], sample=False)
     acc = sum(correct(g, p.gold) for g, p in zip(greedy, problems)) / len(problems)
-    styles = collections.Counter(classify_style(g) for g in greedy)
+    greedy_by_style = collections.defaultdict(list)
+    for text, p in zip(greedy, problems):
+        greedy_by_style[classify_style(text)].append(correct(text, p.gold))
+    styles = ", ".join(f"{s} {len(v)} ({sum(v)} correct)" for s, v in sorted(greedy_by_style.items()))
     print(f"teacher greedy accuracy: {acc:.1%} on {len(problems)} test problems "
-          f"({time.perf_counter() - t:.1f} s; styles {dict(styles)})")
+          f"({time.perf_counter() - t:.1f} s; styles: {styles})")
 
     torch.manual_seed(0)
     picked = random.Random(0).sample(problems, min(args.samples, len(problems)))
@@ -73,7 +82,8 @@ def main() -> None:
     for text, p in zip(sampled, picked):
         by_style[classify_style(text)].append(correct(text, p.gold))
     mix = ", ".join(f"{s} {len(v)} ({sum(v)} correct)" for s, v in sorted(by_style.items()))
-    print(f"sampled (T=1.0) style mix of {len(picked)}: {mix}")
+    n_right = sum(sum(v) for v in by_style.values())
+    print(f"sampled (T=1.0) style mix of {len(picked)}: {mix}; {n_right / len(picked):.0%} correct")
     for style, text in {classify_style(s): s for s in sampled}.items():
         print(f"--- example {style}:\n{text}")
 

@@ -1,9 +1,12 @@
 import json
 import random
+import re
 
 import pytest
 
 from gen_ssd_dagster.core.demo_world import (
+    MAX_OPERAND,
+    MAX_VALUE,
     STYLES,
     classify_style,
     generate_problems,
@@ -38,8 +41,19 @@ def test_splits_disjoint():
 
 def test_values_small_and_non_negative():
     for spec in generate_specs(1000, 3, "train"):
-        assert 2 <= len(spec.ops) <= 4
-        assert all(0 <= v <= 200 for v in spec.values())
+        assert 2 <= len(spec.ops) <= 3
+        assert all(0 <= v <= MAX_VALUE for v in spec.values())
+        assert all(op.kind in "+-" and 1 <= op.n <= MAX_OPERAND for op in spec.ops)
+
+
+def test_question_keeps_numbers_in_order():
+    for spec in generate_specs(200, 6, "train"):
+        numbers = [int(n) for n in re.findall(r"\d+", spec.question)]
+        assert numbers == [spec.start, *(op.n for op in spec.ops)]
+        # the stepwise solution writes the running value first, then the operand of the k-th sentence
+        lines = render_solution(spec, "stepwise").splitlines()
+        for k, (line, a, op) in enumerate(zip(lines, spec.values(), spec.ops), 1):
+            assert line.startswith(f"Step {k}: {a} {op.kind} {op.n} = ")
 
 
 def test_every_style_ends_in_gold_and_is_recognisable():

@@ -36,12 +36,16 @@ from .training import TrainConfig, fine_tune, save_atomically
 log = logging.getLogger(__name__)
 
 MARKER = "demo_models.json"  # written last: its presence with the same config means "done"
-BUILD_VERSION = 3  # bump when the demo world's text or this recipe changes: old caches then rebuild
+BUILD_VERSION = 4  # bump when the demo world's text or this recipe changes: old caches then rebuild
 
 
 @dataclass(frozen=True)
 class DemoModelsConfig:
-    """How the demo models are built. Defaults fit ~2-3 minutes on 2 CPU cores.
+    """How the demo models are built. Defaults fit ~2-3 minutes on 2 quiet CPU cores.
+
+    The teacher sees ~2.5M tokens (36k problems of ~70 tokens, one pass): with the small demo
+    world that makes it mostly right (see benchmarks/demo_models_quality.py). A peak rate of 4e-3
+    was already on the edge (a run stalled on a loss plateau); 3e-3 with 50 warmup steps is smooth.
 
     data:
         seed: seeds problems, styles, weights and shuffling.
@@ -49,15 +53,17 @@ class DemoModelsConfig:
         style_weights: probabilities of stepwise / collapsed / verbose in the teacher's data.
         n_student_questions: question texts the base student is pretrained on.
     tokenizers (byte-level BPE, digits split one by one so arithmetic is learnable):
-        teacher_vocab / student_vocab: vocabulary sizes; they must differ.
+        teacher_vocab / student_vocab: vocabulary sizes (at most: the small demo text may run out
+            of merges a little earlier); they must differ.
     models (Llama):
         teacher_hidden / teacher_layers / teacher_heads; student_hidden / student_layers / student_heads.
     training:
-        teacher_epochs, student_epochs, learning_rate, batch_size, bf16 (autocast, ~2x on AVX-512).
+        teacher_epochs, student_epochs, learning_rate (peak), warmup_steps, batch_size,
+        bf16 (autocast, ~2x on AVX-512).
     """
 
     seed: int = 0
-    n_teacher_problems: int = 24000
+    n_teacher_problems: int = 36000
     style_weights: tuple[float, float, float] = (0.5, 0.25, 0.25)
     n_student_questions: int = 2000
     teacher_vocab: int = 512
@@ -70,7 +76,8 @@ class DemoModelsConfig:
     student_heads: int = 2
     teacher_epochs: float = 1.0
     student_epochs: float = 2.0
-    learning_rate: float = 4e-3
+    learning_rate: float = 3e-3
+    warmup_steps: int = 50
     batch_size: int = 16
     bf16: bool = True
 
@@ -179,8 +186,9 @@ def build_demo_models(
     extra = generate_specs(500, config.seed + 30_000, "train")
     corpus = [p for p, _ in examples] + [render_solution(s, style, rng) for s in extra for style in STYLES]
     train_cfg = dict(learning_rate=config.learning_rate, batch_size=config.batch_size, bf16=config.bf16,
-                     seed=config.seed, warmup_steps=20, max_length=384)
+                     seed=config.seed, warmup_steps=config.warmup_steps, max_length=384)
 
+    tokens = {}
     for side, epochs, data in (("teacher", config.teacher_epochs, examples),
                                ("student", config.student_epochs, [("", q) for q in questions])):
         tokenizer = train_tokenizer(corpus, getattr(config, f"{side}_vocab"))
@@ -189,10 +197,12 @@ def build_demo_models(
         report = (lambda info, side=side: progress({"stage": side, **info})) if progress else None
         result = fine_tune(init, data, out_dir / side, TrainConfig(epochs=epochs, **train_cfg), report)
         shutil.rmtree(init, ignore_errors=True)
-        log.info("%s: %d steps, loss %.3f, %.0f s", side, result.steps, result.final_loss, result.seconds)
+        tokens[f"{side}_tokens"] = result.train_tokens
+        log.info("%s: %d steps, %d tokens, loss %.3f, %.0f s", side, result.steps, result.train_tokens,
+                 result.final_loss, result.seconds)
 
     seconds = time.perf_counter() - start
-    marker = {"config": dataclasses.asdict(config), "version": BUILD_VERSION, "seconds": round(seconds, 1)}
+    marker = {"config": dataclasses.asdict(config), "version": BUILD_VERSION, "seconds": round(seconds, 1), **tokens}
     (out_dir / f"{MARKER}.tmp").write_text(json.dumps(marker, indent=2))
     (out_dir / f"{MARKER}.tmp").replace(out_dir / MARKER)
     return DemoModels(out_dir / "teacher", out_dir / "student", seconds)

@@ -1,19 +1,26 @@
 """A seeded world of small multi-step arithmetic word problems, for the embedded demo.
 
-Each problem is kept as a structured `Spec` (a start count and 2-4 operations) and its solutions
-are rendered from it in three styles that differ in how learnable they are for a small model:
+Each problem is kept as a structured `Spec` (a start count and 2-3 additions or subtractions of
+1..MAX_OPERAND, every value staying in 0..MAX_VALUE) and its solutions are rendered from it in
+three styles that differ in how learnable they are for a small model:
 
-* "stepwise":  one operation per line ("Step 1: she buys 5 more, so 7 + 5 = 12"): each line
-               copies its sentence of the question, so the operand sits right before the
-               arithmetic, and every intermediate result is written out. Easiest to learn.
-* "collapsed": all operations in one expression on one line, so the arithmetic happens in one go.
-* "verbose":   restatements, random asides, a double check and sometimes a wrong partial result
-               that gets corrected: long and full of unpredictable tokens.
+* "stepwise":  one operation per line, the running value first ("Step 2: 8 - 2 = 6"): each line
+               copies one number from the previous line and one from the question (its k-th
+               sentence opens with the k-th connector), then does one small fact. Easiest to learn.
+* "collapsed": all operations in one expression on one line ("Total: 5 + 3 - 2 = 6"), so the
+               arithmetic of several steps happens at once, with no intermediate results.
+* "verbose":   an opener, a restatement, wordy steps, random asides with random numbers, and
+               sometimes a wrong partial result that gets corrected: long, full of unpredictable
+               tokens, and still right in the end.
 
 Gen-SSD exploits exactly this spread: a teacher trained on the mixture proposes all three, and the
-student should keep the ones it can learn from. The opening line tells the styles apart, and
-each style opens with its own word ("Step", "Total", a verbose opener), so a greedy teacher picks
+student should keep the ones it can learn from. Each style opens with its own word ("Step",
+"Total", a verbose opener), so the style is visible in the first chunk, and a greedy teacher picks
 the most frequent style of its training mix rather than whichever first digit is likeliest.
+
+Questions are short and keep the numbers in the order they are used; names and items are few, and
+the solutions never restate them except in the verbose style: the teacher's budget goes to the
+arithmetic, not to copying words.
 """
 
 from __future__ import annotations
@@ -33,24 +40,18 @@ from .types import Problem
 STYLES = ("stepwise", "collapsed", "verbose")
 SPLITS = ("train", "validation", "test")
 
-NAMES = {"Mia": "she", "Tom": "he", "Ana": "she", "Leo": "he", "Sam": "he", "Ivy": "she",
-         "Ben": "he", "Zoe": "she", "Max": "he", "Eva": "she", "Noah": "he", "Lily": "she"}
-ITEMS = ("apples", "marbles", "stickers", "coins", "books", "pencils", "cookies", "cards",
-         "shells", "stamps", "eggs", "toys")
+NAMES = {"Mia": "she", "Tom": "he", "Ana": "she", "Leo": "he", "Sam": "he", "Ivy": "she"}
+ITEMS = ("apples", "coins", "cards", "books", "shells", "eggs")
+MAX_VALUE = 20  # every running value stays in 0..MAX_VALUE
+MAX_OPERAND = 5
 
-# (operator, fixed factor or None, phrase). "{n}" is the number, "{f}" a friend, "{i}" the item.
-PHRASES = (
-    ("+", None, "buys {n} more"), ("+", None, "finds {n} more"),
-    ("+", None, "gets {n} more from {f}"), ("+", None, "wins {n} more"),
-    ("-", None, "gives {n} to {f}"), ("-", None, "loses {n}"),
-    ("-", None, "sells {n}"), ("-", None, "gives away {n}"),
-    ("*", 2, "doubles the number of {i}"), ("*", 3, "triples the number of {i}"),
-)
-CONNECTORS = ("Then", "Next,", "After that,")
+# (operator, phrase). "{n}" is the number.
+PHRASES = (("+", "buys {n} more"), ("+", "finds {n} more"), ("-", "gives away {n}"), ("-", "loses {n}"))
+CONNECTORS = ("First", "Then", "Last")  # the k-th operation's sentence opens with the k-th word
 
 _VERBOSE_OPENERS = ("Let me think about this carefully.", "Okay, let us read the problem again.",
                     "Hmm, this one needs some care.", "Alright, I will go slowly here.")
-_VERBOSE_STEPS = ("First", "Next", "Then", "After that")
+_VERBOSE_STEPS = ("First", "Then", "Last")
 _ASIDES = ("Note that {r} is not relevant here.", "By the way, {r} {o} would be too many.",
            "I should not confuse {i} with {o}.", "The number {r} does not appear in the problem.",
            "Let me double check: {a} {k} {n} = {b}. Yes.", "So far so good, {b} {i}.")
@@ -58,9 +59,9 @@ _ASIDES = ("Note that {r} is not relevant here.", "By the way, {r} {o} would be 
 
 @dataclass(frozen=True)
 class Op:
-    kind: str  # "+", "-" or "*"
+    kind: str  # "+" or "-"
     n: int
-    phrase: str  # the question's wording, e.g. "gives 3 to Tom"
+    phrase: str  # the question's wording, e.g. "gives away 3"
 
 
 @dataclass(frozen=True)
@@ -90,34 +91,28 @@ class Spec:
     @property
     def question(self) -> str:
         parts = [f"{self.name} has {self.start} {self.item}."]
-        for i, op in enumerate(self.ops):
-            lead = self.pronoun.capitalize() if i == 0 else f"{CONNECTORS[(i - 1) % 3]} {self.pronoun}"
-            parts.append(f"{lead} {op.phrase}.")
-        parts.append(f"How many {self.item} does {self.name} have now?")
+        parts += [f"{CONNECTORS[i]} {self.pronoun} {op.phrase}." for i, op in enumerate(self.ops)]
+        parts.append(f"How many {self.item} now?")
         return " ".join(parts)
 
 
 def _apply(value: int, op: Op) -> int:
-    return value + op.n if op.kind == "+" else value - op.n if op.kind == "-" else value * op.n
+    return value + op.n if op.kind == "+" else value - op.n
 
 
 def random_spec(rng: random.Random) -> Spec:
-    """Draw one problem. Values stay in 0..~90 and never go negative; at most one multiplication."""
+    """Draw one problem: 2-3 operations of 1..MAX_OPERAND, values within 0..MAX_VALUE."""
     name = rng.choice(sorted(NAMES))
     item = rng.choice(ITEMS)
-    friend = rng.choice([n for n in sorted(NAMES) if n != name])
-    value = rng.randint(2, 15)
-    start, ops, multiplied = value, [], False
-    for _ in range(rng.randint(2, 4)):
-        options = [p for p in PHRASES if p[0] == "+"]
-        if value >= 2:
-            options += [p for p in PHRASES if p[0] == "-"]
-        if not multiplied:
-            options += [p for p in PHRASES if p[0] == "*" and value * p[1] <= 60]
-        kind, factor, phrase = rng.choice(options)
-        n = factor if factor else rng.randint(1, 9) if kind == "+" else rng.randint(1, min(9, value))
-        op = Op(kind, n, phrase.format(n=n, f=friend, i=item))
-        multiplied |= kind == "*"
+    value = start = rng.randint(2, 12)
+    ops = []
+    for _ in range(rng.randint(2, 3)):
+        kinds = [k for k, ok in (("+", value < MAX_VALUE), ("-", value > 0)) if ok]
+        kind = rng.choice(kinds)
+        room = MAX_VALUE - value if kind == "+" else value
+        n = rng.randint(1, min(MAX_OPERAND, room))
+        phrase = rng.choice([p for k, p in PHRASES if k == kind])
+        op = Op(kind, n, phrase.format(n=n))
         ops.append(op)
         value = _apply(value, op)
     return Spec(name, item, start, tuple(ops))
@@ -168,11 +163,10 @@ def spec_from_question(question: str) -> Spec:
     name, start, item = head.group(1), int(head.group(2)), head.group(3)
     ops = []
     for sentence in sentences[1:-1]:
-        for kind, factor, phrase in PHRASES:
-            pattern = re.escape(phrase).replace(r"\{n\}", r"(\d+)").replace(r"\{f\}", r"\w+")
-            m = re.search(pattern.replace(r"\{i\}", re.escape(item)) + r"\.$", sentence)
+        for kind, phrase in PHRASES:
+            m = re.search(re.escape(phrase).replace(r"\{n\}", r"(\d+)") + r"\.$", sentence)
             if m:
-                ops.append(Op(kind, factor or int(m.group(1)), m.group(0)[:-1]))
+                ops.append(Op(kind, int(m.group(1)), m.group(0)[:-1]))
                 break
         else:
             raise ConfigError(f"not a demo question (cannot read {sentence!r}): {question!r}")
@@ -184,14 +178,10 @@ def render_solution(problem: Spec | Problem, style: str, rng: random.Random | No
     spec = problem if isinstance(problem, Spec) else spec_from_question(problem.question)
     values = spec.values()
     if style == "stepwise":
-        lines = [f"Step {i}: {spec.pronoun} {op.phrase}, so {a} {op.kind} {op.n} = {b}"
+        lines = [f"Step {i}: {a} {op.kind} {op.n} = {b}"
                  for i, (a, b, op) in enumerate(zip(values, values[1:], spec.ops), start=1)]
     elif style == "collapsed":
-        expr = str(spec.start)
-        for op in spec.ops:
-            if op.kind == "*" and not expr.isdigit():
-                expr = f"({expr})"
-            expr = f"{expr} {op.kind} {op.n}"
+        expr = " ".join([str(spec.start), *(f"{op.kind} {op.n}" for op in spec.ops)])
         lines = [f"Total: {expr} = {spec.answer}"]
     elif style == "verbose":
         lines = _verbose_lines(spec, values, rng or random.Random(0))
@@ -205,7 +195,7 @@ def _verbose_lines(spec: Spec, values: list[int], rng: random.Random) -> list[st
     lines = [rng.choice(_VERBOSE_OPENERS), f"{spec.name} has {spec.start} {spec.item} at the start."]
     wrong_at = rng.randrange(len(spec.ops)) if rng.random() < 0.6 else -1
     for i, (a, b, op) in enumerate(zip(values, values[1:], spec.ops)):
-        step = f"{_VERBOSE_STEPS[min(i, 3)]} {spec.pronoun} {op.phrase}, so {a} {op.kind} {op.n} = "
+        step = f"{_VERBOSE_STEPS[i]} {spec.pronoun} {op.phrase}, so {a} {op.kind} {op.n} = "
         if i == wrong_at:  # a slip, caught at once: the final answer stays right
             slip = max(0, b + rng.choice((-3, -2, -1, 1, 2, 3)))
             slip = slip if slip != b else b + 1
