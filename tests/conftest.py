@@ -24,9 +24,15 @@ CORPUS = [
 
 
 def data_dir() -> Path:
-    """The shared benchmark data: $GEN_SSD_DATA_DIR, else ../shared/data beside the repo."""
+    """The shared benchmark data: $GEN_SSD_DATA_DIR, else ../shared/data beside the repo.
+
+    Tests that need it skip on a developer machine without it; in CI (CI=true) its absence is an
+    error, so a missing data directory can never turn real tests into silent skips."""
     env = os.environ.get("GEN_SSD_DATA_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+    path = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+    if os.environ.get("CI") == "true" and not path.is_dir():
+        raise RuntimeError(f"CI=true but the benchmark data directory {path} does not exist")
+    return path
 
 
 def build_tiny_model(out: Path, vocab_size: int, hidden: int, layers: int, seed: int) -> Path:

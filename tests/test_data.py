@@ -21,8 +21,9 @@ from gen_ssd_dagster.core.data import (  # noqa: E402
 )
 from gen_ssd_dagster.core.errors import ConfigError, DataError  # noqa: E402
 from gen_ssd_dagster.core.grading import extract_answer, is_correct  # noqa: E402
+from conftest import data_dir  # noqa: E402
 
-DATA_DIR = Path(os.environ.get("GEN_SSD_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data")
+DATA_DIR = data_dir()
 needs_data = pytest.mark.skipif(not DATA_DIR.is_dir(), reason=f"no benchmark data at {DATA_DIR}")
 
 EXPECTED_ROWS = {("gsm8k", "train"): 7473, ("gsm8k", "test"): 1319, ("math500", "test"): 500,
