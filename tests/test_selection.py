@@ -158,3 +158,15 @@ def test_posthoc_keeps_only_the_lowest_ppl_correct_sample():
     wrong = [sample(0, 1.1, False)]
     select_lowest_ppl_correct(wrong)
     assert not wrong[0].selected
+
+
+def test_missing_or_broken_checkpoint_is_named(tmp_path):
+    from gen_ssd_dagster.core.errors import ModelLoadError
+
+    missing = tmp_path / "no_such_model"
+    with pytest.raises(ModelLoadError, match="no_such_model.*does not exist"):
+        TransformersTeacher(ModelSpec(str(missing)))
+    empty = tmp_path / "empty_dir"
+    empty.mkdir()
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        TransformersScorer(ModelSpec(str(empty)))
