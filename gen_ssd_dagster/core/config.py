@@ -83,7 +83,7 @@ class GenSSDConfig:
     sampling: SamplingConfig = SamplingConfig()
     ppl_normalisation: PPLNormalisation = "token"
     suitability: SuitabilityRule = "ratio"
-    ppl_ratio: float = 3.0
+    ppl_ratio: float = 5.0
     max_ppl: float = 20.0
 
     method = "gen_ssd"
