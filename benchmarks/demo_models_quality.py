@@ -21,7 +21,8 @@ import torch
 from gen_ssd_dagster.core.demo_models import MARKER, DemoModelsConfig, build_demo_models
 from gen_ssd_dagster.core.demo_world import classify_style, generate_problems
 from gen_ssd_dagster.core.models import ModelSpec, load_model, load_tokenizer
-from gen_ssd_dagster.core.prompts import extract_final_answer, format_prompt
+from gen_ssd_dagster.core.grading import extract_gsm8k
+from gen_ssd_dagster.core.prompts import format_prompt
 
 
 def generate(model, tokenizer, questions: list[str], sample: bool, batch: int = 25) -> list[str]:
@@ -38,7 +39,7 @@ def generate(model, tokenizer, questions: list[str], sample: bool, batch: int = 
 
 
 def correct(text: str, gold: str) -> bool:
-    answer = extract_final_answer(text)
+    answer = extract_gsm8k(text)
     return answer is not None and answer.strip().lstrip("-").isdigit() and int(answer) == int(gold)
 
 

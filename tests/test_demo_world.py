@@ -16,7 +16,8 @@ from gen_ssd_dagster.core.demo_world import (
     write_demo_dataset,
 )
 from gen_ssd_dagster.core.errors import ConfigError
-from gen_ssd_dagster.core.prompts import extract_final_answer, format_prompt
+from gen_ssd_dagster.core.grading import extract_gsm8k
+from gen_ssd_dagster.core.prompts import format_prompt
 
 
 def test_format_prompt():
@@ -62,7 +63,7 @@ def test_every_style_ends_in_gold_and_is_recognisable():
         for style in STYLES:
             text = render_solution(p, style, rng)
             assert text.splitlines()[-1] == f"#### {p.gold}"
-            assert extract_final_answer(text) == p.gold
+            assert extract_gsm8k(text) == p.gold
             assert classify_style(text) == style
         assert p.solution == render_solution(p, "stepwise")
 

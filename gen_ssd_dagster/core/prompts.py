@@ -7,11 +7,7 @@ The trainer appends the tokenizer's EOS token after the completion (the solution
 
 from __future__ import annotations
 
-import re
-
 FINAL_ANSWER_PREFIX = "#### "  # GSM8K's marker: a solution's last line is "#### N"
-
-_FINAL_LINE = re.compile(r"^####\s*(.+?)\s*$", re.MULTILINE)
 
 
 def format_prompt(question: str) -> str:
@@ -22,12 +18,3 @@ def format_prompt(question: str) -> str:
 def final_answer_line(answer: str) -> str:
     """The last line of a solution: ``#### 18``."""
     return f"{FINAL_ANSWER_PREFIX}{answer}"
-
-
-def extract_final_answer(text: str) -> str | None:
-    """The text after the last ``####`` line of a solution, or None when there is none.
-
-    Only the marker is parsed here; comparing answers (numbers, LaTeX) is the grader's job.
-    """
-    matches = _FINAL_LINE.findall(text)
-    return matches[-1] if matches else None
