@@ -72,3 +72,16 @@ def tiny_models(tmp_path_factory) -> tuple[Path, Path]:
     teacher = build_tiny_model(root / "teacher", vocab_size=300, hidden=64, layers=2, seed=0)
     student = build_tiny_model(root / "student", vocab_size=270, hidden=32, layers=1, seed=1)
     return teacher, student
+
+
+def run_processes(target, arg_tuples: list[tuple], timeout_s: float) -> list[int | None]:
+    """Start one spawned process per argument tuple at once, wait for all, return exit codes."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=target, args=args) for args in arg_tuples]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout_s)
+    return [p.exitcode for p in procs]

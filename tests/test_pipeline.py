@@ -7,11 +7,10 @@ correct); the slow one runs every asset on the embedded demo with small trained 
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing as mp
 
 import pytest
 
-from conftest import data_dir
+from conftest import data_dir, run_processes
 
 TRAJ_ASSETS = ["gen_ssd_trajectories", "standard_kd_trajectories", "posthoc_trajectories"]
 SMALL = {"max_problems": 3, "offset": 0, "batch_size": 2, "max_new_tokens": 24, "num_candidates": 2}
@@ -141,13 +140,7 @@ def test_two_partitions_in_parallel(tmp_path, tiny_models):
     teacher, student = tiny_models
     home = tmp_path / "home"
     assert _materialize(home, teacher, student, "demo", UPSTREAM, _run_config()).success
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_child, args=(home, teacher, student, p)) for p in ("demo", "gsm8k")]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(600)
-    assert [p.exitcode for p in procs] == [0, 0]
+    assert run_processes(_child, [(home, teacher, student, p) for p in ("demo", "gsm8k")], 600) == [0, 0]
     rows = dict(_store(home).query("SELECT dataset, count(*) FROM trajectories GROUP BY dataset"))
     assert rows == {"demo": 3, "gsm8k": 3}
     done = dict(_store(home).query("SELECT dataset, count(*) FROM problem_runs GROUP BY dataset"))

@@ -7,6 +7,7 @@ import multiprocessing as mp
 import pytest
 
 from gen_ssd_dagster.core.types import Candidate, Problem, Step, Trajectory
+from conftest import run_processes
 from gen_ssd_dagster.store import Store
 from gen_ssd_dagster.store.scores import Score, latest_scores, score_table, write_scores
 from gen_ssd_dagster.store.trajectories import (
@@ -92,13 +93,7 @@ def _writer(path: str, dataset: str, n: int) -> None:
 def test_two_processes_write_at_once(tmp_path):
     path = str(tmp_path / "db.duckdb")
     Store(path).init()
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_writer, args=(path, ds, 25)) for ds in ("demo", "gsm8k")]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-    assert [p.exitcode for p in procs] == [0, 0]
+    assert run_processes(_writer, [(path, ds, 25) for ds in ("demo", "gsm8k")], 120) == [0, 0]
     rows = dict(Store(path).query("SELECT dataset, count(*) FROM trajectories GROUP BY dataset"))
     assert rows == {"demo": 25, "gsm8k": 25}
 
