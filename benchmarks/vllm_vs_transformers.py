@@ -19,6 +19,9 @@ Measured 2026-11-22 (32 problems, K=4, chunk 16, max_new 128; 2 cores shared, lo
 so absolute numbers swing 2-3x between runs): chunked 1.37-1.52x vLLM/transformers, full
 1.5-10.6x; whole Gen-SSD 2.05x with the vLLM teacher + transformers scorer, but only 1.37x with
 the vLLM scorer, which re-encodes every prefix each step (no prefix cache for prompt log-probs).
+Again with OMP_NUM_THREADS=1 (both backends on 1 thread, nice 15, load average 5-6): chunked
+1,091 -> 1,509 tok/s (1.38x), full 1,506 -> 4,409 (2.93x); whole Gen-SSD 1.79x with the vLLM
+teacher, 0.48x with both on vLLM; vLLM teacher start-up 33 s, peak RSS 3.2 GiB.
 """
 
 from __future__ import annotations
@@ -98,7 +101,8 @@ def main() -> None:
     from gen_ssd_dagster.core.selection import run_gen_ssd
     from gen_ssd_dagster.core.vllm_backend import VLLMScorer, VLLMTeacher
 
-    torch.set_num_threads(2)
+    threads = int(os.environ["OMP_NUM_THREADS"])  # both backends get the same number
+    torch.set_num_threads(threads)
     tmp = tempfile.TemporaryDirectory()
     os.environ.setdefault("VLLM_CACHE_ROOT", str(Path(tmp.name) / "vllm_cache"))
     if args.teacher and args.student:
@@ -134,7 +138,7 @@ def main() -> None:
     e2e["vLLM teacher + transformers scorer"] = rate(lambda: gen_ssd(engine, hf_scorer))
     e2e["vLLM teacher + vLLM scorer"] = rate(lambda: gen_ssd(engine, v_scorer))
 
-    print(f"teacher={teacher_dir}  problems={len(prompts)}  K={k}  chunk={chunk}  max_new={max_new}  threads=2")
+    print(f"teacher={teacher_dir}  problems={len(prompts)}  K={k}  chunk={chunk}  max_new={max_new}  threads={threads}")
     for note in notes:
         print(note)
     for name, ((c_rate, c_tok, c_s), (f_rate, f_tok, f_s)) in results.items():

