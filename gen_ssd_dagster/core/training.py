@@ -3,6 +3,13 @@
 Small on purpose: tokenize, shuffle, pad per batch, AdamW with linear warmup and cosine decay,
 optional bf16 autocast on CPU, and an atomic `save_pretrained` so a crash never leaves a
 half-written checkpoint where a finished one is expected.
+
+Resuming: every `checkpoint_every_steps` steps or `checkpoint_every_s` seconds, the run's state
+(model, optimizer, scheduler, torch RNG, step, token count, losses) is written atomically to a
+scratch directory beside the output, `.<out_dir name>.resume/`. Starting the same run again (same
+base model, examples and config, so the same fingerprint) continues from that state, and the
+result equals an uninterrupted run's; a state of another run or an unreadable one is discarded
+with a warning. The scratch directory is removed once the finished checkpoint is saved.
 """
 
 from __future__ import annotations
@@ -16,6 +23,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import hashlib
+import json
 
 import torch
 import torch.nn.functional as F
@@ -77,6 +87,58 @@ class TrainResult:
     final_loss: float  # mean per-token loss over the last `log_every` steps
     train_tokens: int  # non-padding tokens seen, prompt tokens included
     seconds: float
+    resumed_from_step: int = 0  # 0 = started from the base model
+
+
+STATE_FILE = "state.pt"
+
+
+def resume_dir(out_dir: str | Path) -> Path:
+    """The scratch directory of a run's mid-run checkpoints: beside `out_dir`, never inside it."""
+    out_dir = Path(out_dir).resolve()
+    return out_dir.parent / f".{out_dir.name}.resume"
+
+
+def _fingerprint(spec: ModelSpec, examples: list[tuple[str, str]], config: TrainConfig) -> str:
+    """What makes two runs the same run: the base weights, the examples and the config."""
+    from dataclasses import asdict
+
+    from .backends import model_version
+
+    blob = json.dumps([model_version(spec), spec.revision, examples, asdict(config)], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _save_state(scratch: Path, state: dict) -> None:
+    """Write the state file atomically: a crash mid-write leaves the previous state in place."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    tmp = scratch / f"{STATE_FILE}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, scratch / STATE_FILE)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _load_state(scratch: Path, fingerprint: str) -> dict | None:
+    """The saved state of this very run, or None (nothing saved, another run's, or unreadable)."""
+    path = scratch / STATE_FILE
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated or corrupt: start over rather than fail
+        log.warning("ignoring unreadable training state %s (%s: %s); starting from the base model",
+                    path, type(exc).__name__, exc)
+        return None
+    if not isinstance(state, dict) or state.get("fingerprint") != fingerprint:
+        log.warning("ignoring training state %s of another run (different base, examples or config)", path)
+        return None
+    return state
 
 
 def encode_examples(tokenizer, examples: list[tuple[str, str]], max_length: int) -> list[tuple[list[int], list[int]]]:
@@ -140,14 +202,21 @@ def fine_tune(
     out_dir: str | Path,
     config: TrainConfig,
     progress: Callable[[dict], None] | None = None,
+    checkpoint_every_steps: int = 0,
+    checkpoint_every_s: float = 600.0,
 ) -> TrainResult:
     """Fine-tune `base` on (prompt, completion) pairs and save it (model + tokenizer) to `out_dir`.
 
     The loss covers completion tokens and the appended EOS only. `progress` is called every
     `config.log_every` steps (and at the last) with {"step", "total_steps", "loss", "tokens_per_s"}.
     An existing `out_dir` is replaced only once the new checkpoint is completely written.
+    Mid-run state is saved every `checkpoint_every_steps` steps (0 = not by steps) and every
+    `checkpoint_every_s` seconds (0 = not by time) and resumed by the same run (module docstring).
     """
     config.validate()
+    if checkpoint_every_steps < 0 or checkpoint_every_s < 0:
+        raise ConfigError(f"checkpoint_every_steps and checkpoint_every_s must be >= 0, got "
+                          f"{checkpoint_every_steps} and {checkpoint_every_s}")
     if not examples:
         raise GenSSDError("fine_tune got no training examples: nothing to learn from")
     spec = base if isinstance(base, ModelSpec) else ModelSpec(str(base))
@@ -169,11 +238,35 @@ def fine_tune(
     optim = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: _schedule(s, total, config.warmup_steps))
 
-    model.train()
-    start = window_start = time.perf_counter()
+    scratch, fingerprint = resume_dir(out_dir), _fingerprint(spec, examples, config)
     tokens = window_tokens = 0
     losses: list[float] = []
-    for step in range(total):
+    first = 0
+    state = _load_state(scratch, fingerprint)
+    if state is not None:  # the scheduler first: its constructor already moved the learning rate
+        model.load_state_dict(state["model"])
+        optim.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        first, tokens, losses = int(state["step"]), int(state["tokens"]), [float(x) for x in state["losses"]]
+        log.info("resuming training from step %d/%d (%s)", first, total, scratch)
+    elif scratch.exists():
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    def checkpoint(done_steps: int) -> None:
+        try:
+            _save_state(scratch, {
+                "fingerprint": fingerprint, "step": done_steps, "tokens": tokens, "losses": losses,
+                "model": model.state_dict(), "optimizer": optim.state_dict(), "scheduler": sched.state_dict(),
+                "torch_rng": torch.get_rng_state()})
+        except OSError as exc:  # a full disk costs resumability, not the run: the previous state stays
+            log.warning("could not save training state at step %d to %s: %s", done_steps, scratch, exc)
+            return
+        log.info("saved training state at step %d/%d to %s", done_steps, total, scratch)
+
+    model.train()
+    start = window_start = last_save = time.perf_counter()
+    for step in range(first, total):
         batch = _batch([rows[i] for i in batches[step]], tokenizer.pad_token_id)
         labels = batch.pop("labels")[:, 1:]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
@@ -197,11 +290,17 @@ def fine_tune(
             if progress:
                 progress(info)
             window_start, window_tokens = now, 0
+        if step + 1 < total and (
+                (checkpoint_every_steps and (step + 1) % checkpoint_every_steps == 0)
+                or (checkpoint_every_s and time.perf_counter() - last_save >= checkpoint_every_s)):
+            checkpoint(step + 1)
+            last_save = time.perf_counter()
 
     model.eval()
     path = save_atomically(model, tokenizer, out_dir)
+    shutil.rmtree(scratch, ignore_errors=True)  # the finished checkpoint supersedes the mid-run state
     tail = losses[-config.log_every :]
-    return TrainResult(path, total, sum(tail) / len(tail), tokens, time.perf_counter() - start)
+    return TrainResult(path, total, sum(tail) / len(tail), tokens, time.perf_counter() - start, first)
 
 
 def save_atomically(model, tokenizer, out_dir: str | Path) -> Path:
@@ -209,17 +308,21 @@ def save_atomically(model, tokenizer, out_dir: str | Path) -> Path:
     out_dir = Path(out_dir).resolve()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    old = None
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         if out_dir.exists():  # move the old one aside first: rename cannot replace a non-empty dir
             old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}-{time.time_ns()}"
             out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out_dir)
-    except BaseException:
+        tmp.rename(out_dir)
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and old.exists() and not out_dir.exists():
+            old.rename(out_dir)  # the previous checkpoint goes back where it was
+        # safetensors' own I/O error ("No space left on device") does not say where it was writing
+        exc.add_note(f"while saving the checkpoint to {out_dir} (the previous one, if any, is kept)")
         raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     return out_dir

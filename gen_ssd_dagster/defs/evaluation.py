@@ -9,6 +9,7 @@ from ..core.backends import model_version
 from ..core.evaluation import evaluate
 from ..core.grading import GRADER_VERSION
 from ..core.models import ModelSpec
+from ..store.eval_outputs import EvalLedger
 from ..store.scores import Score, cached_score, latest_scores, score_table, write_scores
 from ..store.trajectories import read_problems
 from . import reporting
@@ -47,7 +48,9 @@ def evaluation_scores(context: dg.AssetExecutionContext, config: EvaluationConfi
             for bench, problems in benches.items():
                 hit = cached_score(db, version, bench, GRADER_VERSION, eval_hash)
                 if hit is None:
-                    result = evaluate(spec, problems, config.batch_size, config.max_new_tokens)
+                    # Batches land in DuckDB as they finish: a restarted evaluation only does the rest.
+                    result = evaluate(spec, problems, config.batch_size, config.max_new_tokens,
+                                      ledger=EvalLedger(db, version, bench, GRADER_VERSION, eval_hash))
                     n, n_correct = result.n, sum(o["correct"] for o in result.outputs)
                     run.log_text("\n".join(json.dumps(o) for o in result.outputs), f"outputs/{student}_{bench}.jsonl")
                 else:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..core.config import MethodConfig, config_dict
+from ..core.errors import ConfigError, GenSSDError
 from ..core.methods import run_method
 from ..core.types import Problem
 from .db import Store
@@ -31,6 +32,8 @@ class ResumeReport:
 def run_resumable(store: Store, key: WorkKey, config: MethodConfig, problems: list[Problem], teacher, scorer,
                   batch_size: int = 16, run_id: str | None = None,
                   log: Callable[[str], None] | None = None) -> ResumeReport:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     done = done_problem_ids(store, key)
     report = ResumeReport(total=len(problems), reused=sum(p.problem_id in done for p in problems),
                           generated=0, trajectories_written=0, batches=0)
@@ -39,8 +42,12 @@ def run_resumable(store: Store, key: WorkKey, config: MethodConfig, problems: li
         if not todo:
             continue
         sampling = dataclasses.replace(config.sampling, seed=config.sampling.seed + start)
-        trajectories = run_method(dataclasses.replace(config, sampling=sampling), todo, teacher, scorer,
-                                  batch_size=batch_size)
+        try:
+            trajectories = run_method(dataclasses.replace(config, sampling=sampling), todo, teacher, scorer,
+                                      batch_size=batch_size)
+        except GenSSDError as exc:  # bad input in this batch: say which problems (earlier batches are kept)
+            ids = ", ".join(p.problem_id for p in todo)
+            raise type(exc)(f"{key.method}/{key.dataset}, batch of problems [{ids}]: {exc}") from exc
         # Stored under the key of the run's config (its seed is the base seed, not the batch's).
         report.trajectories_written += write_batch(store, key, [p.problem_id for p in todo], trajectories,
                                                    config_dict(config), run_id)

@@ -42,6 +42,11 @@ def write_problems(store: Store, problems: Iterable[Problem], side: str, run_id:
 
 def read_problems(store: Store, dataset: str, side: str, limit: int | None = None, offset: int = 0) -> list[Problem]:
     """Problems of one dataset side in source order, skipping the first `offset`."""
+    from ..core.errors import ConfigError
+
+    for name, value in (("max_problems", limit), ("offset", offset)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
     sql = ("SELECT dataset, problem_id, question, gold, solution FROM problems"
            " WHERE dataset = ? AND side = ? ORDER BY position, problem_id")
     if limit is not None:

@@ -1,0 +1,50 @@
+"""Per-problem evaluation outputs in DuckDB, so an interrupted evaluation resumes where it stopped.
+
+`EvalLedger` is what `core.evaluation.evaluate(..., ledger=)` reads and writes: the outputs already
+graded for one (model version, benchmark, grader version, evaluation settings), and one
+transaction per finished batch. A problem whose question or gold changed since is redone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from ..core.types import Problem
+from .db import Store
+
+
+def prompt_sha(problem: Problem) -> str:
+    return hashlib.sha256(f"{problem.question}\x1f{problem.gold}".encode()).hexdigest()[:16]
+
+
+class EvalLedger:
+    def __init__(self, store: Store, model_version: str, benchmark: str, grader_version: str,
+                 eval_config_hash: str):
+        self.store = store
+        self.key = [model_version, benchmark, grader_version, eval_config_hash]
+
+    def done(self, problems: list[Problem]) -> dict[str, dict]:
+        """problem_id -> stored output, for the problems answered under this key as they are now."""
+        rows = self.store.query(
+            "SELECT problem_id, prompt_sha, completion, predicted, gold, correct FROM evaluation_outputs"
+            " WHERE model_version = ? AND benchmark = ? AND grader_version = ? AND eval_config_hash = ?",
+            self.key)
+        want = {p.problem_id: prompt_sha(p) for p in problems}
+        return {pid: {"problem_id": pid, "completion": completion, "predicted": predicted, "gold": gold,
+                      "correct": bool(correct)}
+                for pid, sha, completion, predicted, gold, correct in rows if want.get(pid) == sha}
+
+    def record(self, problems: list[Problem], outputs: list[dict]) -> None:
+        """One finished batch, in one transaction: all of it lands, or none of it."""
+        rows = [(*self.key, p.problem_id, prompt_sha(p), o["completion"], o["predicted"], o["gold"],
+                 bool(o["correct"])) for p, o in zip(problems, outputs, strict=True)]
+        with self.store.transaction() as con:
+            con.executemany(
+                "INSERT OR REPLACE INTO evaluation_outputs (model_version, benchmark, grader_version,"
+                " eval_config_hash, problem_id, prompt_sha, completion, predicted, gold, correct)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def count(self) -> int:
+        return self.store.query(
+            "SELECT count(*) FROM evaluation_outputs WHERE model_version = ? AND benchmark = ?"
+            " AND grader_version = ? AND eval_config_hash = ?", self.key)[0][0]
