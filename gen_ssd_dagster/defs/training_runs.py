@@ -10,6 +10,8 @@ import hashlib
 import json
 from dataclasses import dataclass
 
+import dagster as dg
+
 from ..core.backends import model_version
 from ..core.models import ModelSpec
 from ..core.training import TrainConfig, fine_tune
@@ -28,6 +30,7 @@ class TrainedModel:
     steps: int
     final_loss: float
     reused: bool
+    mlflow_url: str = ""  # the run in the MLflow UI
 
 
 def train_logged(context, name: str, base: ModelSpec, examples: list[tuple[str, str]], config: TrainConfig,
@@ -50,7 +53,8 @@ def train_logged(context, name: str, base: ModelSpec, examples: list[tuple[str, 
             context.log.info(f"{name}: reusing checkpoint {out_dir} (MLflow {registered} v{existing.version})")
             spec = ModelSpec(str(out_dir), dtype=base.dtype)
             return TrainedModel(spec, model_version(spec), existing.run_id, registered, str(existing.version),
-                                saved["steps"], saved["final_loss"], reused=True)
+                                saved["steps"], saved["final_loss"], reused=True,
+                                mlflow_url=mlflow.run_url(session.experiment_id, existing.run_id))
 
     tags = {"checkpoint_key": key, "base_version": base_version, "n_examples": len(examples),
             "dagster_run_id": context.run.run_id, **lineage}
@@ -70,11 +74,12 @@ def train_logged(context, name: str, base: ModelSpec, examples: list[tuple[str, 
         run.log_artifacts(result.path, "model")
         reg_version = run.register(registered, "model", tags={**tags, "model_version": version})
     return TrainedModel(spec, version, run.run_id, registered, reg_version, result.steps, result.final_loss,
-                        reused=False)
+                        reused=False, mlflow_url=mlflow.run_url(session.experiment_id, run.run_id))
 
 
 def metadata(m: TrainedModel) -> dict:
-    return {"model_version": m.version, "path": m.spec.name_or_path, "mlflow_run_id": m.mlflow_run_id,
+    return {"model_version": m.version, "path": dg.MetadataValue.path(m.spec.name_or_path),
+            "mlflow_run": dg.MetadataValue.url(m.mlflow_url), "mlflow_run_id": m.mlflow_run_id,
             "registered_model": f"{m.registered_model} v{m.registered_version}", "steps": m.steps,
             "final_loss": round(m.final_loss, 4), "reused_checkpoint": m.reused}
 

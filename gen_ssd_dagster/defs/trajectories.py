@@ -8,6 +8,7 @@ partition re-materializes without generating anything.
 
 
 import hashlib
+import inspect
 
 import dagster as dg
 
@@ -44,13 +45,28 @@ def generate(context, method: str, cls, run_config, teacher_spec: ModelSpec, sco
     return key, summary
 
 
+def summary_text(s: dict) -> str:
+    """What one materialization did, in a sentence (the numbers are beside it in the metadata)."""
+    return (f"{s['problems']} problems -> {s['trajectories']} trajectories: {s['finished']} finished, "
+            f"{s['pruned']} pruned, {s['length_capped']} length-capped; {s['selected']} selected for training "
+            f"({s['correct']} correct in all); {s['teacher_tokens']} teacher tokens. This run generated "
+            f"{s['new_problems']} problems and reused {s['reused_problems']} stored ones.")
+
+
 def trajectory_asset(method: str) -> dg.AssetsDefinition:
     name, cls, run_cls = METHOD_ASSETS[method]
+    # What the asset holds first; the method's knobs (the config docstring) after it, kept as a
+    # preformatted block: the UI renders descriptions as markdown and would run the list together.
+    label = {"gen_ssd": "Gen-SSD", "standard_kd": "Standard KD", "posthoc": "post-hoc filtering"}[method]
+    summary, _, knobs = inspect.cleandoc(cls.__doc__ or "").partition("\n\n")
+    description = (f"{label}: teacher trajectories of one dataset partition, stored in DuckDB "
+                   f"(`trajectories`, and per-step `candidates` for Gen-SSD); the distilled student "
+                   f"learns from the selected ones. {summary}" + (f"\n\n```\n{knobs}\n```" if knobs else ""))
     check_specs = [dg.AssetCheckSpec("no_duplicate_trajectories", asset=name),
                    dg.AssetCheckSpec("acceptance_rate_not_zero", asset=name)]
 
     @dg.asset(name=name, group_name="trajectories", partitions_def=DATASETS, kinds={"duckdb"},
-              deps=[dg.AssetDep("problems")], check_specs=check_specs, description=cls.__doc__)
+              deps=[dg.AssetDep("problems")], check_specs=check_specs, description=description)
     def _asset(context: dg.AssetExecutionContext, config: run_cls, teacher: ModelSpec,
                cold_start_student: ModelSpec, models: ModelsResource, store: StoreResource) -> dg.MaterializeResult:
         dataset = context.partition_key
@@ -63,6 +79,7 @@ def trajectory_asset(method: str) -> dg.AssetsDefinition:
         return dg.MaterializeResult(
             data_version=dg.DataVersion(version),
             metadata={
+                "summary": summary_text(s),
                 **reporting.clean(s),
                 "dataset": dataset, "method": method, "config_hash": key.config_hash,
                 "teacher_version": key.teacher_version, "student_version": key.student_version,
