@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 VLLM_VENV := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: demo library-demo ui test test-vllm venv clean-venv
+.PHONY: demo compare sweep library-demo ui test test-vllm venv clean-venv
 
 venv: $(STAMP)
 
@@ -32,6 +32,15 @@ $(VLLM_STAMP): pyproject.toml
 # The whole Dagster asset graph on the embedded default, then the evaluation table.
 demo: $(STAMP)
 	$(BIN)/gen-ssd pipeline
+
+# Gen-SSD vs Standard KD vs post-hoc filtering at an equal teacher-token budget, 3 seeds, then
+# the table with spreads (the method_comparison asset; reuses what `make demo` built).
+compare: $(STAMP)
+	$(BIN)/gen-ssd compare
+
+# Gen-SSD's chunk size, K and pruning threshold, one at a time (the gen_ssd_knob_sweep asset).
+sweep: $(STAMP)
+	$(BIN)/gen-ssd sweep
 
 # The same method through the plain library, no Dagster.
 library-demo: $(STAMP)

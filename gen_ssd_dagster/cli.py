@@ -47,6 +47,62 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     return 0 if result.success else 1
 
 
+UPSTREAM = ["teacher", "base_student", "problems", "benchmarks", "cold_start_student"]
+
+
+def _run_experiment(args: argparse.Namespace, asset: str, settings: dict) -> int:
+    """Materialize one experiment asset (and the cached assets it reads) through Dagster, then report."""
+    os.environ["GEN_SSD_HOME"] = str(Path(args.home).resolve())
+    from gen_ssd_dagster.pipeline import load_config, run_pipeline
+    from gen_ssd_dagster.store import Home
+
+    run_config, overrides = load_config(args.config)
+    ops = run_config.setdefault("ops", {})
+    config = ops.setdefault(asset, {}).setdefault("config", {})
+    config.update({k: v for k, v in settings.items() if v is not None})
+    if args.partition != "demo":
+        config.setdefault("dataset", args.partition)
+        config.setdefault("benchmark", args.partition)
+    result = run_pipeline(Home.resolve(args.home), partition=args.partition, run_config=run_config,
+                          resource_overrides=overrides, selection=[*UPSTREAM, asset])
+    if result.success:
+        print(_experiment_report(Home.resolve(args.home), "comparison" if asset == "method_comparison" else "sweep"))
+    return 0 if result.success else 1
+
+
+def _experiment_report(home, kind: str) -> str:
+    from gen_ssd_dagster.core.comparison_table import markdown
+    from gen_ssd_dagster.store import Store
+    from gen_ssd_dagster.store.experiments import experiment_arms, latest_experiment
+
+    store = Store(home.db_path)
+    name = latest_experiment(store, kind)
+    if name is None:
+        return ""
+    arms = experiment_arms(store, name)
+    title = "Method comparison" if kind == "comparison" else "Gen-SSD knob sweep"
+    return f"\n{title} ({name}, {len(arms)} arms; plot: {home.plots / (name + '.png')}):\n\n{markdown(arms)}"
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Gen-SSD vs Standard KD vs post-hoc filtering at an equal teacher-token budget, over seeds."""
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+    return _run_experiment(args, "method_comparison", {"seeds": seeds, "teacher_token_budget": args.budget})
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Gen-SSD at each value of each --knob, one knob at a time; accuracy and cost per point."""
+    from gen_ssd_dagster.core.sweep import parse_knobs
+
+    knobs = None
+    if args.knob:
+        parse_knobs(args.knob)  # a typo fails here, before any model loads
+        knobs = {name: [v.strip() for v in values.split(",") if v.strip()]
+                 for name, _, values in (k.partition("=") for k in args.knob)}
+    return _run_experiment(args, "gen_ssd_knob_sweep", {"knobs": knobs, "seed": args.seed,
+                                                         "teacher_token_budget": args.budget})
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     """Print the latest evaluation score of each student on each benchmark, from DuckDB."""
     import json
@@ -61,13 +117,25 @@ def cmd_report(args: argparse.Namespace) -> int:
     df = latest_scores(Store(home.db_path))
     if getattr(args, "json", False):
         rows = df.assign(created_at=df.created_at.astype(str)).to_dict(orient="records")
-        print(json.dumps({"home": str(home.root), "scores": rows}, indent=2))
+        from gen_ssd_dagster.store import Store as _Store
+        from gen_ssd_dagster.store.experiments import experiment_arms
+
+        experiments = {kind: [a.to_dict() for a in experiment_arms(_Store(home.db_path), kind=kind)]
+                       for kind in ("comparison", "sweep")}
+        for arms in experiments.values():
+            for arm in arms:
+                arm.pop("ppls", None)  # per-trajectory values: in DuckDB, too long for a report
+        print(json.dumps({"home": str(home.root), "scores": rows, "experiments": experiments}, indent=2, default=str))
     else:
         print(f"Accuracy (latest score per student and benchmark; {home.db_path}):\n")
         print(score_table(df))
         if not df.empty:
             print(f"\ngrader {', '.join(sorted(set(df.grader_version)))}; MLflow runs: "
                   f"{', '.join(sorted(set(df.mlflow_run_id.dropna())))}")
+        for kind in ("comparison", "sweep"):
+            text = _experiment_report(home, kind)
+            if text:
+                print(text)
     return 0
 
 
@@ -99,8 +167,25 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
     pipeline = sub.add_parser("pipeline", help="materialize the Dagster asset graph in-process and print the scores")
     pipeline.add_argument("--partition", default="demo", help="dataset partition of the trajectory assets (default: demo)")
-    pipeline.add_argument("--config", help="YAML: Dagster run config (ops: ...) and resources: {models, data, mlflow}")
+    pipeline.add_argument("--config", default=os.environ.get("GEN_SSD_CONFIG"),
+                          help="YAML: Dagster run config (ops: ...) and resources: {models, data, mlflow} "
+                               "(default: $GEN_SSD_CONFIG, which `dagster dev` reads too)")
     pipeline.set_defaults(func=cmd_pipeline)
+    config_help = "pipeline YAML (ops: ..., resources: ...), as for `pipeline` (default: $GEN_SSD_CONFIG)"
+    compare = sub.add_parser("compare", help="Gen-SSD vs Standard KD vs post-hoc at an equal teacher-token "
+                             "budget, over seeds (the method_comparison asset)")
+    compare.add_argument("--seeds", help="comma-separated seeds (default: 0,1,2)")
+    compare.add_argument("--budget", type=int, help="teacher tokens per arm (default: 100000)")
+    sweep = sub.add_parser("sweep", help="Gen-SSD at each value of each knob (the gen_ssd_knob_sweep asset)")
+    sweep.add_argument("--knob", action="append", metavar="KNOB=V1,V2,...",
+                       help="repeatable, e.g. --knob chunk_tokens=8,16,32 --knob num_candidates=2,4 "
+                            "(default: chunk_tokens=4,8,16 num_candidates=2,4,8 ppl_ratio=2,5,20)")
+    sweep.add_argument("--seed", type=int, help="seed of every point (default: 0)")
+    sweep.add_argument("--budget", type=int, help="teacher tokens per point (default: 100000)")
+    for p, func in ((compare, cmd_compare), (sweep, cmd_sweep)):
+        p.add_argument("--partition", default="demo", help="dataset: its train side is the pool, its test side the benchmark")
+        p.add_argument("--config", default=os.environ.get("GEN_SSD_CONFIG"), help=config_help)
+        p.set_defaults(func=func)
     report = sub.add_parser("report", help="print the evaluation table (student x benchmark) from DuckDB")
     report.add_argument("--json", action="store_true", help="machine-readable output")
     report.set_defaults(func=cmd_report)

@@ -2,8 +2,8 @@
 
 import dagster as dg
 
-from .defs import automation, checks, data, distillation, evaluation, models, trajectories
-from .defs.resources import DataResource, MLflowResource, ModelsResource, StoreResource
+from .defs import automation, checks, comparison, data, distillation, evaluation, models, trajectories
+from .defs.resources import DataResource, MLflowResource, ModelsResource, StoreResource, resources_from_env
 
 ASSETS = [
     models.teacher, models.base_student,
@@ -14,6 +14,8 @@ ASSETS = [
     evaluation.evaluation_scores,
 ]
 CHECKS = [checks.gen_ssd_not_worse_than_cold_start]
+# Experiments over the pipeline (tens of minutes): materialized on request, not by `gen-ssd pipeline`.
+EXPERIMENTS = comparison.EXPERIMENT_ASSETS
 
 
 def resources(home: str = "", models_resource: ModelsResource | None = None, **overrides) -> dict:
@@ -27,6 +29,7 @@ def resources(home: str = "", models_resource: ModelsResource | None = None, **o
     }
 
 
-defs = dg.Definitions(assets=ASSETS, asset_checks=CHECKS, resources=resources(),
+# $GEN_SSD_CONFIG (a pipeline YAML) sets the models, data and MLflow of what `dagster dev` shows.
+defs = dg.Definitions(assets=[*ASSETS, *EXPERIMENTS], asset_checks=CHECKS, resources=resources(**resources_from_env()),
                       jobs=[automation.teacher_refresh_job], sensors=[automation.teacher_change_sensor],
                       schedules=[automation.teacher_check_schedule])

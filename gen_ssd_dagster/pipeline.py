@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 import dagster as dg
 
-from .defs.resources import DataResource, DemoModelsSettings, MLflowResource, ModelsResource
-from .definitions import ASSETS, CHECKS, resources
+from .defs.resources import resources_from_config
+from .definitions import ASSETS, CHECKS, EXPERIMENTS, resources
 from .instance import get_instance
 from .store import Home
 
@@ -21,17 +21,20 @@ from .store import Home
 def run_pipeline(home: Home, partition: str = "demo", run_config: dict | None = None,
                  resource_overrides: dict | None = None, log: Callable[[str], None] = print,
                  selection=None) -> dg.ExecuteInProcessResult:
-    """One run over every asset (or `selection`), partitioned assets on `partition`."""
+    """One run over every pipeline asset (or `selection`, which may name experiments too),
+    partitioned assets on `partition`."""
     os.environ["GEN_SSD_HOME"] = str(home.root)  # child code (and datasets.yaml lookup) sees the same home
     instance = get_instance(home)
+    if selection is None:
+        selection = asset_names(ASSETS)
     run_config = dict(_only_selected(_partition_defaults(run_config or {}, partition), selection))
     run_config.setdefault("loggers", {"console": {"config": {"log_level": "INFO"}}})
     started = time.perf_counter()
     result = dg.materialize(
-        [*ASSETS, *CHECKS],
+        [*ASSETS, *EXPERIMENTS, *CHECKS],
         instance=instance,
         resources=resources(str(home.root), **(resource_overrides or {})),
-        partition_key=partition,
+        partition_key=partition if _any_partitioned(selection) else None,
         run_config=run_config,
         selection=selection,
         tags={"gen_ssd/home": str(home.root)},
@@ -45,6 +48,20 @@ def run_pipeline(home: Home, partition: str = "demo", run_config: dict | None = 
             cause = error.cause or error
             log(f"[pipeline]   {event.step_key} failed: {cause.message.strip().splitlines()[-1]}")
     return result
+
+
+def _any_partitioned(selection) -> bool:
+    """Whether the run touches a partitioned asset (a run of unpartitioned ones takes no partition key)."""
+    if not isinstance(selection, (list, tuple)):
+        return True
+    chosen = {str(s) for s in selection}
+    return any(a.partitions_def is not None for a in [*ASSETS, *EXPERIMENTS]
+               if chosen & set(asset_names([a])))
+
+
+def asset_names(assets) -> list[str]:
+    """Selection strings ("distilled_students/gen_ssd") of the given asset definitions."""
+    return [key.to_user_string() for a in assets for key in a.keys]
 
 
 def _partition_defaults(run_config: dict, partition: str) -> dict:
@@ -76,20 +93,5 @@ def load_config(path: str | None) -> tuple[dict, dict]:
         return {}, {}
     import yaml
 
-    from .core.errors import ConfigError
-
     raw = yaml.safe_load(open(path)) or {}
-    res = raw.pop("resources", {}) or {}
-    unknown = set(res) - {"models", "data", "mlflow"}
-    if unknown:
-        raise ConfigError(f"{path}: unknown resource(s) {sorted(unknown)}; expected models, data, mlflow")
-    overrides = {}
-    if "models" in res:
-        models = dict(res["models"])
-        demo = DemoModelsSettings(**models.pop("demo", {}))
-        overrides["models"] = ModelsResource(demo=demo, **models)
-    if "data" in res:
-        overrides["data"] = DataResource(**res["data"])
-    if "mlflow" in res:
-        overrides["mlflow"] = MLflowResource(**res["mlflow"])
-    return raw, overrides
+    return raw, resources_from_config(raw.pop("resources", {}) or {}, path)

@@ -79,7 +79,7 @@ class GenSSDConfig:
 
     chunk_tokens: int = 16
     snap_to_line: bool = True
-    num_candidates: int = 4
+    num_candidates: int = 2
     sampling: SamplingConfig = SamplingConfig()
     ppl_normalisation: PPLNormalisation = "token"
     suitability: SuitabilityRule = "ratio"
@@ -106,7 +106,7 @@ class GenSSDConfig:
 class StandardKDConfig:
     """Standard knowledge distillation: K full teacher samples per problem, keep the correct ones."""
 
-    num_candidates: int = 4
+    num_candidates: int = 2
     sampling: SamplingConfig = SamplingConfig()
 
     method = "standard_kd"
@@ -119,7 +119,7 @@ class StandardKDConfig:
 class PostHocConfig:
     """Post-hoc filtering: K full teacher samples, keep the correct one of lowest student PPL."""
 
-    num_candidates: int = 4
+    num_candidates: int = 2
     sampling: SamplingConfig = SamplingConfig()
     ppl_normalisation: PPLNormalisation = "token"
 

@@ -20,6 +20,7 @@ from .demo_world import write_demo_dataset
 from .evaluation import evaluate
 from .methods import run_method, training_examples
 from .models import ModelSpec
+from .comparison import DISTILL_TRAIN
 from .training import TrainConfig, fine_tune
 
 Log = Callable[[str], None]
@@ -35,7 +36,7 @@ class DemoConfig:
     """
 
     seed: int = 0
-    n_train: int = 800
+    n_train: int = 4000  # the comparison's problem pool: Gen-SSD reaches ~2,100 problems at its budget
     n_test: int = 200
     n_cold_start: int = 64
     n_distill: int = 320
@@ -45,7 +46,7 @@ class DemoConfig:
     posthoc: PostHocConfig = PostHocConfig()
     cold_start_sampling: SamplingConfig = SamplingConfig(temperature=0.8)
     cold_start_train: TrainConfig = TrainConfig(epochs=3, learning_rate=2e-3, batch_size=16, bf16=True)
-    distill_train: TrainConfig = TrainConfig(epochs=3, learning_rate=1e-3, batch_size=16, bf16=True)
+    distill_train: TrainConfig = DISTILL_TRAIN
 
 
 @dataclass

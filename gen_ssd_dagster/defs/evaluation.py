@@ -6,10 +6,12 @@ import json
 import dagster as dg
 
 from ..core.backends import model_version
+from ..core.comparison_table import markdown
 from ..core.evaluation import evaluate
 from ..core.grading import GRADER_VERSION
 from ..core.models import ModelSpec
 from ..store.eval_outputs import EvalLedger
+from ..store.experiments import experiment_arms, latest_experiment
 from ..store.scores import Score, cached_score, latest_scores, score_table, write_scores
 from ..store.trajectories import read_problems
 from . import reporting
@@ -19,6 +21,18 @@ from .run_config import EvaluationConfig
 
 def _students(base, cold, gen_ssd, standard_kd, posthoc) -> dict[str, ModelSpec]:
     return {"base": base, "cold_start": cold, "standard_kd": standard_kd, "posthoc": posthoc, "gen_ssd": gen_ssd}
+
+
+def _latest_comparison(db, store: StoreResource) -> dict:
+    """The latest equal-budget comparison (the method_comparison asset), shown beside the scores:
+    one seed at the pipeline's sizes says little, the comparison's spreads say more."""
+    name = latest_experiment(db, "comparison")
+    if name is None:
+        return {"comparison": dg.MetadataValue.md("(no method comparison yet: `gen-ssd compare`, or materialize "
+                                                  "method_comparison)")}
+    arms = experiment_arms(db, name)
+    return {"comparison": dg.MetadataValue.md(f"Latest comparison `{name}`:\n\n{markdown(arms)}"),
+            "comparison_plot": reporting.comparison_plot(arms, store.home_dir().plots / f"{name}.png")}
 
 
 @dg.asset(
@@ -67,7 +81,9 @@ def evaluation_scores(context: dg.AssetExecutionContext, config: EvaluationConfi
         table = score_table(df[df.benchmark.isin(config.benchmarks)])
         run.log_text(table, "evaluation_table.md")
     return dg.MaterializeResult(metadata={
-        "scores": dg.MetadataValue.md(table), "grader_version": GRADER_VERSION, "mlflow_run_id": run.run_id,
+        "scores": dg.MetadataValue.md(table), "grader_version": GRADER_VERSION,
+        "mlflow_run": dg.MetadataValue.url(mlflow.run_url(session.experiment_id, run.run_id)),
+        **_latest_comparison(db, store),
         **{f"model_version/{s}": model_version(spec) for s, spec in students.items()},
         "accuracy_plot": reporting.accuracy_bars(df[df.benchmark.isin(config.benchmarks)],
                                                  store.home_dir().plots / "evaluation_scores.png"),

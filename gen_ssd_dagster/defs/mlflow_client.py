@@ -34,6 +34,9 @@ class MLflowRun:
         self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
         return f"{self.artifact_uri}/{artifact_path}"
 
+    def log_file(self, local_path: str | Path, artifact_path: str) -> None:
+        self.client.log_artifact(self.run_id, str(local_path), artifact_path)
+
     def log_text(self, text: str, artifact_file: str) -> None:
         self.client.log_text(self.run_id, text, artifact_file)
 

@@ -11,6 +11,16 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter  # noqa: E402
+
+from ..core.comparison import ArmResult  # noqa: E402
+from ..core.comparison_table import LABELS, summarise  # noqa: E402
+
+
+def _plain_log_ticks(ax) -> None:
+    """Log axis labelled 5, 10, 20 rather than overlapping 10^x minor labels over a narrow range."""
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def _png(fig, path: Path | None) -> dg.MetadataValue:
@@ -32,9 +42,13 @@ def ppl_histogram(chosen: list[float], rejected: list[float], title: str, path: 
     values = [v for v in chosen + rejected if v and v > 0]
     if values:
         bins = np.logspace(np.log10(min(values)), np.log10(max(values) * 1.0001), 30)
-        ax.hist([v for v in rejected if v > 0], bins=bins, alpha=0.6, label=f"rejected ({len(rejected)})")
-        ax.hist([v for v in chosen if v > 0], bins=bins, alpha=0.6, label=f"chosen ({len(chosen)})")
+        ax.hist([v for v in rejected if v > 0], bins=bins, alpha=0.6, label=f"rejected ({len(rejected)})",
+                edgecolor="C0", histtype="stepfilled")
+        ax.hist([v for v in chosen if v > 0], bins=bins, alpha=0.6, label=f"chosen ({len(chosen)})",
+                edgecolor="C1", histtype="stepfilled")
         ax.set_xscale("log")
+        _plain_log_ticks(ax)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend()
     else:
         ax.text(0.5, 0.5, "no candidates", ha="center")
@@ -61,9 +75,71 @@ def trajectory_markdown(sample: dict | None) -> dg.MetadataValue:
         return dg.MetadataValue.md("(no trajectory)")
     text = str(sample["text"]).replace("```", "'''")
     return dg.MetadataValue.md(
-        f"**{sample['problem_id']}** — end: `{sample['end_reason']}`, student PPL: {sample['ppl']}, "
+        f"**{sample['problem_id']}** — end: `{sample['end_reason']}`, student PPL: {_round(sample['ppl'])}, "
         f"correct: {sample['correct']}, selected: {sample['selected']}\n\n"
         f"**Question.** {sample['question']}\n\n**Gold.** {sample['gold']}\n\n```\n{text}\n```")
+
+
+def _round(value):
+    return round(value, 2) if isinstance(value, float) else value
+
+
+def comparison_plot(arms: list[ArmResult], path: Path | None = None) -> dg.MetadataValue:
+    """Accuracy per method (mean ± sd, one dot per seed), the PPL of what each trained on, and
+    what its data cost: the comparison at a glance."""
+    rows = summarise(arms)
+    labels = [r["label"] for r in rows]
+    names = [LABELS.get(label, label) for label in labels]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    ax = axes[0]
+    for i, r in enumerate(rows):
+        ax.bar(i, 100 * r["accuracy"].mean, yerr=100 * r["accuracy"].sd, color=f"C{i}", alpha=0.7, capsize=4)
+        seeds = [100 * a.accuracy for a in arms if a.label == r["label"]]
+        ax.scatter([i] * len(seeds), seeds, color="k", s=12, zorder=3)
+    ax.set_xticks(range(len(rows)), names, rotation=20, fontsize=8)
+    ax.set_ylabel("accuracy % (mean ± sd; dots = seeds)")
+    ax.set_ylim(bottom=0)
+    ax.set_title("accuracy of the trained student")
+    trained = [r for r in rows if r["kind"] != "reference"]
+    ax = axes[1]
+    data = [[p for a in arms if a.label == r["label"] for p in a.ppls] or [float("nan")] for r in trained]
+    if trained:
+        ax.boxplot(data, showfliers=False)
+        ax.set_xticks(range(1, len(trained) + 1), [LABELS.get(r["label"], r["label"]) for r in trained],
+                      rotation=20, fontsize=8)
+    ax.set_ylabel("cold-start student PPL (per token)")
+    ax.set_title("PPL of the training trajectories")
+    ax = axes[2]
+    for i, r in enumerate(trained):
+        ax.bar(i - 0.2, r["student_tokens"].mean if r["student_tokens"] else 0, width=0.4, color="C0",
+               label="trajectory length (student tokens)" if i == 0 else None)
+        ax.bar(i + 0.2, r["tokens_per_accepted"].mean if r["tokens_per_accepted"] else 0, width=0.4, color="C3",
+               label="teacher tokens per trajectory" if i == 0 else None)
+    ax.set_xticks(range(len(trained)), [LABELS.get(r["label"], r["label"]) for r in trained], rotation=20, fontsize=8)
+    ax.legend(fontsize=7)
+    ax.set_title("length and cost")
+    fig.tight_layout()
+    return _png(fig, path)
+
+
+def sweep_plot(arms: list[ArmResult], knobs: dict[str, list], path: Path | None = None) -> dg.MetadataValue:
+    """One panel per knob: accuracy (left axis) and teacher tokens per trajectory (right) by value."""
+    fig, axes = plt.subplots(1, max(1, len(knobs)), figsize=(4.2 * max(1, len(knobs)), 3.2), squeeze=False)
+    for ax, (knob, values) in zip(axes[0], knobs.items()):
+        points = [next((a for a in arms if a.label == f"{knob}={v}"), None) for v in values]
+        xs = [str(v) for v, a in zip(values, points) if a is not None]
+        done = [a for a in points if a is not None]
+        ax.plot(xs, [100 * a.accuracy for a in done], "o-", color="C0")
+        ax.set_ylim(bottom=0)
+        ax.set_ylabel("accuracy %", color="C0")
+        ax.set_xlabel(knob)
+        twin = ax.twinx()
+        twin.plot(xs, [a.tokens_per_accepted or 0 for a in done], "s--", color="C3")
+        twin.set_ylim(bottom=0)
+        twin.set_ylabel("teacher tokens / trajectory", color="C3")
+        ax.set_title(knob)
+    fig.tight_layout()
+    return _png(fig, path)
 
 
 def clean(d: dict) -> dict:

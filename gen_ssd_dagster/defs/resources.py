@@ -44,6 +44,8 @@ class DemoModelsSettings(dg.Config):
     seed: int = _DEMO.seed
     n_teacher_problems: int = _DEMO.n_teacher_problems
     n_student_questions: int = _DEMO.n_student_questions
+    style_weights: list[float] = Field(default=list(_DEMO.style_weights),
+                                       description="stepwise / collapsed / verbose mix of the teacher's training data")
     teacher_hidden: int = _DEMO.teacher_hidden
     teacher_layers: int = _DEMO.teacher_layers
     student_hidden: int = _DEMO.student_hidden
@@ -52,7 +54,7 @@ class DemoModelsSettings(dg.Config):
     student_epochs: float = _DEMO.student_epochs
 
     def to_core(self) -> DemoModelsConfig:
-        return DemoModelsConfig(**self.model_dump())
+        return DemoModelsConfig(**{**self.model_dump(), "style_weights": tuple(self.style_weights)})
 
 
 class ModelsResource(dg.ConfigurableResource):

@@ -11,6 +11,7 @@ import dataclasses
 import dagster as dg
 from pydantic import Field
 
+from ..core.comparison import ComparisonConfig
 from ..core.config import GenSSDConfig, PostHocConfig, SamplingConfig, StandardKDConfig
 from ..core.demo import DemoConfig
 from ..core.training import TrainConfig
@@ -34,7 +35,7 @@ class _Limits(dg.Config):
     batch_size: int = Field(default=16, description="problems per generation batch (one DuckDB commit each)")
 
 
-class GenSSDRunConfig(_Sampling, _Limits):
+class GenSSDKnobs(_Sampling):
     """Gen-SSD: chunked teacher proposals, student (cold-start) perplexity selection."""
 
     chunk_tokens: int = _G.chunk_tokens
@@ -46,10 +47,18 @@ class GenSSDRunConfig(_Sampling, _Limits):
     max_ppl: float = _G.max_ppl
 
 
-class StandardKDRunConfig(_Sampling, _Limits):
+class GenSSDRunConfig(GenSSDKnobs, _Limits):
+    """Gen-SSD: chunked teacher proposals, student (cold-start) perplexity selection."""
+
+
+class StandardKDKnobs(_Sampling):
     """Standard KD: K full teacher samples per problem, keep the correct ones."""
 
     num_candidates: int = _K.num_candidates
+
+
+class StandardKDRunConfig(StandardKDKnobs, _Limits):
+    """Standard KD: K full teacher samples per problem, keep the correct ones."""
 
 
 class PostHocRunConfig(_Sampling, _Limits):
@@ -102,6 +111,49 @@ class EvaluationConfig(dg.Config):
     max_problems: int | None = Field(default=None, description="problems per benchmark; None = all")
     batch_size: int = 32
     max_new_tokens: int = _S.max_new_tokens
+
+
+_C = ComparisonConfig()
+
+
+class _Experiment(_train(_C.train)):
+    """What the comparison and the sweep share: the problem pool, the budget, the recipe."""
+
+    dataset: str = Field(default="demo", description="its train side is the problem pool (stored by `problems`)")
+    benchmark: str = Field(default="demo", description="its test side scores every arm (stored by `benchmarks`)")
+    pool_offset: int = Field(default=_D.n_cold_start, description="train problems skipped first (the cold start's)")
+    max_pool: int | None = Field(default=None, description="cap on the problem pool; None = every stored one")
+    max_test: int | None = Field(default=None, description="test problems; None = all")
+    teacher_token_budget: int = Field(default=_C.teacher_token_budget,
+                                      description="teacher tokens each arm may spend on its training data")
+    batch_size: int = Field(default=_C.batch_size, description="problems per generation batch")
+    eval_max_new_tokens: int = _C.eval_max_new_tokens
+    gen_ssd: GenSSDKnobs = Field(default_factory=GenSSDKnobs, description="Gen-SSD's knobs")
+    standard_kd: StandardKDKnobs = Field(default_factory=StandardKDKnobs,
+                                         description="Standard KD's knobs (post-hoc filters its samples)")
+
+    def core(self, seeds: list[int]) -> ComparisonConfig:
+        config = ComparisonConfig(
+            seeds=tuple(seeds), teacher_token_budget=self.teacher_token_budget, batch_size=self.batch_size,
+            gen_ssd=method_config(self.gen_ssd, GenSSDConfig), standard_kd=method_config(self.standard_kd, StandardKDConfig),
+            train=self.train_config(), eval_max_new_tokens=self.eval_max_new_tokens)
+        config.validate()
+        return config
+
+
+class ComparisonRunConfig(_Experiment):
+    """Gen-SSD vs Standard KD vs post-hoc filtering at an equal teacher-token budget, over seeds."""
+
+    seeds: list[int] = Field(default=list(_C.seeds), description="one arm per method per seed")
+
+
+class SweepRunConfig(_Experiment):
+    """Gen-SSD at each listed knob value, one knob at a time around `gen_ssd`."""
+
+    seed: int = 0
+    knobs: dict[str, list[str]] = Field(
+        default={"chunk_tokens": ["4", "8", "16"], "num_candidates": ["2", "4", "8"], "ppl_ratio": ["2", "5", "20"]},
+        description="knob -> values; any Gen-SSD knob or temperature/top_p/max_new_tokens")
 
 
 class ProblemsConfig(dg.Config):

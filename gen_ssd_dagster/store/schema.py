@@ -94,4 +94,40 @@ CREATE TABLE IF NOT EXISTS evaluation_scores (
     mlflow_run_id VARCHAR,
     created_at TIMESTAMP NOT NULL DEFAULT current_timestamp
 );
+
+-- One graded output per (model, benchmark, problem, grader, settings), written a batch per
+-- transaction while an evaluation runs: a restarted evaluation only does the missing batches.
+CREATE TABLE IF NOT EXISTS evaluation_outputs (
+    model_version VARCHAR NOT NULL,
+    benchmark VARCHAR NOT NULL,
+    grader_version VARCHAR NOT NULL,
+    eval_config_hash VARCHAR NOT NULL,
+    problem_id VARCHAR NOT NULL,
+    prompt_sha VARCHAR NOT NULL,       -- the question and gold it answered: a changed problem is redone
+    completion VARCHAR NOT NULL,
+    predicted VARCHAR,
+    gold VARCHAR NOT NULL,
+    correct BOOLEAN NOT NULL,
+    created_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    PRIMARY KEY (model_version, benchmark, grader_version, eval_config_hash, problem_id)
+);
+-- One arm of a method comparison or a knob sweep (core/comparison.py): what its training data
+-- cost and looked like, and the accuracy of the student trained on it. `arm_key` hashes every
+-- input, so an interrupted comparison resumes at the first arm not stored.
+CREATE TABLE IF NOT EXISTS experiment_arms (
+    arm_key VARCHAR PRIMARY KEY,
+    experiment VARCHAR NOT NULL,       -- the comparison or sweep this arm belongs to
+    kind VARCHAR NOT NULL,             -- comparison | sweep | reference
+    label VARCHAR NOT NULL,            -- method, or knob=value
+    method VARCHAR NOT NULL,
+    seed INTEGER,
+    dataset VARCHAR NOT NULL,
+    benchmark VARCHAR NOT NULL,
+    accuracy DOUBLE NOT NULL,
+    teacher_tokens INTEGER,
+    result JSON NOT NULL,              -- the whole ArmResult, config and per-trajectory PPLs included
+    dagster_run_id VARCHAR,
+    mlflow_run_id VARCHAR,
+    created_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
 """

@@ -1,0 +1,286 @@
+"""Does Gen-SSD beat the baselines? Students trained at an equal teacher-token budget, over seeds.
+
+An *arm* is one way of making training data (a method, or Gen-SSD at one knob setting) under one
+seed: generate trajectories from the seed's problem stream until the teacher-token budget is spent,
+fine-tune the cold-start student on the selected ones, and evaluate it greedily on the test set.
+
+How the budget is matched: problems are taken in the seed's order, a batch at a time. After
+generating, the arm keeps the longest prefix of problems whose teacher tokens (every token the
+teacher generated for them: rejected candidates and pruned paths included) sum to at most the
+budget; the rest of the last batch is dropped. So every arm's training data cost at most the
+budget, and at least the budget minus one problem's cost. Post-hoc filtering selects among the
+very same samples as Standard KD (lowest-PPL correct sample of each problem instead of every
+correct one), so its cost equals Standard KD's by construction and the two differ only in what
+they keep.
+
+A seed changes the order of the problem stream, the teacher's sampling and the training shuffle.
+The cold-start checkpoint, the scorer and the test set are shared by every arm.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import random
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .baselines import select_lowest_ppl_correct
+from .config import GenSSDConfig, MethodConfig, StandardKDConfig, config_dict
+from .errors import ConfigError
+from .evaluation import evaluate
+from .methods import run_method, training_examples
+from .models import ModelSpec
+from .training import TrainConfig, fine_tune
+from .types import Problem, Trajectory
+
+Log = Callable[[str], None]
+METHODS = ("standard_kd", "posthoc", "gen_ssd")
+# The distillation recipe. Measured on the demo: with 3 epochs at 1e-3 the 0.27M student stayed
+# near its cold-start accuracy whatever it was given (1,000 gold stepwise solutions: 6.5%); 8
+# epochs at 3e-3 took the same data to 26.5%, so the methods' data can make a difference.
+DISTILL_TRAIN = TrainConfig(epochs=8, learning_rate=3e-3, batch_size=16, bf16=True)
+
+
+@dataclass(frozen=True)
+class ComparisonConfig:
+    """An equal-budget comparison of Gen-SSD with Standard KD and post-hoc filtering.
+
+    seeds: one arm per method per seed; results are reported as mean and spread over seeds.
+    teacher_token_budget: teacher tokens each arm may spend on its training data (see above).
+    batch_size: problems generated per batch.
+    gen_ssd / standard_kd: the methods' knobs (the seed of their sampling is replaced by the arm's).
+        Post-hoc filtering re-selects Standard KD's samples by their per-token PPL.
+    train: how each arm's student is fine-tuned from the cold-start checkpoint (seed replaced).
+    eval_batch_size / eval_max_new_tokens: greedy evaluation on the test problems.
+    """
+
+    seeds: tuple[int, ...] = (0, 1, 2)
+    teacher_token_budget: int = 100_000
+    batch_size: int = 32
+    gen_ssd: GenSSDConfig = GenSSDConfig()
+    standard_kd: StandardKDConfig = StandardKDConfig()
+    train: TrainConfig = DISTILL_TRAIN
+    eval_batch_size: int = 32
+    eval_max_new_tokens: int = 192
+
+    def validate(self) -> None:
+        if not self.seeds:
+            raise ConfigError("seeds must name at least one seed")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"seeds must be distinct, got {list(self.seeds)}")
+        if self.teacher_token_budget < 1:
+            raise ConfigError(f"teacher_token_budget must be >= 1, got {self.teacher_token_budget}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        self.gen_ssd.validate()
+        self.standard_kd.validate()
+        self.train.validate()
+
+
+@dataclass(frozen=True)
+class BudgetedData:
+    """Trajectories of the problems that fit in the budget."""
+
+    trajectories: list[Trajectory]
+    problems: int  # problems within the budget
+    teacher_tokens: int  # spent on them (<= budget)
+    pool_exhausted: bool  # every problem was used before the budget was: the arm spent less
+    seconds: float
+
+
+@dataclass
+class ArmResult:
+    """One arm: what its data cost and looked like, and how well its student did."""
+
+    kind: str  # comparison | sweep | reference (base and cold-start students)
+    label: str  # the method, or "knob=value" in a sweep
+    method: str
+    seed: int | None
+    accuracy: float
+    n_test: int
+    n_correct: int
+    problems: int = 0
+    teacher_tokens: int = 0
+    trajectories: int = 0  # produced (selected or not)
+    selected: int = 0  # trained on
+    accepted_problems: int = 0  # problems with at least one selected trajectory
+    pruned: int = 0  # Gen-SSD paths ended by the suitability rule
+    mean_student_tokens: float | None = None  # of the selected trajectories
+    mean_ppl: float | None = None  # the cold-start student's PPL of the selected trajectories
+    pool_exhausted: bool = False
+    generate_seconds: float = 0.0
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    checkpoint: str = ""
+    config: dict = field(default_factory=dict)
+    ppls: list[float] = field(default_factory=list)  # every selected trajectory's PPL (for plots)
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        return self.accepted_problems / self.problems if self.problems else None
+
+    @property
+    def prune_rate(self) -> float | None:
+        return self.pruned / self.problems if self.problems else None
+
+    @property
+    def tokens_per_accepted(self) -> float | None:
+        return self.teacher_tokens / self.selected if self.selected else None
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out.update(acceptance_rate=self.acceptance_rate, prune_rate=self.prune_rate,
+                   tokens_per_accepted=self.tokens_per_accepted)
+        return out
+
+
+def with_seed(config: MethodConfig, seed: int) -> MethodConfig:
+    return dataclasses.replace(config, sampling=dataclasses.replace(config.sampling, seed=seed))
+
+
+def seed_order(problems: list[Problem], seed: int) -> list[Problem]:
+    """The seed's problem stream: the pool in a seed-determined order."""
+    order = list(problems)
+    random.Random(f"comparison-{seed}").shuffle(order)
+    return order
+
+
+def generate_within_budget(config: MethodConfig, problems: list[Problem], teacher, scorer, budget: int,
+                           batch_size: int = 32, log: Log | None = None) -> BudgetedData:
+    """Run `config` over `problems` in order until `budget` teacher tokens are spent (see module doc)."""
+    clock = time.perf_counter()
+    kept: list[Trajectory] = []
+    spent = used = 0
+    for start in range(0, len(problems), batch_size):
+        batch = problems[start:start + batch_size]
+        # Each batch has its own seed, as in an uninterrupted run_method call over all problems.
+        trajectories = run_method(with_seed(config, config.sampling.seed + start), batch, teacher, scorer, batch_size)
+        by_problem: dict[str, list[Trajectory]] = {}
+        for t in trajectories:
+            by_problem.setdefault(t.problem_id, []).append(t)
+        for problem in batch:
+            mine = by_problem.get(problem.problem_id, [])
+            cost = sum(t.teacher_tokens for t in mine)
+            if spent + cost > budget:
+                return BudgetedData(kept, used, spent, False, time.perf_counter() - clock)
+            kept.extend(mine)
+            spent += cost
+            used += 1
+        if log:
+            log(f"{config.method}: {used} problems, {spent}/{budget} teacher tokens")
+    return BudgetedData(kept, used, spent, True, time.perf_counter() - clock)
+
+
+def posthoc_from(kd: BudgetedData) -> BudgetedData:
+    """Post-hoc filtering of Standard KD's very samples: the lowest-PPL correct one per problem."""
+    copies = [dataclasses.replace(t, method="posthoc", selected=False) for t in kd.trajectories]
+    by_problem: dict[str, list[Trajectory]] = {}
+    for t in copies:
+        by_problem.setdefault(t.problem_id, []).append(t)
+    for samples in by_problem.values():
+        select_lowest_ppl_correct(samples)
+    return dataclasses.replace(kd, trajectories=copies, seconds=0.0)
+
+
+def data_stats(data: BudgetedData) -> dict:
+    """The arm's data columns of `ArmResult`."""
+    chosen = [t for t in data.trajectories if t.selected]
+    ppls = [t.ppl for t in chosen if t.ppl is not None]
+    return dict(problems=data.problems, teacher_tokens=data.teacher_tokens, trajectories=len(data.trajectories),
+                selected=len(chosen), accepted_problems=len({t.problem_id for t in chosen}),
+                pruned=sum(t.end_reason == "pruned" for t in data.trajectories),
+                mean_student_tokens=statistics.fmean(t.student_tokens for t in chosen) if chosen else None,
+                mean_ppl=statistics.fmean(ppls) if ppls else None, ppls=ppls,
+                pool_exhausted=data.pool_exhausted, generate_seconds=data.seconds)
+
+
+def train_and_evaluate(kind: str, label: str, method: str, seed: int, data: BudgetedData, cold_start: Path,
+                       test: list[Problem], out_dir: Path, config: ComparisonConfig, method_config: dict,
+                       log: Log | None = None) -> ArmResult:
+    """Fine-tune the cold-start student on the arm's selected trajectories and evaluate it."""
+    stats = data_stats(data)
+    examples = training_examples(data.trajectories)
+    if not examples:  # nothing was learnable within the budget: the student is the cold start
+        if log:
+            log(f"{label} seed {seed}: no trajectory selected, scoring the cold-start student")
+        checkpoint, train_seconds = Path(cold_start), 0.0
+    else:
+        trained = fine_tune(cold_start, examples, out_dir, dataclasses.replace(config.train, seed=seed))
+        checkpoint, train_seconds = trained.path, trained.seconds
+    clock = time.perf_counter()
+    result = evaluate(ModelSpec(str(checkpoint)), test, config.eval_batch_size, config.eval_max_new_tokens)
+    n_correct = sum(bool(o["correct"]) for o in result.outputs)
+    arm = ArmResult(kind=kind, label=label, method=method, seed=seed, accuracy=result.accuracy, n_test=result.n,
+                    n_correct=n_correct, train_seconds=train_seconds, eval_seconds=time.perf_counter() - clock,
+                    checkpoint=str(checkpoint), config=method_config, **stats)
+    if log:
+        log(f"{label} seed {seed}: accuracy {arm.accuracy:.3f} from {arm.selected} trajectories of "
+            f"{arm.problems} problems ({arm.teacher_tokens} teacher tokens)")
+    return arm
+
+
+def arm_key(kind: str, label: str, seed: int, method_config: dict, config: ComparisonConfig, context: dict) -> str:
+    """What an arm's result depends on; an arm stored under the same key is not run again."""
+    blob = json.dumps({"kind": kind, "label": label, "seed": seed, "method": method_config,
+                       "budget": config.teacher_token_budget, "batch_size": config.batch_size,
+                       "train": dataclasses.asdict(config.train), "eval": [config.eval_max_new_tokens],
+                       **context}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+ArmStore = Callable[[str], "ArmResult | None"]  # key -> stored result, or None
+
+
+def run_comparison(config: ComparisonConfig, cold_start: Path, pool: list[Problem], test: list[Problem],
+                   teacher, scorer, out_dir: Path, context: dict, lookup: ArmStore | None = None,
+                   save: Callable[[str, ArmResult], None] | None = None, log: Log | None = None) -> list[ArmResult]:
+    """Every method under every seed at the same budget. `context` names the inputs shared by the
+    arms (teacher, scorer, cold start, data versions) for the keys; `lookup`/`save` persist arms so
+    an interrupted comparison resumes at the first arm not yet stored."""
+    config.validate()
+    if not pool or not test:
+        raise ConfigError(f"the comparison needs training and test problems (got {len(pool)} and {len(test)})")
+    arms = []
+    for seed in config.seeds:
+        stream = seed_order(pool, seed)
+        configs = {"gen_ssd": with_seed(config.gen_ssd, seed), "standard_kd": with_seed(config.standard_kd, seed)}
+        dicts = {m: config_dict(c) for m, c in configs.items()}
+        # Standard KD's samples carry per-token PPLs: post-hoc selects by those.
+        dicts["posthoc"] = {**dicts["standard_kd"], "method": "posthoc", "ppl_normalisation": "token"}
+        keys = {m: arm_key("comparison", m, seed, dicts[m], config, context) for m in METHODS}
+        stored = {m: lookup(keys[m]) if lookup else None for m in METHODS}
+        data: dict[str, BudgetedData] = {}
+        for method in METHODS:
+            if stored[method] is not None:
+                arms.append(stored[method])
+                if log:
+                    log(f"{method} seed {seed}: reusing the stored arm {keys[method]}")
+                continue
+            if method == "posthoc":
+                if "standard_kd" not in data:
+                    data["standard_kd"] = generate_within_budget(configs["standard_kd"], stream, teacher, scorer,
+                                                                 config.teacher_token_budget, config.batch_size, log)
+                data["posthoc"] = posthoc_from(data["standard_kd"])
+            else:
+                data[method] = generate_within_budget(configs[method], stream, teacher, scorer,
+                                                      config.teacher_token_budget, config.batch_size, log)
+            arm = train_and_evaluate("comparison", method, method, seed, data[method], cold_start, test,
+                                     out_dir / f"seed{seed}" / method, config, dicts[method], log)
+            if save:
+                save(keys[method], arm)
+            arms.append(arm)
+    return arms
+
+
+def reference_arm(label: str, checkpoint: Path, test: list[Problem], config: ComparisonConfig) -> ArmResult:
+    """A student scored as it is (the base and the cold-start students): no data, no seed."""
+    clock = time.perf_counter()
+    result = evaluate(ModelSpec(str(checkpoint)), test, config.eval_batch_size, config.eval_max_new_tokens)
+    return ArmResult(kind="reference", label=label, method=label, seed=None, accuracy=result.accuracy,
+                     n_test=result.n, n_correct=sum(bool(o["correct"]) for o in result.outputs),
+                     eval_seconds=time.perf_counter() - clock, checkpoint=str(checkpoint))

@@ -1,0 +1,88 @@
+"""Arms -> one row per method (or sweep point): means over seeds with their spread, as markdown."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+from .comparison import ArmResult
+
+ORDER = ["base", "cold_start", "standard_kd", "posthoc", "gen_ssd"]
+LABELS = {"base": "base student", "cold_start": "cold start", "standard_kd": "Standard KD",
+          "posthoc": "post-hoc filter", "gen_ssd": "Gen-SSD"}
+
+
+@dataclass(frozen=True)
+class Spread:
+    mean: float
+    sd: float  # sample standard deviation over seeds (0 for one seed)
+    n: int
+
+    def fmt(self, digits: int = 1, scale: float = 1.0) -> str:
+        if self.n == 1:
+            return f"{self.mean * scale:.{digits}f}"
+        return f"{self.mean * scale:.{digits}f} ± {self.sd * scale:.{digits}f}"
+
+
+def spread(values) -> Spread | None:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return Spread(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values))
+
+
+def summarise(arms: list[ArmResult]) -> list[dict]:
+    """One dict per label (in ORDER, then as they come), each metric a `Spread` over seeds."""
+    labels: list[str] = []
+    for arm in arms:
+        if arm.label not in labels:
+            labels.append(arm.label)
+    labels.sort(key=lambda label: ORDER.index(label) if label in ORDER else len(ORDER))
+    kd_by_seed = {a.seed: a.accuracy for a in arms if a.label == "standard_kd"}
+    rows = []
+    for label in labels:
+        mine = [a for a in arms if a.label == label]
+        rows.append({
+            "label": label, "kind": mine[0].kind, "seeds": [a.seed for a in mine],
+            "accuracy": spread(a.accuracy for a in mine),
+            # Paired by seed: the same problem stream and sampling seed for both methods.
+            "vs_standard_kd": spread(a.accuracy - kd_by_seed[a.seed] for a in mine
+                                     if a.seed in kd_by_seed and label != "standard_kd"),
+            "student_tokens": spread(a.mean_student_tokens for a in mine),
+            "ppl": spread(a.mean_ppl for a in mine),
+            "acceptance": spread(a.acceptance_rate for a in mine),
+            "prune": spread(a.prune_rate for a in mine),
+            "tokens_per_accepted": spread(a.tokens_per_accepted for a in mine),
+            "teacher_tokens": spread(a.teacher_tokens for a in mine if a.kind != "reference"),
+            "problems": spread(a.problems for a in mine if a.kind != "reference"),
+            "selected": spread(a.selected for a in mine if a.kind != "reference"),
+            "minutes": spread((a.generate_seconds + a.train_seconds + a.eval_seconds) / 60 for a in mine),
+        })
+    return rows
+
+
+def _cell(s: Spread | None, digits: int = 1, scale: float = 1.0, signed: bool = False) -> str:
+    if s is None:
+        return "—"
+    text = s.fmt(digits, scale)
+    return f"+{text}" if signed and s.mean >= 0 else text
+
+
+def markdown(arms: list[ArmResult], budget: int | None = None) -> str:
+    """The comparison table: accuracy in points (mean ± sd over seeds), then what the data was."""
+    rows = summarise(arms)
+    header = ("| student | seeds | accuracy % | Δ vs Standard KD (pts) | trajectory length (student tokens) "
+              "| training-data PPL | accepted % | pruned % | teacher tokens / trajectory | problems | trajectories "
+              "| minutes |")
+    lines = [header, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append("| " + " | ".join([
+            LABELS.get(r["label"], r["label"]), str(len(r["seeds"])) if r["kind"] != "reference" else "—",
+            _cell(r["accuracy"], 1, 100), _cell(r["vs_standard_kd"], 1, 100, signed=True),
+            _cell(r["student_tokens"]), _cell(r["ppl"], 2), _cell(r["acceptance"], 0, 100),
+            _cell(r["prune"], 0, 100), _cell(r["tokens_per_accepted"], 0), _cell(r["problems"], 0),
+            _cell(r["selected"], 0), _cell(r["minutes"], 1)]) + " |")
+    if budget:
+        lines.append(f"\nEvery arm's training data cost at most {budget:,} teacher tokens (post-hoc filters "
+                     "Standard KD's very samples). PPL is the cold-start student's, per token.")
+    return "\n".join(lines)

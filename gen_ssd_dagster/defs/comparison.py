@@ -1,0 +1,156 @@
+"""Experiments on top of the pipeline: the equal-budget method comparison and the knob sweep.
+
+Both read the teacher, the cold-start student and the stored problems, run arms through
+core/comparison.py (every arm stored in DuckDB's `experiment_arms` as it finishes, so a crashed
+experiment resumes), log one MLflow run with the table and plots, and show both as metadata.
+They are not part of `gen-ssd pipeline` (they take tens of minutes): `gen-ssd compare`,
+`gen-ssd sweep`, or materialize them in the UI.
+"""
+
+import hashlib
+import json
+
+import dagster as dg
+
+from ..core.backends import model_version
+from ..core.comparison import ArmResult, arm_key, reference_arm, run_comparison
+from ..core.comparison_table import markdown, summarise
+from ..core.models import ModelSpec
+from ..core.sweep import parse_knobs, run_sweep
+from ..store.experiments import find_arm, save_arm
+from ..store.trajectories import read_problems
+from . import reporting
+from .resources import MLflowResource, ModelsResource, StoreResource
+from .run_config import ComparisonRunConfig, SweepRunConfig
+
+
+def _inputs(config, store: StoreResource):
+    db = store.store()
+    pool = read_problems(db, config.dataset, "train", config.max_pool, config.pool_offset)
+    test = read_problems(db, config.benchmark, "test", config.max_test)
+    if not pool:
+        raise dg.Failure(f"no training problems of {config.dataset!r} after the first {config.pool_offset}: "
+                         f"materialize problems[{config.dataset}] (or lower pool_offset)")
+    if not test:
+        raise dg.Failure(f"benchmark {config.benchmark!r} has no test problems stored: "
+                         f"materialize benchmarks[{config.benchmark}]")
+    return pool, test
+
+
+def _context(teacher_version: str, scorer_version: str, pool, test) -> dict:
+    """The inputs every arm shares, for the arm keys: change one and the arms are new work."""
+    digest = lambda ps: hashlib.sha256("\n".join(p.problem_id + p.question for p in ps).encode()).hexdigest()[:16]
+    return {"teacher": teacher_version, "scorer": scorer_version, "pool": digest(pool), "test": digest(test)}
+
+
+def _persist(store: StoreResource, experiment: str, config, dagster_run_id: str):
+    db = store.store()
+
+    def save(key: str, arm: ArmResult) -> None:
+        save_arm(db, key, arm, experiment, config.dataset, config.benchmark, dagster_run_id)
+
+    return (lambda key: find_arm(db, key)), save
+
+
+def _experiment_id(kind: str, config, context: dict) -> str:
+    blob = json.dumps({"config": config.model_dump(), **context}, sort_keys=True, default=str)
+    return f"{kind}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+
+def _log_mlflow(mlflow: MLflowResource, name: str, experiment: str, arms: list[ArmResult], params: dict,
+                table: str, plots: dict, tags: dict):
+    session = mlflow.session()
+    with session.run(name, tags={"experiment": experiment, **tags}) as run:
+        metrics = {}
+        for row in summarise(arms):
+            for metric in ("accuracy", "vs_standard_kd", "ppl", "student_tokens", "tokens_per_accepted", "prune"):
+                if row[metric] is not None:
+                    metrics[f"{row['label']}.{metric}.mean"] = row[metric].mean
+                    metrics[f"{row['label']}.{metric}.sd"] = row[metric].sd
+        run.log(params=params, metrics={k.replace("=", "_"): v for k, v in metrics.items()})
+        run.log_text(table, f"{name}.md")
+        run.log_text("\n".join(json.dumps(a.to_dict(), default=str) for a in arms), f"{name}_arms.jsonl")
+        for path in plots.values():
+            run.log_file(path, "plots")
+        return run.run_id, mlflow.run_url(session.experiment_id, run.run_id)
+
+
+@dg.asset(group_name="comparison", kinds={"duckdb", "mlflow"}, deps=["problems", "benchmarks"])
+def method_comparison(context: dg.AssetExecutionContext, config: ComparisonRunConfig, teacher: ModelSpec,
+                      base_student: ModelSpec, cold_start_student: ModelSpec, models: ModelsResource,
+                      store: StoreResource, mlflow: MLflowResource) -> dg.MaterializeResult:
+    """Does Gen-SSD beat Standard KD and post-hoc filtering here? One student per method per seed,
+    each trained from the cold-start checkpoint on data that cost the same teacher-token budget,
+    all scored on the same benchmark; the table gives mean ± sd over seeds, with the base and
+    cold-start students for reference."""
+    core = config.core(config.seeds)
+    pool, test = _inputs(config, store)
+    teacher_backend, scorer = models.make_teacher(teacher), models.make_scorer(cold_start_student)
+    shared = _context(teacher_backend.version, scorer.version, pool, test)
+    experiment = _experiment_id("comparison", config, shared)
+    lookup, save = _persist(store, experiment, config, context.run.run_id)
+    context.log.info(f"{experiment}: {len(config.seeds)} seeds x 3 methods, {len(pool)} pool problems, "
+                     f"{len(test)} test problems, budget {core.teacher_token_budget} teacher tokens per arm")
+    out_dir = store.home_dir().checkpoints / "comparison" / experiment
+    arms = []
+    for label, spec in (("base", base_student), ("cold_start", cold_start_student)):
+        key = arm_key("reference", label, -1, {"model_version": model_version(spec)}, core, shared)
+        arm = lookup(key)
+        if arm is None:
+            arm = reference_arm(label, spec.name_or_path, test, core)
+            save(key, arm)
+        arms.append(arm)
+    arms += run_comparison(core, cold_start_student.name_or_path, pool, test, teacher_backend, scorer, out_dir,
+                           shared, lookup, save, context.log.info)
+    table = markdown(arms, core.teacher_token_budget)
+    plot_path = store.home_dir().plots / f"{experiment}.png"
+    plot = reporting.comparison_plot(arms, plot_path)
+    run_id, url = _log_mlflow(mlflow, "method_comparison", experiment, arms,
+                              {"seeds": ",".join(map(str, config.seeds)), "budget": core.teacher_token_budget,
+                               "dataset": config.dataset, "benchmark": config.benchmark},
+                              table, {"comparison": plot_path},
+                              {"teacher_version": shared["teacher"], "student_version": shared["scorer"],
+                               "dagster_run_id": context.run.run_id})
+    rows = {r["label"]: r for r in summarise(arms)}
+    return dg.MaterializeResult(metadata={
+        "comparison": dg.MetadataValue.md(table), "plot": plot, "experiment": experiment,
+        "mlflow_run": dg.MetadataValue.url(url), "plot_path": dg.MetadataValue.path(str(plot_path)),
+        **{f"accuracy/{label}": round(r["accuracy"].mean, 4) for label, r in rows.items()},
+        **({"gen_ssd_minus_standard_kd_pts": round(100 * rows["gen_ssd"]["vs_standard_kd"].mean, 2)}
+           if "gen_ssd" in rows and rows["gen_ssd"]["vs_standard_kd"] else {}),
+        "model_version/cold_start": model_version(cold_start_student), "teacher_version": shared["teacher"],
+    })
+
+
+@dg.asset(group_name="comparison", kinds={"duckdb", "mlflow"}, deps=["problems", "benchmarks"])
+def gen_ssd_knob_sweep(context: dg.AssetExecutionContext, config: SweepRunConfig, teacher: ModelSpec,
+                       cold_start_student: ModelSpec, models: ModelsResource, store: StoreResource,
+                       mlflow: MLflowResource) -> dg.MaterializeResult:
+    """Tune Gen-SSD: for each knob (chunk size, K, pruning threshold, ...) and each of its values,
+    a student trained on Gen-SSD data of the same teacher-token budget; accuracy and teacher cost
+    per trajectory against each knob, one knob at a time around the base configuration."""
+    core = config.core([config.seed])
+    knobs = parse_knobs([f"{k}={','.join(v)}" for k, v in config.knobs.items()], core.gen_ssd)
+    pool, test = _inputs(config, store)
+    teacher_backend, scorer = models.make_teacher(teacher), models.make_scorer(cold_start_student)
+    shared = _context(teacher_backend.version, scorer.version, pool, test)
+    experiment = _experiment_id("sweep", config, shared)
+    lookup, save = _persist(store, experiment, config, context.run.run_id)
+    out_dir = store.home_dir().checkpoints / "sweep" / experiment
+    arms = run_sweep(core, knobs, config.seed, cold_start_student.name_or_path, pool, test, teacher_backend, scorer,
+                     out_dir, shared, lookup, save, context.log.info)
+    table = markdown(arms, core.teacher_token_budget)
+    plot_path = store.home_dir().plots / f"{experiment}.png"
+    plot = reporting.sweep_plot(arms, knobs, plot_path)
+    run_id, url = _log_mlflow(mlflow, "gen_ssd_knob_sweep", experiment, arms,
+                              {"seed": config.seed, "budget": core.teacher_token_budget, "dataset": config.dataset,
+                               "knobs": json.dumps(config.knobs)},
+                              table, {"sweep": plot_path}, {"dagster_run_id": context.run.run_id})
+    return dg.MaterializeResult(metadata={
+        "sweep": dg.MetadataValue.md(table), "plot": plot, "experiment": experiment,
+        "mlflow_run": dg.MetadataValue.url(url), "plot_path": dg.MetadataValue.path(str(plot_path)),
+        **{f"accuracy/{a.label}": round(a.accuracy, 4) for a in arms},
+    })
+
+
+EXPERIMENT_ASSETS = [method_comparison, gen_ssd_knob_sweep]

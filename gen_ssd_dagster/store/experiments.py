@@ -1,0 +1,51 @@
+"""Arms of comparisons and sweeps (core/comparison.py) in DuckDB: one row each, written as it ends."""
+
+from __future__ import annotations
+
+import json
+
+from ..core.comparison import ArmResult
+from .db import Store
+
+_FIELDS = set(ArmResult.__dataclass_fields__)
+
+
+def arm_from_json(blob: str) -> ArmResult:
+    data = json.loads(blob)
+    return ArmResult(**{k: v for k, v in data.items() if k in _FIELDS})
+
+
+def find_arm(store: Store, arm_key: str) -> ArmResult | None:
+    rows = store.query("SELECT result FROM experiment_arms WHERE arm_key = ?", [arm_key])
+    return arm_from_json(rows[0][0]) if rows else None
+
+
+def save_arm(store: Store, arm_key: str, arm: ArmResult, experiment: str, dataset: str, benchmark: str,
+             dagster_run_id: str | None = None, mlflow_run_id: str | None = None) -> None:
+    """Insert or replace one arm (its key names every input, so a replacement is the same work)."""
+    with store.transaction() as con:
+        con.execute("DELETE FROM experiment_arms WHERE arm_key = ?", [arm_key])
+        con.execute(
+            "INSERT INTO experiment_arms (arm_key, experiment, kind, label, method, seed, dataset, benchmark,"
+            " accuracy, teacher_tokens, result, dagster_run_id, mlflow_run_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            [arm_key, experiment, arm.kind, arm.label, arm.method, arm.seed, dataset, benchmark, arm.accuracy,
+             arm.teacher_tokens, json.dumps(arm.to_dict(), default=str), dagster_run_id, mlflow_run_id])
+
+
+def experiment_arms(store: Store, experiment: str | None = None, kind: str | None = None) -> list[ArmResult]:
+    """The arms of one experiment (default: the latest of `kind`), oldest first."""
+    if experiment is None:
+        rows = store.query("SELECT experiment FROM experiment_arms WHERE kind = ? ORDER BY created_at DESC LIMIT 1",
+                           [kind or "comparison"])
+        if not rows:
+            return []
+        experiment = rows[0][0]
+    rows = store.query("SELECT result FROM experiment_arms WHERE experiment = ? ORDER BY created_at, label",
+                       [experiment])
+    return [arm_from_json(r[0]) for r in rows]
+
+
+def latest_experiment(store: Store, kind: str) -> str | None:
+    rows = store.query("SELECT experiment FROM experiment_arms WHERE kind = ? ORDER BY created_at DESC LIMIT 1",
+                       [kind])
+    return rows[0][0] if rows else None

@@ -1,0 +1,165 @@
+"""The equal-budget comparison and the knob sweep: budget matching, spreads, and the Dagster assets."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from conftest import DEMO_SIZES  # memorizing_teacher, tiny_models: conftest fixtures
+
+
+def _problems(n: int):
+    from gen_ssd_dagster.core.demo_world import generate_problems
+
+    return generate_problems(n, 0, "train")
+
+
+def _backends(tiny_models):
+    from gen_ssd_dagster.core.backends import TransformersScorer, TransformersTeacher
+    from gen_ssd_dagster.core.models import ModelSpec
+
+    return TransformersTeacher(ModelSpec(str(tiny_models[0]))), TransformersScorer(ModelSpec(str(tiny_models[1])))
+
+
+SMALL_SAMPLING = dict(max_new_tokens=24, temperature=1.0)
+
+
+def test_generation_stops_within_the_budget(tiny_models):
+    from gen_ssd_dagster.core.comparison import generate_within_budget, posthoc_from
+    from gen_ssd_dagster.core.config import GenSSDConfig, SamplingConfig, StandardKDConfig
+
+    teacher, scorer = _backends(tiny_models)
+    problems = _problems(12)
+    kd = StandardKDConfig(num_candidates=2, sampling=SamplingConfig(**SMALL_SAMPLING))
+    everything = generate_within_budget(kd, problems, teacher, scorer, budget=10**9, batch_size=4)
+    assert everything.pool_exhausted and everything.problems == 12
+    costs = {}
+    for t in everything.trajectories:
+        costs[t.problem_id] = costs.get(t.problem_id, 0) + t.teacher_tokens
+    per_problem = [costs[p.problem_id] for p in problems]
+
+    budget = sum(per_problem[:5]) + per_problem[5] // 2  # five problems fit, the sixth does not
+    part = generate_within_budget(kd, problems, teacher, scorer, budget=budget, batch_size=4)
+    assert (part.problems, part.teacher_tokens, part.pool_exhausted) == (5, sum(per_problem[:5]), False)
+    assert [t.text for t in part.trajectories] == [t.text for t in everything.trajectories[:10]]  # same samples
+
+    posthoc = posthoc_from(part)
+    assert posthoc.teacher_tokens == part.teacher_tokens
+    chosen = [t for t in posthoc.trajectories if t.selected]
+    assert len({t.problem_id for t in chosen}) == len(chosen)  # at most one per problem
+    assert all(t.method == "posthoc" for t in posthoc.trajectories)
+    assert not any(t.method == "posthoc" for t in part.trajectories)  # KD's samples untouched
+
+    gen = GenSSDConfig(num_candidates=2, chunk_tokens=8, suitability="none", sampling=SamplingConfig(**SMALL_SAMPLING))
+    assert generate_within_budget(gen, problems, teacher, scorer, budget=1, batch_size=4).problems == 0
+
+
+def _arm(label, seed, accuracy, **kw):
+    from gen_ssd_dagster.core.comparison import ArmResult
+
+    return ArmResult(kind="comparison", label=label, method=label, seed=seed, accuracy=accuracy, n_test=100,
+                     n_correct=int(accuracy * 100), **kw)
+
+
+def test_table_reports_mean_spread_and_paired_difference():
+    from gen_ssd_dagster.core.comparison_table import markdown, summarise
+
+    arms = [_arm("standard_kd", 0, 0.10, problems=10, selected=20, teacher_tokens=1000),
+            _arm("standard_kd", 1, 0.20, problems=10, selected=20, teacher_tokens=1000),
+            _arm("gen_ssd", 0, 0.30, problems=20, selected=10, teacher_tokens=1000, pruned=5),
+            _arm("gen_ssd", 1, 0.30, problems=20, selected=10, teacher_tokens=1000, pruned=5)]
+    rows = {r["label"]: r for r in summarise(arms)}
+    assert rows["standard_kd"]["accuracy"].mean == pytest.approx(0.15)
+    assert rows["standard_kd"]["accuracy"].sd == pytest.approx(0.0707, abs=1e-3)
+    assert rows["gen_ssd"]["vs_standard_kd"].mean == pytest.approx(0.15)  # +0.20 and +0.10, paired by seed
+    assert rows["gen_ssd"]["prune"].mean == pytest.approx(0.25)
+    assert rows["gen_ssd"]["tokens_per_accepted"].mean == pytest.approx(100)
+    table = markdown(arms, 1000)
+    assert "| Standard KD | 2 | 15.0 ± 7.1 |" in table
+    assert "| Gen-SSD | 2 | 30.0 ± 0.0 | +15.0 ± 7.1 |" in table
+    assert list(rows) == ["standard_kd", "gen_ssd"]
+
+
+def test_sweep_knobs_are_typed_and_checked_before_any_work():
+    from gen_ssd_dagster.core.config import GenSSDConfig
+    from gen_ssd_dagster.core.errors import ConfigError
+    from gen_ssd_dagster.core.sweep import parse_knobs, sweep_points
+
+    knobs = parse_knobs(["chunk_tokens=8,32", "ppl_ratio=2.5", "snap_to_line=false", "temperature=0.7"])
+    assert knobs == {"chunk_tokens": [8, 32], "ppl_ratio": [2.5], "snap_to_line": [False], "temperature": [0.7]}
+    points = sweep_points(GenSSDConfig(), knobs)
+    assert [p[2].chunk_tokens for p in points[:2]] == [8, 32] and points[-1][2].sampling.temperature == 0.7
+    with pytest.raises(ConfigError, match="chunk_tokns"):
+        parse_knobs(["chunk_tokns=8"])
+    with pytest.raises(ConfigError, match="'eight' of chunk_tokens"):
+        parse_knobs(["chunk_tokens=eight"])
+    with pytest.raises(ConfigError, match="chunk_tokens must be >= 1"):
+        sweep_points(GenSSDConfig(), {"chunk_tokens": [16, 0]})
+
+
+@pytest.mark.slow
+def test_comparison_and_sweep_assets(tmp_path, tiny_models, memorizing_teacher, capsys):
+    """Both experiments through Dagster on the demo: arms in DuckDB at the budget, one MLflow run
+    each, table and plot as metadata; a second materialization reuses every stored arm."""
+    from mlflow import MlflowClient
+
+    from gen_ssd_dagster import cli
+    from gen_ssd_dagster.defs.resources import DataResource, ModelsResource
+    from gen_ssd_dagster.pipeline import run_pipeline
+    from gen_ssd_dagster.store import Home, Store
+    from gen_ssd_dagster.store.experiments import experiment_arms
+
+    home = Home.resolve(tmp_path / "home")
+    knobs = {"max_new_tokens": 96, "num_candidates": 2, "temperature": 0.3}
+    small = {**knobs, "batch_size": 4}
+    experiment = {"pool_offset": 4, "teacher_token_budget": 400, "batch_size": 4, "epochs": 1,
+                  "eval_max_new_tokens": 96, "gen_ssd": {**knobs, "suitability": "none", "chunk_tokens": 16},
+                  "standard_kd": knobs}
+    rc = {"ops": {"cold_start_student": {"config": {**small, "max_problems": 4, "epochs": 2}},
+                  "method_comparison": {"config": {**experiment, "seeds": [0, 1]}},
+                  "gen_ssd_knob_sweep": {"config": {**experiment, "knobs": {"chunk_tokens": ["8", "16"]}}}}}
+    resources = {"models": ModelsResource(teacher=str(memorizing_teacher), student=str(tiny_models[1])),
+                 "data": DataResource(**DEMO_SIZES)}
+    selection = ["teacher", "base_student", "problems", "benchmarks", "cold_start_student",
+                 "method_comparison", "gen_ssd_knob_sweep"]
+    result = run_pipeline(home, "demo", rc, resources, log=lambda _: None, selection=selection)
+    assert result.success
+
+    store = Store(home.db_path)
+    arms = experiment_arms(store, kind="comparison")
+    assert sorted((a.label, a.seed) for a in arms if a.kind == "comparison") == [
+        (m, s) for m in ("gen_ssd", "posthoc", "standard_kd") for s in (0, 1)]
+    assert {a.label for a in arms if a.kind == "reference"} == {"base", "cold_start"}
+    for a in arms:
+        assert a.teacher_tokens <= 400 and 0 <= a.accuracy <= 1 and a.n_test == DEMO_SIZES["demo_test"]
+    by = {(a.label, a.seed): a for a in arms}
+    for seed in (0, 1):
+        assert by["posthoc", seed].teacher_tokens == by["standard_kd", seed].teacher_tokens > 0
+        assert by["posthoc", seed].selected <= by["standard_kd", seed].selected
+        assert by["gen_ssd", seed].config["sampling"]["seed"] == seed
+    sweep = experiment_arms(store, kind="sweep")
+    assert sorted(a.label for a in sweep) == ["chunk_tokens=16", "chunk_tokens=8"]
+    assert [a.config["chunk_tokens"] for a in sorted(sweep, key=lambda a: a.label)] == [16, 8]
+
+    events = {e.asset_key.to_user_string(): e.step_materialization_data.materialization
+              for e in result.get_asset_materialization_events()}
+    meta = events["method_comparison"].metadata
+    assert "| Gen-SSD | 2 |" in meta["comparison"].value and "data:image/png;base64," in meta["plot"].value
+    client = MlflowClient(home.mlflow_uri)
+    run = client.get_run(meta["mlflow_run"].value.rsplit("/", 1)[-1])
+    assert run.info.status == "FINISHED"
+    gen = [a.accuracy for a in arms if a.label == "gen_ssd"]
+    assert run.data.metrics["gen_ssd.accuracy.mean"] == pytest.approx(sum(gen) / 2)
+    assert {f.path for f in client.list_artifacts(run.info.run_id, "plots")} == {f"plots/{meta['experiment'].value}.png"}
+
+    # Re-materializing the same experiment trains nothing: every arm comes from DuckDB.
+    rows_before = store.query("SELECT count(*), max(created_at) FROM experiment_arms")
+    again = run_pipeline(home, "demo", rc, resources, log=lambda _: None,
+                         selection=["method_comparison", "gen_ssd_knob_sweep"])
+    assert again.success
+    assert store.query("SELECT count(*), max(created_at) FROM experiment_arms") == rows_before
+
+    assert cli.main(["--home", str(home.root), "report"]) == 0
+    out = capsys.readouterr().out
+    assert "Method comparison" in out and "Gen-SSD knob sweep" in out and "post-hoc filter" in out
