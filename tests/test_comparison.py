@@ -163,3 +163,12 @@ def test_comparison_and_sweep_assets(tmp_path, tiny_models, memorizing_teacher, 
     assert cli.main(["--home", str(home.root), "report"]) == 0
     out = capsys.readouterr().out
     assert "Method comparison" in out and "Gen-SSD knob sweep" in out and "post-hoc filter" in out
+
+
+def test_sweep_cli_rejects_a_bad_knob_before_loading_anything(tmp_path, capsys):
+    from gen_ssd_dagster import cli
+
+    assert cli.main(["--home", str(tmp_path / "home"), "sweep", "--knob", "chunk_tokns=8,16"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown Gen-SSD knob 'chunk_tokns'" in err and "chunk_tokens" in err
+    assert not (tmp_path / "home").exists()  # nothing written

@@ -219,3 +219,12 @@ def test_a_failed_step_is_named(tmp_path, tiny_models):
         log=lines.append, selection=UPSTREAM + ["distilled_students/gen_ssd"])
     assert not result.success
     assert any("distilled_students__gen_ssd failed" in line and "gen_ssd_trajectories[demo]" in line for line in lines), lines
+
+
+def test_every_model_running_asset_is_in_the_gpu_pool():
+    """A deployment limits GPUs with one pool (deploy/dagster.yaml): no asset that loads a model may escape it."""
+    from gen_ssd_dagster.definitions import ASSETS, EXPERIMENTS
+
+    pools = {key.to_user_string(): a.op.pool for a in [*ASSETS, *EXPERIMENTS] for key in a.keys}
+    light = {"teacher", "base_student", "problems", "benchmarks"}  # resolve paths and read data only
+    assert {k for k, pool in pools.items() if pool != "gpu"} == light

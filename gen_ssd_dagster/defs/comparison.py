@@ -20,7 +20,7 @@ from ..core.sweep import parse_knobs, run_sweep
 from ..store.experiments import find_arm, save_arm
 from ..store.trajectories import read_problems
 from . import reporting
-from .resources import MLflowResource, ModelsResource, StoreResource
+from .resources import GPU_POOL, MLflowResource, ModelsResource, StoreResource
 from .run_config import ComparisonRunConfig, SweepRunConfig
 
 
@@ -75,7 +75,7 @@ def _log_mlflow(mlflow: MLflowResource, name: str, experiment: str, arms: list[A
         return run.run_id, mlflow.run_url(session.experiment_id, run.run_id)
 
 
-@dg.asset(group_name="comparison", kinds={"duckdb", "mlflow"}, deps=["problems", "benchmarks"])
+@dg.asset(group_name="comparison", pool=GPU_POOL, kinds={"duckdb", "mlflow"}, deps=["problems", "benchmarks"])
 def method_comparison(context: dg.AssetExecutionContext, config: ComparisonRunConfig, teacher: ModelSpec,
                       base_student: ModelSpec, cold_start_student: ModelSpec, models: ModelsResource,
                       store: StoreResource, mlflow: MLflowResource) -> dg.MaterializeResult:
@@ -122,7 +122,7 @@ def method_comparison(context: dg.AssetExecutionContext, config: ComparisonRunCo
     })
 
 
-@dg.asset(group_name="comparison", kinds={"duckdb", "mlflow"}, deps=["problems", "benchmarks"])
+@dg.asset(group_name="comparison", pool=GPU_POOL, kinds={"duckdb", "mlflow"}, deps=["problems", "benchmarks"])
 def gen_ssd_knob_sweep(context: dg.AssetExecutionContext, config: SweepRunConfig, teacher: ModelSpec,
                        cold_start_student: ModelSpec, models: ModelsResource, store: StoreResource,
                        mlflow: MLflowResource) -> dg.MaterializeResult:

@@ -12,14 +12,14 @@ from ..core.backends import model_version
 from ..core.models import ModelSpec
 from ..core.prompts import format_prompt
 from ..store.trajectories import WorkKey, latest_config_hash, selected_examples
-from .resources import MLflowResource, ModelsResource, StoreResource
+from .resources import GPU_POOL, MLflowResource, ModelsResource, StoreResource
 from .run_config import ColdStartConfig, DistillConfig
 from .trajectories import METHOD_ASSETS, generate
 from .training_runs import metadata, train_logged
 
 
 # Its own group: inside "distillation" the group view would loop distillation -> trajectories -> distillation.
-@dg.asset(group_name="cold_start", kinds={"pytorch", "mlflow"}, deps=[dg.AssetDep(
+@dg.asset(group_name="cold_start", pool=GPU_POOL, kinds={"pytorch", "mlflow"}, deps=[dg.AssetDep(
     "problems", partition_mapping=dg.SpecificPartitionsPartitionMapping(["demo"]))])
 def cold_start_student(context: dg.AssetExecutionContext, config: ColdStartConfig, teacher: ModelSpec,
                        base_student: ModelSpec, models: ModelsResource, store: StoreResource,
@@ -51,7 +51,7 @@ def cold_start_student(context: dg.AssetExecutionContext, config: ColdStartConfi
 def distilled_asset(method: str) -> dg.AssetsDefinition:
     trajectories = METHOD_ASSETS[method][0]
 
-    @dg.asset(name=method, key_prefix="distilled_students", group_name="distillation",
+    @dg.asset(name=method, key_prefix="distilled_students", group_name="distillation", pool=GPU_POOL,
               kinds={"pytorch", "mlflow"}, deps=[trajectories],
               description=f"The cold-start student fine-tuned on the {method} trajectories it selected.")
     def _asset(context: dg.AssetExecutionContext, config: DistillConfig, teacher: ModelSpec,

@@ -15,7 +15,7 @@ from ..store.experiments import experiment_arms, latest_experiment
 from ..store.scores import Score, cached_score, latest_scores, score_table, write_scores
 from ..store.trajectories import read_problems
 from . import reporting
-from .resources import MLflowResource, StoreResource
+from .resources import GPU_POOL, MLflowResource, StoreResource
 from .run_config import EvaluationConfig
 
 
@@ -36,7 +36,7 @@ def _latest_comparison(db, store: StoreResource) -> dict:
 
 
 @dg.asset(
-    group_name="evaluation", kinds={"duckdb", "mlflow"}, deps=["benchmarks"],
+    group_name="evaluation", pool=GPU_POOL, kinds={"duckdb", "mlflow"}, deps=["benchmarks"],
     ins={"gen_ssd": dg.AssetIn(["distilled_students", "gen_ssd"]),
          "standard_kd": dg.AssetIn(["distilled_students", "standard_kd"]),
          "posthoc": dg.AssetIn(["distilled_students", "posthoc"])},

@@ -26,6 +26,10 @@ _D = DemoConfig()
 _DEMO = _D.models
 
 
+# The Dagster pool of every asset that runs a model (teacher, scorer, training, evaluation). No
+# limit locally; a deployment sets `concurrency.pools` to its GPU count (deploy/dagster.yaml).
+GPU_POOL = "gpu"
+
 class StoreResource(dg.ConfigurableResource):
     """The run's home directory and its DuckDB file."""
 

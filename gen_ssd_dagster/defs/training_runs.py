@@ -8,6 +8,7 @@ inputs reuses the checkpoint and its MLflow model version instead of training ag
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 
 import dagster as dg
@@ -65,7 +66,10 @@ def train_logged(context, name: str, base: ModelSpec, examples: list[tuple[str, 
                                          run.log(metrics={"train_loss": info["loss"]})))
         # Before the fingerprint (the marker is a file of the checkpoint directory, so the version
         # must include it); it is only trusted together with a registered MLflow version (above).
-        done.write_text(json.dumps({"steps": result.steps, "final_loss": result.final_loss}))
+        # Written then renamed: a crash mid-write leaves no half marker for the next run to trip on.
+        partial = done.with_suffix(".partial")
+        partial.write_text(json.dumps({"steps": result.steps, "final_loss": result.final_loss}))
+        os.replace(partial, done)
         spec = ModelSpec(str(result.path), dtype=base.dtype)
         version = model_version(spec)
         run.log(metrics={"final_loss": result.final_loss, "steps": result.steps,

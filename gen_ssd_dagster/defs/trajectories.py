@@ -19,7 +19,7 @@ from ..store.trajectories import (WorkKey, candidate_ppls, partition_summary, re
                                   sample_trajectory)
 from . import checks, reporting
 from .datasets import DATASETS
-from .resources import ModelsResource, StoreResource
+from .resources import GPU_POOL, ModelsResource, StoreResource
 from .run_config import GenSSDRunConfig, PostHocRunConfig, StandardKDRunConfig, method_config
 
 METHOD_ASSETS = {
@@ -65,7 +65,7 @@ def trajectory_asset(method: str) -> dg.AssetsDefinition:
     check_specs = [dg.AssetCheckSpec("no_duplicate_trajectories", asset=name),
                    dg.AssetCheckSpec("acceptance_rate_not_zero", asset=name)]
 
-    @dg.asset(name=name, group_name="trajectories", partitions_def=DATASETS, kinds={"duckdb"},
+    @dg.asset(name=name, group_name="trajectories", pool=GPU_POOL, partitions_def=DATASETS, kinds={"duckdb"},
               deps=[dg.AssetDep("problems")], check_specs=check_specs, description=description)
     def _asset(context: dg.AssetExecutionContext, config: run_cls, teacher: ModelSpec,
                cold_start_student: ModelSpec, models: ModelsResource, store: StoreResource) -> dg.MaterializeResult:
