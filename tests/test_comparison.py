@@ -160,6 +160,18 @@ def test_comparison_and_sweep_assets(tmp_path, tiny_models, memorizing_teacher, 
     assert again.success
     assert store.query("SELECT count(*), max(created_at) FROM experiment_arms") == rows_before
 
+    # Another Gen-SSD knob is a new experiment: Standard KD's, post-hoc's and the reference arms are
+    # reused (not trained again) and listed in it too, so its table is complete.
+    first = {a.label: a for a in arms if a.seed in (0, None)}
+    rc["ops"]["method_comparison"]["config"]["gen_ssd"]["chunk_tokens"] = 8
+    assert run_pipeline(home, "demo", rc, resources, log=lambda _: None, selection=["method_comparison"]).success
+    second = experiment_arms(store, kind="comparison")
+    assert len(second) == len(arms) and second[0].checkpoint
+    again_by = {a.label: a for a in second if a.seed in (0, None)}
+    for label in ("base", "cold_start", "standard_kd", "posthoc"):
+        assert again_by[label].to_dict() == first[label].to_dict()
+    assert again_by["gen_ssd"].config["chunk_tokens"] == 8 != first["gen_ssd"].config["chunk_tokens"]
+
     assert cli.main(["--home", str(home.root), "report"]) == 0
     out = capsys.readouterr().out
     assert "Method comparison" in out and "Gen-SSD knob sweep" in out and "post-hoc filter" in out
@@ -172,3 +184,22 @@ def test_sweep_cli_rejects_a_bad_knob_before_loading_anything(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "unknown Gen-SSD knob 'chunk_tokns'" in err and "chunk_tokens" in err
     assert not (tmp_path / "home").exists()  # nothing written
+
+
+@pytest.mark.parametrize("name", ["small.yaml", "hard_teacher.yaml"])
+def test_shipped_configs_are_valid_run_config(name):
+    """A shipped config loads, and Dagster accepts its ops' config for the assets they name."""
+    from pathlib import Path
+
+    from dagster._config import validate_config
+
+    from gen_ssd_dagster.definitions import ASSETS, EXPERIMENTS
+    from gen_ssd_dagster.pipeline import load_config
+
+    run_config, overrides = load_config(str(Path(__file__).resolve().parents[1] / "configs" / name))
+    assert overrides["models"].demo.to_core().validate() is None if "models" in overrides else True
+    schemas = {a.op.name: a.op.config_schema.config_type for a in [*ASSETS, *EXPERIMENTS]}
+    for op, config in run_config.get("ops", {}).items():
+        result = validate_config(schemas[op], config.get("config", {}))
+        assert result.success, (op, [e.message for e in result.errors])
+    assert not validate_config(schemas["method_comparison"], {"gen_ssd": {"max_ppl": "high"}}).success

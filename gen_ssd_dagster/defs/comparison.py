@@ -49,7 +49,16 @@ def _persist(store: StoreResource, experiment: str, config, dagster_run_id: str)
     def save(key: str, arm: ArmResult) -> None:
         save_arm(db, key, arm, experiment, config.dataset, config.benchmark, dagster_run_id)
 
-    return (lambda key: find_arm(db, key)), save
+    def lookup(key: str) -> ArmResult | None:
+        found = find_arm(db, key)
+        if found is None:
+            return None
+        arm, experiments = found
+        if experiment not in experiments:  # reused from an earlier experiment: listed in this one too
+            save(key, arm)
+        return arm
+
+    return lookup, save
 
 
 def _experiment_id(kind: str, config, context: dict) -> str:

@@ -15,16 +15,17 @@ def arm_from_json(blob: str) -> ArmResult:
     return ArmResult(**{k: v for k, v in data.items() if k in _FIELDS})
 
 
-def find_arm(store: Store, arm_key: str) -> ArmResult | None:
-    rows = store.query("SELECT result FROM experiment_arms WHERE arm_key = ?", [arm_key])
-    return arm_from_json(rows[0][0]) if rows else None
+def find_arm(store: Store, arm_key: str) -> tuple[ArmResult, set[str]] | None:
+    """The stored arm with this key, and the experiments it is listed in."""
+    rows = store.query("SELECT result, experiment FROM experiment_arms WHERE arm_key = ?", [arm_key])
+    return (arm_from_json(rows[0][0]), {r[1] for r in rows}) if rows else None
 
 
 def save_arm(store: Store, arm_key: str, arm: ArmResult, experiment: str, dataset: str, benchmark: str,
              dagster_run_id: str | None = None, mlflow_run_id: str | None = None) -> None:
-    """Insert or replace one arm (its key names every input, so a replacement is the same work)."""
+    """Insert or replace one arm of `experiment` (its key names every input: a replacement is the same work)."""
     with store.transaction() as con:
-        con.execute("DELETE FROM experiment_arms WHERE arm_key = ?", [arm_key])
+        con.execute("DELETE FROM experiment_arms WHERE arm_key = ? AND experiment = ?", [arm_key, experiment])
         con.execute(
             "INSERT INTO experiment_arms (arm_key, experiment, kind, label, method, seed, dataset, benchmark,"
             " accuracy, teacher_tokens, result, dagster_run_id, mlflow_run_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",

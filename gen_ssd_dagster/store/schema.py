@@ -113,9 +113,10 @@ CREATE TABLE IF NOT EXISTS evaluation_outputs (
 );
 -- One arm of a method comparison or a knob sweep (core/comparison.py): what its training data
 -- cost and looked like, and the accuracy of the student trained on it. `arm_key` hashes every
--- input, so an interrupted comparison resumes at the first arm not stored.
+-- input, so an interrupted comparison resumes at the first arm not stored; an arm reused by a
+-- later experiment (another knob of Gen-SSD leaves Standard KD's arms unchanged) is listed in both.
 CREATE TABLE IF NOT EXISTS experiment_arms (
-    arm_key VARCHAR PRIMARY KEY,
+    arm_key VARCHAR NOT NULL,
     experiment VARCHAR NOT NULL,       -- the comparison or sweep this arm belongs to
     kind VARCHAR NOT NULL,             -- comparison | sweep | reference
     label VARCHAR NOT NULL,            -- method, or knob=value
@@ -128,6 +129,7 @@ CREATE TABLE IF NOT EXISTS experiment_arms (
     result JSON NOT NULL,              -- the whole ArmResult, config and per-trajectory PPLs included
     dagster_run_id VARCHAR,
     mlflow_run_id VARCHAR,
-    created_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+    created_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    PRIMARY KEY (arm_key, experiment)
 );
 """
