@@ -114,13 +114,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not home.db_path.exists():
         print(f"gen-ssd: no results in {home.root} yet: run `gen-ssd pipeline` first", file=sys.stderr)
         return 1
-    df = latest_scores(Store(home.db_path))
+    store = Store(home.db_path)
+    df = latest_scores(store)
     if getattr(args, "json", False):
         rows = df.assign(created_at=df.created_at.astype(str)).to_dict(orient="records")
-        from gen_ssd_dagster.store import Store as _Store
         from gen_ssd_dagster.store.experiments import experiment_arms
 
-        experiments = {kind: [a.to_dict() for a in experiment_arms(_Store(home.db_path), kind=kind)]
+        experiments = {kind: [a.to_dict() for a in experiment_arms(store, kind=kind)]
                        for kind in ("comparison", "sweep")}
         for arms in experiments.values():
             for arm in arms:

@@ -15,7 +15,6 @@ the accepted prefix is encoded once, not once per step, and the K candidates sha
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol

@@ -212,12 +212,8 @@ def train_and_evaluate(kind: str, label: str, method: str, seed: int, data: Budg
     else:
         trained = fine_tune(cold_start, examples, out_dir, dataclasses.replace(config.train, seed=seed))
         checkpoint, train_seconds = trained.path, trained.seconds
-    clock = time.perf_counter()
-    result = evaluate(ModelSpec(str(checkpoint)), test, config.eval_batch_size, config.eval_max_new_tokens)
-    n_correct = sum(bool(o["correct"]) for o in result.outputs)
-    arm = ArmResult(kind=kind, label=label, method=method, seed=seed, accuracy=result.accuracy, n_test=result.n,
-                    n_correct=n_correct, train_seconds=train_seconds, eval_seconds=time.perf_counter() - clock,
-                    checkpoint=str(checkpoint), config=method_config, **stats)
+    arm = ArmResult(kind=kind, label=label, method=method, seed=seed, train_seconds=train_seconds,
+                    checkpoint=str(checkpoint), config=method_config, **_scores(checkpoint, test, config), **stats)
     if log:
         log(f"{label} seed {seed}: accuracy {arm.accuracy:.3f} from {arm.selected} trajectories of "
             f"{arm.problems} problems ({arm.teacher_tokens} teacher tokens)")
@@ -279,8 +275,13 @@ def run_comparison(config: ComparisonConfig, cold_start: Path, pool: list[Proble
 
 def reference_arm(label: str, checkpoint: Path, test: list[Problem], config: ComparisonConfig) -> ArmResult:
     """A student scored as it is (the base and the cold-start students): no data, no seed."""
+    return ArmResult(kind="reference", label=label, method=label, seed=None, checkpoint=str(checkpoint),
+                     **_scores(checkpoint, test, config))
+
+
+def _scores(checkpoint: Path, test: list[Problem], config: ComparisonConfig) -> dict:
+    """The evaluation columns of `ArmResult`: greedy accuracy of `checkpoint` on `test`."""
     clock = time.perf_counter()
     result = evaluate(ModelSpec(str(checkpoint)), test, config.eval_batch_size, config.eval_max_new_tokens)
-    return ArmResult(kind="reference", label=label, method=label, seed=None, accuracy=result.accuracy,
-                     n_test=result.n, n_correct=sum(bool(o["correct"]) for o in result.outputs),
-                     eval_seconds=time.perf_counter() - clock, checkpoint=str(checkpoint))
+    return dict(accuracy=result.accuracy, n_test=result.n, n_correct=sum(bool(o["correct"]) for o in result.outputs),
+                eval_seconds=time.perf_counter() - clock)

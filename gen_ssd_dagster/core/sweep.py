@@ -79,7 +79,8 @@ def run_sweep(config: ComparisonConfig, knobs: dict[str, list], seed: int, cold_
         label = f"{knob}={value}"
         point = with_seed(point, seed)
         key = arm_key("sweep", label, seed, config_dict(point), config, context)
-        same = by_config.get(json.dumps(config_dict(point), sort_keys=True))
+        identity = json.dumps(config_dict(point), sort_keys=True)
+        same = by_config.get(identity)
         arm = lookup(key) if lookup else None
         if arm is None and same is not None:
             arm = dataclasses.replace(same, label=label)
@@ -95,6 +96,6 @@ def run_sweep(config: ComparisonConfig, knobs: dict[str, list], seed: int, cold_
                 save(key, arm)
         elif log:
             log(f"{label}: reusing the stored point {key}")
-        by_config[json.dumps(config_dict(point), sort_keys=True)] = arm
+        by_config[identity] = arm
         arms.append(arm)
     return arms

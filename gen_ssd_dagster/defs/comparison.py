@@ -81,7 +81,7 @@ def _log_mlflow(mlflow: MLflowResource, name: str, experiment: str, arms: list[A
         run.log_text("\n".join(json.dumps(a.to_dict(), default=str) for a in arms), f"{name}_arms.jsonl")
         for path in plots.values():
             run.log_file(path, "plots")
-        return run.run_id, mlflow.run_url(session.experiment_id, run.run_id)
+        return mlflow.run_url(session.experiment_id, run.run_id)
 
 
 @dg.asset(group_name="comparison", pool=GPU_POOL, kinds={"duckdb", "mlflow"}, deps=["problems", "benchmarks"])
@@ -114,7 +114,7 @@ def method_comparison(context: dg.AssetExecutionContext, config: ComparisonRunCo
     table = markdown(arms, core.teacher_token_budget)
     plot_path = store.home_dir().plots / f"{experiment}.png"
     plot = reporting.comparison_plot(arms, plot_path)
-    run_id, url = _log_mlflow(mlflow, "method_comparison", experiment, arms,
+    url = _log_mlflow(mlflow, "method_comparison", experiment, arms,
                               {"seeds": ",".join(map(str, config.seeds)), "budget": core.teacher_token_budget,
                                "dataset": config.dataset, "benchmark": config.benchmark},
                               table, {"comparison": plot_path},
@@ -151,7 +151,7 @@ def gen_ssd_knob_sweep(context: dg.AssetExecutionContext, config: SweepRunConfig
     table = markdown(arms, core.teacher_token_budget)
     plot_path = store.home_dir().plots / f"{experiment}.png"
     plot = reporting.sweep_plot(arms, knobs, plot_path)
-    run_id, url = _log_mlflow(mlflow, "gen_ssd_knob_sweep", experiment, arms,
+    url = _log_mlflow(mlflow, "gen_ssd_knob_sweep", experiment, arms,
                               {"seed": config.seed, "budget": core.teacher_token_budget, "dataset": config.dataset,
                                "knobs": json.dumps(config.knobs)},
                               table, {"sweep": plot_path}, {"dagster_run_id": context.run.run_id})

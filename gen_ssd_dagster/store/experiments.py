@@ -35,12 +35,9 @@ def save_arm(store: Store, arm_key: str, arm: ArmResult, experiment: str, datase
 
 def experiment_arms(store: Store, experiment: str | None = None, kind: str | None = None) -> list[ArmResult]:
     """The arms of one experiment (default: the latest of `kind`), oldest first."""
+    experiment = experiment or latest_experiment(store, kind or "comparison")
     if experiment is None:
-        rows = store.query("SELECT experiment FROM experiment_arms WHERE kind = ? ORDER BY created_at DESC LIMIT 1",
-                           [kind or "comparison"])
-        if not rows:
-            return []
-        experiment = rows[0][0]
+        return []
     rows = store.query("SELECT result FROM experiment_arms WHERE experiment = ? ORDER BY created_at, label",
                        [experiment])
     return [arm_from_json(r[0]) for r in rows]
