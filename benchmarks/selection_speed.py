@@ -116,7 +116,7 @@ def main() -> None:
 
 def _plain_sampling(problems, teacher, sampling: SamplingConfig) -> tuple[int, float]:
     """Teacher tokens and seconds of K=4 full samples per problem, batched, nothing else."""
-    prompts = [format_prompt(p.question) for p in problems]
+    prompts = [p.question for p in problems]
     start = time.perf_counter()
     session = teacher.start(prompts, sampling.temperature, sampling.top_p, sampling.seed)
     proposals = session.propose(4, [sampling.max_new_tokens] * len(prompts), stop_at_newline=False)

@@ -97,7 +97,6 @@ def main() -> None:
     from gen_ssd_dagster.core.config import GenSSDConfig, SamplingConfig
     from gen_ssd_dagster.core.demo_world import generate_problems
     from gen_ssd_dagster.core.models import ModelSpec
-    from gen_ssd_dagster.core.prompts import format_prompt
     from gen_ssd_dagster.core.selection import run_gen_ssd
     from gen_ssd_dagster.core.vllm_backend import VLLMScorer, VLLMTeacher
 
@@ -111,7 +110,7 @@ def main() -> None:
         teacher_dir, student_dir = random_models(Path(tmp.name))
     spec, student_spec = ModelSpec(str(teacher_dir)), ModelSpec(str(student_dir))
     problems = generate_problems(args.problems, seed=123, split="test")
-    prompts = [format_prompt(p.question) for p in problems]
+    prompts = [p.question for p in problems]
     k, chunk, max_new = args.k, args.chunk, args.max_new
     config = GenSSDConfig(chunk_tokens=chunk, num_candidates=k, suitability="none",
                           sampling=SamplingConfig(temperature=1.0, top_p=0.95, max_new_tokens=max_new, seed=0))

@@ -83,13 +83,12 @@ def memorizing_teacher(tmp_path_factory, tiny_models):
     answers, so every asset downstream of "keep the correct ones" has data, in about a minute."""
     from gen_ssd_dagster.core import data as core_data
     from gen_ssd_dagster.core.demo_world import write_demo_dataset
-    from gen_ssd_dagster.core.prompts import format_prompt
     from gen_ssd_dagster.core.training import TrainConfig, fine_tune
 
     root = tmp_path_factory.mktemp("memorizing")
     write_demo_dataset(root, DEMO_SIZES["demo_train"], DEMO_SIZES["demo_test"], DEMO_SIZES["demo_seed"])
     train = core_data.load_problems(core_data.BUILTIN_DATASETS["demo"]["train"], data_dir=root)
-    examples = [(format_prompt(p.question), p.solution) for p in train[:8]]  # the ones the tests sample
+    examples = [(p.question, p.solution) for p in train[:8]]  # the ones the tests sample
     config = TrainConfig(epochs=100, learning_rate=3e-3, batch_size=4, warmup_steps=5, bf16=True)
     return fine_tune(tiny_models[0], examples, root / "teacher", config).path
 

@@ -225,13 +225,12 @@ def taught_teacher(tmp_path_factory, tiny_models):
     """The tiny teacher fine-tuned until it reproduces the first three demo train solutions."""
     from gen_ssd_dagster.core import data as core_data
     from gen_ssd_dagster.core.demo_world import write_demo_dataset
-    from gen_ssd_dagster.core.prompts import format_prompt
     from gen_ssd_dagster.core.training import TrainConfig, fine_tune
 
     root = tmp_path_factory.mktemp("taught")
     write_demo_dataset(root, DEMO["demo_train"], DEMO["demo_test"], DEMO["demo_seed"])
     train = core_data.load_problems(core_data.BUILTIN_DATASETS["demo"]["train"], data_dir=root)
-    examples = [(format_prompt(p.question), p.solution) for p in train[:3]]
+    examples = [(p.question, p.solution) for p in train[:3]]
     config = TrainConfig(epochs=80, learning_rate=4e-3, batch_size=3, warmup_steps=5, bf16=True)
     return fine_tune(tiny_models[0], examples, root / "teacher", config).path, examples
 

@@ -112,7 +112,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._authorized():
             return
         with self.server.lock:
-            session = self.server.teacher.start([body["prompt"]], body["temperature"], body["top_p"],
+            session = self.server.teacher.start_prompts([body["prompt"]], body["temperature"], body["top_p"],
                                                 body.get("seed", 0))
             [props] = session.propose(body["n"], [body["max_tokens"]], stop_at_newline=bool(body.get("stop")))
         choices = [{"index": i, "text": p.text, "logprobs": {"tokens": ["t"] * p.tokens},

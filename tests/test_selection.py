@@ -56,10 +56,9 @@ def test_gen_ssd_keeps_lowest_ppl_candidate_and_accounts_for_every_token(backend
 def test_candidate_nll_equals_student_scoring_the_text_directly(backends):
     teacher, scorer = backends
     trajectory = run_method(_config(suitability="none"), PROBLEMS[:1], teacher, scorer)[0]
-    from gen_ssd_dagster.core.prompts import format_prompt
 
     first = trajectory.steps[0]
-    direct = scorer.score_texts([format_prompt(PROBLEMS[0].question)] * 3, [c.text for c in first.candidates],
+    direct = scorer.score_texts([PROBLEMS[0].question] * 3, [c.text for c in first.candidates],
                                 [c.ends_solution for c in first.candidates])
     for c, d in zip(first.candidates, direct):
         assert c.nll == pytest.approx(d.nll, rel=1e-4, abs=1e-4)

@@ -5,17 +5,19 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from gen_ssd_dagster.core.demo_models import train_tokenizer
 from gen_ssd_dagster.core.errors import ConfigError, GenSSDError
 from gen_ssd_dagster.core.models import ModelSpec, load_model, load_tokenizer
+from gen_ssd_dagster.core.prompts import Prompter, format_prompt
 from gen_ssd_dagster.core.training import IGNORE, TrainConfig, encode_examples, fine_tune, save_atomically
 
-PROMPT = "Question: Mia has 7 apples. She buys 5 more. How many apples does Mia have now?\nAnswer:\n"
+QUESTION = "Mia has 7 apples. She buys 5 more. How many apples does Mia have now?"
+PROMPT = format_prompt(QUESTION)  # the tiny model has no chat template: the plain format
 COMPLETION = "7 + 5 = 12\n#### 12"
-EXAMPLES = [(PROMPT, COMPLETION), (PROMPT.replace("7", "3"), "3 + 5 = 8\n#### 8")] * 16
+EXAMPLES = [(QUESTION, COMPLETION), (QUESTION.replace("7", "3"), "3 + 5 = 8\n#### 8")] * 16
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     """A tiny random Llama with a small BPE tokenizer, saved like any checkpoint."""
-    tok = train_tokenizer([p + c for p, c in EXAMPLES], vocab_size=280)
+    tok = train_tokenizer([format_prompt(q) + c for q, c in EXAMPLES], vocab_size=280)
     config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id)
@@ -25,7 +27,7 @@ def base(tmp_path_factory):
 
 def test_prompt_tokens_are_masked(base):
     tok = load_tokenizer(ModelSpec(str(base)))
-    [(ids, labels)] = encode_examples(tok, [(PROMPT, COMPLETION)], max_length=256)
+    [(ids, labels)] = encode_examples(Prompter(tok), [(QUESTION, COMPLETION)], max_length=256)
     p = tok(PROMPT)["input_ids"]
     c = tok(COMPLETION, add_special_tokens=False)["input_ids"]
     assert ids == p + c + [tok.eos_token_id]
@@ -49,7 +51,7 @@ def test_fine_tune_learns_saves_and_reloads(base, tmp_path):
     assert not torch.equal(model.model.embed_tokens.weight, before.model.embed_tokens.weight)
     assert tok.get_vocab() == load_tokenizer(ModelSpec(str(base))).get_vocab()
     # the completion was learnt: its loss under the saved model is small
-    [(ids, labels)] = encode_examples(tok, [EXAMPLES[0]], 256)
+    [(ids, labels)] = encode_examples(Prompter(tok), [EXAMPLES[0]], 256)
     with torch.no_grad():
         after, start = (m(input_ids=torch.tensor([ids]), labels=torch.tensor([labels])).loss for m in (model, before))
     assert after.item() < 0.5 * start.item()

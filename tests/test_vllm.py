@@ -41,7 +41,6 @@ from gen_ssd_dagster.core.openai_backend import (
     ServerUnavailable,
     _proposal,
 )
-from gen_ssd_dagster.core.prompts import format_prompt
 from gen_ssd_dagster.core.selection import run_gen_ssd
 from gen_ssd_dagster.core.types import Problem
 from gen_ssd_dagster.core.vllm_backend import VLLMScorer, VLLMTeacher
@@ -109,7 +108,7 @@ def _config() -> GenSSDConfig:
 
 def test_engine_teacher_proposes_chunks_like_transformers(engines, hf):
     teacher, _ = engines
-    prompts = [format_prompt(p.question) for p in PROBLEMS]
+    prompts = [p.question for p in PROBLEMS]
     session = teacher.start(prompts, temperature=1.0, top_p=0.9, seed=5)
     proposals = session.propose(3, [6, 6, 4], stop_at_newline=True)
     assert [len(p) for p in proposals] == [3, 3, 3]
@@ -137,7 +136,7 @@ def test_engine_teacher_proposes_chunks_like_transformers(engines, hf):
 
 def test_engine_scorer_nlls_match_transformers(engines, hf):
     _, scorer = engines
-    prompts = [format_prompt(p.question) for p in PROBLEMS[:2]]
+    prompts = [p.question for p in PROBLEMS[:2]]
     ends = [[False, False, True, False, False], [True, False, False, True, False]]
     candidates = [TEXTS, TEXTS]
     sessions = [scorer.start(prompts), hf[1].start(prompts)]
@@ -227,7 +226,7 @@ def test_server_teacher_runs_gen_ssd(server, hf):
     url, model = server
     teacher = OpenAITeacher(url, model)
     assert teacher.version.startswith(model) and "vllm=" in teacher.version
-    session = teacher.start([format_prompt(p.question) for p in PROBLEMS], 1.0, 0.9, seed=1)
+    session = teacher.start([p.question for p in PROBLEMS], 1.0, 0.9, seed=1)
     proposals = session.propose(3, [6, 6, 6], stop_at_newline=True)
     for props in proposals:
         assert len(props) == 3
@@ -247,7 +246,7 @@ def test_server_teacher_runs_gen_ssd(server, hf):
 def test_server_scorer_nlls_match_transformers(server, hf):
     url, model = server
     scorer = OpenAIScorer(url, model)
-    prompts = [format_prompt(p.question) for p in PROBLEMS[:2]]
+    prompts = [p.question for p in PROBLEMS[:2]]
     ends = [[False, False, True, False, False], [True, False, False, True, False]]
     sessions = [scorer.start(prompts), hf[1].start(prompts)]
     for _ in range(2):

@@ -24,18 +24,20 @@ import torch
 from .errors import DataError, ModelLoadError
 from .kv_batch import KVBatch
 from .models import ModelSpec, load_model, load_tokenizer
+from .prompts import Prompter
 
 
 @dataclass
 class Proposal:
     text: str
     tokens: int  # teacher tokens generated (EOS included)
-    ended: bool  # the teacher emitted EOS
+    ended: bool  # the teacher closed its turn (EOS or end-of-turn token)
+    context_full: bool = False  # stopped because prompt + text filled the teacher's context
 
 
 @dataclass
 class Score:
-    nll: float  # summed over the student tokens of the text (+ the student's EOS if it ends there)
+    nll: float  # summed over the student tokens of the text (+ the student's end token if it ends there)
     tokens: int
 
 
@@ -52,20 +54,29 @@ class ScorerSession(Protocol):
 class Teacher(Protocol):
     version: str
 
-    def start(self, prompts: list[str], temperature: float, top_p: float, seed: int) -> TeacherSession: ...
+    def start(self, questions: list[str], temperature: float, top_p: float, seed: int) -> TeacherSession: ...
 
 
 class Scorer(Protocol):
     version: str
 
-    def start(self, prompts: list[str]) -> ScorerSession: ...
+    def start(self, questions: list[str]) -> ScorerSession: ...
 
 
 def model_version(spec: ModelSpec) -> str:
-    """What identifies the weights: a cheap content fingerprint of a local checkpoint, or the hub
-    revision. The fingerprint reads config.json and the sizes plus the first and last MiB of each
-    weight file, so it changes with any retraining without hashing gigabytes. A GGUF spec is
-    fingerprinted by its one file (the directory may hold other things), and named after it."""
+    """What identifies the model as used: the weights and tokenizer, and how it is prompted.
+
+    Weights: a cheap content fingerprint of a local checkpoint, or the hub revision. The
+    fingerprint reads config.json and the sizes plus the first and last MiB of each file (chat
+    template and tokenizer files included), so it changes with any retraining without hashing
+    gigabytes. A GGUF spec is fingerprinted by its one file (the directory may hold other things),
+    and named after it. Non-default prompt settings (instruction, system prompt, template mode)
+    add `+prompt-<hash>`: work made under another instruction is other work."""
+    prompt = spec.prompt_settings.fingerprint()
+    return _weights_version(spec) + (f"+prompt-{prompt}" if prompt else "")
+
+
+def _weights_version(spec: ModelSpec) -> str:
     if not spec.is_local:
         gguf = f"/{spec.gguf_file}" if spec.gguf_file else ""
         return f"{spec.name_or_path}@{spec.revision or 'main'}{gguf}"
@@ -89,10 +100,15 @@ def model_version(spec: ModelSpec) -> str:
     return f"{name}-{digest.hexdigest()[:12]}"
 
 
+def context_size(model) -> int | None:
+    """The longest sequence the model was built for (None when its config does not say)."""
+    return getattr(model.config, "max_position_embeddings", None)
+
+
 def check_prompt_lengths(model, ids: list[list[int]], prompts: list[str], who: str) -> None:
     """A prompt longer than the model's context is bad input, not a reason to run out of memory:
     say which one (its start) and how long it is, before anything is computed."""
-    limit = getattr(model.config, "max_position_embeddings", None)
+    limit = context_size(model)
     for i, row in enumerate(ids):
         if limit and len(row) >= limit:
             raise DataError(
@@ -118,6 +134,14 @@ def _accept_rows(chosen: list[int | None], k: int) -> list[int]:
     return [i * k + c for i, c in enumerate(chosen) if c is not None]
 
 
+def generation_stop_ids(model, prompter: Prompter) -> set[int]:
+    """Every token that ends a turn: the prompter's end of turn and EOS, plus the ids the model's
+    generation config lists (Llama 3 and Qwen instruct models name several)."""
+    listed = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    listed = [listed] if isinstance(listed, int) else list(listed or [])
+    return prompter.stop_ids | set(listed)
+
+
 class TransformersTeacher:
     """Teacher sampling with transformers, batched over paths x candidates, KV cache kept."""
 
@@ -125,14 +149,21 @@ class TransformersTeacher:
         self.spec = spec
         self.model = load_model(spec)
         self.tokenizer = load_tokenizer(spec)
+        self.prompter = Prompter(self.tokenizer, spec.prompt_settings, "teacher")
+        self.stop_ids = generation_stop_ids(self.model, self.prompter)
         self.version = model_version(spec)
         # Token ids whose text holds a newline: where a chunk may be snapped to a step boundary.
         vocab = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
         newline_ids = [i for i, piece in enumerate(vocab) if piece and ("\n" in piece or "Ċ" in piece)]
         self.newline_ids = set(newline_ids)
 
-    def start(self, prompts: list[str], temperature: float, top_p: float, seed: int) -> "_TeacherSession":
-        ids = [self.tokenizer(p)["input_ids"] for p in prompts]
+    def start(self, questions: list[str], temperature: float, top_p: float, seed: int) -> "_TeacherSession":
+        """A session over `questions`, each prompted through the teacher's own format."""
+        return self.start_prompts([self.prompter.text(q) for q in questions], temperature, top_p, seed)
+
+    def start_prompts(self, prompts: list[str], temperature: float, top_p: float, seed: int) -> "_TeacherSession":
+        """A session over prompts already written out (a server that receives raw text)."""
+        ids = [self.prompter.tokenize(p) for p in prompts]
         check_prompt_lengths(self.model, ids, prompts, "teacher")
         return _TeacherSession(self, KVBatch(self.model, ids, self.tokenizer.pad_token_id), temperature, top_p, seed)
 
@@ -152,9 +183,15 @@ class _TeacherSession:
         self.batch.select(torch.arange(n_paths).repeat_interleave(k))
         rows = n_paths * k
         budget = torch.tensor(max_tokens).repeat_interleave(k)
+        # Never past the context: a path that fills it stops there (recorded as a length cap).
+        limit = context_size(self.teacher.model)
+        room = (limit - self.batch.next_pos).cpu() if limit else budget
+        context_full = (room <= budget).tolist()
+        budget = torch.minimum(budget, room.clamp(min=0))
         live = budget > 0
         generated = [[] for _ in range(rows)]
         ended = [False] * rows
+        stop_ids = self.teacher.stop_ids
         for _ in range(int(budget.max()) if rows else 0):
             if not live.any():
                 break
@@ -165,15 +202,16 @@ class _TeacherSession:
             for r in torch.nonzero(live).squeeze(1).tolist():
                 t = int(token[r])
                 generated[r].append(t)
-                if t == tok.eos_token_id:
+                if t in stop_ids:
                     ended[r] = True
                     live[r] = False
                 elif len(generated[r]) >= budget[r] or (stop_at_newline and t in self.teacher.newline_ids):
                     live[r] = False
         proposals = []
         for r in range(rows):
-            text_ids = [t for t in generated[r] if t != tok.eos_token_id]
-            proposals.append(Proposal(tok.decode(text_ids), len(generated[r]), ended[r]))
+            text_ids = [t for t in generated[r] if t not in stop_ids]
+            full = context_full[r] and not ended[r] and len(generated[r]) >= budget[r]
+            proposals.append(Proposal(tok.decode(text_ids), len(generated[r]), ended[r], full))
         return [proposals[i * k:(i + 1) * k] for i in range(n_paths)]
 
     def accept(self, chosen: list[int | None]) -> None:
@@ -181,18 +219,19 @@ class _TeacherSession:
         self.k = 1
 
 
-def student_pieces(tokenizer, text: str, end: bool) -> list[int]:
-    """The student tokens a candidate adds: its own tokenization, + EOS when it ends the solution."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
-    return ids + ([tokenizer.eos_token_id] if end else [])
+def student_pieces(prompter: Prompter, text: str, end: bool) -> list[int]:
+    """The student tokens a candidate adds: its own tokenization, + its end-of-turn token when it
+    ends the solution (so the student's PPL counts knowing when to stop, as its training does)."""
+    ids = prompter.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+    return ids + ([prompter.end_id] if end else [])
 
 
 class ScoresWholeTexts:
     """`score_texts` for any scorer with `start`: whole completions are one-chunk paths."""
 
-    def score_texts(self, prompts: list[str], texts: list[str], ends: list[bool] | None = None) -> list[Score]:
-        """Score whole completions (post-hoc filtering, trajectory PPL): one text per prompt."""
-        session = self.start(prompts)
+    def score_texts(self, questions: list[str], texts: list[str], ends: list[bool] | None = None) -> list[Score]:
+        """Score whole completions (post-hoc filtering, trajectory PPL): one text per question."""
+        session = self.start(questions)
         scores = session.score([[t] for t in texts], [[e] for e in (ends or [True] * len(texts))])
         return [s[0] for s in scores]
 
@@ -204,11 +243,13 @@ class TransformersScorer(ScoresWholeTexts):
         self.spec = spec
         self.model = load_model(spec)
         self.tokenizer = load_tokenizer(spec)
+        self.prompter = Prompter(self.tokenizer, spec.prompt_settings, "student")
         self.version = model_version(spec)
 
-    def start(self, prompts: list[str]) -> "_ScorerSession":
-        ids = [self.tokenizer(p)["input_ids"] for p in prompts]
-        check_prompt_lengths(self.model, ids, prompts, "student")
+    def start(self, questions: list[str]) -> "_ScorerSession":
+        """A session over `questions`, each prompted through the student's own format."""
+        ids = [self.prompter.ids(q) for q in questions]
+        check_prompt_lengths(self.model, ids, questions, "student")
         return _ScorerSession(self, KVBatch(self.model, ids, self.tokenizer.pad_token_id))
 
 
@@ -223,8 +264,9 @@ class _ScorerSession:
         n_paths, k = len(candidates), len(candidates[0])
         self.k = k
         self.batch.select(torch.arange(n_paths).repeat_interleave(k))
-        ids = [student_pieces(tok, text, end) for texts, text_ends in zip(candidates, ends)
+        ids = [student_pieces(self.scorer.prompter, text, end) for texts, text_ends in zip(candidates, ends)
                for text, end in zip(texts, text_ends)]
+        self._check_context(ids)
         width = max(1, max(len(t) for t in ids))
         padded = torch.full((len(ids), width), tok.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(padded)
@@ -238,3 +280,15 @@ class _ScorerSession:
     def accept(self, chosen: list[int | None]) -> None:
         self.batch.select(_accept_rows(chosen, self.k))
         self.k = 1
+
+    def _check_context(self, ids: list[list[int]]) -> None:
+        """A path that outgrows the student's context is a setting to change, not a kernel error."""
+        limit = context_size(self.scorer.model)
+        if not limit:
+            return
+        lengths = self.batch.next_pos.cpu() + torch.tensor([len(t) for t in ids])
+        if int(lengths.max()) > limit:
+            raise DataError(
+                f"a trajectory reached {int(lengths.max())} student tokens (prompt + solution), more than the "
+                f"student's context of {limit} (max_position_embeddings): lower max_new_tokens (the teacher's "
+                f"length cap) or use a student with a longer context")

@@ -13,9 +13,7 @@ from typing import Callable
 from .backends import Scorer, Teacher
 from .config import PostHocConfig, StandardKDConfig, config_dict
 from .grading import grade
-from .prompts import format_prompt
 from .selection import normalised_ppl
-from .solution_text import cut_after_answer, ends_with_answer
 from .types import Problem, Trajectory
 
 Progress = Callable[[dict], None]
@@ -35,13 +33,14 @@ def sample_full(
     out: list[list[Trajectory]] = []
     for start in range(0, len(problems), batch_size):
         batch = problems[start : start + batch_size]
-        prompts = [format_prompt(p.question) for p in batch]
-        session = teacher.start(prompts, s.temperature, s.top_p, s.seed + start)
+        questions = [p.question for p in batch]  # each model prompts them through its own format
+        session = teacher.start(questions, s.temperature, s.top_p, s.seed + start)
         proposals = session.propose(config.num_candidates, [s.max_new_tokens] * len(batch), stop_at_newline=False)
-        texts = [[cut_after_answer(c.text) for c in props] for props in proposals]
-        finished = [[c.ended or ends_with_answer(t) for c, t in zip(props, ts)] for props, ts in zip(proposals, texts)]
-        flat_prompts = [p for p, ts in zip(prompts, texts) for _ in ts]
-        flat_scores = scorer.score_texts(flat_prompts, [t for ts in texts for t in ts], [f for fs in finished for f in fs])
+        end_rule = s.end_rule
+        texts = [[end_rule.cut(c.text) for c in props] for props in proposals]
+        finished = [[c.ended or end_rule.ends(t) for c, t in zip(props, ts)] for props, ts in zip(proposals, texts)]
+        flat_questions = [q for q, ts in zip(questions, texts) for _ in ts]
+        flat_scores = scorer.score_texts(flat_questions, [t for ts in texts for t in ts], [f for fs in finished for f in fs])
         for i, problem in enumerate(batch):
             samples = []
             for k, (prop, text, done) in enumerate(zip(proposals[i], texts[i], finished[i])):

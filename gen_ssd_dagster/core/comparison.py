@@ -282,6 +282,7 @@ def reference_arm(label: str, checkpoint: Path, test: list[Problem], config: Com
 def _scores(checkpoint: Path, test: list[Problem], config: ComparisonConfig) -> dict:
     """The evaluation columns of `ArmResult`: greedy accuracy of `checkpoint` on `test`."""
     clock = time.perf_counter()
-    result = evaluate(ModelSpec(str(checkpoint)), test, config.eval_batch_size, config.eval_max_new_tokens)
+    result = evaluate(ModelSpec(str(checkpoint)), test, config.eval_batch_size, config.eval_max_new_tokens,
+                      solution_end=config.gen_ssd.sampling.end_rule)
     return dict(accuracy=result.accuracy, n_test=result.n, n_correct=sum(bool(o["correct"]) for o in result.outputs),
                 eval_seconds=time.perf_counter() - clock)

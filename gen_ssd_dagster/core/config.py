@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from .errors import ConfigError
+from .solution_text import SOLUTION_ENDS, SolutionEnd
 
 PPLNormalisation = Literal["token", "char"]
 SuitabilityRule = Literal["ratio", "absolute", "none"]
@@ -30,12 +31,22 @@ class SamplingConfig:
         max_new_tokens: length cap of a whole solution, in teacher tokens. A path that reaches it
             without a final answer ends as ``length_cap``.
         seed: seeds the teacher's sampling so a run can be repeated.
+    where a solution ends (besides the model's end of turn; see `solution_text.SolutionEnd`):
+        solution_end: "eos" (nothing more), "answer_line" (a complete `#### N` line: the demo
+            world's format) or "boxed" (the end of the line that closes a `\\boxed{}`).
+        stop_strings: texts that end a solution, the stop string included.
     """
 
     temperature: float = 1.0
     top_p: float = 0.95
     max_new_tokens: int = 192
     seed: int = 0
+    solution_end: str = "eos"
+    stop_strings: tuple[str, ...] = ()
+
+    @property
+    def end_rule(self) -> SolutionEnd:
+        return SolutionEnd(self.solution_end, tuple(self.stop_strings))
 
     def validate(self, num_candidates: int) -> None:
         if num_candidates < 1:
@@ -51,6 +62,10 @@ class SamplingConfig:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.solution_end not in SOLUTION_ENDS:
+            raise ConfigError(f"solution_end must be one of {SOLUTION_ENDS}, got {self.solution_end!r}")
+        if any(not isinstance(s, str) or not s for s in self.stop_strings):
+            raise ConfigError(f"stop_strings must be non-empty texts, got {list(self.stop_strings)!r}")
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import re
 import string
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -20,9 +21,10 @@ from typing import Any, Iterable
 
 from .errors import ConfigError, DataError
 from .grading import extract_boxed, extract_gsm8k
+from .solution_text import SOLUTION_ENDS
 from .types import Problem
 
-ANSWER_FORMATS = ("gsm8k", "boxed", "plain", "number")
+ANSWER_FORMATS = ("gsm8k", "boxed", "plain", "number", "leading_number")
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,15 @@ class DatasetSpec:
     question_field or question_template: the question is a field, or `str.format` over fields.
     answer_field, answer_format: the gold answer and how to read it: "gsm8k" (after `####`),
         "boxed" (last `\\boxed{}`), "plain" (the value as text, `27.0` kept), "number" (a number,
-        written canonically: `025` -> `25`, `27.0` -> `27`).
+        written canonically: `025` -> `25`, `27.0` -> `27`), "leading_number" (the first number
+        in the text, for golds with units or words: "9 (apples)" -> 9, "$18.00" -> 18,
+        "3 hours" -> 3, "1,200 km" -> 1200).
+    answer_regex: a regular expression applied to the answer field before answer_format; its
+        first group (or the whole match) is the gold, e.g. "answer is (.+)". A row it does not
+        match is an error naming the row.
+    solution_end: where a solution to this dataset ends by default, besides the model's end of
+        turn (see `solution_text.SolutionEnd`): "eos", "answer_line" (the demo world's `#### N`)
+        or "boxed". A run's `solution_end` setting overrides it.
     id_field: a stable row id; without it, the 0-based row index.
     solution_field: an optional worked reference solution.
     """
@@ -52,6 +62,8 @@ class DatasetSpec:
     local_file: str | None = None
     id_field: str | None = None
     solution_field: str | None = None
+    answer_regex: str | None = None
+    solution_end: str = "eos"
 
     def template_fields(self) -> list[str]:
         """The fields a question_template refers to (empty when question_field is used)."""
@@ -89,11 +101,18 @@ class DatasetSpec:
             raise ConfigError(f"{where} answer_field is empty")
         if self.answer_format not in ANSWER_FORMATS:
             raise ConfigError(f"{where} answer_format must be one of {ANSWER_FORMATS}, got {self.answer_format!r}")
+        if self.answer_regex is not None:
+            try:
+                re.compile(self.answer_regex)
+            except re.error as e:
+                raise ConfigError(f"{where} answer_regex {self.answer_regex!r} is not a regular expression: {e}") from e
+        if self.solution_end not in SOLUTION_ENDS:
+            raise ConfigError(f"{where} solution_end must be one of {SOLUTION_ENDS}, got {self.solution_end!r}")
         if not self.hub_id and not self.local_file:
             raise ConfigError(f"{where} set hub_id or local_file (or both)")
         if self.hub_id and not self.split:
             raise ConfigError(f"{where} split is empty")
-        for key in ("id_field", "solution_field", "hub_config", "local_file"):
+        for key in ("id_field", "solution_field", "hub_config", "local_file", "answer_regex"):
             v = getattr(self, key)
             if v is not None and not v.strip():
                 raise ConfigError(f"{where} {key} is empty; leave it out instead")
@@ -127,6 +146,7 @@ BUILTIN_DATASETS: dict[str, dict[str, DatasetSpec]] = {
     "demo": _both(
         "demo", None, None, {"train": "train.jsonl", "test": "test.jsonl"},
         question_field="question", answer_format="gsm8k", id_field="id", solution_field="answer",
+        solution_end="answer_line",
     ),
     "gsm8k": _both(
         "gsm8k", "openai/gsm8k", "main", {"train": "gsm8k/train.jsonl", "test": "gsm8k/test.jsonl"},
@@ -207,11 +227,27 @@ def _canonical_number(v: Any) -> str | None:
     return format(d.normalize(), "f")
 
 
+_LEADING_NUMBER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?|-?\.\d+")
+
+
 def _gold(spec: DatasetSpec, value: Any) -> str | None:
-    """The gold final answer under spec.answer_format, or None when it cannot be read."""
+    """The gold final answer under spec.answer_regex and spec.answer_format, or None when it
+    cannot be read."""
     fmt = spec.answer_format
+    if spec.answer_regex is not None:
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            return None
+        m = re.search(spec.answer_regex, str(value))
+        if m is None:
+            return None
+        value = (m.group(1) if m.groups() else m.group(0)).strip()
     if fmt == "number":
         return _canonical_number(value)
+    if fmt == "leading_number":
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            return None
+        m = _LEADING_NUMBER.search(str(value))
+        return _canonical_number(m.group(0)) if m else None
     if fmt == "plain":
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             return None
@@ -226,6 +262,7 @@ _HOW = {
     "boxed": "a text with a non-empty \\boxed{...}",
     "plain": "a non-empty text or number",
     "number": "a number",
+    "leading_number": "a text holding a number",
 }
 
 
@@ -256,7 +293,9 @@ def _problem(spec: DatasetSpec, row: dict, index: int, where: str) -> Problem:
     if gold is None:
         raise DataError(
             f"{where}: field {spec.answer_field!r} (setting answer_field) is not {_HOW[spec.answer_format]}"
-            f" as answer_format {spec.answer_format!r} requires; got {str(raw_answer)[-120:]!r}"
+            f" as answer_format {spec.answer_format!r} requires"
+            + (f" after answer_regex {spec.answer_regex!r}" if spec.answer_regex else "")
+            + f"; got {str(raw_answer)[-120:]!r}"
         )
 
     solution = None

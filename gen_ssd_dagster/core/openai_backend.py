@@ -34,6 +34,7 @@ so any server that implements it can propose candidates; the student scorer uses
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 import urllib.error
@@ -42,11 +43,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .backends import Proposal, ScoresWholeTexts, student_pieces
-from .errors import ConfigError
+from .errors import ConfigError, ModelLoadError
 from .models import ModelSpec, load_tokenizer
+from .prompts import Prompter, format_prompt
 from .vllm_backend import PrefixScorerSession, step_seed  # neither imports vllm
 
 RETRY_STATUS = {429, 500, 502, 503, 504}
+log = logging.getLogger(__name__)
 
 
 class ServerUnavailable(ConnectionError):
@@ -138,17 +141,40 @@ class OpenAITeacher:
     """Candidates from `/v1/completions` with n=K. `max_concurrency` requests are in flight at once."""
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout_s: float = 300.0,
-                 max_retries: int = 4, backoff_s: float = 0.5, max_concurrency: int = 16):
+                 max_retries: int = 4, backoff_s: float = 0.5, max_concurrency: int = 16,
+                 spec: ModelSpec | None = None):
         self.model = model
         self.client = CompletionsClient(base_url, api_key, timeout_s, max_retries, backoff_s, role="teacher")
-        self.version = self.client.version(self.client.model_card(model))
         self.max_concurrency = max_concurrency
+        self.prompt_text = _prompt_renderer(spec)
+        prompt = spec.prompt_settings.fingerprint() if spec else ""
+        self.version = self.client.version(self.client.model_card(model)) + (f" +prompt-{prompt}" if prompt else "")
 
-    def start(self, prompts: list[str], temperature: float, top_p: float, seed: int) -> "_OpenAITeacherSession":
-        return _OpenAITeacherSession(self, prompts, temperature, top_p, seed)
+    def start(self, questions: list[str], temperature: float, top_p: float, seed: int) -> "_OpenAITeacherSession":
+        """A session over `questions`, prompted through the teacher's chat template (rendered here,
+        from the teacher's tokenizer: the completions API continues raw text)."""
+        return _OpenAITeacherSession(self, [self.prompt_text(q) for q in questions], temperature, top_p, seed)
 
     def complete(self, body: dict) -> dict:
         return self.client.request("POST", "/v1/completions", {"model": self.model, **body})
+
+
+def _prompt_renderer(spec: ModelSpec | None):
+    """question -> prompt text. The chat template comes from the teacher's tokenizer, loaded here
+    from `spec` (a hub id or a local copy of the served checkpoint). Without a spec, or when
+    chat_template is "auto" and no tokenizer can be loaded, the plain format is used (logged)."""
+    if spec is None or spec.chat_template == "plain":
+        return format_prompt
+    try:
+        prompter = Prompter(load_tokenizer(spec), spec.prompt_settings, "teacher")
+    except ModelLoadError as exc:
+        if spec.chat_template == "chat":
+            raise ConfigError(f"teacher_chat_template is 'chat' but the served teacher's tokenizer cannot be "
+                              f"loaded here to render it: {exc}") from exc
+        log.warning("served teacher: no local tokenizer for %s (%s); prompting in the plain format",
+                    spec.name_or_path, exc)
+        return format_prompt
+    return prompter.text
 
 
 class _OpenAITeacherSession:
@@ -211,15 +237,18 @@ class OpenAIScorer(ScoresWholeTexts):
                  api_key: str | None = None, timeout_s: float = 300.0, max_retries: int = 4, backoff_s: float = 0.5):
         self.model = model
         self.client = CompletionsClient(base_url, api_key, timeout_s, max_retries, backoff_s, role="student")
-        self.version = self.client.version(self.client.model_card(model))
         spec = tokenizer if isinstance(tokenizer, ModelSpec) else ModelSpec(tokenizer or model)
+        prompt = spec.prompt_settings.fingerprint()
+        self.version = self.client.version(self.client.model_card(model)) + (f" +prompt-{prompt}" if prompt else "")
         self.tokenizer = load_tokenizer(spec)
+        self.prompter = Prompter(self.tokenizer, spec.prompt_settings, "student")
 
-    def start(self, prompts: list[str]) -> PrefixScorerSession:
-        return PrefixScorerSession(self, [self.tokenizer(p)["input_ids"] for p in prompts])
+    def start(self, questions: list[str]) -> PrefixScorerSession:
+        """A session over `questions`, prompted through the student's own format."""
+        return PrefixScorerSession(self, [self.prompter.ids(q) for q in questions])
 
     def pieces(self, text: str, end: bool) -> list[int]:
-        return student_pieces(self.tokenizer, text, end)
+        return student_pieces(self.prompter, text, end)
 
     def nlls(self, prefixes: list[list[int]], pieces: list[list[int]]) -> list[float]:
         rows = [r for r, p in enumerate(pieces) if p]

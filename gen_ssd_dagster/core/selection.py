@@ -5,7 +5,8 @@ For a batch of problems, each step:
 2. the student scores each by its perplexity given prompt + accepted prefix (its own tokenizer);
 3. the lowest-PPL candidate is appended if it passes the suitability rule; if none passes the
    path is pruned there (its teacher tokens are spent, it yields no training data);
-4. a path finishes at EOS or a complete final-answer line, or stops at the length cap.
+4. a path finishes at the teacher's end of turn or the configured end marker
+   (`SamplingConfig.solution_end`, `stop_strings`), or stops at the length cap (or the context).
 Finished paths are graded against gold; the correct ones are the training data.
 """
 
@@ -17,8 +18,6 @@ from typing import Callable
 from .backends import Proposal, Scorer, Teacher
 from .config import GenSSDConfig, config_dict
 from .grading import grade
-from .prompts import format_prompt
-from .solution_text import ends_with_answer
 from .types import Candidate, Problem, Step, Trajectory
 
 Progress = Callable[[dict], None]
@@ -78,16 +77,17 @@ def run_gen_ssd(
 
 def _run_batch(problems: list[Problem], teacher: Teacher, scorer: Scorer, config: GenSSDConfig, seed: int) -> list[Trajectory]:
     s = config.sampling
-    prompts = [format_prompt(p.question) for p in problems]
-    teach = teacher.start(prompts, s.temperature, s.top_p, seed)
-    student = scorer.start(prompts)
+    end_rule = s.end_rule
+    questions = [p.question for p in problems]  # each model prompts them through its own format
+    teach = teacher.start(questions, s.temperature, s.top_p, seed)
+    student = scorer.start(questions)
     paths = [_Path(p) for p in problems]
     live = list(paths)
     while live:
         budgets = [min(config.chunk_tokens, s.max_new_tokens - p.accepted_teacher_tokens) for p in live]
         proposals = teach.propose(config.num_candidates, budgets, config.snap_to_line)
         # A candidate that ends the solution is scored with the student's EOS: stopping is learnt too.
-        ends = [[c.ended or ends_with_answer(path.text + c.text) for c in props] for path, props in zip(live, proposals)]
+        ends = [[c.ended or end_rule.ends(path.text + c.text) for c in props] for path, props in zip(live, proposals)]
         scores = student.score([[c.text for c in props] for props in proposals], ends)
         chosen = [_choose(*args, config) for args in zip(live, proposals, scores, ends)]
         # One call drops pruned and ended paths from both caches and keeps the winners' rows.
@@ -128,16 +128,17 @@ def _choose(path: _Path, proposals: list[Proposal], scores, ends: list[bool], co
     path.accepted_teacher_tokens += win.teacher_tokens
     if win.ends_solution:
         path.end_reason = "finished"
-    elif path.accepted_teacher_tokens >= config.sampling.max_new_tokens:
+    elif path.accepted_teacher_tokens >= config.sampling.max_new_tokens or proposals[best].context_full:
         path.end_reason = "length_cap"
     return best
 
 
 def _to_trajectory(path: _Path, config: GenSSDConfig) -> Trajectory:
     p = path.problem
+    text = config.sampling.end_rule.cut(path.text)  # a stop string may sit inside the last chunk
     predicted, correct = (None, None)
     if path.end_reason == "finished":
-        predicted, correct = grade(path.text, p.gold)
+        predicted, correct = grade(text, p.gold)
     return Trajectory(
         dataset=p.dataset,
         problem_id=p.problem_id,
@@ -145,7 +146,7 @@ def _to_trajectory(path: _Path, config: GenSSDConfig) -> Trajectory:
         sample_index=0,
         question=p.question,
         gold=p.gold,
-        text=path.text,
+        text=text,
         end_reason=path.end_reason or "length_cap",
         teacher_tokens=path.teacher_tokens,
         student_tokens=path.student_tokens,

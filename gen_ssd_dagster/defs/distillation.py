@@ -10,7 +10,6 @@ import dagster as dg
 from ..core.config import StandardKDConfig
 from ..core.backends import model_version
 from ..core.models import ModelSpec
-from ..core.prompts import format_prompt
 from ..store.trajectories import WorkKey, latest_config_hash, selected_examples
 from .resources import GPU_POOL, MLflowResource, ModelsResource, StoreResource
 from .run_config import ColdStartConfig, DistillConfig
@@ -38,7 +37,7 @@ def cold_start_student(context: dg.AssetExecutionContext, config: ColdStartConfi
     if not rows:
         raise dg.Failure(f"cold start: none of the teacher's {summary['trajectories']} samples on "
                          f"{config.dataset!r} was correct; raise max_problems or num_candidates")
-    examples = [(format_prompt(q), text) for _, q, text in rows]
+    examples = [(q, text) for _, q, text in rows]
     lineage = {"method": "standard_kd", "partitions": config.dataset, "config_hash": key.config_hash,
                "teacher_version": key.teacher_version, "trajectories": len(examples)}
     model = train_logged(context, "cold_start_student", base_student, examples, config.train_config(),
@@ -68,7 +67,7 @@ def distilled_asset(method: str) -> dg.AssetsDefinition:
                                  f"cold-start student: materialize {trajectories}[{dataset}] first")
             hashes[dataset] = h
             key = WorkKey(dataset, method, teacher_version, scorer_version, h)
-            examples += [(format_prompt(q), text) for _, q, text in selected_examples(db, key)]
+            examples += [(q, text) for _, q, text in selected_examples(db, key)]
         if not examples:
             raise dg.Failure(f"{method} selected no trajectory in {config.partitions}: nothing to learn from")
         lineage = {"method": method, "partitions": ",".join(config.partitions),

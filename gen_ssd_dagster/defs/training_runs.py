@@ -52,7 +52,7 @@ def train_logged(context, name: str, base: ModelSpec, examples: list[tuple[str, 
         existing = session.latest_version(registered, "checkpoint_key", key)
         if existing is not None:
             context.log.info(f"{name}: reusing checkpoint {out_dir} (MLflow {registered} v{existing.version})")
-            spec = ModelSpec(str(out_dir), dtype=base.dtype)
+            spec = base.with_weights(out_dir)
             return TrainedModel(spec, model_version(spec), existing.run_id, registered, str(existing.version),
                                 saved["steps"], saved["final_loss"], reused=True,
                                 mlflow_url=mlflow.run_url(session.experiment_id, existing.run_id))
@@ -70,7 +70,7 @@ def train_logged(context, name: str, base: ModelSpec, examples: list[tuple[str, 
         partial = done.with_suffix(".partial")
         partial.write_text(json.dumps({"steps": result.steps, "final_loss": result.final_loss}))
         os.replace(partial, done)
-        spec = ModelSpec(str(result.path), dtype=base.dtype)
+        spec = result.spec
         version = model_version(spec)
         run.log(metrics={"final_loss": result.final_loss, "steps": result.steps,
                          "train_tokens": result.train_tokens, "train_seconds": result.seconds},

@@ -33,7 +33,7 @@ def generate(context, method: str, cls, run_config, teacher_spec: ModelSpec, sco
              models: ModelsResource, store_res: StoreResource, dataset: str, problems=None) -> tuple[WorkKey, dict]:
     """Generate (or reuse) the trajectories of one method on one dataset; returns key and summary."""
     store = store_res.store()
-    config = method_config(run_config, cls)
+    config = method_config(run_config, cls, dataset)
     if problems is None:
         problems = read_problems(store, dataset, "train", run_config.max_problems, run_config.offset)
     teacher, scorer = models.make_teacher(teacher_spec), models.make_scorer(scorer_spec)
@@ -83,7 +83,7 @@ def trajectory_asset(method: str) -> dg.AssetsDefinition:
                 **reporting.clean(s),
                 "dataset": dataset, "method": method, "config_hash": key.config_hash,
                 "teacher_version": key.teacher_version, "student_version": key.student_version,
-                "config": dg.MetadataValue.json(config_dict(method_config(config, cls))),
+                "config": dg.MetadataValue.json(config_dict(method_config(config, cls, dataset))),
                 "sample_trajectory": reporting.trajectory_markdown(sample_trajectory(store.store(), key)),
                 "ppl_chosen_vs_rejected": reporting.ppl_histogram(chosen, rejected, f"{method} / {dataset}", plot_path),
                 "ppl_plot_path": dg.MetadataValue.path(str(plot_path)),
