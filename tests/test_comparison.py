@@ -185,7 +185,7 @@ def test_sweep_cli_rejects_a_bad_knob_before_loading_anything(tmp_path, capsys):
     assert not (tmp_path / "home").exists()  # nothing written
 
 
-@pytest.mark.parametrize("name", ["small.yaml", "hard_teacher.yaml"])
+@pytest.mark.parametrize("name", ["small.yaml", "hard_teacher.yaml", "smollm2_gsm8k.yaml"])
 def test_shipped_configs_are_valid_run_config(name):
     """A shipped config loads, and Dagster accepts its ops' config for the assets they name."""
     from pathlib import Path

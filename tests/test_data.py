@@ -209,3 +209,39 @@ def test_absolute_local_file_needs_no_data_dir(tmp_path):
     assert [p.problem_id for p in load_problems(spec)] == ["abs-0", "abs-1"]
     with pytest.raises(ConfigError, match="data_dir"):
         load_problems(dataclasses.replace(SPEC, local_file="rel.jsonl"))
+
+
+def test_golds_with_units_or_words_read_by_configuration(tmp_path):
+    """`leading_number` takes the first number of the gold; a correct model answer then grades
+    right, where the plain text "9 (apples)" would never equal "9"."""
+    _write(tmp_path / "units.jsonl", [
+        {"q": "a", "a": "9 (apples)"}, {"q": "b", "a": "$18.00"}, {"q": "c", "a": "3 hours"},
+        {"q": "d", "a": "1,200 km"}, {"q": "e", "a": "-2.5 degrees"},
+    ])
+    spec = dataset_spec_from_dict({"name": "u", "local_file": "units.jsonl", "question_field": "q",
+                                   "answer_field": "a", "answer_format": "leading_number"})
+    golds = [p.gold for p in load_problems(spec, tmp_path)]
+    assert golds == ["9", "18", "3", "1200", "-2.5"]
+    assert is_correct(extract_answer("... so she has \\boxed{9}."), golds[0])
+    assert is_correct("18", golds[1]) and not is_correct("18", "$18.00 dollars")
+
+
+def test_answer_regex_picks_the_gold_and_names_a_row_it_misses(tmp_path):
+    _write(tmp_path / "re.jsonl", [{"q": "a", "a": "The answer is 42 units."}, {"q": "b", "a": "answer is 7"},
+                                   {"q": "c", "a": "no answer here"}])
+    base = {"name": "r", "local_file": "re.jsonl", "question_field": "q", "answer_field": "a",
+            "answer_format": "number", "answer_regex": r"answer is (\S+?)\.?(?:\s|$)"}
+    spec = dataset_spec_from_dict(base)
+    with pytest.raises(DataError, match=r"re.jsonl, line 3: .*does not match answer_regex.*got 'no answer here'"):
+        load_problems(spec, tmp_path)
+    _write(tmp_path / "re.jsonl", [{"q": "a", "a": "The answer is 42 units."}, {"q": "b", "a": "answer is 7"}])
+    assert [p.gold for p in load_problems(spec, tmp_path)] == ["42", "7"]
+    with pytest.raises(ConfigError, match="answer_regex .* is not a regular expression"):
+        dataset_spec_from_dict({**base, "answer_regex": "answer is ("})
+
+
+def test_solution_end_of_a_dataset(tmp_path):
+    assert BUILTIN_DATASETS["demo"]["train"].solution_end == "answer_line"
+    assert BUILTIN_DATASETS["gsm8k"]["test"].solution_end == "eos"  # no `#### N` outside the demo world
+    with pytest.raises(ConfigError, match="solution_end must be one of"):
+        dataset_spec_from_dict({"name": "x", "local_file": "f.jsonl", "question_field": "q", "solution_end": "dot"})

@@ -169,3 +169,26 @@ def test_missing_or_broken_checkpoint_is_named(tmp_path):
     empty.mkdir()
     with pytest.raises(ModelLoadError, match="no config.json"):
         TransformersScorer(ModelSpec(str(empty)))
+
+
+@pytest.mark.parametrize("method", ["gen_ssd", "standard_kd", "posthoc"])
+def test_keep_finished_trains_on_solutions_that_end_right_or_wrong(backends, method):
+    """keep="finished" (a teacher too weak to be right) selects what ends; "correct" only what is right.
+    The stop string " " ends most random solutions quickly; none of them is right."""
+    teacher, scorer = backends
+    sampling = SamplingConfig(temperature=1.0, top_p=0.9, max_new_tokens=24, seed=3, stop_strings=(" ",))
+    make = {"gen_ssd": lambda s: GenSSDConfig(chunk_tokens=6, num_candidates=2, sampling=s, suitability="none"),
+            "standard_kd": lambda s: StandardKDConfig(num_candidates=2, sampling=s),
+            "posthoc": lambda s: PostHocConfig(num_candidates=2, sampling=s)}[method]
+    finished = run_method(make(dataclasses.replace(sampling, keep="finished")), PROBLEMS, teacher, scorer)
+    ended = [t for t in finished if t.end_reason == "finished"]
+    assert ended and all(t.text.endswith(" ") for t in ended)
+    assert not any(t.correct for t in ended)
+    if method == "posthoc":  # one per problem: the lowest-PPL finished sample
+        assert {t.problem_id for t in finished if t.selected} == {t.problem_id for t in ended}
+    else:
+        assert [t.selected for t in finished] == [t.end_reason == "finished" for t in finished]
+    correct_only = run_method(make(sampling), PROBLEMS, teacher, scorer)
+    assert not any(t.selected for t in correct_only)
+    with pytest.raises(ConfigError, match="keep must be 'correct' or 'finished'"):
+        dataclasses.replace(sampling, keep="all").validate(2)

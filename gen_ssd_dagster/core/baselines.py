@@ -75,7 +75,7 @@ def run_standard_kd(problems, teacher, scorer, config: StandardKDConfig, batch_s
     groups = sample_full(problems, teacher, scorer, config, batch_size, progress)
     for samples in groups:
         for t in samples:
-            t.selected = bool(t.correct)
+            t.selected = config.sampling.keeps(t)
     return [t for samples in groups for t in samples]
 
 
@@ -83,12 +83,13 @@ def run_posthoc(problems, teacher, scorer, config: PostHocConfig, batch_size=16,
     config.validate()
     groups = sample_full(problems, teacher, scorer, config, batch_size, progress)
     for samples in groups:
-        select_lowest_ppl_correct(samples)
+        select_lowest_ppl_correct(samples, config.sampling.keep)
     return [t for samples in groups for t in samples]
 
 
-def select_lowest_ppl_correct(samples: list[Trajectory]) -> None:
-    """Mark, among one problem's samples, the correct one the student finds most predictable."""
-    correct = [t for t in samples if t.correct]
+def select_lowest_ppl_correct(samples: list[Trajectory], keep: str = "correct") -> None:
+    """Mark, among one problem's samples, the correct one (or, with keep="finished", the finished
+    one) the student finds most predictable."""
+    correct = [t for t in samples if (t.end_reason == "finished" if keep == "finished" else t.correct)]
     if correct:
         min(correct, key=lambda t: t.ppl).selected = True

@@ -183,7 +183,7 @@ def posthoc_from(kd: BudgetedData) -> BudgetedData:
     for t in copies:
         by_problem.setdefault(t.problem_id, []).append(t)
     for samples in by_problem.values():
-        select_lowest_ppl_correct(samples)
+        select_lowest_ppl_correct(samples, samples[0].config.get("sampling", {}).get("keep", "correct"))
     return dataclasses.replace(kd, trajectories=copies, seconds=0.0)
 
 

@@ -35,6 +35,10 @@ class SamplingConfig:
         solution_end: "eos" (nothing more), "answer_line" (a complete `#### N` line: the demo
             world's format) or "boxed" (the end of the line that closes a `\\boxed{}`).
         stop_strings: texts that end a solution, the stop string included.
+    what trains the student:
+        keep: "correct" (the method: finished solutions whose answer matches the gold) or
+            "finished" (every solution that ends, right or wrong: for data without gold answers,
+            or a teacher too weak to be right, such as SmolLM2-135M on GSM8K).
     """
 
     temperature: float = 1.0
@@ -43,6 +47,13 @@ class SamplingConfig:
     seed: int = 0
     solution_end: str = "eos"
     stop_strings: tuple[str, ...] = ()
+    keep: str = "correct"
+
+    def keeps(self, trajectory) -> bool:
+        """Whether a trajectory may train the student under `keep`."""
+        if self.keep == "finished":
+            return trajectory.end_reason == "finished"
+        return bool(trajectory.correct)
 
     @property
     def end_rule(self) -> SolutionEnd:
@@ -64,6 +75,8 @@ class SamplingConfig:
             raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.solution_end not in SOLUTION_ENDS:
             raise ConfigError(f"solution_end must be one of {SOLUTION_ENDS}, got {self.solution_end!r}")
+        if self.keep not in ("correct", "finished"):
+            raise ConfigError(f"keep must be 'correct' or 'finished', got {self.keep!r}")
         if any(not isinstance(s, str) or not s for s in self.stop_strings):
             raise ConfigError(f"stop_strings must be non-empty texts, got {list(self.stop_strings)!r}")
 

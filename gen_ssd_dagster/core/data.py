@@ -294,7 +294,7 @@ def _problem(spec: DatasetSpec, row: dict, index: int, where: str) -> Problem:
         raise DataError(
             f"{where}: field {spec.answer_field!r} (setting answer_field) is not {_HOW[spec.answer_format]}"
             f" as answer_format {spec.answer_format!r} requires"
-            + (f" after answer_regex {spec.answer_regex!r}" if spec.answer_regex else "")
+            + (f" (or does not match answer_regex {spec.answer_regex!r})" if spec.answer_regex else "")
             + f"; got {str(raw_answer)[-120:]!r}"
         )
 

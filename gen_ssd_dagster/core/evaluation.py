@@ -28,6 +28,7 @@ class EvalResult:
     grader_version: str
     seconds: float
     outputs: list[dict] = field(default_factory=list)  # problem_id, completion, predicted, gold, correct
+    # (+ ended, tokens when generated now)
     reused: int = 0  # outputs taken from the ledger rather than generated now
 
 
@@ -82,6 +83,9 @@ def evaluate(
                     "predicted": predicted,
                     "gold": problem.gold,
                     "correct": bool(correct),
+                    # How the answer ended (not kept by a ledger: reused outputs lack these two).
+                    "ended": props[0].ended or solution_end.ends(props[0].text),
+                    "tokens": props[0].tokens,
                 }
             )
         if ledger:

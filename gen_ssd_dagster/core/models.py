@@ -137,6 +137,10 @@ def packaged_smollm2(dtype: str = "float32", **prompt) -> ModelSpec:
     return ModelSpec(list(found.submodule_search_locations)[0], dtype=dtype, gguf_file=SMOLLM2_GGUF, **prompt)
 
 
+# Real models that install from PyPI, by the name a configuration may give instead of a path.
+PACKAGED_MODELS = {"pypi:smollm2": packaged_smollm2}
+
+
 def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 

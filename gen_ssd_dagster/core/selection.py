@@ -139,7 +139,7 @@ def _to_trajectory(path: _Path, config: GenSSDConfig) -> Trajectory:
     predicted, correct = (None, None)
     if path.end_reason == "finished":
         predicted, correct = grade(text, p.gold)
-    return Trajectory(
+    trajectory = Trajectory(
         dataset=p.dataset,
         problem_id=p.problem_id,
         method=config.method,
@@ -153,7 +153,9 @@ def _to_trajectory(path: _Path, config: GenSSDConfig) -> Trajectory:
         ppl=path.running_ppl(config.ppl_normalisation),
         predicted=predicted,
         correct=correct,
-        selected=bool(correct),
+        selected=False,
         steps=path.steps,
         config=config_dict(config),
     )
+    trajectory.selected = config.sampling.keeps(trajectory)
+    return trajectory

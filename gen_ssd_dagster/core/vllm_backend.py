@@ -123,6 +123,15 @@ def _newline_ids(tokenizer) -> list[int]:
     return [i for i, piece in enumerate(vocab) if piece and ("\n" in piece or "Ċ" in piece)]
 
 
+def _max_model_len(llm) -> int | None:
+    """The engine's context (prompt + generated tokens), None when this vLLM does not say."""
+    for owner in (getattr(llm, "llm_engine", None), llm):
+        length = getattr(getattr(owner, "model_config", None), "max_model_len", None)
+        if length:
+            return int(length)
+    return None
+
+
 def step_seed(seed: int, step: int, path: int) -> int:
     """A distinct, reproducible seed per (run, step, path): identical prefixes still get their own
     samples, and a rerun with the same seed draws the same ones. vLLM seeds the K samples of one
@@ -142,13 +151,13 @@ class VLLMTeacher:
         self.version = model_version(spec)
         self.newline_ids = _newline_ids(self.tokenizer)
         self.eos_ids = sorted(self.prompter.stop_ids)  # end of turn and EOS
-        self.max_model_len = self.llm.llm_engine.model_config.max_model_len
+        self.max_model_len = _max_model_len(self.llm)
 
     def start(self, questions: list[str], temperature: float, top_p: float, seed: int) -> "_VLLMTeacherSession":
         """A session over `questions`, each prompted through the teacher's own format."""
         ids = [self.prompter.ids(q) for q in questions]
         for i, row in enumerate(ids):
-            if len(row) >= self.max_model_len:
+            if self.max_model_len and len(row) >= self.max_model_len:
                 raise DataError(f"prompt {i + 1} of the batch is {len(row)} teacher tokens, more than the teacher's "
                                 f"context of {self.max_model_len}: {questions[i][:80]!r}...")
         return _VLLMTeacherSession(self, ids, temperature, top_p, seed)
@@ -171,7 +180,7 @@ class _VLLMTeacherSession:
         requests, params, where = [], [], []
         self.context_full = [False] * len(self.paths)
         for i, (ids, budget) in enumerate(zip(self.paths, max_tokens)):
-            room = t.max_model_len - len(ids)  # never past the context: a full path ends as a length cap
+            room = (t.max_model_len or len(ids) + budget + 1) - len(ids)  # a full context ends as a length cap
             if room <= budget:
                 budget, self.context_full[i] = max(0, room), True
             if budget <= 0:

@@ -49,6 +49,8 @@ in the same order the backfill would.
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -100,16 +102,18 @@ def observe_teacher(models: ModelsResource, home: Home) -> TeacherObservation:
         path = home.root / "models" / "demo" / "teacher"
         if not (path.parent / MARKER).is_file():
             return TeacherObservation(None, "missing", f"demo teacher not built yet in {path.parent}")
-        return TeacherObservation(model_version(ModelSpec(str(path))), "demo", str(path))
-    spec = ModelSpec(models.teacher, revision=models.teacher_revision)
+        return TeacherObservation(model_version(models.configured_spec("teacher", str(path))), "demo", str(path))
+    # Every setting the teacher asset loads with (GGUF file, prompts): the same version it records.
+    spec = models.configured_spec("teacher")
     if spec.is_local:
         path = Path(spec.name_or_path).expanduser()
-        if not (path / "config.json").is_file():
-            return TeacherObservation(None, "missing", f"teacher checkpoint {path} has no config.json")
+        weights = spec.gguf_file or "config.json"
+        if not (path / weights).is_file():
+            return TeacherObservation(None, "missing", f"teacher checkpoint {path} has no {weights}")
         return TeacherObservation(model_version(spec), "checkpoint", str(path))
     commit, why = resolve_hub_revision(spec.name_or_path, spec.revision)
     if commit:
-        return TeacherObservation(model_version(ModelSpec(spec.name_or_path, revision=commit)), "hub",
+        return TeacherObservation(model_version(dataclasses.replace(spec, revision=commit)), "hub",
                                   f"{spec.revision or 'main'} -> {commit}")
     return TeacherObservation(model_version(spec), "hub-unresolved",
                               f"{why}: revision {spec.revision or 'main'!r} not resolved to a commit, "

@@ -35,8 +35,11 @@ def cold_start_student(context: dg.AssetExecutionContext, config: ColdStartConfi
                             config.dataset)
     rows = selected_examples(store.store(), key)
     if not rows:
+        what = "finished" if config.keep == "finished" else "was correct"
         raise dg.Failure(f"cold start: none of the teacher's {summary['trajectories']} samples on "
-                         f"{config.dataset!r} was correct; raise max_problems or num_candidates")
+                         f"{config.dataset!r} {what} (keep={config.keep}); raise max_problems or num_candidates"
+                         + ("" if config.keep == "finished" else ", or set keep: finished for a teacher too weak "
+                            "to be right"))
     examples = [(q, text) for _, q, text in rows]
     lineage = {"method": "standard_kd", "partitions": config.dataset, "config_hash": key.config_hash,
                "teacher_version": key.teacher_version, "trajectories": len(examples)}

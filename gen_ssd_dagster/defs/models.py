@@ -17,7 +17,9 @@ def _model_output(spec: ModelSpec, version: str | None = None) -> dg.Output:
     version = version or model_version(spec)
     return dg.Output(spec, data_version=dg.DataVersion(version), metadata={
         "model_version": version, "name_or_path": spec.name_or_path,
-        "revision": spec.revision or "", "dtype": spec.dtype})
+        "revision": spec.revision or "", "dtype": spec.dtype, "gguf_file": spec.gguf_file or "",
+        "chat_template": spec.chat_template, "system_prompt": spec.system_prompt or "",
+        "instruction": spec.instruction or ""})
 
 
 @dg.asset(group_name="models", kinds={"pytorch"})

