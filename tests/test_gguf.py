@@ -84,3 +84,20 @@ def test_gen_ssd_step_scored_by_smollm2(tiny_models, smollm2_scorer):
         assert len(ppls) == 3 and all(c.student_tokens > 0 for c in step.candidates)
         assert step.chosen == ppls.index(min(ppls))
     assert trajectory.text == "".join(s.candidates[s.chosen].text for s in trajectory.steps)
+
+
+def test_a_gguf_model_saves_as_a_plain_checkpoint_and_reloads_identically(smollm2_scorer, tmp_path):
+    """De-quantized on load, the model must save like any other (a trained student is saved), keep
+    its chat template and end-of-turn token, and compute the same logits after reloading."""
+    import torch
+
+    from gen_ssd_dagster.core.models import ModelSpec, load_model, load_tokenizer
+
+    model, tok = smollm2_scorer.model, smollm2_scorer.tokenizer
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    again, again_tok = load_model(ModelSpec(str(tmp_path))), load_tokenizer(ModelSpec(str(tmp_path)))
+    assert again_tok.chat_template == tok.chat_template and again_tok.eos_token == "<|im_end|>"
+    ids = tok("The capital of France is Paris.", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, again(ids).logits)

@@ -104,6 +104,12 @@ def load_model(spec: ModelSpec) -> PreTrainedModel:
         )
     except (OSError, ValueError, RuntimeError, ImportError, SafetensorError) as exc:  # missing, truncated, corrupt
         raise ModelLoadError(f"cannot load model from {spec.name_or_path}: {type(exc).__name__}: {exc}") from exc
+    if spec.gguf_file:
+        # transformers de-quantizes GGUF weights to `dtype` on load; only its marker remains, and that
+        # marker refuses `save_pretrained`. Dropped, the model is a plain one that trains and saves.
+        model.hf_quantizer = None
+        if getattr(model.config, "quantization_config", None) is not None:
+            del model.config.quantization_config
     model.eval()
     return model
 
