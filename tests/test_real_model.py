@@ -76,15 +76,17 @@ def test_student_ppl_is_taken_under_its_own_template(run):
     from gen_ssd_dagster.core.backends import TransformersScorer
 
     home, store, models = run
-    [(question, text, ppl, version)] = store.query(
-        "SELECT question, text, ppl, student_version FROM trajectories WHERE method = 'standard_kd'"
-        " AND end_reason = 'finished' ORDER BY problem_id, sample_index LIMIT 1") or [(None,) * 4]
+    cold = next(p for p in (home.checkpoints / "cold_start_student").iterdir() if p.is_dir())
+    spec = models.configured_spec("student").with_weights(cold)  # the cold start, as the pipeline loads it
+    scorer = TransformersScorer(spec)
+    assert scorer.prompter.uses_chat
+    # A Standard KD sample of the distillation problems: scored by the cold start (the cold start's
+    # own samples were scored by the base student).
+    [(question, text, ppl)] = store.query(
+        "SELECT question, text, ppl FROM trajectories WHERE method = 'standard_kd' AND student_version = ?"
+        " AND end_reason = 'finished' ORDER BY problem_id, sample_index LIMIT 1", [scorer.version]) or [(None,) * 3]
     if question is None:
         pytest.skip("no finished Standard KD sample to re-score")
-    cold = next(p for p in (home.checkpoints / "cold_start_student").iterdir() if p.is_dir())
-    spec = dataclasses.replace(models.configured_spec("student"), name_or_path=str(cold), gguf_file=None)
-    scorer = TransformersScorer(spec)
-    assert scorer.version == version and scorer.prompter.uses_chat
     [score] = scorer.score_texts([question], [text], [True])
     assert score.tokens and ppl == pytest.approx(2.718281828 ** (score.nll / score.tokens), rel=1e-3)
     plain = TransformersScorer(dataclasses.replace(spec, chat_template="plain")).score_texts([question], [text], [True])
@@ -98,7 +100,7 @@ def test_answers_are_read_from_boxed_and_plain_text(run):
     assert grade("So she makes 9 * 2 = 18 dollars.\n\nThe answer is $\\boxed{18}$.", "18") == ("18", True)
     assert grade("She makes 18 dollars every day.", "18") == ("18", True)
     for text, predicted in store.query("SELECT text, predicted FROM trajectories WHERE end_reason = 'finished'"):
-        boxed = re.findall(r"\\boxed\{([^{}]*)\}", text)
+        boxed = [b for b in re.findall(r"\\boxed\{([^{}]*)\}", text) if b.strip()]  # an empty box is no answer
         if boxed:
             assert predicted == boxed[-1].replace(",", "").strip()
 
