@@ -108,7 +108,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     import json
 
     from gen_ssd_dagster.store import Home, Store
-    from gen_ssd_dagster.store.scores import latest_scores, score_table
+    from gen_ssd_dagster.store.scores import (INTERVAL_NOTE, difference_table, latest_scores, noise_sentence,
+                                              paired_differences, score_intervals, score_table)
 
     home = Home.resolve(args.home)
     if not home.db_path.exists():
@@ -116,8 +117,13 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 1
     store = Store(home.db_path)
     df = latest_scores(store)
+    intervals, diffs = score_intervals(store, df), paired_differences(store, df)
     if getattr(args, "json", False):
         rows = df.assign(created_at=df.created_at.astype(str)).to_dict(orient="records")
+        for row in rows:
+            ci = intervals.get((row["student"], row["benchmark"]))
+            row["interval95"] = ci.as_dict() if ci else None
+        differences = [{"student": s, "benchmark": b, "minus": "standard_kd", **d.as_dict()} for s, b, d in diffs]
         from gen_ssd_dagster.store.experiments import experiment_arms
 
         experiments = {kind: [a.to_dict() for a in experiment_arms(store, kind=kind)]
@@ -125,11 +131,15 @@ def cmd_report(args: argparse.Namespace) -> int:
         for arms in experiments.values():
             for arm in arms:
                 arm.pop("ppls", None)  # per-trajectory values: in DuckDB, too long for a report
-        print(json.dumps({"home": str(home.root), "scores": rows, "experiments": experiments}, indent=2, default=str))
+        print(json.dumps({"home": str(home.root), "scores": rows, "differences": differences,
+                          "experiments": experiments}, indent=2, default=str))
     else:
-        print(f"Accuracy (latest score per student and benchmark; {home.db_path}):\n")
-        print(score_table(df))
+        print(f"Accuracy in % (latest score per student and benchmark; {home.db_path}):\n")
+        print(score_table(df, intervals))
+        if diffs:
+            print("\n" + difference_table(diffs) + "\n\n" + noise_sentence(diffs))
         if not df.empty:
+            print(f"\n{INTERVAL_NOTE}")
             print(f"\ngrader {', '.join(sorted(set(df.grader_version)))}; MLflow runs: "
                   f"{', '.join(sorted(set(df.mlflow_run_id.dropna())))}")
         for kind in ("comparison", "sweep"):

@@ -18,7 +18,8 @@ def test_report_prints_table_and_json(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["--home", str(home.root), "report"]) == 0
     out = capsys.readouterr().out
-    assert "| gen_ssd | 0.600 |" in out and "| base | 0.200 |" in out
+    assert "| student | demo (n=10) |" in out
+    assert "| gen_ssd | 60.0 |" in out and "| base | 20.0 |" in out  # no stored outputs: no interval
     assert cli.main(["--home", str(home.root), "report", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)["scores"]
     assert {(r["student"], r["accuracy"], r["grader_version"]) for r in rows} == {("base", 0.2, "g1"), ("gen_ssd", 0.6, "g1")}

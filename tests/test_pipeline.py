@@ -187,6 +187,8 @@ def test_every_asset_on_demo(tmp_path, tiny_models, memorizing_teacher, capsys):
     run = client.get_run(scores.mlflow_run_id.iloc[0])
     for row in scores.itertuples():
         assert run.data.metrics[f"accuracy.{row.student}.{row.benchmark}"] == pytest.approx(row.accuracy)
+        assert run.data.metrics[f"low.{row.student}.{row.benchmark}"] <= row.accuracy \
+            <= run.data.metrics[f"high.{row.student}.{row.benchmark}"]  # the 95% interval
     exp = client.get_experiment_by_name("gen-ssd")
     statuses = {r.info.status for r in client.search_runs([exp.experiment_id])}
     assert statuses == {"FINISHED"}
@@ -202,9 +204,15 @@ def test_every_asset_on_demo(tmp_path, tiny_models, memorizing_teacher, capsys):
     assert cli.main(["--home", str(home.root), "report", "--json"]) == 0
     import json
 
-    reported = json.loads(capsys.readouterr().out)["scores"]
+    report = json.loads(capsys.readouterr().out)
+    reported = report["scores"]
     assert {(r["student"], r["benchmark"]): r["accuracy"] for r in reported} == \
         {(r.student, r.benchmark): r.accuracy for r in scores.itertuples()}
+    assert all(r["interval95"]["n_questions"] == DEMO_SIZES["demo_test"] for r in reported)
+    assert {d["student"] for d in report["differences"]} == {"base", "cold_start", "gen_ssd", "posthoc"}
+    assert cli.main(["--home", str(home.root), "report"]) == 0
+    out = capsys.readouterr().out
+    assert " ± " in out and "`make compare`" in out  # intervals, and the line that says what is noise
 
 
 def test_a_failed_step_is_named(tmp_path, tiny_models):

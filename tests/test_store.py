@@ -80,7 +80,37 @@ def test_scores_table(tmp_path):
                          Score("gen_ssd", "v1", "demo", 10, 5, 0.5, "g1", "e")])
     df = latest_scores(store)
     assert set(df.student) == {"base", "gen_ssd"}
-    assert "| gen_ssd | 0.500 |" in score_table(df)
+    assert "| gen_ssd | 50.0 |" in score_table(df)
+
+
+def test_scores_carry_intervals_and_paired_differences_from_their_outputs(tmp_path):
+    """Four questions. Standard KD right on q1, q3; Gen-SSD on q1, q2, q3.
+    Gen-SSD: mean 0.75, sd (n-1) of [1,1,1,0] = 0.5, SE 0.25, 95% ±0.49 -> [0.26, 1.0 clipped].
+    Gen-SSD − KD per question [0,1,0,0]: mean 0.25, sd 0.5, SE 0.25 -> 0.25 ± 0.49: within noise."""
+    from gen_ssd_dagster.store.eval_outputs import EvalLedger
+    from gen_ssd_dagster.store.scores import (difference_table, noise_sentence, paired_differences,
+                                              score_intervals)
+
+    store = Store(tmp_path / "db.duckdb")
+    problems = [Problem("demo", f"q{i}", f"question {i}", "4") for i in range(1, 5)]
+    for version, right in (("kd", [1, 0, 1, 0]), ("gs", [1, 1, 1, 0])):
+        EvalLedger(store, version, "demo", "g1", "e").record(problems, [
+            {"completion": "c", "predicted": "4" if r else "5", "gold": "4", "correct": bool(r)} for r in right])
+    write_scores(store, [Score("standard_kd", "kd", "demo", 4, 2, 0.5, "g1", "e"),
+                         Score("gen_ssd", "gs", "demo", 4, 3, 0.75, "g1", "e"),
+                         Score("base", "none", "demo", 4, 0, 0.0, "g1", "e")])  # no outputs stored
+    df = latest_scores(store)
+    intervals = score_intervals(store, df)
+    gs = intervals[("gen_ssd", "demo")]
+    assert (gs.estimate, gs.stderr, gs.n_questions) == (0.75, pytest.approx(0.25), 4)
+    assert gs.low == pytest.approx(0.75 - 1.959964 * 0.25) and gs.high == 1.0
+    assert intervals[("base", "demo")] is None
+    assert "| gen_ssd | 75.0 ± 49.0 |" in score_table(df, intervals)
+    [(student, bench, diff)] = paired_differences(store, df)
+    assert (student, bench, diff.estimate, diff.n_questions) == ("gen_ssd", "demo", 0.25, 4)
+    assert diff.stderr == pytest.approx(0.25)
+    assert "| gen_ssd | demo | +25.0 ± 49.0 | 4 | within noise |" in difference_table([(student, bench, diff)])
+    assert noise_sentence([(student, bench, diff)]).startswith("Every difference from Standard KD above is within noise")
 
 
 def _writer(path: str, dataset: str, n: int) -> None:

@@ -13,7 +13,8 @@ from ..core.models import ModelSpec
 from ..core.solution_text import SolutionEnd
 from ..store.eval_outputs import EvalLedger
 from ..store.experiments import experiment_arms, latest_experiment
-from ..store.scores import Score, cached_score, latest_scores, score_table, write_scores
+from ..store.scores import (INTERVAL_NOTE, Score, cached_score, difference_table, latest_scores, noise_sentence,
+                            paired_differences, score_intervals, score_table, write_scores)
 from ..store.trajectories import read_problems
 from . import reporting
 from .resources import GPU_POOL, MLflowResource, StoreResource
@@ -84,13 +85,18 @@ def evaluation_scores(context: dg.AssetExecutionContext, config: EvaluationConfi
                 tags={f"model_version.{s}": model_version(spec) for s, spec in students.items()})
         write_scores(db, scores)
         df = latest_scores(db)
-        table = score_table(df[df.benchmark.isin(config.benchmarks)])
+        df = df[df.benchmark.isin(config.benchmarks)]
+        intervals, diffs = score_intervals(db, df), paired_differences(db, df)
+        table = "\n\n".join(t for t in (score_table(df, intervals), difference_table(diffs), noise_sentence(diffs),
+                                          INTERVAL_NOTE) if t)
+        run.log(metrics={**{f"{edge}.{s}.{b}": getattr(ci, edge) for (s, b), ci in intervals.items() if ci
+                            for edge in ("low", "high")},
+                         **{f"minus_standard_kd.{s}.{b}": d.estimate for s, b, d in diffs}})
         run.log_text(table, "evaluation_table.md")
     return dg.MaterializeResult(metadata={
         "scores": dg.MetadataValue.md(table), "grader_version": GRADER_VERSION,
         "mlflow_run": dg.MetadataValue.url(mlflow.run_url(session.experiment_id, run.run_id)),
         **_latest_comparison(db, store),
         **{f"model_version/{s}": model_version(spec) for s, spec in students.items()},
-        "accuracy_plot": reporting.accuracy_bars(df[df.benchmark.isin(config.benchmarks)],
-                                                 store.home_dir().plots / "evaluation_scores.png"),
+        "accuracy_plot": reporting.accuracy_bars(df, store.home_dir().plots / "evaluation_scores.png", intervals),
         **{f"accuracy/{s.student}/{s.benchmark}": round(s.accuracy, 4) for s in scores}})

@@ -58,15 +58,20 @@ def ppl_histogram(chosen: list[float], rejected: list[float], title: str, path: 
     return _png(fig, path)
 
 
-def accuracy_bars(df, path: Path | None = None) -> dg.MetadataValue:
-    """Accuracy per student, one group of bars per benchmark."""
+def accuracy_bars(df, path: Path | None = None, intervals: dict | None = None) -> dg.MetadataValue:
+    """Accuracy per student, one group of bars per benchmark, with the 95% interval of each as an
+    error bar (its larger side, so a clipped interval is not drawn shorter)."""
     fig, ax = plt.subplots(figsize=(6, 3))
     if not df.empty:
         wide = df.pivot(index="benchmark", columns="student", values="accuracy")
-        wide.plot.bar(ax=ax, rot=0)
+        half = wide.copy() * 0.0
+        for (student, bench), ci in (intervals or {}).items():
+            if ci is not None and student in half.columns and bench in half.index:
+                half.loc[bench, student] = max(ci.estimate - ci.low, ci.high - ci.estimate)
+        wide.plot.bar(ax=ax, rot=0, yerr=half, capsize=3)
         ax.set_ylim(0, 1)
         ax.legend(fontsize=7)
-    ax.set_ylabel("accuracy")
+    ax.set_ylabel("accuracy (95% interval)")
     return _png(fig, path)
 
 
