@@ -93,6 +93,11 @@ def test_trajectories_stored_and_reused(tmp_path, tiny_models):
     counts = dict(store.query("SELECT method, count(*) FROM trajectories WHERE dataset = 'demo' GROUP BY method"))
     assert counts == {"gen_ssd": 3, "standard_kd": 6, "posthoc": 6}  # 3 problems, K=2 full samples for baselines
     assert store.query("SELECT count(*) FROM candidates")[0][0] > 0
+    import json
+
+    stored = json.loads(store.query("SELECT config FROM trajectories WHERE method = 'gen_ssd' LIMIT 1")[0][0])
+    assert stored["prompts"]["teacher"]["format"] == "plain" and stored["prompts"]["student"]["instruction"] is None
+    assert stored["sampling"]["solution_end"] == "answer_line"  # the demo dataset's own
     md = _materialization(result, "gen_ssd_trajectories").metadata
     assert md["trajectories"].value == 3 and md["new_problems"].value == 3
     for key in ("finished", "pruned", "length_capped", "acceptance_rate", "teacher_tokens", "mean_chosen_ppl",

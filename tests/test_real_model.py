@@ -11,6 +11,7 @@ trained student loads back and answers through its template. ~8 min on 2 cores.
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 from pathlib import Path
 
@@ -63,6 +64,9 @@ def test_teacher_writes_chat_formatted_reasoning_that_ends_by_itself(run):
     # The instruction is part of the teacher's version, so of every trajectory's key.
     assert all("+prompt-" in r[3] for r in rows)
     assert all('"solution_end": "eos"' in r[4] for r in rows)  # no `#### N` outside the demo world
+    for prompts in (json.loads(r[4])["prompts"] for r in rows):  # the instruction's text is stored too
+        assert prompts["teacher"]["format"] == prompts["student"]["format"] == "chat"
+        assert prompts["teacher"]["instruction"].endswith("within \\boxed{}.")
     finished = [r[2] for r in rows if r[1] == "finished"]
     assert finished, f"no trajectory ended by the teacher's end of turn: {[r[1] for r in rows]}"
     for text in finished:

@@ -29,6 +29,13 @@ class ResumeReport:
     batches: int
 
 
+def prompt_records(teacher, scorer) -> dict:
+    """How the teacher and the student scorer turn a question into a prompt (template, instruction,
+    system prompt), for backends that say (`prompter`)."""
+    return {who: model.prompter.record() for who, model in (("teacher", teacher), ("student", scorer))
+            if getattr(model, "prompter", None) is not None}
+
+
 def run_resumable(store: Store, key: WorkKey, config: MethodConfig, problems: list[Problem], teacher, scorer,
                   batch_size: int = 16, run_id: str | None = None,
                   log: Callable[[str], None] | None = None) -> ResumeReport:
@@ -48,9 +55,11 @@ def run_resumable(store: Store, key: WorkKey, config: MethodConfig, problems: li
         except GenSSDError as exc:  # bad input in this batch: say which problems (earlier batches are kept)
             ids = ", ".join(p.problem_id for p in todo)
             raise type(exc)(f"{key.method}/{key.dataset}, batch of problems [{ids}]: {exc}") from exc
-        # Stored under the key of the run's config (its seed is the base seed, not the batch's).
+        # Stored under the key of the run's config (its seed is the base seed, not the batch's), with
+        # how each model was prompted (the instruction's text; its hash is in the versions of the key).
+        stored = {**config_dict(config), "prompts": prompt_records(teacher, scorer)}
         report.trajectories_written += write_batch(store, key, [p.problem_id for p in todo], trajectories,
-                                                   config_dict(config), run_id)
+                                                   stored, run_id)
         report.generated += len(todo)
         report.batches += 1
         if log:
