@@ -199,7 +199,12 @@ def data_stats(data: BudgetedData) -> dict:
                 pool_exhausted=data.pool_exhausted, generate_seconds=data.seconds)
 
 
-def train_and_evaluate(kind: str, label: str, method: str, seed: int, data: BudgetedData, cold_start: Path,
+def as_spec(model: ModelSpec | Path | str) -> ModelSpec:
+    """A checkpoint given as a spec keeps its dtype and prompt settings; a bare path gets the defaults."""
+    return model if isinstance(model, ModelSpec) else ModelSpec(str(model))
+
+
+def train_and_evaluate(kind: str, label: str, method: str, seed: int, data: BudgetedData, cold_start: ModelSpec | Path,
                        test: list[Problem], out_dir: Path, config: ComparisonConfig, method_config: dict,
                        log: Log | None = None) -> ArmResult:
     """Fine-tune the cold-start student on the arm's selected trajectories and evaluate it."""
@@ -208,12 +213,13 @@ def train_and_evaluate(kind: str, label: str, method: str, seed: int, data: Budg
     if not examples:  # nothing was learnable within the budget: the student is the cold start
         if log:
             log(f"{label} seed {seed}: no trajectory selected, scoring the cold-start student")
-        checkpoint, train_seconds = Path(cold_start), 0.0
+        checkpoint, train_seconds = as_spec(cold_start), 0.0
     else:
-        trained = fine_tune(cold_start, examples, out_dir, dataclasses.replace(config.train, seed=seed))
-        checkpoint, train_seconds = trained.path, trained.seconds
+        trained = fine_tune(as_spec(cold_start), examples, out_dir, dataclasses.replace(config.train, seed=seed))
+        checkpoint, train_seconds = trained.spec, trained.seconds
     arm = ArmResult(kind=kind, label=label, method=method, seed=seed, train_seconds=train_seconds,
-                    checkpoint=str(checkpoint), config=method_config, **_scores(checkpoint, test, config), **stats)
+                    checkpoint=checkpoint.name_or_path, config=method_config, **_scores(checkpoint, test, config),
+                    **stats)
     if log:
         log(f"{label} seed {seed}: accuracy {arm.accuracy:.3f} from {arm.selected} trajectories of "
             f"{arm.problems} problems ({arm.teacher_tokens} teacher tokens)")
@@ -232,7 +238,7 @@ def arm_key(kind: str, label: str, seed: int, method_config: dict, config: Compa
 ArmStore = Callable[[str], "ArmResult | None"]  # key -> stored result, or None
 
 
-def run_comparison(config: ComparisonConfig, cold_start: Path, pool: list[Problem], test: list[Problem],
+def run_comparison(config: ComparisonConfig, cold_start: ModelSpec | Path, pool: list[Problem], test: list[Problem],
                    teacher, scorer, out_dir: Path, context: dict, lookup: ArmStore | None = None,
                    save: Callable[[str, ArmResult], None] | None = None, log: Log | None = None) -> list[ArmResult]:
     """Every method under every seed at the same budget. `context` names the inputs shared by the
@@ -273,16 +279,16 @@ def run_comparison(config: ComparisonConfig, cold_start: Path, pool: list[Proble
     return arms
 
 
-def reference_arm(label: str, checkpoint: Path, test: list[Problem], config: ComparisonConfig) -> ArmResult:
+def reference_arm(label: str, checkpoint: ModelSpec | Path, test: list[Problem], config: ComparisonConfig) -> ArmResult:
     """A student scored as it is (the base and the cold-start students): no data, no seed."""
-    return ArmResult(kind="reference", label=label, method=label, seed=None, checkpoint=str(checkpoint),
-                     **_scores(checkpoint, test, config))
+    return ArmResult(kind="reference", label=label, method=label, seed=None, checkpoint=as_spec(checkpoint).name_or_path,
+                     **_scores(as_spec(checkpoint), test, config))
 
 
-def _scores(checkpoint: Path, test: list[Problem], config: ComparisonConfig) -> dict:
+def _scores(checkpoint: ModelSpec, test: list[Problem], config: ComparisonConfig) -> dict:
     """The evaluation columns of `ArmResult`: greedy accuracy of `checkpoint` on `test`."""
     clock = time.perf_counter()
-    result = evaluate(ModelSpec(str(checkpoint)), test, config.eval_batch_size, config.eval_max_new_tokens,
+    result = evaluate(checkpoint, test, config.eval_batch_size, config.eval_max_new_tokens,
                       solution_end=config.gen_ssd.sampling.end_rule)
     return dict(accuracy=result.accuracy, n_test=result.n, n_correct=sum(bool(o["correct"]) for o in result.outputs),
                 eval_seconds=time.perf_counter() - clock)

@@ -17,6 +17,7 @@ from .comparison import (ArmResult, ArmStore, ComparisonConfig, arm_key, generat
                          seed_order, train_and_evaluate, with_seed)
 from .config import GenSSDConfig, SamplingConfig, config_dict
 from .errors import ConfigError
+from .models import ModelSpec
 from .types import Problem
 
 SAMPLING_KNOBS = {f.name for f in dataclasses.fields(SamplingConfig)} - {"seed"}
@@ -66,7 +67,7 @@ def sweep_points(base: GenSSDConfig, knobs: dict[str, list]) -> list[tuple[str, 
     return [(knob, value, point_config(base, knob, value)) for knob, values in knobs.items() for value in values]
 
 
-def run_sweep(config: ComparisonConfig, knobs: dict[str, list], seed: int, cold_start: Path,
+def run_sweep(config: ComparisonConfig, knobs: dict[str, list], seed: int, cold_start: ModelSpec | Path,
               pool: list[Problem], test: list[Problem], teacher, scorer, out_dir: Path, context: dict,
               lookup: ArmStore | None = None, save: Callable[[str, ArmResult], None] | None = None,
               log: Callable[[str], None] | None = None) -> list[ArmResult]:

@@ -106,10 +106,10 @@ def method_comparison(context: dg.AssetExecutionContext, config: ComparisonRunCo
         key = arm_key("reference", label, -1, {"model_version": model_version(spec)}, core, shared)
         arm = lookup(key)
         if arm is None:
-            arm = reference_arm(label, spec.name_or_path, test, core)
+            arm = reference_arm(label, spec, test, core)
             save(key, arm)
         arms.append(arm)
-    arms += run_comparison(core, cold_start_student.name_or_path, pool, test, teacher_backend, scorer, out_dir,
+    arms += run_comparison(core, cold_start_student, pool, test, teacher_backend, scorer, out_dir,
                            shared, lookup, save, context.log.info)
     table = markdown(arms, core.teacher_token_budget)
     plot_path = store.home_dir().plots / f"{experiment}.png"
@@ -146,7 +146,7 @@ def gen_ssd_knob_sweep(context: dg.AssetExecutionContext, config: SweepRunConfig
     experiment = _experiment_id("sweep", config, shared)
     lookup, save = _persist(store, experiment, config, context.run.run_id)
     out_dir = store.home_dir().checkpoints / "sweep" / experiment
-    arms = run_sweep(core, knobs, config.seed, cold_start_student.name_or_path, pool, test, teacher_backend, scorer,
+    arms = run_sweep(core, knobs, config.seed, cold_start_student, pool, test, teacher_backend, scorer,
                      out_dir, shared, lookup, save, context.log.info)
     table = markdown(arms, core.teacher_token_budget)
     plot_path = store.home_dir().plots / f"{experiment}.png"
