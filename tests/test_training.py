@@ -32,6 +32,9 @@ def test_prompt_tokens_are_masked(base):
     c = tok(COMPLETION, add_special_tokens=False)["input_ids"]
     assert ids == p + c + [tok.eos_token_id]
     assert labels == [IGNORE] * len(p) + c + [tok.eos_token_id]
+    # An empty question is no prompt at all (the demo student's plain-text pretraining).
+    [(ids, labels)] = encode_examples(Prompter(tok), [("", COMPLETION)], max_length=256)
+    assert ids == labels == c + [tok.eos_token_id]
 
 
 def test_fine_tune_learns_saves_and_reloads(base, tmp_path):

@@ -30,6 +30,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from .demo_world import STYLES, generate_specs, render_solution
 from .errors import ConfigError
+from .prompts import format_prompt
 from .training import TrainConfig, fine_tune, save_atomically
 
 log = logging.getLogger(__name__)
@@ -183,13 +184,13 @@ def build_demo_models(
     # can encode anything the teacher says; they differ in vocabulary size, hence in merges.
     rng = random.Random(f"tokenizer-{config.seed}")
     extra = generate_specs(500, config.seed + 30_000, "train")
-    corpus = [p for p, _ in examples] + [render_solution(s, style, rng) for s in extra for style in STYLES]
+    corpus = [format_prompt(q) for q, _ in examples] + [render_solution(s, style, rng) for s in extra for style in STYLES]
     train_cfg = dict(learning_rate=config.learning_rate, batch_size=config.batch_size, bf16=config.bf16,
                      seed=config.seed, warmup_steps=config.warmup_steps, max_length=384)
 
     tokens = {}
     for side, epochs, data in (("teacher", config.teacher_epochs, examples),
-                               ("student", config.student_epochs, [("", q) for q in questions])):
+                               ("student", config.student_epochs, [("", q) for q in questions])):  # no prompt: plain text
         tokenizer = train_tokenizer(corpus, getattr(config, f"{side}_vocab"))
         init = init_model(tokenizer, getattr(config, f"{side}_hidden"), getattr(config, f"{side}_layers"),
                           getattr(config, f"{side}_heads"), config.seed, out_dir / f".{side}-init")

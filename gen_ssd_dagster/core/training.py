@@ -152,13 +152,14 @@ def encode_examples(prompter: Prompter, examples: list[tuple[str, str]], max_len
     token closes the solution.
 
     Prompt and solution are tokenized separately, as at generation time, where the prompt is
-    tokenized alone and the model continues it. Examples whose solution is cut off entirely
-    by `max_length` are dropped (they would teach nothing).
+    tokenized alone and the model continues it. An empty question means no prompt at all: the
+    text is learnt as plain language (the demo student's pretraining). Examples whose solution is
+    cut off entirely by `max_length` are dropped (they would teach nothing).
     """
     tokenizer = prompter.tokenizer
     out, dropped = [], 0
     for question, completion in examples:
-        p = prompter.ids(question)
+        p = prompter.ids(question) if question else []
         c = tokenizer(completion, add_special_tokens=False)["input_ids"] + [prompter.end_id]
         ids, labels = (p + c)[:max_length], ([IGNORE] * len(p) + c)[:max_length]
         if all(x == IGNORE for x in labels[1:]):  # the first label is never predicted
