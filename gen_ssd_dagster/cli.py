@@ -130,7 +130,8 @@ def cmd_report(args: argparse.Namespace) -> int:
                        for kind in ("comparison", "sweep")}
         for arms in experiments.values():
             for arm in arms:
-                arm.pop("ppls", None)  # per-trajectory values: in DuckDB, too long for a report
+                arm.pop("ppls", None)  # per-trajectory and per-question values: in DuckDB, too long for a report
+                arm.pop("graded", None)
         print(json.dumps({"home": str(home.root), "scores": rows, "differences": differences,
                           "experiments": experiments}, indent=2, default=str))
     else:

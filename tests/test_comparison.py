@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 
+import dataclasses
+
 import pytest
 
 from conftest import DEMO_SIZES  # memorizing_teacher, tiny_models: conftest fixtures
@@ -78,6 +80,30 @@ def test_table_reports_mean_spread_and_paired_difference():
     assert "| Standard KD | 2 | 15.0 ± 7.1 |" in table
     assert "| Gen-SSD | 2 | 30.0 ± 0.0 | +15.0 ± 7.1 |" in table
     assert list(rows) == ["standard_kd", "gen_ssd"]
+
+
+def test_table_pairs_by_seed_and_question_with_seeds_and_questions_random():
+    """2 seeds x 4 questions. KD right on [q1] and [q1,q2]; Gen-SSD on [q1,q2] and [q1,q2,q3].
+    d per (seed, q): s0 [0,1,0,0], s1 [0,0,1,0]; per seed .25 and .25 (no seed spread); per question
+    [0,.5,.5,0]: question_var = var/4 = (.25/3)/4 = .02083, seed_var = max(0, 0 - noise) = 0,
+    mean SE = sqrt(.02083) = .1443 -> +25.0 ± 28.3. One seed's SE: sqrt(var([0,1,0,0])/4) = .25."""
+    from gen_ssd_dagster.core.comparison_table import markdown, paired_vs_standard_kd, spread_sources
+
+    def graded(right):
+        return {f"q{i}": i in right for i in range(1, 5)}
+
+    arms = [_arm("standard_kd", 0, 0.25, graded=graded({1})), _arm("standard_kd", 1, 0.5, graded=graded({1, 2})),
+            _arm("gen_ssd", 0, 0.5, graded=graded({1, 2})), _arm("gen_ssd", 1, 0.75, graded=graded({1, 2, 3}))]
+    p = paired_vs_standard_kd(arms, "gen_ssd")
+    assert (p["estimate"], p["n_seeds"], p["n_questions"]) == (0.25, 2, 4)
+    assert p["stderr"] == pytest.approx((0.25 / 3 / 4) ** 0.5)
+    assert p["components"].single_seed_stderr == pytest.approx(0.25) and p["components"].seed_var == 0
+    table = markdown(arms)
+    assert "| Gen-SSD | 2 | 62.5 ± 17.7 | +25.0 ± 0.0 | +25.0 ± 28.3 (2 × 4) |" in table
+    assert "standard error of 25.0 points, of which training seeds give 0.0 and the 4 test questions 25.0" \
+        in spread_sources(arms)
+    # Arms stored before per-question grades were kept: no paired column, no error.
+    assert paired_vs_standard_kd([dataclasses.replace(a, graded={}) for a in arms], "gen_ssd") is None
 
 
 def test_sweep_knobs_are_typed_and_checked_before_any_work():

@@ -119,6 +119,7 @@ class ArmResult:
     checkpoint: str = ""
     config: dict = field(default_factory=dict)
     ppls: list[float] = field(default_factory=list)  # every selected trajectory's PPL (for plots)
+    graded: dict[str, bool] = field(default_factory=dict)  # test problem_id -> correct (paired statistics)
 
     @property
     def acceptance_rate(self) -> float | None:
@@ -291,4 +292,5 @@ def _scores(checkpoint: ModelSpec, test: list[Problem], config: ComparisonConfig
     result = evaluate(checkpoint, test, config.eval_batch_size, config.eval_max_new_tokens,
                       solution_end=config.gen_ssd.sampling.end_rule)
     return dict(accuracy=result.accuracy, n_test=result.n, n_correct=sum(bool(o["correct"]) for o in result.outputs),
-                eval_seconds=time.perf_counter() - clock)
+                eval_seconds=time.perf_counter() - clock,
+                graded={o["problem_id"]: bool(o["correct"]) for o in result.outputs})

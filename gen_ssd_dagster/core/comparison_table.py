@@ -6,6 +6,8 @@ import statistics
 from dataclasses import dataclass
 
 from .comparison import ArmResult
+from .errors import ConfigError
+from .statistics import paired_difference, variance_components
 
 ORDER = ["base", "cold_start", "standard_kd", "posthoc", "gen_ssd"]
 LABELS = {"base": "base student", "cold_start": "cold start", "standard_kd": "Standard KD",
@@ -61,6 +63,50 @@ def summarise(arms: list[ArmResult]) -> list[dict]:
     return rows
 
 
+def _records(arms: list[ArmResult], label: str) -> list[dict]:
+    return [{"question_id": q, "seed": a.seed, "correct": c} for a in arms if a.label == label
+            for q, c in a.graded.items()]
+
+
+def paired_vs_standard_kd(arms: list[ArmResult], label: str) -> dict | None:
+    """`label` − Standard KD, paired by seed and test question, with its 95% interval.
+
+    One seed: the clustered SE over questions (the trained students held fixed). Several seeds:
+    the SE of the mean over seeds with seeds and questions both random (`variance_components`),
+    so the interval answers "would another set of training runs agree?". None when the arms carry
+    no per-question grades (stored before they did) or do not pair up."""
+    a, b = _records(arms, label), _records(arms, "standard_kd")
+    if not a or not b or label == "standard_kd":
+        return None
+    try:
+        diff = paired_difference(a, b)
+        parts = variance_components(a, b) if diff.n_seeds > 1 else None
+    except ConfigError:
+        return None
+    stderr = parts.mean_stderr if parts else diff.stderr
+    return {"estimate": diff.estimate, "stderr": stderr, "half": 1.959964 * stderr, "n_seeds": diff.n_seeds,
+            "n_questions": diff.n_questions, "components": parts}
+
+
+def _paired_cell(p: dict | None) -> str:
+    if p is None:
+        return "—"
+    return f"{100 * p['estimate']:+.1f} ± {100 * p['half']:.1f} ({p['n_seeds']} × {p['n_questions']})"
+
+
+def spread_sources(arms: list[ArmResult], label: str = "gen_ssd") -> str:
+    """One sentence on where the spread of `label` − Standard KD comes from."""
+    p = paired_vs_standard_kd(arms, label)
+    if p is None or p["components"] is None:
+        return ""
+    c = p["components"]
+    return (f"Where the spread of {LABELS.get(label, label)} − Standard KD comes from: one seed's difference has a "
+            f"standard error of {100 * c.single_seed_stderr:.1f} points, of which training seeds give "
+            f"{100 * c.seed_var ** 0.5:.1f} and the {c.n_questions} test questions "
+            f"{100 * c.within_seed_var ** 0.5:.1f} (in quadrature; two-way random effects, core/statistics.py). "
+            f"Over {c.n_seeds} seeds the mean's standard error is {100 * c.mean_stderr:.1f}.")
+
+
 def _cell(s: Spread | None, digits: int = 1, scale: float = 1.0, signed: bool = False) -> str:
     if s is None:
         return "—"
@@ -71,18 +117,24 @@ def _cell(s: Spread | None, digits: int = 1, scale: float = 1.0, signed: bool = 
 def markdown(arms: list[ArmResult], budget: int | None = None) -> str:
     """The comparison table: accuracy in points (mean ± sd over seeds), then what the data was."""
     rows = summarise(arms)
-    header = ("| student | seeds | accuracy % | Δ vs Standard KD (pts) | trajectory length (student tokens) "
+    header = ("| student | seeds | accuracy % | Δ vs Standard KD (pts) | Δ paired, 95% (seeds × questions) "
+              "| trajectory length (student tokens) "
               "| training-data PPL | accepted % | pruned % | teacher tokens / trajectory | problems | trajectories "
               "| minutes |")
-    lines = [header, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [header, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append("| " + " | ".join([
             LABELS.get(r["label"], r["label"]), str(len(r["seeds"])) if r["kind"] != "reference" else "—",
             _cell(r["accuracy"], 1, 100), _cell(r["vs_standard_kd"], 1, 100, signed=True),
+            _paired_cell(paired_vs_standard_kd(arms, r["label"])),
             _cell(r["student_tokens"]), _cell(r["ppl"], 2), _cell(r["acceptance"], 0, 100),
             _cell(r["prune"], 0, 100), _cell(r["tokens_per_accepted"], 0), _cell(r["problems"], 0),
             _cell(r["selected"], 0), _cell(r["minutes"], 1)]) + " |")
     if budget:
         lines.append(f"\nEvery arm's training data cost at most {budget:,} teacher tokens (post-hoc filters "
                      "Standard KD's very samples). PPL is the cold-start student's, per token.")
+    lines.append("\nAccuracy and Δ: mean ± sd over seeds. Δ paired: the mean difference from Standard KD on the same "
+                 "seeds and test questions ± its 95% interval, training seeds and test questions both random.")
+    if sources := spread_sources(arms):
+        lines.append(sources)
     return "\n".join(lines)
