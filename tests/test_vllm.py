@@ -270,3 +270,15 @@ def test_server_down_fails_after_retries():
     with pytest.raises(ServerUnavailable, match=f"cannot reach teacher server at {url}/v1/models after 3 tries"):
         OpenAITeacher(url, "m", max_retries=3, backoff_s=0.05)
     assert time.monotonic() - start >= 0.05 + 0.1  # backed off twice, exponentially
+
+
+def test_evaluation_on_the_engine_answers_as_transformers_does(engines, hf):
+    """`evaluate(engine=...)` (the pipeline's `backend: vllm`) decodes greedily on vLLM; token ids
+    cross steps, so its answers are the transformers sampler's, graded the same."""
+    from gen_ssd_dagster.core.evaluation import evaluate
+
+    teacher, _ = engines
+    on_engine = evaluate(teacher.spec, PROBLEMS, max_new_tokens=16, engine=lambda spec: teacher)
+    on_transformers = evaluate(teacher.spec, PROBLEMS, max_new_tokens=16, engine=lambda spec: hf[0])
+    assert [o["completion"] for o in on_engine.outputs] == [o["completion"] for o in on_transformers.outputs]
+    assert [o["tokens"] for o in on_engine.outputs] == [o["tokens"] for o in on_transformers.outputs]

@@ -47,12 +47,14 @@ def evaluate(
     progress: Callable[[dict], None] | None = None,
     ledger: Ledger | None = None,
     solution_end: SolutionEnd = SolutionEnd(),
+    engine: Callable[[ModelSpec], object] | None = None,
 ) -> EvalResult:
     """Accuracy of `model`'s greedy solutions to `problems` (all from one dataset).
 
     Each question is prompted through the model's own format (its chat template, or the plain
     one: `ModelSpec.chat_template`); a solution ends at the model's end of turn, at `solution_end`'s
-    marker, or at `max_new_tokens`."""
+    marker, or at `max_new_tokens`. `engine` builds the sampler from the spec (any teacher
+    backend: `VLLMTeacher` for the vLLM engine); default the transformers KV-cached sampler."""
     spec = model if isinstance(model, ModelSpec) else ModelSpec(str(model))
     if not problems:
         raise ValueError("evaluate() needs at least one problem")
@@ -68,8 +70,8 @@ def evaluate(
             outputs += [done[p.problem_id] for p in batch]
             reused += len(batch)
             continue
-        if sampler is None:  # greedy decoding through the same KV-cached sampler the teacher uses
-            sampler = TransformersTeacher(spec)
+        if sampler is None:  # greedy decoding through a teacher backend: the same sampler the teacher uses
+            sampler = (engine or TransformersTeacher)(spec)
         session = sampler.start([p.question for p in batch], temperature=0.0, top_p=1.0, seed=0)
         proposals = session.propose(1, [max_new_tokens] * len(batch), stop_at_newline=False)
         new = []

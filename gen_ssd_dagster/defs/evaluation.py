@@ -17,7 +17,7 @@ from ..store.scores import (INTERVAL_NOTE, Score, cached_score, difference_table
                             paired_differences, score_intervals, score_table, write_scores)
 from ..store.trajectories import read_problems
 from . import reporting
-from .resources import GPU_POOL, MLflowResource, StoreResource
+from .resources import GPU_POOL, MLflowResource, ModelsResource, StoreResource
 from .run_config import EvaluationConfig, solution_end_of
 
 
@@ -45,7 +45,7 @@ def _latest_comparison(db, store: StoreResource) -> dict:
 )
 def evaluation_scores(context: dg.AssetExecutionContext, config: EvaluationConfig, base_student: ModelSpec,
                       cold_start_student: ModelSpec, gen_ssd: ModelSpec, standard_kd: ModelSpec,
-                      posthoc: ModelSpec, store: StoreResource, mlflow: MLflowResource) -> dg.MaterializeResult:
+                      posthoc: ModelSpec, store: StoreResource, mlflow: MLflowResource, models: ModelsResource) -> dg.MaterializeResult:
     """Greedy accuracy of the base, cold-start and distilled students on each benchmark."""
     db = store.store()
     students = _students(base_student, cold_start_student, gen_ssd, standard_kd, posthoc)
@@ -71,7 +71,7 @@ def evaluation_scores(context: dg.AssetExecutionContext, config: EvaluationConfi
                     # Batches land in DuckDB as they finish: a restarted evaluation only does the rest.
                     result = evaluate(spec, problems, config.batch_size, config.max_new_tokens,
                                       ledger=EvalLedger(db, version, bench, GRADER_VERSION, eval_hash),
-                                      solution_end=ends[bench])
+                                      solution_end=ends[bench], engine=models.make_student_sampler)
                     n, n_correct = result.n, sum(o["correct"] for o in result.outputs)
                     run.log_text("\n".join(json.dumps(o) for o in result.outputs), f"outputs/{student}_{bench}.jsonl")
                 else:

@@ -119,6 +119,15 @@ class ModelsResource(dg.ConfigurableResource):
         """What trajectories are keyed by: the server's report for a served teacher, else the weights."""
         return self.make_teacher(spec).version if self.teacher_url else model_version(spec)
 
+    def make_student_sampler(self, spec: ModelSpec):
+        """What generates a student's answers in evaluation: the vLLM engine when `backend` is vllm
+        (a served teacher does not serve the students: they are trained here), else transformers."""
+        if self.backend == "vllm":
+            from ..core.vllm_backend import VLLMTeacher
+
+            return VLLMTeacher(spec)
+        return TransformersTeacher(spec)
+
     def make_scorer(self, spec: ModelSpec):
         """The student's perplexity scorer (always a local checkpoint: it is retrained in the run)."""
         if self.backend == "vllm":
