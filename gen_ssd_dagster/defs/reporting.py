@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter  # noqa: E402
 
 from ..core.comparison import ArmResult  # noqa: E402
-from ..core.comparison_table import LABELS, summarise  # noqa: E402
+from ..core.comparison_table import LABELS, paired_vs_standard_kd, summarise  # noqa: E402
 
 
 def _plain_log_ticks(ax) -> None:
@@ -90,12 +90,14 @@ def _round(value):
 
 
 def comparison_plot(arms: list[ArmResult], path: Path | None = None) -> dg.MetadataValue:
-    """Accuracy per method (mean ± sd, one dot per seed), the PPL of what each trained on, and
-    what its data cost: the comparison at a glance."""
+    """Accuracy per method (mean ± sd, one dot per seed), each method minus Standard KD per seed
+    (paired, with the 95% interval of the mean), the PPL of what each trained on, and what its
+    data cost: the comparison at a glance."""
     rows = summarise(arms)
     labels = [r["label"] for r in rows]
     names = [LABELS.get(label, label) for label in labels]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
+    _paired_panel(axes[3], arms, [r for r in rows if r["kind"] != "reference" and r["label"] != "standard_kd"])
     ax = axes[0]
     for i, r in enumerate(rows):
         ax.bar(i, 100 * r["accuracy"].mean, yerr=100 * r["accuracy"].sd, color=f"C{i}", alpha=0.7, capsize=4)
@@ -125,6 +127,22 @@ def comparison_plot(arms: list[ArmResult], path: Path | None = None) -> dg.Metad
     ax.set_title("length and cost")
     fig.tight_layout()
     return _png(fig, path)
+
+
+def _paired_panel(ax, arms: list[ArmResult], rows: list[dict]) -> None:
+    """Each method − Standard KD: one dot per seed (paired), the mean and its 95% interval."""
+    kd = {a.seed: a.accuracy for a in arms if a.label == "standard_kd"}
+    for i, r in enumerate(rows):
+        dots = [100 * (a.accuracy - kd[a.seed]) for a in arms if a.label == r["label"] and a.seed in kd]
+        ax.scatter([i] * len(dots), dots, color="k", s=12, zorder=3)
+        paired = paired_vs_standard_kd(arms, r["label"])
+        if paired:
+            ax.errorbar(i, 100 * paired["estimate"], yerr=100 * paired["half"], fmt="o", color=f"C{i}", capsize=6)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xlim(-0.5, len(rows) - 0.5)
+    ax.set_xticks(range(len(rows)), [LABELS.get(r["label"], r["label"]) for r in rows], rotation=20, fontsize=8)
+    ax.set_ylabel("points (dots = seeds; bar = 95% interval)")
+    ax.set_title("− Standard KD, paired by seed and question")
 
 
 def sweep_plot(arms: list[ArmResult], knobs: dict[str, list], path: Path | None = None) -> dg.MetadataValue:
