@@ -185,9 +185,11 @@ class _TeacherSession:
         budget = torch.tensor(max_tokens).repeat_interleave(k)
         # Never past the context: a path that fills it stops there (recorded as a length cap).
         limit = context_size(self.teacher.model)
-        room = (limit - self.batch.next_pos).cpu() if limit else budget
-        context_full = (room <= budget).tolist()
-        budget = torch.minimum(budget, room.clamp(min=0))
+        context_full = [False] * rows
+        if limit:
+            room = (limit - self.batch.next_pos).cpu()
+            context_full = (room <= budget).tolist()
+            budget = torch.minimum(budget, room.clamp(min=0))
         live = budget > 0
         generated = [[] for _ in range(rows)]
         ended = [False] * rows
