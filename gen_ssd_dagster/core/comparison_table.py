@@ -134,7 +134,8 @@ def markdown(arms: list[ArmResult], budget: int | None = None) -> str:
         lines.append(f"\nEvery arm's training data cost at most {budget:,} teacher tokens (post-hoc filters "
                      "Standard KD's very samples). PPL is the cold-start student's, per token.")
     lines.append("\nAccuracy and Δ: mean ± sd over seeds. Δ paired: the mean difference from Standard KD on the same "
-                 "seeds and test questions ± its 95% interval, training seeds and test questions both random.")
+                 "seeds and test questions ± its 95% interval, training seeds and test questions both random "
+                 "(with one seed, test questions only: the interval then ignores how much another seed would differ).")
     if sources := spread_sources(arms):
         lines.append(sources)
     return "\n".join(lines)
