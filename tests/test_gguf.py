@@ -56,13 +56,14 @@ def test_perplexity_of_a_real_model(smollm2_scorer):
     model, tok = smollm2_scorer.model, smollm2_scorer.tokenizer
     assert 134e6 < sum(p.numel() for p in model.parameters()) < 136e6
     assert tok.chat_template  # rebuilt from the GGUF metadata
-    prompt = "The capital of France is"
-    english = " Paris. The capital of Germany is Berlin."
-    salad = " Berlin capital. Paris is The Germany of the."
-    good, bad = smollm2_scorer.score_texts([prompt, prompt], [english, salad], ends=[False, False])
+    # Asked through its chat template, as every question is; the answer closes with <|im_end|>.
+    question = "What is the capital of France?"
+    english = "The capital of France is Paris."
+    salad = "France capital Paris the of is The."
+    good, bad = smollm2_scorer.score_texts([question, question], [english, salad], ends=[True, True])
     assert good.tokens > 5 and bad.tokens > 5
     ppl_good, ppl_bad = (2.718281828 ** (s.nll / s.tokens) for s in (good, bad))
-    assert ppl_good < 20 and ppl_bad > 5 * ppl_good, (ppl_good, ppl_bad)
+    assert ppl_good < 5 and ppl_bad > 50 * ppl_good, (ppl_good, ppl_bad)  # measured: 1.4 and 664
 
 
 def test_gen_ssd_step_scored_by_smollm2(tiny_models, smollm2_scorer):

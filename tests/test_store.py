@@ -177,3 +177,31 @@ def test_crash_loses_at_most_one_batch_and_resume_redoes_nothing_finished(tmp_pa
     assert calls == [["p6", "p7", "p8"], ["p9"]]
     assert (report.reused, report.generated) == (6, 4)
     assert store.query("SELECT count(*) FROM trajectories")[0][0] == 10
+
+
+def test_a_store_from_before_the_answer_lengths_gains_their_columns(tmp_path):
+    """evaluation_outputs without `ended`/`tokens` (an earlier version's file) opens, gains both
+    columns (NULL in its old rows), and records new outputs with them."""
+    import duckdb
+
+    from gen_ssd_dagster.store.eval_outputs import EvalLedger
+
+    path = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE evaluation_outputs (model_version VARCHAR NOT NULL, benchmark VARCHAR NOT NULL,"
+                " grader_version VARCHAR NOT NULL, eval_config_hash VARCHAR NOT NULL, problem_id VARCHAR NOT NULL,"
+                " prompt_sha VARCHAR NOT NULL, completion VARCHAR NOT NULL, predicted VARCHAR, gold VARCHAR NOT NULL,"
+                " correct BOOLEAN NOT NULL, created_at TIMESTAMP NOT NULL DEFAULT current_timestamp,"
+                " PRIMARY KEY (model_version, benchmark, grader_version, eval_config_hash, problem_id))")
+    con.execute("INSERT INTO evaluation_outputs (model_version, benchmark, grader_version, eval_config_hash,"
+                " problem_id, prompt_sha, completion, predicted, gold, correct) VALUES"
+                " ('v', 'demo', 'g', 'e', 'old', 'x', 'c', '4', '4', true)")
+    con.close()
+    store = Store(path)
+    ledger = EvalLedger(store, "v", "demo", "g", "e")
+    new = Problem("demo", "new", "q?", "4")
+    ledger.record([new], [{"completion": "4", "predicted": "4", "gold": "4", "correct": True, "ended": True,
+                           "tokens": 3}])
+    rows = dict(store.query("SELECT problem_id, tokens FROM evaluation_outputs"))
+    assert rows == {"old": None, "new": 3}
+    assert ledger.done([new])["new"]["ended"] is True

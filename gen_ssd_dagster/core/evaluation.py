@@ -27,8 +27,7 @@ class EvalResult:
     accuracy: float
     grader_version: str
     seconds: float
-    outputs: list[dict] = field(default_factory=list)  # problem_id, completion, predicted, gold, correct
-    # (+ ended, tokens when generated now)
+    outputs: list[dict] = field(default_factory=list)  # problem_id, completion, predicted, gold, correct, ended, tokens
     reused: int = 0  # outputs taken from the ledger rather than generated now
 
 
@@ -85,7 +84,7 @@ def evaluate(
                     "predicted": predicted,
                     "gold": problem.gold,
                     "correct": bool(correct),
-                    # How the answer ended (not kept by a ledger: reused outputs lack these two).
+                    # How the answer ended, and its length (kept by the ledger too).
                     "ended": props[0].ended or solution_end.ends(props[0].text),
                     "tokens": props[0].tokens,
                 }

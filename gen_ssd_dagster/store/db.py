@@ -19,7 +19,7 @@ from pathlib import Path
 import duckdb
 from filelock import FileLock
 
-from .schema import DDL, SCHEMA_VERSION
+from .schema import DDL, MIGRATIONS, SCHEMA_VERSION
 
 
 class StoreBusyError(RuntimeError):
@@ -72,6 +72,8 @@ class Store:
             con = self._open(read_only=False)
             try:
                 con.execute(DDL)
+                for statement in MIGRATIONS:
+                    con.execute(statement)
                 if not con.execute("SELECT count(*) FROM schema_info").fetchone()[0]:
                     con.execute("INSERT INTO schema_info VALUES (?)", [SCHEMA_VERSION])
             finally:

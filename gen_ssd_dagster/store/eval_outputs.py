@@ -26,23 +26,23 @@ class EvalLedger:
     def done(self, problems: list[Problem]) -> dict[str, dict]:
         """problem_id -> stored output, for the problems answered under this key as they are now."""
         rows = self.store.query(
-            "SELECT problem_id, prompt_sha, completion, predicted, gold, correct FROM evaluation_outputs"
+            "SELECT problem_id, prompt_sha, completion, predicted, gold, correct, ended, tokens FROM evaluation_outputs"
             " WHERE model_version = ? AND benchmark = ? AND grader_version = ? AND eval_config_hash = ?",
             self.key)
         want = {p.problem_id: prompt_sha(p) for p in problems}
         return {pid: {"problem_id": pid, "completion": completion, "predicted": predicted, "gold": gold,
-                      "correct": bool(correct)}
-                for pid, sha, completion, predicted, gold, correct in rows if want.get(pid) == sha}
+                      "correct": bool(correct), "ended": ended, "tokens": tokens}
+                for pid, sha, completion, predicted, gold, correct, ended, tokens in rows if want.get(pid) == sha}
 
     def record(self, problems: list[Problem], outputs: list[dict]) -> None:
         """One finished batch, in one transaction: all of it lands, or none of it."""
         rows = [(*self.key, p.problem_id, prompt_sha(p), o["completion"], o["predicted"], o["gold"],
-                 bool(o["correct"])) for p, o in zip(problems, outputs, strict=True)]
+                 bool(o["correct"]), o.get("ended"), o.get("tokens")) for p, o in zip(problems, outputs, strict=True)]
         with self.store.transaction() as con:
             con.executemany(
                 "INSERT OR REPLACE INTO evaluation_outputs (model_version, benchmark, grader_version,"
-                " eval_config_hash, problem_id, prompt_sha, completion, predicted, gold, correct)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                " eval_config_hash, problem_id, prompt_sha, completion, predicted, gold, correct, ended, tokens)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
     def count(self) -> int:
         return self.store.query(

@@ -109,6 +109,8 @@ CREATE TABLE IF NOT EXISTS evaluation_outputs (
     gold VARCHAR NOT NULL,
     correct BOOLEAN NOT NULL,
     created_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    ended BOOLEAN,                     -- the answer closed by itself (not cut at max_new_tokens)
+    tokens INTEGER,                    -- generated tokens
     PRIMARY KEY (model_version, benchmark, grader_version, eval_config_hash, problem_id)
 );
 -- One arm of a method comparison or a knob sweep (core/comparison.py): what its training data
@@ -133,3 +135,10 @@ CREATE TABLE IF NOT EXISTS experiment_arms (
     PRIMARY KEY (arm_key, experiment)
 );
 """
+
+# Columns added after a table first shipped: a store made by an earlier version gains them
+# (NULL in its old rows) the next time it is opened.
+MIGRATIONS = [
+    "ALTER TABLE evaluation_outputs ADD COLUMN IF NOT EXISTS ended BOOLEAN",
+    "ALTER TABLE evaluation_outputs ADD COLUMN IF NOT EXISTS tokens INTEGER",
+]
