@@ -23,7 +23,7 @@ import torch
 
 from .errors import DataError, ModelLoadError
 from .kv_batch import KVBatch
-from .models import ModelSpec, load_model, load_tokenizer
+from .models import ModelSpec, context_size, load_model, load_tokenizer
 from .prompts import Prompter
 
 
@@ -72,8 +72,7 @@ def model_version(spec: ModelSpec) -> str:
     gigabytes. A GGUF spec is fingerprinted by its one file (the directory may hold other things),
     and named after it. Non-default prompt settings (instruction, system prompt, template mode)
     add `+prompt-<hash>`: work made under another instruction is other work."""
-    prompt = spec.prompt_settings.fingerprint()
-    return _weights_version(spec) + (f"+prompt-{prompt}" if prompt else "")
+    return _weights_version(spec) + spec.prompt_settings.version_suffix()
 
 
 def _weights_version(spec: ModelSpec) -> str:
@@ -98,11 +97,6 @@ def _weights_version(spec: ModelSpec) -> str:
                 digest.update(f.read(1 << 20))
     name = Path(spec.gguf_file).stem if spec.gguf_file else root.name
     return f"{name}-{digest.hexdigest()[:12]}"
-
-
-def context_size(model) -> int | None:
-    """The longest sequence the model was built for (None when its config does not say)."""
-    return getattr(model.config, "max_position_embeddings", None)
 
 
 def check_prompt_lengths(model, ids: list[list[int]], prompts: list[str], who: str) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Callable
 
 from .backends import Scorer, Teacher
-from .config import PostHocConfig, StandardKDConfig, config_dict
+from .config import PostHocConfig, SamplingConfig, StandardKDConfig, config_dict
 from .grading import grade
 from .selection import normalised_ppl
 from .types import Problem, Trajectory
@@ -83,13 +83,14 @@ def run_posthoc(problems, teacher, scorer, config: PostHocConfig, batch_size=16,
     config.validate()
     groups = sample_full(problems, teacher, scorer, config, batch_size, progress)
     for samples in groups:
-        select_lowest_ppl_correct(samples, config.sampling.keep)
+        select_lowest_ppl_correct(samples, config.sampling.keeps)
     return [t for samples in groups for t in samples]
 
 
-def select_lowest_ppl_correct(samples: list[Trajectory], keep: str = "correct") -> None:
-    """Mark, among one problem's samples, the correct one (or, with keep="finished", the finished
-    one) the student finds most predictable."""
-    correct = [t for t in samples if (t.end_reason == "finished" if keep == "finished" else t.correct)]
-    if correct:
-        min(correct, key=lambda t: t.ppl).selected = True
+def select_lowest_ppl_correct(samples: list[Trajectory],
+                              keeps: Callable[[Trajectory], bool] = SamplingConfig().keeps) -> None:
+    """Mark, among one problem's samples that `keeps` allows (`SamplingConfig.keeps`: the correct
+    ones by default), the one the student finds most predictable."""
+    allowed = [t for t in samples if keeps(t)]
+    if allowed:
+        min(allowed, key=lambda t: t.ppl).selected = True

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .baselines import select_lowest_ppl_correct
-from .config import GenSSDConfig, MethodConfig, StandardKDConfig, config_dict
+from .config import GenSSDConfig, MethodConfig, SamplingConfig, StandardKDConfig, config_dict
 from .errors import ConfigError
 from .evaluation import evaluate
 from .methods import run_method, training_examples
@@ -177,14 +177,15 @@ def generate_within_budget(config: MethodConfig, problems: list[Problem], teache
     return BudgetedData(kept, used, spent, True, time.perf_counter() - clock)
 
 
-def posthoc_from(kd: BudgetedData) -> BudgetedData:
-    """Post-hoc filtering of Standard KD's very samples: the lowest-PPL correct one per problem."""
+def posthoc_from(kd: BudgetedData, keeps: Callable[[Trajectory], bool] = SamplingConfig().keeps) -> BudgetedData:
+    """Post-hoc filtering of Standard KD's very samples: the lowest-PPL one per problem among those
+    `keeps` allows (Standard KD's own rule: the correct ones by default)."""
     copies = [dataclasses.replace(t, method="posthoc", selected=False) for t in kd.trajectories]
     by_problem: dict[str, list[Trajectory]] = {}
     for t in copies:
         by_problem.setdefault(t.problem_id, []).append(t)
     for samples in by_problem.values():
-        select_lowest_ppl_correct(samples, samples[0].config.get("sampling", {}).get("keep", "correct"))
+        select_lowest_ppl_correct(samples, keeps)
     return dataclasses.replace(kd, trajectories=copies, seconds=0.0)
 
 
@@ -268,7 +269,7 @@ def run_comparison(config: ComparisonConfig, cold_start: ModelSpec | Path, pool:
                 if "standard_kd" not in data:
                     data["standard_kd"] = generate_within_budget(configs["standard_kd"], stream, teacher, scorer,
                                                                  config.teacher_token_budget, config.batch_size, log)
-                data["posthoc"] = posthoc_from(data["standard_kd"])
+                data["posthoc"] = posthoc_from(data["standard_kd"], configs["standard_kd"].sampling.keeps)
             else:
                 data[method] = generate_within_budget(configs[method], stream, teacher, scorer,
                                                       config.teacher_token_budget, config.batch_size, log)

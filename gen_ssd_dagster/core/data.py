@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .errors import ConfigError, DataError
-from .grading import extract_boxed, extract_gsm8k
+from .grading import NUMBER, extract_boxed, extract_gsm8k
 from .solution_text import SOLUTION_ENDS
 from .types import Problem
 
@@ -227,9 +227,6 @@ def _canonical_number(v: Any) -> str | None:
     return format(d.normalize(), "f")
 
 
-_LEADING_NUMBER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?|-?\.\d+")
-
-
 def _gold(spec: DatasetSpec, value: Any) -> str | None:
     """The gold final answer under spec.answer_regex and spec.answer_format, or None when it
     cannot be read."""
@@ -246,7 +243,7 @@ def _gold(spec: DatasetSpec, value: Any) -> str | None:
     if fmt == "leading_number":
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             return None
-        m = _LEADING_NUMBER.search(str(value))
+        m = NUMBER.search(str(value))
         return _canonical_number(m.group(0)) if m else None
     if fmt == "plain":
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):

@@ -30,7 +30,7 @@ EXTRACTION_RULES_VERSION = "1"
 GRADER_VERSION = f"extract-v{EXTRACTION_RULES_VERSION}+math-verify-{_pkg_version('math-verify')}"
 
 _THOUSANDS = re.compile(r"(?<![\d.,])(-?\d{1,3}(?:,\d{3})+)(?![\d,])")
-_NUMBER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?|-?\.\d+")
+NUMBER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?|-?\.\d+")
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 
 
@@ -48,30 +48,41 @@ def extract_gsm8k(text: str) -> str | None:
     return _strip_thousands(ans) or None
 
 
+def closing_brace(text: str, start: int) -> int | None:
+    """Index of the `}` that closes the `{` just before `start` (nested braces counted), or None."""
+    depth = 1
+    for i in range(start, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth == 0:
+            return i
+    return None
+
+
+def boxes(text: str, opener: re.Pattern = _BOXED):
+    """(match of `opener` (`\\boxed{` or `\\fbox{`), index of its closing brace) for every closed
+    box, in order."""
+    for m in opener.finditer(text):
+        end = closing_brace(text, m.end())
+        if end is not None:
+            yield m, end
+
+
 def extract_boxed(text: str) -> str | None:
     """The content of the last `\\boxed{...}` (or `\\fbox{...}`), nested braces allowed."""
-    for m in reversed(list(_BOXED.finditer(text))):
-        depth, start = 1, m.end()
-        for i in range(start, len(text)):
-            if text[i] == "{":
-                depth += 1
-            elif text[i] == "}":
-                depth -= 1
-                if depth == 0:
-                    content = text[start:i].strip()
-                    if content:
-                        # Only a whole-content thousands number is unambiguous inside LaTeX.
-                        if re.fullmatch(r"-?\d{1,3}(?:(?:,|\{,\})\d{3})+(?:\.\d+)?", content):
-                            content = re.sub(r"\{,\}|,", "", content)
-                        return content
-                    break
-        # unbalanced or empty: try an earlier box
+    for m, end in reversed(list(boxes(text))):
+        content = text[m.end():end].strip()
+        if content:
+            # Only a whole-content thousands number is unambiguous inside LaTeX.
+            if re.fullmatch(r"-?\d{1,3}(?:(?:,|\{,\})\d{3})+(?:\.\d+)?", content):
+                content = re.sub(r"\{,\}|,", "", content)
+            return content
+        # empty: try an earlier box (an unbalanced one is not a box)
     return None
 
 
 def extract_last_number(text: str) -> str | None:
     """The last number in the text (int, decimal, negative; thousands commas removed)."""
-    nums = _NUMBER.findall(text)
+    nums = NUMBER.findall(text)
     return nums[-1].replace(",", "") if nums else None
 
 

@@ -143,6 +143,11 @@ def packaged_smollm2(dtype: str = "float32", **prompt) -> ModelSpec:
     return ModelSpec(list(found.submodule_search_locations)[0], dtype=dtype, gguf_file=SMOLLM2_GGUF, **prompt)
 
 
+def context_size(model) -> int | None:
+    """The longest sequence the model was built for (None when its config does not say)."""
+    return getattr(model.config, "max_position_embeddings", None)
+
+
 # Real models that install from PyPI, by the name a configuration may give instead of a path.
 PACKAGED_MODELS = {"pypi:smollm2": packaged_smollm2}
 

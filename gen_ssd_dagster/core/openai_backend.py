@@ -147,8 +147,7 @@ class OpenAITeacher:
         self.client = CompletionsClient(base_url, api_key, timeout_s, max_retries, backoff_s, role="teacher")
         self.max_concurrency = max_concurrency
         self.prompt_text = _prompt_renderer(spec)
-        prompt = spec.prompt_settings.fingerprint() if spec else ""
-        self.version = self.client.version(self.client.model_card(model)) + (f" +prompt-{prompt}" if prompt else "")
+        self.version = _with_prompt(self.client.version(self.client.model_card(model)), spec)
 
     def start(self, questions: list[str], temperature: float, top_p: float, seed: int) -> "_OpenAITeacherSession":
         """A session over `questions`, prompted through the teacher's chat template (rendered here,
@@ -157,6 +156,12 @@ class OpenAITeacher:
 
     def complete(self, body: dict) -> dict:
         return self.client.request("POST", "/v1/completions", {"model": self.model, **body})
+
+
+def _with_prompt(server_version: str, spec: ModelSpec | None) -> str:
+    """The server's report, plus the prompt settings' suffix (as `model_version` adds it)."""
+    suffix = spec.prompt_settings.version_suffix() if spec else ""
+    return f"{server_version} {suffix}" if suffix else server_version
 
 
 def _prompt_renderer(spec: ModelSpec | None):
@@ -238,8 +243,7 @@ class OpenAIScorer(ScoresWholeTexts):
         self.model = model
         self.client = CompletionsClient(base_url, api_key, timeout_s, max_retries, backoff_s, role="student")
         spec = tokenizer if isinstance(tokenizer, ModelSpec) else ModelSpec(tokenizer or model)
-        prompt = spec.prompt_settings.fingerprint()
-        self.version = self.client.version(self.client.model_card(model)) + (f" +prompt-{prompt}" if prompt else "")
+        self.version = _with_prompt(self.client.version(self.client.model_card(model)), spec)
         self.tokenizer = load_tokenizer(spec)
         self.prompter = Prompter(self.tokenizer, spec.prompt_settings, "student")
 

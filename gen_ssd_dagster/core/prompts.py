@@ -58,6 +58,10 @@ class PromptSettings:
             return ""
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:8]
 
+    def version_suffix(self) -> str:
+        """What a model's version gains from these settings: `+prompt-<hash>`, or '' for the defaults."""
+        return f"+prompt-{self.fingerprint()}" if not self.is_default else ""
+
 
 def format_prompt(question: str) -> str:
     """The plain prompt of a model without a chat template; the solution follows it directly."""

@@ -14,7 +14,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .grading import boxes
+
 SOLUTION_ENDS = ("eos", "answer_line", "boxed")
+_BOXED_ONLY = re.compile(r"\\boxed\s*\{")
 
 # A complete "#### N" line (newline included).
 _FINAL_LINE = re.compile(r"^#### [^\n]*\S[^\n]*\n", re.MULTILINE)
@@ -22,13 +25,9 @@ _FINAL_LINE = re.compile(r"^#### [^\n]*\S[^\n]*\n", re.MULTILINE)
 
 def _boxed_line_end(text: str) -> int | None:
     """Index just past the newline of the first line on which a `\\boxed{…}` closes."""
-    for m in re.finditer(r"\\boxed\s*\{", text):
-        depth = 1
-        for i in range(m.end(), len(text)):
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            if depth == 0:
-                newline = text.find("\n", i)
-                return None if newline < 0 else newline + 1
+    for _, end in boxes(text, _BOXED_ONLY):
+        newline = text.find("\n", end)
+        return None if newline < 0 else newline + 1
     return None
 
 

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ConfigError, GenSSDError
-from .models import ModelSpec, load_model, load_tokenizer
+from .models import ModelSpec, context_size, load_model, load_tokenizer
 from .prompts import Prompter
 
 log = logging.getLogger(__name__)
@@ -230,7 +230,7 @@ def fine_tune(
     spec = base if isinstance(base, ModelSpec) else ModelSpec(str(base))
     tokenizer, model = load_tokenizer(spec), load_model(spec)
     max_length = config.max_length
-    context = getattr(model.config, "max_position_embeddings", None)
+    context = context_size(model)
     if context and max_length > context:
         log.warning("max_length %d is past the model's context of %d tokens: using %d", max_length, context, context)
         max_length = context

@@ -178,11 +178,11 @@ class _VLLMTeacherSession:
         t = self.teacher
         greedy = self.temperature <= 0
         requests, params, where = [], [], []
-        self.context_full = [False] * len(self.paths)
+        context_full = [False] * len(self.paths)
         for i, (ids, budget) in enumerate(zip(self.paths, max_tokens)):
             room = (t.max_model_len or len(ids) + budget + 1) - len(ids)  # a full context ends as a length cap
             if room <= budget:
-                budget, self.context_full[i] = max(0, room), True
+                budget, context_full[i] = max(0, room), True
             if budget <= 0:
                 continue
             requests.append(TokensPrompt(prompt_token_ids=ids))
@@ -204,7 +204,7 @@ class _VLLMTeacherSession:
                 generated[i][j] = list(completions[min(j, len(completions) - 1)].token_ids)
         self.step += 1
         self.pending = generated
-        return [[self._proposal(g, self.context_full[i]) for g in path]
+        return [[self._proposal(g, context_full[i]) for g in path]
                 for i, path in enumerate(generated)]
 
     def _proposal(self, ids: list[int], context_full: bool = False) -> Proposal:

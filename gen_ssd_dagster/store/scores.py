@@ -84,12 +84,11 @@ def paired_differences(store: Store, df, baseline: str = "standard_kd") -> list[
     """(student, benchmark, student − baseline) for every student scored beside `baseline` on a
     benchmark, paired by question (only the questions both answered)."""
     out = []
-    rows = {(r.student, r.benchmark): r for r in df.itertuples()}
-    for (student, bench), row in rows.items():
-        base = rows.get((baseline, bench))
-        if student == baseline or base is None:
+    graded = {(r.student, r.benchmark): graded_outputs(store, r) for r in df.itertuples()}  # one read per row
+    for (student, bench), a in graded.items():
+        b = graded.get((baseline, bench))
+        if student == baseline or b is None:
             continue
-        a, b = graded_outputs(store, row), graded_outputs(store, base)
         shared = {r["question_id"] for r in a} & {r["question_id"] for r in b}
         diff = _interval([r for r in a if r["question_id"] in shared], lambda x: paired_difference(
             x, [r for r in b if r["question_id"] in shared]))
