@@ -197,6 +197,19 @@ def test_comparison_and_sweep_assets(tmp_path, tiny_models, memorizing_teacher, 
         assert again_by[label].to_dict() == first[label].to_dict()
     assert again_by["gen_ssd"].config["chunk_tokens"] == 8 != first["gen_ssd"].config["chunk_tokens"]
 
+    # Other evaluation settings re-score the kept students: nothing is generated or trained again.
+    rc["ops"]["method_comparison"]["config"].update(eval_samples=2, eval_temperature=1.0)
+    assert run_pipeline(home, "demo", rc, resources, log=lambda _: None, selection=["method_comparison"]).success
+    before = {(a.label, a.seed): a for a in second}
+    third = experiment_arms(store, kind="comparison")
+    assert sorted((a.label, a.seed) for a in third) == sorted(before)
+    for arm in third:
+        old = before[arm.label, arm.seed]
+        assert (arm.checkpoint, arm.train_seconds, arm.generate_seconds) == (old.checkpoint, old.train_seconds,
+                                                                             old.generate_seconds)
+        assert arm.evaluation["settings"]["samples"] == 2 and old.evaluation["settings"] == {"max_new_tokens": 96}
+        assert sorted(map(len, arm.graded.values())) == [2] * DEMO_SIZES["demo_test"]
+
     assert cli.main(["--home", str(home.root), "report"]) == 0
     out = capsys.readouterr().out
     assert "Method comparison" in out and "Gen-SSD knob sweep" in out and "post-hoc filter" in out

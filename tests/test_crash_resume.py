@@ -249,11 +249,11 @@ import sys, time, torch
 torch.set_num_threads(1)
 sys.path.insert(0, sys.argv[4])
 from test_crash_resume import EVAL_PROBLEMS
-from gen_ssd_dagster.core.evaluation import evaluate
+from gen_ssd_dagster.core.evaluation import EvalSettings, evaluate
 from gen_ssd_dagster.store import Store
 from gen_ssd_dagster.store.eval_outputs import EvalLedger
 model, db, slow = sys.argv[1], sys.argv[2], float(sys.argv[3])
-evaluate(model, EVAL_PROBLEMS, batch_size=2, max_new_tokens=24, progress=lambda _: time.sleep(slow),
+evaluate(model, EVAL_PROBLEMS, batch_size=2, settings=EvalSettings(max_new_tokens=24), progress=lambda _: time.sleep(slow),
          ledger=EvalLedger(Store(db), "v1", "demo", "g1", "e1"))
 """
 
@@ -270,7 +270,7 @@ EVAL_PROBLEMS = _eval_problems()
 
 @pytest.mark.slow
 def test_sigkill_mid_evaluation_redoes_only_missing_batches(tmp_path, tiny_models, one_thread):
-    from gen_ssd_dagster.core.evaluation import evaluate
+    from gen_ssd_dagster.core.evaluation import EvalSettings, evaluate
     from gen_ssd_dagster.store import Store
     from gen_ssd_dagster.store.eval_outputs import EvalLedger
 
@@ -287,17 +287,17 @@ def test_sigkill_mid_evaluation_redoes_only_missing_batches(tmp_path, tiny_model
     assert at_kill % 2 == 0 and 4 <= at_kill < 12  # whole batches only
     before = Store(db).query("SELECT problem_id, completion, created_at FROM evaluation_outputs ORDER BY 1")
 
-    resumed = evaluate(teacher, EVAL_PROBLEMS, batch_size=2, max_new_tokens=24,
+    resumed = evaluate(teacher, EVAL_PROBLEMS, batch_size=2, settings=EvalSettings(max_new_tokens=24),
                        ledger=EvalLedger(Store(db), "v1", "demo", "g1", "e1"))
     assert (resumed.n, resumed.reused) == (12, at_kill)  # the finished batches were not generated again
     after = Store(db).query("SELECT problem_id, completion, created_at FROM evaluation_outputs ORDER BY 1")
     assert len(after) == 12 and [r for r in after if r[0] in {b[0] for b in before}] == before
 
-    clean = evaluate(teacher, EVAL_PROBLEMS, batch_size=2, max_new_tokens=24)
+    clean = evaluate(teacher, EVAL_PROBLEMS, batch_size=2, settings=EvalSettings(max_new_tokens=24))
     assert resumed.outputs == clean.outputs
 
     # a changed question is redone, not served from the ledger
     changed = [*EVAL_PROBLEMS[:-1], dataclasses.replace(EVAL_PROBLEMS[-1], question="Tom has 3 pears.")]
-    again = evaluate(teacher, changed, batch_size=2, max_new_tokens=24,
+    again = evaluate(teacher, changed, batch_size=2, settings=EvalSettings(max_new_tokens=24),
                      ledger=EvalLedger(Store(db), "v1", "demo", "g1", "e1"))
     assert again.reused == 10

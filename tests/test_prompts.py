@@ -13,7 +13,7 @@ from transformers import AutoConfig
 from gen_ssd_dagster.core.backends import TransformersScorer, TransformersTeacher, model_version, student_pieces
 from gen_ssd_dagster.core.config import GenSSDConfig, SamplingConfig
 from gen_ssd_dagster.core.errors import ConfigError, DataError
-from gen_ssd_dagster.core.evaluation import evaluate
+from gen_ssd_dagster.core.evaluation import EvalSettings, evaluate
 from gen_ssd_dagster.core.models import ModelSpec, load_model, load_tokenizer
 from gen_ssd_dagster.core.prompts import Prompter, PromptSettings, format_prompt
 from gen_ssd_dagster.core.selection import run_gen_ssd
@@ -103,7 +103,7 @@ def test_chat_student_learns_to_end_its_turn_and_answers_through_its_template(ch
     assert answer.ended and answer.text == "7 + 5 = 12. The answer is \\boxed{12}."
     assert answer.tokens < 40
     # Without the instruction the same weights see another prompt: the template is what it learnt.
-    result = evaluate(trained.spec, [Problem("x", "x-1", QUESTION, "12")], max_new_tokens=40)
+    result = evaluate(trained.spec, [Problem("x", "x-1", QUESTION, "12")], settings=EvalSettings(max_new_tokens=40))
     assert result.outputs[0]["predicted"] == "12" and result.accuracy == 1.0
 
 

@@ -95,7 +95,8 @@ def test_scores_carry_intervals_and_paired_differences_from_their_outputs(tmp_pa
     problems = [Problem("demo", f"q{i}", f"question {i}", "4") for i in range(1, 5)]
     for version, right in (("kd", [1, 0, 1, 0]), ("gs", [1, 1, 1, 0])):
         EvalLedger(store, version, "demo", "g1", "e").record(problems, [
-            {"completion": "c", "predicted": "4" if r else "5", "gold": "4", "correct": bool(r)} for r in right])
+            {"problem_id": p.problem_id, "completion": "c", "predicted": "4" if r else "5", "gold": "4",
+             "correct": bool(r)} for p, r in zip(problems, right)])
     write_scores(store, [Score("standard_kd", "kd", "demo", 4, 2, 0.5, "g1", "e"),
                          Score("gen_ssd", "gs", "demo", 4, 3, 0.75, "g1", "e"),
                          Score("base", "none", "demo", 4, 0, 0.0, "g1", "e")])  # no outputs stored
@@ -111,6 +112,34 @@ def test_scores_carry_intervals_and_paired_differences_from_their_outputs(tmp_pa
     assert diff.stderr == pytest.approx(0.25)
     assert "| gen_ssd | demo | +25.0 ± 49.0 | 4 | within noise |" in difference_table([(student, bench, diff)])
     assert noise_sentence([(student, bench, diff)]).startswith("Every difference from Standard KD above is within noise")
+
+
+def test_sampled_scores_give_pass_at_1_and_maj_at_k_over_their_samples(tmp_path):
+    """Four questions, three answers each (gold 4). Per question, correct: q1 4,4,5 -> 2/3 (majority 4,
+    right); q2 5,5,4 -> 1/3 (majority 5, wrong); q3 4,4,4 -> 1 (right); q4 6,5,5 -> 0 (wrong).
+    pass@1 = mean(2/3, 1/3, 1, 0) = 0.5; maj@3 = mean(1, 0, 1, 0) = 0.5."""
+    import json
+
+    from gen_ssd_dagster.core.evaluation import EvalSettings
+    from gen_ssd_dagster.store.eval_outputs import EvalLedger
+    from gen_ssd_dagster.store.scores import maj_intervals, maj_table, score_intervals
+
+    store = Store(tmp_path / "db.duckdb")
+    answers = {"q1": "445", "q2": "554", "q3": "444", "q4": "655"}
+    problems = [Problem("demo", q, f"question {q}", "4") for q in answers]
+    EvalLedger(store, "gs", "demo", "g1", "e").record(problems, [
+        {"problem_id": q, "sample_index": i, "completion": a, "predicted": a, "gold": "4", "correct": a == "4"}
+        for q, said in answers.items() for i, a in enumerate(said)])
+    settings = EvalSettings(samples=3, temperature=0.6, maj_k=3)
+    write_scores(store, [Score("gen_ssd", "gs", "demo", 4, 6, 0.5, "g1", "e", samples=3,
+                               eval_settings=json.dumps(settings.record()))])
+    df = latest_scores(store)
+    assert score_intervals(store, df)[("gen_ssd", "demo")].estimate == pytest.approx(0.5)
+    (k, maj), = maj_intervals(store, df).values()
+    assert (k, maj.estimate, maj.n_questions) == (3, 0.5, 4)
+    assert maj.stderr == pytest.approx(0.5773503 / 2)  # sd of [1, 0, 1, 0] over sqrt(4)
+    assert "| gen_ssd | demo | maj@3: 50.0 ± 50.0 |" in maj_table(maj_intervals(store, df))
+    assert "demo (n=4, 3 samples each)" in score_table(df)
 
 
 def _writer(path: str, dataset: str, n: int) -> None:
@@ -180,8 +209,8 @@ def test_crash_loses_at_most_one_batch_and_resume_redoes_nothing_finished(tmp_pa
 
 
 def test_a_store_from_before_the_answer_lengths_gains_their_columns(tmp_path):
-    """evaluation_outputs without `ended`/`tokens` (an earlier version's file) opens, gains both
-    columns (NULL in its old rows), and records new outputs with them."""
+    """evaluation_outputs without `ended`/`tokens`/`sample_index` (an earlier version's file) opens,
+    keeps its rows (as sample 0, NULL lengths), and records new outputs, several samples per question."""
     import duckdb
 
     from gen_ssd_dagster.store.eval_outputs import EvalLedger
@@ -200,8 +229,10 @@ def test_a_store_from_before_the_answer_lengths_gains_their_columns(tmp_path):
     store = Store(path)
     ledger = EvalLedger(store, "v", "demo", "g", "e")
     new = Problem("demo", "new", "q?", "4")
-    ledger.record([new], [{"completion": "4", "predicted": "4", "gold": "4", "correct": True, "ended": True,
-                           "tokens": 3}])
-    rows = dict(store.query("SELECT problem_id, tokens FROM evaluation_outputs"))
-    assert rows == {"old": None, "new": 3}
-    assert ledger.done([new])["new"]["ended"] is True
+    ledger.record([new], [{"problem_id": "new", "sample_index": i, "completion": "4", "predicted": "4", "gold": "4",
+                           "correct": True, "ended": True, "tokens": 3 + i} for i in range(2)])
+    rows = store.query("SELECT problem_id, sample_index, tokens FROM evaluation_outputs ORDER BY 1, 2")
+    assert rows == [("new", 0, 3), ("new", 1, 4), ("old", 0, None)]
+    assert [o["ended"] for o in ledger.done([new])["new"]] == [True, True]
+    assert store.query("SELECT count(*) FROM information_schema.tables WHERE table_name LIKE 'evaluation_outputs%'"
+                       )[0][0] == 1  # the rebuilt table replaced the old one

@@ -275,10 +275,10 @@ def test_server_down_fails_after_retries():
 def test_evaluation_on_the_engine_answers_as_transformers_does(engines, hf):
     """`evaluate(engine=...)` (the pipeline's `backend: vllm`) decodes greedily on vLLM; token ids
     cross steps, so its answers are the transformers sampler's, graded the same."""
-    from gen_ssd_dagster.core.evaluation import evaluate
+    from gen_ssd_dagster.core.evaluation import EvalSettings, evaluate
 
     teacher, _ = engines
-    on_engine = evaluate(teacher.spec, PROBLEMS, max_new_tokens=16, engine=lambda spec: teacher)
-    on_transformers = evaluate(teacher.spec, PROBLEMS, max_new_tokens=16, engine=lambda spec: hf[0])
+    on_engine = evaluate(teacher.spec, PROBLEMS, settings=EvalSettings(max_new_tokens=16), engine=lambda spec: teacher)
+    on_transformers = evaluate(teacher.spec, PROBLEMS, settings=EvalSettings(max_new_tokens=16), engine=lambda spec: hf[0])
     assert [o["completion"] for o in on_engine.outputs] == [o["completion"] for o in on_transformers.outputs]
     assert [o["tokens"] for o in on_engine.outputs] == [o["tokens"] for o in on_transformers.outputs]

@@ -32,7 +32,7 @@ from pathlib import Path
 from .baselines import select_lowest_ppl_correct
 from .config import GenSSDConfig, MethodConfig, SamplingConfig, StandardKDConfig, config_dict
 from .errors import ConfigError
-from .evaluation import evaluate
+from .evaluation import EvalSettings, evaluate
 from .methods import run_method, training_examples
 from .models import ModelSpec
 from .training import TrainConfig, fine_tune
@@ -56,7 +56,8 @@ class ComparisonConfig:
     gen_ssd / standard_kd: the methods' knobs (the seed of their sampling is replaced by the arm's).
         Post-hoc filtering re-selects Standard KD's samples by their per-token PPL.
     train: how each arm's student is fine-tuned from the cold-start checkpoint (seed replaced).
-    eval_batch_size / eval_max_new_tokens: greedy evaluation on the test problems.
+    eval_batch_size / eval_max_new_tokens / eval_samples / eval_temperature / eval_top_p: how each
+        student answers the test problems (`evaluation.EvalSettings`; default one greedy answer each).
     """
 
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -67,6 +68,14 @@ class ComparisonConfig:
     train: TrainConfig = DISTILL_TRAIN
     eval_batch_size: int = 32
     eval_max_new_tokens: int = 192
+    eval_samples: int = 1
+    eval_temperature: float = 0.0
+    eval_top_p: float = 1.0
+
+    @property
+    def evaluation(self) -> EvalSettings:
+        return EvalSettings(samples=self.eval_samples, temperature=self.eval_temperature, top_p=self.eval_top_p,
+                            max_new_tokens=self.eval_max_new_tokens)
 
     def validate(self) -> None:
         if not self.seeds:
@@ -80,6 +89,7 @@ class ComparisonConfig:
         self.gen_ssd.validate()
         self.standard_kd.validate()
         self.train.validate()
+        self.evaluation.validate()
 
 
 @dataclass(frozen=True)
@@ -119,7 +129,8 @@ class ArmResult:
     checkpoint: str = ""
     config: dict = field(default_factory=dict)
     ppls: list[float] = field(default_factory=list)  # every selected trajectory's PPL (for plots)
-    graded: dict[str, bool] = field(default_factory=dict)  # test problem_id -> correct (paired statistics)
+    graded: dict[str, list[bool]] = field(default_factory=dict)  # test problem_id -> each sample correct (paired stats)
+    evaluation: dict = field(default_factory=dict)  # the test set and settings the scores were made with
 
     @property
     def acceptance_rate(self) -> float | None:
@@ -229,12 +240,32 @@ def train_and_evaluate(kind: str, label: str, method: str, seed: int, data: Budg
 
 
 def arm_key(kind: str, label: str, seed: int, method_config: dict, config: ComparisonConfig, context: dict) -> str:
-    """What an arm's result depends on; an arm stored under the same key is not run again."""
+    """What an arm's student depends on; an arm stored under the same key is not trained again. The
+    test set and the evaluation settings are not in it: an arm scored under others is re-scored
+    from its kept checkpoint (`stored_or_rescored`)."""
     blob = json.dumps({"kind": kind, "label": label, "seed": seed, "method": method_config,
                        "budget": config.teacher_token_budget, "batch_size": config.batch_size,
-                       "train": dataclasses.asdict(config.train), "eval": [config.eval_max_new_tokens],
-                       **context}, sort_keys=True, default=str)
+                       "train": dataclasses.asdict(config.train), **context}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def evaluation_of(test: list[Problem], config: ComparisonConfig) -> dict:
+    """What an arm's scores depend on besides its student: the test problems and how they are answered."""
+    digest = hashlib.sha256("\n".join(f"{p.problem_id}\t{p.question}\t{p.gold}" for p in test).encode())
+    return {"test": digest.hexdigest()[:16], "n_test": len(test), "settings": config.evaluation.key()}
+
+
+def stored_or_rescored(arm: ArmResult, cold_start: ModelSpec | Path, test: list[Problem], config: ComparisonConfig,
+                       log: Log | None = None) -> ArmResult | None:
+    """A stored arm as it is; re-scored from its checkpoint if the test set or the evaluation settings
+    changed since (evaluation is cheap, training is not); None if that checkpoint is gone."""
+    if arm.evaluation == evaluation_of(test, config):
+        return arm
+    if not Path(arm.checkpoint).exists():
+        return None
+    if log:
+        log(f"{arm.label} seed {arm.seed}: re-scoring the stored student under the current test set and settings")
+    return dataclasses.replace(arm, **_scores(as_spec(cold_start).with_weights(arm.checkpoint), test, config))
 
 
 ArmStore = Callable[[str], "ArmResult | None"]  # key -> stored result, or None
@@ -260,8 +291,11 @@ def run_comparison(config: ComparisonConfig, cold_start: ModelSpec | Path, pool:
         stored = {m: lookup(keys[m]) if lookup else None for m in METHODS}
         data: dict[str, BudgetedData] = {}
         for method in METHODS:
-            if stored[method] is not None:
-                arms.append(stored[method])
+            arm = stored[method] and stored_or_rescored(stored[method], cold_start, test, config, log)
+            if arm is not None:
+                if arm is not stored[method] and save:
+                    save(keys[method], arm)
+                arms.append(arm)
                 if log:
                     log(f"{method} seed {seed}: reusing the stored arm {keys[method]}")
                 continue
@@ -288,10 +322,12 @@ def reference_arm(label: str, checkpoint: ModelSpec | Path, test: list[Problem],
 
 
 def _scores(checkpoint: ModelSpec, test: list[Problem], config: ComparisonConfig) -> dict:
-    """The evaluation columns of `ArmResult`: greedy accuracy of `checkpoint` on `test`."""
+    """The evaluation columns of `ArmResult`: pass@1 of `checkpoint` on `test`, and every answer's grade."""
     clock = time.perf_counter()
-    result = evaluate(checkpoint, test, config.eval_batch_size, config.eval_max_new_tokens,
+    result = evaluate(checkpoint, test, config.evaluation, config.eval_batch_size,
                       solution_end=config.gen_ssd.sampling.end_rule)
-    return dict(accuracy=result.accuracy, n_test=result.n, n_correct=sum(bool(o["correct"]) for o in result.outputs),
-                eval_seconds=time.perf_counter() - clock,
-                graded={o["problem_id"]: bool(o["correct"]) for o in result.outputs})
+    graded: dict[str, list[bool]] = {}
+    for o in result.outputs:  # in sample order per question
+        graded.setdefault(o["problem_id"], []).append(bool(o["correct"]))
+    return dict(accuracy=result.accuracy, n_test=result.n, n_correct=result.n_correct,
+                eval_seconds=time.perf_counter() - clock, graded=graded, evaluation=evaluation_of(test, config))

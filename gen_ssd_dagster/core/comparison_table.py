@@ -64,8 +64,9 @@ def summarise(arms: list[ArmResult]) -> list[dict]:
 
 
 def _records(arms: list[ArmResult], label: str) -> list[dict]:
-    return [{"question_id": q, "seed": a.seed, "correct": c} for a in arms if a.label == label
-            for q, c in a.graded.items()]
+    return [{"question_id": q, "seed": a.seed, "sample_index": i, "correct": c} for a in arms if a.label == label
+            for q, grades in a.graded.items()
+            for i, c in enumerate(grades if isinstance(grades, list) else [grades])]  # arms stored before samples: one bool
 
 
 def paired_vs_standard_kd(arms: list[ArmResult], label: str) -> dict | None:

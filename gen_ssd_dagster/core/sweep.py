@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .comparison import (ArmResult, ArmStore, ComparisonConfig, arm_key, generate_within_budget,
-                         seed_order, train_and_evaluate, with_seed)
+                         seed_order, stored_or_rescored, train_and_evaluate, with_seed)
 from .config import GenSSDConfig, SamplingConfig, config_dict
 from .errors import ConfigError
 from .models import ModelSpec
@@ -83,6 +83,11 @@ def run_sweep(config: ComparisonConfig, knobs: dict[str, list], seed: int, cold_
         identity = json.dumps(config_dict(point), sort_keys=True)
         same = by_config.get(identity)
         arm = lookup(key) if lookup else None
+        if arm is not None:
+            rescored = stored_or_rescored(arm, cold_start, test, config, log)
+            if rescored is not arm and rescored is not None and save:
+                save(key, rescored)
+            arm = rescored
         if arm is None and same is not None:
             arm = dataclasses.replace(same, label=label)
             if save:

@@ -13,7 +13,7 @@ import json
 import dagster as dg
 
 from ..core.backends import model_version
-from ..core.comparison import ArmResult, arm_key, reference_arm, run_comparison
+from ..core.comparison import ArmResult, arm_key, evaluation_of, reference_arm, run_comparison
 from ..core.comparison_table import markdown, summarise
 from ..core.models import ModelSpec
 from ..core.sweep import parse_knobs, run_sweep
@@ -37,10 +37,11 @@ def _inputs(config, store: StoreResource):
     return pool, test
 
 
-def _context(teacher_version: str, scorer_version: str, pool, test) -> dict:
-    """The inputs every arm shares, for the arm keys: change one and the arms are new work."""
-    digest = lambda ps: hashlib.sha256("\n".join(p.problem_id + p.question for p in ps).encode()).hexdigest()[:16]
-    return {"teacher": teacher_version, "scorer": scorer_version, "pool": digest(pool), "test": digest(test)}
+def _context(teacher_version: str, scorer_version: str, pool) -> dict:
+    """The inputs every arm's student shares, for the arm keys: change one and the arms are new work.
+    (The test set is not one: arms are re-scored on another, see core.comparison.stored_or_rescored.)"""
+    digest = hashlib.sha256("\n".join(p.problem_id + p.question for p in pool).encode()).hexdigest()[:16]
+    return {"teacher": teacher_version, "scorer": scorer_version, "pool": digest}
 
 
 def _persist(store: StoreResource, experiment: str, config, dagster_run_id: str):
@@ -95,15 +96,16 @@ def method_comparison(context: dg.AssetExecutionContext, config: ComparisonRunCo
     core = config.core(config.seeds)
     pool, test = _inputs(config, store)
     teacher_backend, scorer = models.make_teacher(teacher), models.make_scorer(cold_start_student)
-    shared = _context(teacher_backend.version, scorer.version, pool, test)
-    experiment = _experiment_id("comparison", config, shared)
+    shared = _context(teacher_backend.version, scorer.version, pool)
+    experiment = _experiment_id("comparison", config, {**shared, **evaluation_of(test, core)})
     lookup, save = _persist(store, experiment, config, context.run.run_id)
     context.log.info(f"{experiment}: {len(config.seeds)} seeds x 3 methods, {len(pool)} pool problems, "
                      f"{len(test)} test problems, budget {core.teacher_token_budget} teacher tokens per arm")
     out_dir = store.home_dir().checkpoints / "comparison" / experiment
     arms = []
     for label, spec in (("base", base_student), ("cold_start", cold_start_student)):
-        key = arm_key("reference", label, -1, {"model_version": model_version(spec)}, core, shared)
+        key = arm_key("reference", label, -1, {"model_version": model_version(spec), **evaluation_of(test, core)},
+                      core, shared)
         arm = lookup(key)
         if arm is None:
             arm = reference_arm(label, spec, test, core)
@@ -142,8 +144,8 @@ def gen_ssd_knob_sweep(context: dg.AssetExecutionContext, config: SweepRunConfig
     knobs = parse_knobs([f"{k}={','.join(v)}" for k, v in config.knobs.items()], core.gen_ssd)
     pool, test = _inputs(config, store)
     teacher_backend, scorer = models.make_teacher(teacher), models.make_scorer(cold_start_student)
-    shared = _context(teacher_backend.version, scorer.version, pool, test)
-    experiment = _experiment_id("sweep", config, shared)
+    shared = _context(teacher_backend.version, scorer.version, pool)
+    experiment = _experiment_id("sweep", config, {**shared, **evaluation_of(test, core)})
     lookup, save = _persist(store, experiment, config, context.run.run_id)
     out_dir = store.home_dir().checkpoints / "sweep" / experiment
     arms = run_sweep(core, knobs, config.seed, cold_start_student, pool, test, teacher_backend, scorer,

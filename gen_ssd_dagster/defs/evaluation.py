@@ -13,8 +13,9 @@ from ..core.models import ModelSpec
 from ..core.solution_text import SolutionEnd
 from ..store.eval_outputs import EvalLedger
 from ..store.experiments import experiment_arms, latest_experiment
-from ..store.scores import (INTERVAL_NOTE, Score, cached_score, difference_table, latest_scores, noise_sentence,
-                            paired_differences, score_intervals, score_table, write_scores)
+from ..store.scores import (INTERVAL_NOTE, Score, cached_score, difference_table, latest_scores, maj_intervals,
+                            maj_table, noise_sentence, paired_differences, score_intervals, score_table,
+                            settings_line, write_scores)
 from ..store.trajectories import read_problems
 from . import reporting
 from .resources import GPU_POOL, MLflowResource, ModelsResource, StoreResource
@@ -46,12 +47,14 @@ def _latest_comparison(db, store: StoreResource) -> dict:
 def evaluation_scores(context: dg.AssetExecutionContext, config: EvaluationConfig, base_student: ModelSpec,
                       cold_start_student: ModelSpec, gen_ssd: ModelSpec, standard_kd: ModelSpec,
                       posthoc: ModelSpec, store: StoreResource, mlflow: MLflowResource, models: ModelsResource) -> dg.MaterializeResult:
-    """Greedy accuracy of the base, cold-start and distilled students on each benchmark."""
+    """pass@1 (greedy by default; n samples per question at a temperature if configured) of the base,
+    cold-start and distilled students on each benchmark, with 95% intervals and paired differences."""
     db = store.store()
     students = _students(base_student, cold_start_student, gen_ssd, standard_kd, posthoc)
     ends = {bench: SolutionEnd(solution_end_of(bench, config.solution_end), tuple(config.stop_strings))
             for bench in config.benchmarks}
-    settings = {"max_problems": config.max_problems, "max_new_tokens": config.max_new_tokens}
+    eval_settings = config.settings()
+    settings = {"max_problems": config.max_problems, **eval_settings.key()}
     if config.solution_end or config.stop_strings:  # the defaults keep the hash stored work was made under
         settings.update(solution_end=config.solution_end, stop_strings=config.stop_strings)
     eval_hash = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:12]
@@ -69,28 +72,32 @@ def evaluation_scores(context: dg.AssetExecutionContext, config: EvaluationConfi
                 hit = cached_score(db, version, bench, GRADER_VERSION, eval_hash)
                 if hit is None:
                     # Batches land in DuckDB as they finish: a restarted evaluation only does the rest.
-                    result = evaluate(spec, problems, config.batch_size, config.max_new_tokens,
+                    result = evaluate(spec, problems, eval_settings, config.batch_size,
                                       ledger=EvalLedger(db, version, bench, GRADER_VERSION, eval_hash),
                                       solution_end=ends[bench], engine=models.make_student_sampler)
-                    n, n_correct = result.n, sum(o["correct"] for o in result.outputs)
+                    n, n_correct, accuracy = result.n, result.n_correct, result.accuracy
                     run.log_text("\n".join(json.dumps(o) for o in result.outputs), f"outputs/{student}_{bench}.jsonl")
                 else:
-                    n, n_correct = hit
-                context.log.info(f"{student} on {bench}: {n_correct}/{n}{' (cached)' if hit else ''}")
-                scores.append(Score(student, version, bench, n, n_correct, n_correct / n, GRADER_VERSION, eval_hash,
-                                    spec.name_or_path, context.run.run_id, run.run_id))
+                    n, n_correct, accuracy = hit
+                context.log.info(f"{student} on {bench}: pass@1 {100 * accuracy:.1f}% over {n} questions"
+                                 f" × {eval_settings.samples} samples{' (cached)' if hit else ''}")
+                scores.append(Score(student, version, bench, n, n_correct, accuracy, GRADER_VERSION, eval_hash,
+                                    spec.name_or_path, context.run.run_id, run.run_id, eval_settings.samples,
+                                    json.dumps(eval_settings.record())))
         run.log(metrics={f"accuracy.{s.student}.{s.benchmark}": s.accuracy for s in scores},
                 params={"benchmarks": ",".join(config.benchmarks), "max_problems": config.max_problems,
-                        "max_new_tokens": config.max_new_tokens, "grader_version": GRADER_VERSION},
+                        **{f"eval.{k}": v for k, v in eval_settings.record().items()},
+                        "grader_version": GRADER_VERSION},
                 tags={f"model_version.{s}": model_version(spec) for s, spec in students.items()})
         write_scores(db, scores)
         df = latest_scores(db)
         df = df[df.benchmark.isin(config.benchmarks)]
-        intervals, diffs = score_intervals(db, df), paired_differences(db, df)
-        table = "\n\n".join(t for t in (score_table(df, intervals), difference_table(diffs), noise_sentence(diffs),
-                                          INTERVAL_NOTE) if t)
+        intervals, diffs, majs = score_intervals(db, df), paired_differences(db, df), maj_intervals(db, df)
+        table = "\n\n".join(t for t in (score_table(df, intervals), maj_table(majs), difference_table(diffs),
+                                          noise_sentence(diffs), settings_line(eval_settings, GRADER_VERSION), INTERVAL_NOTE) if t)
         run.log(metrics={**{f"{edge}.{s}.{b}": getattr(ci, edge) for (s, b), ci in intervals.items() if ci
                             for edge in ("low", "high")},
+                         **{f"maj_at_{k}.{s}.{b}": ci.estimate for (s, b), (k, ci) in majs.items()},
                          **{f"minus_standard_kd.{s}.{b}": d.estimate for s, b, d in diffs}})
         run.log_text(table, "evaluation_table.md")
     return dg.MaterializeResult(metadata={

@@ -14,10 +14,12 @@ from pydantic import Field
 from ..core.comparison import ComparisonConfig
 from ..core.config import GenSSDConfig, PostHocConfig, SamplingConfig, StandardKDConfig
 from ..core.demo import DemoConfig
+from ..core.evaluation import EvalSettings
 from ..core.training import TrainConfig
 from .datasets import dataset_specs
 
 _S, _G, _K, _P = SamplingConfig(), GenSSDConfig(), StandardKDConfig(), PostHocConfig()
+_E = EvalSettings()
 _D = DemoConfig()  # run sizes and training recipes shared with the library demo (`gen-ssd demo`)
 SAMPLING_FIELDS = [f.name for f in dataclasses.fields(SamplingConfig)]
 TRAIN_FIELDS = ["epochs", "learning_rate", "batch_size", "max_length", "seed", "bf16"]
@@ -117,10 +119,23 @@ class EvaluationConfig(dg.Config):
     benchmarks: list[str] = Field(default=["demo"], description="test sides to evaluate on")
     max_problems: int | None = Field(default=None, description="problems per benchmark; None = all")
     batch_size: int = 32
-    max_new_tokens: int = Field(default=_S.max_new_tokens, description="length cap of one answer, in student tokens")
+    max_new_tokens: int = Field(default=_E.max_new_tokens, description="length cap of one answer, in student tokens")
+    samples: int = Field(default=_E.samples, description="answers per question; pass@1 is their mean (e.g. 4 on "
+                         "MATH-500 at temperature 0.6)")
+    temperature: float = Field(default=_E.temperature, description="0 = greedy (then samples must be 1)")
+    top_p: float = Field(default=_E.top_p, description="nucleus mass of each sampled answer")
+    maj_k: int | None = Field(default=_E.maj_k, description="also report maj@k (k <= samples); None = off")
+    seed: int = Field(default=_E.seed, description="seeds the sampled answers")
     solution_end: str | None = Field(default=None, description='"eos", "answer_line" or "boxed"; empty = each '
                                      "benchmark's own")
     stop_strings: list[str] = Field(default=[], description="texts that end an answer")
+
+    def settings(self) -> EvalSettings:
+        """The core settings, checked: a bad value fails here, before any model loads."""
+        settings = EvalSettings(samples=self.samples, temperature=self.temperature, top_p=self.top_p,
+                                max_new_tokens=self.max_new_tokens, maj_k=self.maj_k, seed=self.seed)
+        settings.validate()
+        return settings
 
 
 _C = ComparisonConfig()
@@ -137,7 +152,10 @@ class _Experiment(_train(_C.train)):
     teacher_token_budget: int = Field(default=_C.teacher_token_budget,
                                       description="teacher tokens each arm may spend on its training data")
     batch_size: int = Field(default=_C.batch_size, description="problems per generation batch")
-    eval_max_new_tokens: int = _C.eval_max_new_tokens
+    eval_max_new_tokens: int = Field(default=_C.eval_max_new_tokens, description="length cap of one test answer")
+    eval_samples: int = Field(default=_C.eval_samples, description="test answers per question (pass@1 is their mean)")
+    eval_temperature: float = Field(default=_C.eval_temperature, description="0 = greedy (then eval_samples must be 1)")
+    eval_top_p: float = Field(default=_C.eval_top_p, description="nucleus mass of each sampled test answer")
     gen_ssd: GenSSDKnobs = Field(default_factory=GenSSDKnobs, description="Gen-SSD's knobs")
     standard_kd: StandardKDKnobs = Field(default_factory=StandardKDKnobs,
                                          description="Standard KD's knobs (post-hoc filters its samples)")
@@ -147,7 +165,8 @@ class _Experiment(_train(_C.train)):
             seeds=tuple(seeds), teacher_token_budget=self.teacher_token_budget, batch_size=self.batch_size,
             gen_ssd=method_config(self.gen_ssd, GenSSDConfig, self.dataset),
             standard_kd=method_config(self.standard_kd, StandardKDConfig, self.dataset),
-            train=self.train_config(), eval_max_new_tokens=self.eval_max_new_tokens)
+            train=self.train_config(), eval_max_new_tokens=self.eval_max_new_tokens, eval_samples=self.eval_samples,
+            eval_temperature=self.eval_temperature, eval_top_p=self.eval_top_p)
         config.validate()
         return config
 

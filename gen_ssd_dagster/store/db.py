@@ -19,7 +19,7 @@ from pathlib import Path
 import duckdb
 from filelock import FileLock
 
-from .schema import DDL, MIGRATIONS, SCHEMA_VERSION
+from .schema import DDL, KEY_CHANGES, MIGRATIONS, SCHEMA_VERSION
 
 
 class StoreBusyError(RuntimeError):
@@ -74,6 +74,13 @@ class Store:
                 con.execute(DDL)
                 for statement in MIGRATIONS:
                     con.execute(statement)
+                for (table, column), statements in KEY_CHANGES.items():
+                    if not con.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = ?"
+                                       " AND column_name = ?", [table, column]).fetchone()[0]:
+                        con.execute("BEGIN TRANSACTION")
+                        for statement in statements:
+                            con.execute(statement)
+                        con.execute("COMMIT")
                 if not con.execute("SELECT count(*) FROM schema_info").fetchone()[0]:
                     con.execute("INSERT INTO schema_info VALUES (?)", [SCHEMA_VERSION])
             finally:

@@ -9,7 +9,29 @@ produced no trajectory is not redone either.
 
 SCHEMA_VERSION = 1
 
-DDL = """
+EVALUATION_OUTPUTS = """
+-- One graded answer per (model, benchmark, problem, sample, grader, settings), written a batch per
+-- transaction while an evaluation runs: a restarted evaluation only does the missing batches.
+CREATE TABLE IF NOT EXISTS evaluation_outputs (
+    model_version VARCHAR NOT NULL,
+    benchmark VARCHAR NOT NULL,
+    grader_version VARCHAR NOT NULL,
+    eval_config_hash VARCHAR NOT NULL,
+    problem_id VARCHAR NOT NULL,
+    sample_index INTEGER NOT NULL,     -- 0 .. samples-1 (EvalSettings.samples answers per question)
+    prompt_sha VARCHAR NOT NULL,       -- the question and gold it answered: a changed problem is redone
+    completion VARCHAR NOT NULL,
+    predicted VARCHAR,
+    gold VARCHAR NOT NULL,
+    correct BOOLEAN NOT NULL,
+    created_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    ended BOOLEAN,                     -- the answer closed by itself (not cut at max_new_tokens)
+    tokens INTEGER,                    -- generated tokens
+    PRIMARY KEY (model_version, benchmark, grader_version, eval_config_hash, problem_id, sample_index)
+);
+"""
+
+DDL = f"""
 CREATE TABLE IF NOT EXISTS schema_info (version INTEGER);
 
 CREATE TABLE IF NOT EXISTS problems (
@@ -84,35 +106,18 @@ CREATE TABLE IF NOT EXISTS evaluation_scores (
     student VARCHAR NOT NULL,          -- base | cold_start | gen_ssd | standard_kd | posthoc
     model_version VARCHAR NOT NULL,
     benchmark VARCHAR NOT NULL,
-    n INTEGER NOT NULL,
-    n_correct INTEGER NOT NULL,
+    n INTEGER NOT NULL,                -- questions
+    n_correct INTEGER NOT NULL,        -- correct answers, over all samples (accuracy = n_correct / (n * samples))
     accuracy DOUBLE NOT NULL,
     grader_version VARCHAR NOT NULL,
-    eval_config_hash VARCHAR NOT NULL, -- limit, max_new_tokens: what makes two scores comparable
+    eval_config_hash VARCHAR NOT NULL, -- limit and EvalSettings.key(): what makes two scores comparable
     model_path VARCHAR,
     dagster_run_id VARCHAR,
     mlflow_run_id VARCHAR,
     created_at TIMESTAMP NOT NULL DEFAULT current_timestamp
 );
 
--- One graded output per (model, benchmark, problem, grader, settings), written a batch per
--- transaction while an evaluation runs: a restarted evaluation only does the missing batches.
-CREATE TABLE IF NOT EXISTS evaluation_outputs (
-    model_version VARCHAR NOT NULL,
-    benchmark VARCHAR NOT NULL,
-    grader_version VARCHAR NOT NULL,
-    eval_config_hash VARCHAR NOT NULL,
-    problem_id VARCHAR NOT NULL,
-    prompt_sha VARCHAR NOT NULL,       -- the question and gold it answered: a changed problem is redone
-    completion VARCHAR NOT NULL,
-    predicted VARCHAR,
-    gold VARCHAR NOT NULL,
-    correct BOOLEAN NOT NULL,
-    created_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
-    ended BOOLEAN,                     -- the answer closed by itself (not cut at max_new_tokens)
-    tokens INTEGER,                    -- generated tokens
-    PRIMARY KEY (model_version, benchmark, grader_version, eval_config_hash, problem_id)
-);
+{EVALUATION_OUTPUTS}
 -- One arm of a method comparison or a knob sweep (core/comparison.py): what its training data
 -- cost and looked like, and the accuracy of the student trained on it. `arm_key` hashes every
 -- input, so an interrupted comparison resumes at the first arm not stored; an arm reused by a
@@ -141,4 +146,20 @@ CREATE TABLE IF NOT EXISTS experiment_arms (
 MIGRATIONS = [
     "ALTER TABLE evaluation_outputs ADD COLUMN IF NOT EXISTS ended BOOLEAN",
     "ALTER TABLE evaluation_outputs ADD COLUMN IF NOT EXISTS tokens INTEGER",
+    "ALTER TABLE evaluation_scores ADD COLUMN IF NOT EXISTS samples INTEGER DEFAULT 1",  # answers per question
+    "ALTER TABLE evaluation_scores ADD COLUMN IF NOT EXISTS eval_settings JSON",  # EvalSettings.record()
 ]
+
+# Primary keys that grew a column after a table first shipped. DuckDB cannot alter a key, so a store
+# made before gets the table rebuilt in one transaction, its rows kept with the new column's default.
+_OUTPUT_COLUMNS = ("model_version, benchmark, grader_version, eval_config_hash, problem_id, prompt_sha, completion,"
+                   " predicted, gold, correct, created_at, ended, tokens")
+KEY_CHANGES = {
+    ("evaluation_outputs", "sample_index"): [
+        "ALTER TABLE evaluation_outputs RENAME TO evaluation_outputs_before_samples",
+        EVALUATION_OUTPUTS,
+        f"INSERT INTO evaluation_outputs ({_OUTPUT_COLUMNS}, sample_index)"
+        f" SELECT {_OUTPUT_COLUMNS}, 0 FROM evaluation_outputs_before_samples",
+        "DROP TABLE evaluation_outputs_before_samples",
+    ],
+}

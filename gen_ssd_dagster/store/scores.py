@@ -3,10 +3,11 @@ and their 95% intervals from the graded outputs behind them (`core.statistics`).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from ..core.errors import ConfigError
-from ..core.statistics import Interval, paired_difference, pass_at_1
+from ..core.statistics import Interval, maj_at_k, paired_difference, pass_at_1
 from .db import Store
 
 
@@ -15,31 +16,34 @@ class Score:
     student: str
     model_version: str
     benchmark: str
-    n: int
-    n_correct: int
-    accuracy: float
+    n: int  # questions
+    n_correct: int  # correct answers over all samples
+    accuracy: float  # pass@1 = n_correct / (n * samples)
     grader_version: str
     eval_config_hash: str
     model_path: str | None = None
     dagster_run_id: str | None = None
     mlflow_run_id: str | None = None
+    samples: int = 1  # answers per question
+    eval_settings: str | None = None  # EvalSettings.record(), as JSON
 
 
 def write_scores(store: Store, scores: list[Score]) -> None:
     with store.transaction() as con:
         con.executemany(
             "INSERT INTO evaluation_scores (student, model_version, benchmark, n, n_correct, accuracy,"
-            " grader_version, eval_config_hash, model_path, dagster_run_id, mlflow_run_id)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " grader_version, eval_config_hash, model_path, dagster_run_id, mlflow_run_id, samples, eval_settings)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [(s.student, s.model_version, s.benchmark, s.n, s.n_correct, s.accuracy, s.grader_version,
-              s.eval_config_hash, s.model_path, s.dagster_run_id, s.mlflow_run_id) for s in scores])
+              s.eval_config_hash, s.model_path, s.dagster_run_id, s.mlflow_run_id, s.samples, s.eval_settings)
+             for s in scores])
 
 
 def cached_score(store: Store, model_version: str, benchmark: str, grader_version: str,
-                 eval_config_hash: str) -> tuple[int, int] | None:
-    """(n, n_correct) of an earlier evaluation of the very same model, benchmark, grader and settings."""
+                 eval_config_hash: str) -> tuple[int, int, float] | None:
+    """(n, n_correct, accuracy) of an earlier evaluation of the very same model, benchmark, grader and settings."""
     rows = store.query(
-        "SELECT n, n_correct FROM evaluation_scores WHERE model_version = ? AND benchmark = ?"
+        "SELECT n, n_correct, accuracy FROM evaluation_scores WHERE model_version = ? AND benchmark = ?"
         " AND grader_version = ? AND eval_config_hash = ? ORDER BY created_at DESC LIMIT 1",
         [model_version, benchmark, grader_version, eval_config_hash])
     return tuple(rows[0]) if rows else None
@@ -48,7 +52,8 @@ def cached_score(store: Store, model_version: str, benchmark: str, grader_versio
 def latest_scores(store: Store):
     """The most recent score of each (student, benchmark), as a DataFrame."""
     return store.query_df(
-        "SELECT student, benchmark, accuracy, n, n_correct, grader_version, model_version, eval_config_hash,"
+        "SELECT student, benchmark, accuracy, n, n_correct, samples, eval_settings, grader_version, model_version,"
+        " eval_config_hash,"
         " mlflow_run_id, dagster_run_id, created_at FROM evaluation_scores"
         " QUALIFY row_number() OVER (PARTITION BY student, benchmark ORDER BY created_at DESC) = 1"
         " ORDER BY student, benchmark")
@@ -58,13 +63,14 @@ STUDENT_ORDER = ["base", "cold_start", "standard_kd", "posthoc", "gen_ssd"]
 
 
 def graded_outputs(store: Store, score) -> list[dict]:
-    """The per-question grades behind one score row (model, benchmark, grader, settings), as
-    `core.statistics` records."""
+    """The graded answers behind one score row (model, benchmark, grader, settings), every sample of
+    each question, as `core.statistics` records."""
     rows = store.query(
-        "SELECT problem_id, correct FROM evaluation_outputs WHERE model_version = ? AND benchmark = ?"
-        " AND grader_version = ? AND eval_config_hash = ? ORDER BY problem_id",
+        "SELECT problem_id, sample_index, correct, predicted FROM evaluation_outputs WHERE model_version = ?"
+        " AND benchmark = ? AND grader_version = ? AND eval_config_hash = ? ORDER BY problem_id, sample_index",
         [score.model_version, score.benchmark, score.grader_version, score.eval_config_hash])
-    return [{"question_id": pid, "correct": bool(correct)} for pid, correct in rows]
+    return [{"question_id": pid, "sample_index": index, "correct": bool(correct), "predicted": predicted}
+            for pid, index, correct, predicted in rows]
 
 
 def _interval(records: list[dict], compute) -> Interval | None:
@@ -78,6 +84,29 @@ def _interval(records: list[dict], compute) -> Interval | None:
 def score_intervals(store: Store, df) -> dict[tuple[str, str], Interval | None]:
     """(student, benchmark) -> pass@1 with its 95% interval over questions, for each row of `df`."""
     return {(r.student, r.benchmark): _interval(graded_outputs(store, r), pass_at_1) for r in df.itertuples()}
+
+
+def maj_intervals(store: Store, df) -> dict[tuple[str, str], tuple[int, Interval]]:
+    """(student, benchmark) -> (k, maj@k with its 95% interval) for the rows evaluated with `maj_k`."""
+    out = {}
+    for r in df.itertuples():
+        k = json.loads(r.eval_settings).get("maj_k") if getattr(r, "eval_settings", None) else None
+        if k:
+            ci = _interval(graded_outputs(store, r), lambda x: maj_at_k(x, k))
+            if ci:
+                out[r.student, r.benchmark] = (k, ci)
+    return out
+
+
+def maj_table(majs: dict[tuple[str, str], tuple[int, Interval]]) -> str:
+    """maj@k per student and benchmark, in %, ± the half-width of its 95% interval."""
+    if not majs:
+        return ""
+    lines = ["| student | benchmark | maj@k % |", "|---|---|---:|"]
+    order = {s: i for i, s in enumerate(STUDENT_ORDER)}
+    for (student, bench), (k, ci) in sorted(majs.items(), key=lambda t: (t[0][1], order.get(t[0][0], 99))):
+        lines.append(f"| {student} | {bench} | maj@{k}: {ci.fmt()} |")
+    return "\n".join(lines)
 
 
 def paired_differences(store: Store, df, baseline: str = "standard_kd") -> list[tuple[str, str, Interval]]:
@@ -98,6 +127,14 @@ def paired_differences(store: Store, df, baseline: str = "standard_kd") -> list[
     return sorted(out, key=lambda t: (t[1], order.get(t[0], 99)))
 
 
+def settings_line(settings, grader_version: str) -> str:
+    """How the answers were generated and graded, beside the scores (core.evaluation.EvalSettings)."""
+    how = ("greedy" if settings.greedy else
+           f"{settings.samples} samples per question at temperature {settings.temperature}, top-p {settings.top_p}")
+    return (f"Answers: {how}, at most {settings.max_new_tokens} tokens each (seed {settings.seed}); each student "
+            f"prompted through its own chat template or plain format; grader {grader_version}.")
+
+
 INTERVAL_NOTE = ("95% intervals over test questions (clustered standard error, normal approximation; "
                  "core/statistics.py). They hold the students fixed: a new training seed moves a score further.")
 
@@ -112,7 +149,10 @@ def score_table(df, intervals: dict | None = None) -> str:
     order = [s for s in STUDENT_ORDER if s in wide.index] + [s for s in wide.index if s not in STUDENT_ORDER]
     wide = wide.loc[order]
     n = df.groupby("benchmark").n.max()
-    header = "| student | " + " | ".join(f"{b} (n={n[b]})" for b in wide.columns) + " |"
+    samples = df.groupby("benchmark").samples.max() if "samples" in df else {}
+    header = "| student | " + " | ".join(
+        f"{b} (n={n[b]}" + (f", {samples[b]} samples each)" if samples.get(b, 1) > 1 else ")")
+        for b in wide.columns) + " |"
     sep = "|---|" + "---:|" * len(wide.columns)
     lines = [header, sep]
     for student, row in wide.iterrows():
