@@ -84,10 +84,15 @@ def _experiment_report(home, kind: str) -> str:
     return f"\n{title} ({name}, {len(arms)} arms; plot: {home.plots / (name + '.png')}):\n\n{markdown(arms)}"
 
 
+def _eval_flags(args: argparse.Namespace) -> dict:
+    return {"eval_samples": args.eval_samples, "eval_temperature": args.eval_temperature}
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     """Gen-SSD vs Standard KD vs post-hoc filtering at an equal teacher-token budget, over seeds."""
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
-    return _run_experiment(args, "method_comparison", {"seeds": seeds, "teacher_token_budget": args.budget})
+    return _run_experiment(args, "method_comparison", {"seeds": seeds, "teacher_token_budget": args.budget,
+                                                       **_eval_flags(args)})
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -100,7 +105,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         knobs = {name: [v.strip() for v in values.split(",") if v.strip()]
                  for name, _, values in (k.partition("=") for k in args.knob)}
     return _run_experiment(args, "gen_ssd_knob_sweep", {"knobs": knobs, "seed": args.seed,
-                                                         "teacher_token_budget": args.budget})
+                                                         "teacher_token_budget": args.budget, **_eval_flags(args)})
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -108,8 +113,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     import json
 
     from gen_ssd_dagster.store import Home, Store
-    from gen_ssd_dagster.store.scores import (INTERVAL_NOTE, difference_table, latest_scores, noise_sentence,
-                                              paired_differences, score_intervals, score_table)
+    from gen_ssd_dagster.store.scores import latest_scores, report
 
     home = Home.resolve(args.home)
     if not home.db_path.exists():
@@ -117,12 +121,14 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 1
     store = Store(home.db_path)
     df = latest_scores(store)
-    intervals, diffs = score_intervals(store, df), paired_differences(store, df)
+    text, intervals, diffs, majs = report(store, df)
     if getattr(args, "json", False):
         rows = df.assign(created_at=df.created_at.astype(str)).to_dict(orient="records")
         for row in rows:
             ci = intervals.get((row["student"], row["benchmark"]))
             row["interval95"] = ci.as_dict() if ci else None
+            k, maj = majs.get((row["student"], row["benchmark"]), (None, None))
+            row["maj_at_k"] = {"k": k, **maj.as_dict()} if maj else None
         differences = [{"student": s, "benchmark": b, "minus": "standard_kd", **d.as_dict()} for s, b, d in diffs]
         from gen_ssd_dagster.store.experiments import experiment_arms
 
@@ -136,11 +142,8 @@ def cmd_report(args: argparse.Namespace) -> int:
                           "experiments": experiments}, indent=2, default=str))
     else:
         print(f"Accuracy in % (latest score per student and benchmark; {home.db_path}):\n")
-        print(score_table(df, intervals))
-        if diffs:
-            print("\n" + difference_table(diffs) + "\n\n" + noise_sentence(diffs))
+        print(text)
         if not df.empty:
-            print(f"\n{INTERVAL_NOTE}")
             print(f"\ngrader {', '.join(sorted(set(df.grader_version)))}; MLflow runs: "
                   f"{', '.join(sorted(set(df.mlflow_run_id.dropna())))}")
         for kind in ("comparison", "sweep"):
@@ -196,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     for p, func in ((compare, cmd_compare), (sweep, cmd_sweep)):
         p.add_argument("--partition", default="demo", help="dataset: its train side is the pool, its test side the benchmark")
         p.add_argument("--config", default=os.environ.get("GEN_SSD_CONFIG"), help=config_help)
+        p.add_argument("--eval-samples", type=int, help="test answers per question (default: 1, greedy)")
+        p.add_argument("--eval-temperature", type=float, help="temperature of the test answers (0 = greedy)")
         p.set_defaults(func=func)
     report = sub.add_parser("report", help="print the evaluation table (student x benchmark) from DuckDB")
     report.add_argument("--json", action="store_true", help="machine-readable output")

@@ -282,3 +282,16 @@ def test_evaluation_on_the_engine_answers_as_transformers_does(engines, hf):
     on_transformers = evaluate(teacher.spec, PROBLEMS, settings=EvalSettings(max_new_tokens=16), engine=lambda spec: hf[0])
     assert [o["completion"] for o in on_engine.outputs] == [o["completion"] for o in on_transformers.outputs]
     assert [o["tokens"] for o in on_engine.outputs] == [o["tokens"] for o in on_transformers.outputs]
+
+
+def test_sampled_evaluation_on_the_engine_draws_n_answers_per_question(engines):
+    """n answers per question at a temperature on vLLM (`SamplingParams(n=...)`), each under its
+    sample index, and the same seed draws the same answers."""
+    from gen_ssd_dagster.core.evaluation import EvalSettings, evaluate
+
+    teacher, _ = engines
+    settings = EvalSettings(samples=3, temperature=1.0, max_new_tokens=16, seed=5)
+    result = evaluate(teacher.spec, PROBLEMS, settings, engine=lambda spec: teacher)
+    assert sorted((o["problem_id"], o["sample_index"]) for o in result.outputs) == sorted(
+        (p.problem_id, i) for p in PROBLEMS for i in range(3))
+    assert evaluate(teacher.spec, PROBLEMS, settings, engine=lambda spec: teacher).outputs == result.outputs

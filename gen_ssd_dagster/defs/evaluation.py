@@ -13,9 +13,7 @@ from ..core.models import ModelSpec
 from ..core.solution_text import SolutionEnd
 from ..store.eval_outputs import EvalLedger
 from ..store.experiments import experiment_arms, latest_experiment
-from ..store.scores import (INTERVAL_NOTE, Score, cached_score, difference_table, latest_scores, maj_intervals,
-                            maj_table, noise_sentence, paired_differences, score_intervals, score_table,
-                            settings_line, write_scores)
+from ..store.scores import Score, cached_score, latest_scores, report, write_scores
 from ..store.trajectories import read_problems
 from . import reporting
 from .resources import GPU_POOL, MLflowResource, ModelsResource, StoreResource
@@ -92,9 +90,7 @@ def evaluation_scores(context: dg.AssetExecutionContext, config: EvaluationConfi
         write_scores(db, scores)
         df = latest_scores(db)
         df = df[df.benchmark.isin(config.benchmarks)]
-        intervals, diffs, majs = score_intervals(db, df), paired_differences(db, df), maj_intervals(db, df)
-        table = "\n\n".join(t for t in (score_table(df, intervals), maj_table(majs), difference_table(diffs),
-                                          noise_sentence(diffs), settings_line(eval_settings, GRADER_VERSION), INTERVAL_NOTE) if t)
+        table, intervals, diffs, majs = report(db, df)
         run.log(metrics={**{f"{edge}.{s}.{b}": getattr(ci, edge) for (s, b), ci in intervals.items() if ci
                             for edge in ("low", "high")},
                          **{f"maj_at_{k}.{s}.{b}": ci.estimate for (s, b), (k, ci) in majs.items()},

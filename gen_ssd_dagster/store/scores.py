@@ -135,6 +135,47 @@ def settings_line(settings, grader_version: str) -> str:
             f"prompted through its own chat template or plain format; grader {grader_version}.")
 
 
+def settings_lines(df) -> str:
+    """`settings_line` for each set of settings the rows of `df` were scored under (rows stored
+    before settings were recorded are left out)."""
+    from ..core.evaluation import EvalSettings
+
+    groups: dict[tuple, list[str]] = {}
+    for r in df.itertuples():
+        if getattr(r, "eval_settings", None):
+            groups.setdefault((json.dumps(json.loads(r.eval_settings), sort_keys=True), r.grader_version),
+                              []).append(f"{r.student} on {r.benchmark}")
+    lines = [settings_line(EvalSettings(**json.loads(s)), g) for s, g in groups]
+    if len(groups) > 1:
+        lines = [f"{line} ({', '.join(who)})" for line, who in zip(lines, groups.values())]
+    return "\n".join(lines)
+
+
+def answer_lengths(store: Store, df) -> str:
+    """One line: the mean number of tokens each student generated per answer (from the stored answers;
+    an answer cut at its solution end may have been generated past it)."""
+    parts = []
+    order = {s: i for i, s in enumerate(STUDENT_ORDER)}
+    for r in sorted(df.itertuples(), key=lambda r: (r.benchmark, order.get(r.student, 99))):
+        rows = store.query(
+            "SELECT avg(tokens) FROM evaluation_outputs WHERE model_version = ? AND benchmark = ?"
+            " AND grader_version = ? AND eval_config_hash = ?",
+            [r.model_version, r.benchmark, r.grader_version, r.eval_config_hash])
+        if rows and rows[0][0] is not None:
+            parts.append(f"{r.student} {rows[0][0]:.0f}" + (f" on {r.benchmark}" if df.benchmark.nunique() > 1 else ""))
+    return f"Tokens generated per answer (mean): {', '.join(parts)}." if parts else ""
+
+
+def report(store: Store, df) -> tuple[str, dict, list, dict]:
+    """The scores of `df` as people read them: pass@1 ± 95%, maj@k where asked, differences from
+    Standard KD paired by question, whether they are within noise, and how the answers were made.
+    Returns (markdown, intervals, differences, maj@k intervals)."""
+    intervals, diffs, majs = score_intervals(store, df), paired_differences(store, df), maj_intervals(store, df)
+    parts = (score_table(df, intervals), maj_table(majs), difference_table(diffs), noise_sentence(diffs),
+             settings_lines(df), answer_lengths(store, df), INTERVAL_NOTE if not df.empty else "")
+    return "\n\n".join(p for p in parts if p), intervals, diffs, majs
+
+
 INTERVAL_NOTE = ("95% intervals over test questions (clustered standard error, normal approximation; "
                  "core/statistics.py). They hold the students fixed: a new training seed moves a score further.")
 
