@@ -219,6 +219,26 @@ def test_every_asset_on_demo(tmp_path, tiny_models, memorizing_teacher, capsys):
     out = capsys.readouterr().out
     assert " ± " in out and "`make compare`" in out  # intervals, and the line that says what is noise
 
+    # More test problems stored: every student is scored anew, not served the old test set's score.
+    # Then sampled answers: each sample stored, the settings beside the score.
+    def rescore(**settings):
+        rc["ops"]["evaluation_scores"]["config"].update(settings)
+        assert run_pipeline(home, "demo", rc, {
+            "models": ModelsResource(teacher=str(memorizing_teacher), student=str(tiny_models[1])),
+            "data": DataResource(**{**DEMO_SIZES, "demo_test": 6})}, log=lambda _: None,
+            selection=["benchmarks", "evaluation_scores"]).success
+        return store.query_df("SELECT student, n, samples, eval_settings FROM evaluation_scores"
+                              " QUALIFY row_number() OVER (PARTITION BY student ORDER BY created_at DESC) = 1")
+
+    assert set(rescore().n) == {6}
+    latest = rescore(samples=2, temperature=1.0, maj_k=2)
+    assert set(latest.n) == {6} and set(latest.samples) == {2}
+    assert all(json.loads(s)["maj_k"] == 2 for s in latest.eval_settings)
+    assert store.query("SELECT max(sample_index) FROM evaluation_outputs")[0][0] == 1
+    assert cli.main(["--home", str(home.root), "report"]) == 0
+    out = capsys.readouterr().out
+    assert "demo (n=6, 2 samples each)" in out and "maj@2" in out and "2 samples per question" in out
+
 
 def test_a_failed_step_is_named(tmp_path, tiny_models):
     """Distilling before any trajectory exists fails with a message that says what to do."""

@@ -44,7 +44,10 @@ def _context(teacher_version: str, scorer_version: str, pool) -> dict:
     return {"teacher": teacher_version, "scorer": scorer_version, "pool": digest}
 
 
-def _persist(store: StoreResource, experiment: str, config, dagster_run_id: str):
+def _persist(store: StoreResource, experiment: str, config, dagster_run_id: str, evaluation: dict):
+    """DuckDB lookup and save of arms. A stored arm is listed in this experiment when it is found only
+    if it was scored as this experiment scores (`evaluation`); otherwise the comparison re-scores it
+    first and saves it then, so an interrupted run never lists an arm scored under other settings."""
     db = store.store()
 
     def save(key: str, arm: ArmResult) -> None:
@@ -55,7 +58,7 @@ def _persist(store: StoreResource, experiment: str, config, dagster_run_id: str)
         if found is None:
             return None
         arm, experiments = found
-        if experiment not in experiments:  # reused from an earlier experiment: listed in this one too
+        if experiment not in experiments and arm.evaluation == evaluation:  # reused: listed in this one too
             save(key, arm)
         return arm
 
@@ -98,7 +101,7 @@ def method_comparison(context: dg.AssetExecutionContext, config: ComparisonRunCo
     teacher_backend, scorer = models.make_teacher(teacher), models.make_scorer(cold_start_student)
     shared = _context(teacher_backend.version, scorer.version, pool)
     experiment = _experiment_id("comparison", config, {**shared, **evaluation_of(test, core)})
-    lookup, save = _persist(store, experiment, config, context.run.run_id)
+    lookup, save = _persist(store, experiment, config, context.run.run_id, evaluation_of(test, core))
     context.log.info(f"{experiment}: {len(config.seeds)} seeds x 3 methods, {len(pool)} pool problems, "
                      f"{len(test)} test problems, budget {core.teacher_token_budget} teacher tokens per arm")
     out_dir = store.home_dir().checkpoints / "comparison" / experiment
@@ -146,7 +149,7 @@ def gen_ssd_knob_sweep(context: dg.AssetExecutionContext, config: SweepRunConfig
     teacher_backend, scorer = models.make_teacher(teacher), models.make_scorer(cold_start_student)
     shared = _context(teacher_backend.version, scorer.version, pool)
     experiment = _experiment_id("sweep", config, {**shared, **evaluation_of(test, core)})
-    lookup, save = _persist(store, experiment, config, context.run.run_id)
+    lookup, save = _persist(store, experiment, config, context.run.run_id, evaluation_of(test, core))
     out_dir = store.home_dir().checkpoints / "sweep" / experiment
     arms = run_sweep(core, knobs, config.seed, cold_start_student, pool, test, teacher_backend, scorer,
                      out_dir, shared, lookup, save, context.log.info)

@@ -55,23 +55,26 @@ def evaluation_scores(context: dg.AssetExecutionContext, config: EvaluationConfi
     settings = {"max_problems": config.max_problems, **eval_settings.key()}
     if config.solution_end or config.stop_strings:  # the defaults keep the hash stored work was made under
         settings.update(solution_end=config.solution_end, stop_strings=config.stop_strings)
-    eval_hash = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:12]
-    benches = {}
+    benches, eval_hash = {}, {}
     for bench in config.benchmarks:
         benches[bench] = read_problems(db, bench, "test", config.max_problems)
         if not benches[bench]:
             raise dg.Failure(f"benchmark {bench!r} has no test problems stored: materialize benchmarks[{bench}]")
+        # The questions are part of the key: a benchmark stored anew (more or other problems) is scored anew.
+        problems = hashlib.sha256("\n".join(f"{p.problem_id}\t{p.question}\t{p.gold}"
+                                            for p in benches[bench]).encode()).hexdigest()[:16]
+        eval_hash[bench] = hashlib.sha256(json.dumps({**settings, "problems": problems}).encode()).hexdigest()[:12]
     session = mlflow.session()
     scores = []
     with session.run("evaluation", tags={"grader_version": GRADER_VERSION, "dagster_run_id": context.run.run_id}) as run:
         for student, spec in students.items():
             version = model_version(spec)
             for bench, problems in benches.items():
-                hit = cached_score(db, version, bench, GRADER_VERSION, eval_hash)
+                hit = cached_score(db, version, bench, GRADER_VERSION, eval_hash[bench])
                 if hit is None:
                     # Batches land in DuckDB as they finish: a restarted evaluation only does the rest.
                     result = evaluate(spec, problems, eval_settings, config.batch_size,
-                                      ledger=EvalLedger(db, version, bench, GRADER_VERSION, eval_hash),
+                                      ledger=EvalLedger(db, version, bench, GRADER_VERSION, eval_hash[bench]),
                                       solution_end=ends[bench], engine=models.make_student_sampler)
                     n, n_correct, accuracy = result.n, result.n_correct, result.accuracy
                     run.log_text("\n".join(json.dumps(o) for o in result.outputs), f"outputs/{student}_{bench}.jsonl")
@@ -79,7 +82,7 @@ def evaluation_scores(context: dg.AssetExecutionContext, config: EvaluationConfi
                     n, n_correct, accuracy = hit
                 context.log.info(f"{student} on {bench}: pass@1 {100 * accuracy:.1f}% over {n} questions"
                                  f" × {eval_settings.samples} samples{' (cached)' if hit else ''}")
-                scores.append(Score(student, version, bench, n, n_correct, accuracy, GRADER_VERSION, eval_hash,
+                scores.append(Score(student, version, bench, n, n_correct, accuracy, GRADER_VERSION, eval_hash[bench],
                                     spec.name_or_path, context.run.run_id, run.run_id, eval_settings.samples,
                                     json.dumps(eval_settings.record())))
         run.log(metrics={f"accuracy.{s.student}.{s.benchmark}": s.accuracy for s in scores},
