@@ -33,8 +33,8 @@ $(VLLM_STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/gen-ssd pipeline
 
-# Gen-SSD vs Standard KD vs post-hoc filtering at an equal teacher-token budget, 3 seeds, then
-# the table with spreads (the method_comparison asset; reuses what `make demo` built).
+# Gen-SSD vs Standard KD vs post-hoc filtering at an equal teacher-token budget, 5 seeds, then
+# the table with paired 95% intervals (the method_comparison asset; reuses what `make demo` built).
 compare: $(STAMP)
 	$(BIN)/gen-ssd compare
 

@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     config_help = "pipeline YAML (ops: ..., resources: ...), as for `pipeline` (default: $GEN_SSD_CONFIG)"
     compare = sub.add_parser("compare", help="Gen-SSD vs Standard KD vs post-hoc at an equal teacher-token "
                              "budget, over seeds (the method_comparison asset)")
-    compare.add_argument("--seeds", help="comma-separated seeds (default: 0,1,2)")
+    compare.add_argument("--seeds", help="comma-separated seeds (default: 0,1,2,3,4)")
     compare.add_argument("--budget", type=int, help="teacher tokens per arm (default: 100000)")
     sweep = sub.add_parser("sweep", help="Gen-SSD at each value of each knob (the gen_ssd_knob_sweep asset)")
     sweep.add_argument("--knob", action="append", metavar="KNOB=V1,V2,...",

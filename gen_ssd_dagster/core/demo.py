@@ -38,7 +38,7 @@ class DemoConfig:
 
     seed: int = 0
     n_train: int = 4000  # the comparison's problem pool: Gen-SSD reaches ~2,100 problems at its budget
-    n_test: int = 200
+    n_test: int = 1000  # paired differences over 1,000 questions: SE about 2 points per seed (docs/evaluation.md)
     n_cold_start: int = 64
     n_distill: int = 320
     models: DemoModelsConfig = DemoModelsConfig()
