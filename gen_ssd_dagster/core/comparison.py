@@ -36,7 +36,7 @@ from .evaluation import EvalSettings, evaluate
 from .methods import run_method, training_examples
 from .models import ModelSpec
 from .training import TrainConfig, fine_tune
-from .types import Problem, Trajectory
+from .types import Problem, Trajectory, problems_digest
 
 Log = Callable[[str], None]
 METHODS = ("standard_kd", "posthoc", "gen_ssd")
@@ -251,21 +251,25 @@ def arm_key(kind: str, label: str, seed: int, method_config: dict, config: Compa
 
 def evaluation_of(test: list[Problem], config: ComparisonConfig) -> dict:
     """What an arm's scores depend on besides its student: the test problems and how they are answered."""
-    digest = hashlib.sha256("\n".join(f"{p.problem_id}\t{p.question}\t{p.gold}" for p in test).encode())
-    return {"test": digest.hexdigest()[:16], "n_test": len(test), "settings": config.evaluation.key()}
+    return {"test": problems_digest(test), "n_test": len(test), "settings": config.evaluation.key()}
 
 
-def stored_or_rescored(arm: ArmResult, cold_start: ModelSpec | Path, test: list[Problem], config: ComparisonConfig,
+def stored_or_rescored(arm: ArmResult | None, key: str, cold_start: ModelSpec | Path, test: list[Problem],
+                       config: ComparisonConfig, save: Callable[[str, "ArmResult"], None] | None = None,
                        log: Log | None = None) -> ArmResult | None:
-    """A stored arm as it is; re-scored from its checkpoint if the test set or the evaluation settings
-    changed since (evaluation is cheap, training is not); None if that checkpoint is gone."""
-    if arm.evaluation == evaluation_of(test, config):
+    """A stored arm as it is; re-scored from its checkpoint (and saved under `key`) if the test set or
+    the evaluation settings changed since (evaluation is cheap, training is not); None if there is no
+    stored arm or its checkpoint is gone."""
+    if arm is None or arm.evaluation == evaluation_of(test, config):
         return arm
     if not Path(arm.checkpoint).exists():
         return None
     if log:
         log(f"{arm.label} seed {arm.seed}: re-scoring the stored student under the current test set and settings")
-    return dataclasses.replace(arm, **_scores(as_spec(cold_start).with_weights(arm.checkpoint), test, config))
+    arm = dataclasses.replace(arm, **_scores(as_spec(cold_start).with_weights(arm.checkpoint), test, config))
+    if save:
+        save(key, arm)
+    return arm
 
 
 ArmStore = Callable[[str], "ArmResult | None"]  # key -> stored result, or None
@@ -291,10 +295,8 @@ def run_comparison(config: ComparisonConfig, cold_start: ModelSpec | Path, pool:
         stored = {m: lookup(keys[m]) if lookup else None for m in METHODS}
         data: dict[str, BudgetedData] = {}
         for method in METHODS:
-            arm = stored[method] and stored_or_rescored(stored[method], cold_start, test, config, log)
+            arm = stored_or_rescored(stored[method], keys[method], cold_start, test, config, save, log)
             if arm is not None:
-                if arm is not stored[method] and save:
-                    save(keys[method], arm)
                 arms.append(arm)
                 if log:
                     log(f"{method} seed {seed}: reusing the stored arm {keys[method]}")

@@ -82,12 +82,7 @@ def run_sweep(config: ComparisonConfig, knobs: dict[str, list], seed: int, cold_
         key = arm_key("sweep", label, seed, config_dict(point), config, context)
         identity = json.dumps(config_dict(point), sort_keys=True)
         same = by_config.get(identity)
-        arm = lookup(key) if lookup else None
-        if arm is not None:
-            rescored = stored_or_rescored(arm, cold_start, test, config, log)
-            if rescored is not arm and rescored is not None and save:
-                save(key, rescored)
-            arm = rescored
+        arm = stored_or_rescored(lookup(key) if lookup else None, key, cold_start, test, config, save, log)
         if arm is None and same is not None:
             arm = dataclasses.replace(same, label=label)
             if save:

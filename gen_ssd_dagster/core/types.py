@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -17,6 +18,12 @@ class Problem:
     question: str
     gold: str  # the gold final answer, as text (a number, or LaTeX for MATH)
     solution: str | None = None  # a worked reference solution, when the dataset has one
+
+
+def problems_digest(problems: list[Problem]) -> str:
+    """A short content hash of a problem set (ids, questions, golds): what a score on it depends on."""
+    text = "\n".join(f"{p.problem_id}\t{p.question}\t{p.gold}" for p in problems)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @dataclass

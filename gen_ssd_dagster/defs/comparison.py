@@ -99,15 +99,15 @@ def method_comparison(context: dg.AssetExecutionContext, config: ComparisonRunCo
     core = config.core(config.seeds)
     pool, test = _inputs(config, store)
     teacher_backend, scorer = models.make_teacher(teacher), models.make_scorer(cold_start_student)
-    shared = _context(teacher_backend.version, scorer.version, pool)
-    experiment = _experiment_id("comparison", config, {**shared, **evaluation_of(test, core)})
-    lookup, save = _persist(store, experiment, config, context.run.run_id, evaluation_of(test, core))
+    shared, scored = _context(teacher_backend.version, scorer.version, pool), evaluation_of(test, core)
+    experiment = _experiment_id("comparison", config, {**shared, **scored})
+    lookup, save = _persist(store, experiment, config, context.run.run_id, scored)
     context.log.info(f"{experiment}: {len(config.seeds)} seeds x 3 methods, {len(pool)} pool problems, "
                      f"{len(test)} test problems, budget {core.teacher_token_budget} teacher tokens per arm")
     out_dir = store.home_dir().checkpoints / "comparison" / experiment
     arms = []
     for label, spec in (("base", base_student), ("cold_start", cold_start_student)):
-        key = arm_key("reference", label, -1, {"model_version": model_version(spec), **evaluation_of(test, core)},
+        key = arm_key("reference", label, -1, {"model_version": model_version(spec), **scored},
                       core, shared)
         arm = lookup(key)
         if arm is None:
@@ -147,9 +147,9 @@ def gen_ssd_knob_sweep(context: dg.AssetExecutionContext, config: SweepRunConfig
     knobs = parse_knobs([f"{k}={','.join(v)}" for k, v in config.knobs.items()], core.gen_ssd)
     pool, test = _inputs(config, store)
     teacher_backend, scorer = models.make_teacher(teacher), models.make_scorer(cold_start_student)
-    shared = _context(teacher_backend.version, scorer.version, pool)
-    experiment = _experiment_id("sweep", config, {**shared, **evaluation_of(test, core)})
-    lookup, save = _persist(store, experiment, config, context.run.run_id, evaluation_of(test, core))
+    shared, scored = _context(teacher_backend.version, scorer.version, pool), evaluation_of(test, core)
+    experiment = _experiment_id("sweep", config, {**shared, **scored})
+    lookup, save = _persist(store, experiment, config, context.run.run_id, scored)
     out_dir = store.home_dir().checkpoints / "sweep" / experiment
     arms = run_sweep(core, knobs, config.seed, cold_start_student, pool, test, teacher_backend, scorer,
                      out_dir, shared, lookup, save, context.log.info)

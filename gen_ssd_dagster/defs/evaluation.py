@@ -11,6 +11,7 @@ from ..core.evaluation import evaluate
 from ..core.grading import GRADER_VERSION
 from ..core.models import ModelSpec
 from ..core.solution_text import SolutionEnd
+from ..core.types import problems_digest
 from ..store.eval_outputs import EvalLedger
 from ..store.experiments import experiment_arms, latest_experiment
 from ..store.scores import Score, cached_score, latest_scores, report, write_scores
@@ -61,8 +62,7 @@ def evaluation_scores(context: dg.AssetExecutionContext, config: EvaluationConfi
         if not benches[bench]:
             raise dg.Failure(f"benchmark {bench!r} has no test problems stored: materialize benchmarks[{bench}]")
         # The questions are part of the key: a benchmark stored anew (more or other problems) is scored anew.
-        problems = hashlib.sha256("\n".join(f"{p.problem_id}\t{p.question}\t{p.gold}"
-                                            for p in benches[bench]).encode()).hexdigest()[:16]
+        problems = problems_digest(benches[bench])
         eval_hash[bench] = hashlib.sha256(json.dumps({**settings, "problems": problems}).encode()).hexdigest()[:12]
     session = mlflow.session()
     scores = []

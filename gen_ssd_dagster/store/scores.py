@@ -81,18 +81,28 @@ def _interval(records: list[dict], compute) -> Interval | None:
         return None
 
 
-def score_intervals(store: Store, df) -> dict[tuple[str, str], Interval | None]:
+Graded = dict[tuple[str, str], list[dict]]  # (student, benchmark) -> graded_outputs of that score row
+
+
+def graded_by_row(store: Store, df) -> Graded:
+    """The graded answers behind every row of `df`, read once (the functions below take them)."""
+    return {(r.student, r.benchmark): graded_outputs(store, r) for r in df.itertuples()}
+
+
+def score_intervals(store: Store, df, graded: Graded | None = None) -> dict[tuple[str, str], Interval | None]:
     """(student, benchmark) -> pass@1 with its 95% interval over questions, for each row of `df`."""
-    return {(r.student, r.benchmark): _interval(graded_outputs(store, r), pass_at_1) for r in df.itertuples()}
+    graded = graded if graded is not None else graded_by_row(store, df)
+    return {(r.student, r.benchmark): _interval(graded[r.student, r.benchmark], pass_at_1) for r in df.itertuples()}
 
 
-def maj_intervals(store: Store, df) -> dict[tuple[str, str], tuple[int, Interval]]:
+def maj_intervals(store: Store, df, graded: Graded | None = None) -> dict[tuple[str, str], tuple[int, Interval]]:
     """(student, benchmark) -> (k, maj@k with its 95% interval) for the rows evaluated with `maj_k`."""
     out = {}
     for r in df.itertuples():
         k = json.loads(r.eval_settings).get("maj_k") if getattr(r, "eval_settings", None) else None
         if k:
-            ci = _interval(graded_outputs(store, r), lambda x: maj_at_k(x, k))
+            records = graded[r.student, r.benchmark] if graded is not None else graded_outputs(store, r)
+            ci = _interval(records, lambda x: maj_at_k(x, k))
             if ci:
                 out[r.student, r.benchmark] = (k, ci)
     return out
@@ -109,11 +119,12 @@ def maj_table(majs: dict[tuple[str, str], tuple[int, Interval]]) -> str:
     return "\n".join(lines)
 
 
-def paired_differences(store: Store, df, baseline: str = "standard_kd") -> list[tuple[str, str, Interval]]:
+def paired_differences(store: Store, df, baseline: str = "standard_kd",
+                       graded: Graded | None = None) -> list[tuple[str, str, Interval]]:
     """(student, benchmark, student − baseline) for every student scored beside `baseline` on a
     benchmark, paired by question (only the questions both answered)."""
     out = []
-    graded = {(r.student, r.benchmark): graded_outputs(store, r) for r in df.itertuples()}  # one read per row
+    graded = graded if graded is not None else graded_by_row(store, df)
     for (student, bench), a in graded.items():
         b = graded.get((baseline, bench))
         if student == baseline or b is None:
@@ -170,7 +181,9 @@ def report(store: Store, df) -> tuple[str, dict, list, dict]:
     """The scores of `df` as people read them: pass@1 ± 95%, maj@k where asked, differences from
     Standard KD paired by question, whether they are within noise, and how the answers were made.
     Returns (markdown, intervals, differences, maj@k intervals)."""
-    intervals, diffs, majs = score_intervals(store, df), paired_differences(store, df), maj_intervals(store, df)
+    graded = graded_by_row(store, df)  # each score's answers read once for all three
+    intervals = score_intervals(store, df, graded)
+    diffs, majs = paired_differences(store, df, graded=graded), maj_intervals(store, df, graded)
     parts = (score_table(df, intervals), maj_table(majs), difference_table(diffs), noise_sentence(diffs),
              settings_lines(df), answer_lengths(store, df), INTERVAL_NOTE if not df.empty else "")
     return "\n\n".join(p for p in parts if p), intervals, diffs, majs
