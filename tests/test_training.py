@@ -6,7 +6,7 @@ from gen_ssd_dagster.core.demo_models import train_tokenizer
 from gen_ssd_dagster.core.errors import ConfigError, GenSSDError
 from gen_ssd_dagster.core.models import ModelSpec, load_model, load_tokenizer
 from gen_ssd_dagster.core.prompts import Prompter, format_prompt
-from gen_ssd_dagster.core.training import IGNORE, TrainConfig, encode_examples, fine_tune, save_atomically
+from gen_ssd_dagster.core.training import IGNORE, TrainConfig, encode_examples, fine_tune, native_bf16, save_atomically
 
 QUESTION = "Mia has 7 apples. She buys 5 more. How many apples does Mia have now?"
 PROMPT = format_prompt(QUESTION)  # the tiny model has no chat template: the plain format
@@ -67,6 +67,10 @@ def test_fine_tune_replaces_existing_checkpoint(base, tmp_path):
     first = fine_tune(base, EXAMPLES[:8], out, config)
     second = fine_tune(ModelSpec(str(base)), EXAMPLES[:8], out, TrainConfig(epochs=0.25, batch_size=8, seed=1))
     assert first.path == second.path == out.resolve() and first.steps == 1
+    # bf16 is used only where the CPU has it: emulated bf16 is ~11x slower than float32
+    cpu_flags = open("/proc/cpuinfo").read().split()
+    assert native_bf16() == ("avx512_bf16" in cpu_flags or "amx_bf16" in cpu_flags)
+    assert first.precision == ("bf16" if native_bf16() else "fp32") and second.precision == "fp32"
     load_model(ModelSpec(str(out)))
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 

@@ -74,7 +74,7 @@ def train_logged(context, name: str, base: ModelSpec, examples: list[tuple[str, 
         version = model_version(spec)
         run.log(metrics={"final_loss": result.final_loss, "steps": result.steps,
                          "train_tokens": result.train_tokens, "train_seconds": result.seconds},
-                tags={"model_version": version})
+                tags={"model_version": version, "precision": result.precision})
         run.log_artifacts(result.path, "model")
         reg_version = run.register(registered, "model", tags={**tags, "model_version": version})
     return TrainedModel(spec, version, run.run_id, registered, reg_version, result.steps, result.final_loss,
