@@ -1,6 +1,7 @@
 """Build the demo models and measure them: build time, teacher greedy accuracy, sampled style mix.
 
     .venv/bin/python benchmarks/demo_models_quality.py /tmp/demo_models [--problems 100 --samples 20]
+    .venv/bin/python benchmarks/demo_models_quality.py /tmp/reasoning --style-weights 0.25,0,0,0.75
 
 A second run on the same directory reuses the built models (build time then shows 0.0 s).
 """
@@ -8,6 +9,7 @@ A second run on the same directory reuses the built models (build time then show
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import collections
 import json
 import logging
@@ -49,12 +51,17 @@ def main() -> None:
     ap.add_argument("--problems", type=int, default=100)
     ap.add_argument("--samples", type=int, default=20)
     ap.add_argument("--seed", type=int, default=123, help="seed of the fresh test problems")
+    ap.add_argument("--style-weights", default=None,
+                    help="stepwise,collapsed,verbose,meandering shares of the teacher's data (default: the easy world)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
     load = os.getloadavg()[0]
     t = time.perf_counter()
-    built = build_demo_models(args.out_dir, DemoModelsConfig())
+    config = DemoModelsConfig()
+    if args.style_weights:
+        config = dataclasses.replace(config, style_weights=tuple(float(w) for w in args.style_weights.split(",")))
+    built = build_demo_models(args.out_dir, config)
     print(f"build: {built.seconds:.1f} s (wall {time.perf_counter() - t:.1f} s, load avg at start {load:.2f}, "
           f"now {os.getloadavg()[0]:.2f})")
     marker = json.loads((Path(args.out_dir) / MARKER).read_text())

@@ -111,3 +111,23 @@ def test_write_demo_dataset(tmp_path):
     assert rows["train"][0]["answer"].splitlines()[-1].startswith("#### ")
     assert not {r["question"] for r in rows["train"]} & {r["question"] for r in rows["test"]}
     assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_meandering_traces_mix_concise_steps_with_detours():
+    """docs/reasoning-world.md: concise steps (the stepwise lines) sit inside long mixed traces."""
+    rng = random.Random(0)
+    problems = generate_problems(400, 3, "train")
+    concise = steps = openers = 0
+    for p in problems:
+        text = render_solution(p, "meandering", rng)
+        stepwise = set(render_solution(p, "stepwise").splitlines()[:-1])
+        lines = text.splitlines()[:-1]
+        assert set(lines) != stepwise  # never a plain stepwise solution
+        assert len(text) > len(render_solution(p, "stepwise"))
+        spec_ops = spec_from_question(p.question).ops
+        steps += len(spec_ops)
+        concise += sum(line in stepwise for line in lines)
+        openers += lines[0].endswith(".") and not lines[0][0].isdigit() and "Step" not in lines[0] \
+            and " starts with " not in lines[0] and not lines[0].startswith(("First", "Then", "Last"))
+    assert 0.28 < concise / steps < 0.42  # P_CONCISE_STEP = 0.35
+    assert 0.7 < openers / len(problems) < 0.9  # P_OPENER = 0.8

@@ -50,7 +50,9 @@ class DemoModelsConfig:
     data:
         seed: seeds problems, styles, weights and shuffling.
         n_teacher_problems: training problems of the teacher (one solution each).
-        style_weights: probabilities of stepwise / collapsed / verbose in the teacher's data.
+        style_weights: probabilities of stepwise / collapsed / verbose / meandering in the teacher's
+            data (demo_world.STYLES). The default is the easy world; configs/reasoning_teacher.yaml
+            is the reasoning-teacher world of docs/reasoning-world.md.
         n_student_questions: question texts the base student is pretrained on.
     tokenizers (byte-level BPE, digits split one by one so arithmetic is learnable):
         teacher_vocab / student_vocab: vocabulary sizes (at most: the small demo text may run out
@@ -64,7 +66,7 @@ class DemoModelsConfig:
 
     seed: int = 0
     n_teacher_problems: int = 36000
-    style_weights: tuple[float, float, float] = (0.5, 0.25, 0.25)
+    style_weights: tuple[float, float, float, float] = (0.5, 0.25, 0.25, 0.0)
     n_student_questions: int = 2000
     teacher_vocab: int = 512
     student_vocab: int = 320
@@ -184,7 +186,10 @@ def build_demo_models(
     # can encode anything the teacher says; they differ in vocabulary size, hence in merges.
     rng = random.Random(f"tokenizer-{config.seed}")
     extra = generate_specs(500, config.seed + 30_000, "train")
-    corpus = [format_prompt(q) for q, _ in examples] + [render_solution(s, style, rng) for s in extra for style in STYLES]
+    # Meandering text joins the corpus only when the teacher writes it, so the three-style worlds
+    # keep the tokenizers (and models) they were measured with.
+    styles = [st for st, w in zip(STYLES, config.style_weights) if st != "meandering" or w > 0]
+    corpus = [format_prompt(q) for q, _ in examples] + [render_solution(s, style, rng) for s in extra for style in styles]
     train_cfg = dict(learning_rate=config.learning_rate, batch_size=config.batch_size, bf16=config.bf16,
                      seed=config.seed, warmup_steps=config.warmup_steps, max_length=384)
 

@@ -12,6 +12,11 @@ three styles that differ in how learnable they are for a small model:
 * "verbose":   an opener, a restatement, wordy steps, random asides with random numbers, and
                sometimes a wrong partial result that gets corrected: long, full of unpredictable
                tokens, and still right in the end.
+* "meandering": a reasoning teacher's usual trace (docs/reasoning-world.md): filler opener, each
+               operation drawn independently as a concise stepwise line or one of four roundabout
+               forms (wordy, counting one at a time, a slip caught at once, a re-check), asides
+               with random numbers, a closing line. Concise steps sit inside long mixed traces, so
+               a chunk-level selector can find them where a trace-level one cannot.
 
 Gen-SSD exploits exactly this spread: a teacher trained on the mixture proposes all three, and the
 student should keep the ones it can learn from. Each style opens with its own word ("Step",
@@ -37,7 +42,7 @@ from .errors import ConfigError
 from .prompts import final_answer_line
 from .types import Problem
 
-STYLES = ("stepwise", "collapsed", "verbose")
+STYLES = ("stepwise", "collapsed", "verbose", "meandering")
 SPLITS = ("train", "validation", "test")
 
 NAMES = {"Mia": "she", "Tom": "he", "Ana": "she", "Leo": "he", "Sam": "he", "Ivy": "she"}
@@ -55,6 +60,15 @@ _VERBOSE_STEPS = ("First", "Then", "Last")
 _ASIDES = ("Note that {r} is not relevant here.", "By the way, {r} {o} would be too many.",
            "I should not confuse {i} with {o}.", "The number {r} does not appear in the problem.",
            "Let me double check: {a} {k} {n} = {b}. Yes.", "So far so good, {b} {i}.")
+
+# The meandering style's parts (docs/reasoning-world.md gives the shares and why).
+_MEANDER_OPENERS = ("Okay, let me read the problem again.", "Hmm, let me think about this step by step.",
+                    "Alright, let me work through this.", "Let me start from the beginning.",
+                    "Okay, so we need to track the count.", "Hmm, this looks simple, but let me be careful.")
+_MEANDER_ASIDES = ("Note that {r} is not relevant here.", "The number {r} does not appear in the problem.",
+                   "By the way, {r} would be far too many {i}.")
+_MEANDER_CLOSINGS = ("So the answer is {b}.", "That gives {b} {i} in the end.")
+P_OPENER, P_RESTATE, P_CONCISE_STEP, P_ASIDE, P_CLOSING = 0.8, 0.5, 0.35, 0.35, 0.5
 
 
 @dataclass(frozen=True)
@@ -174,7 +188,7 @@ def spec_from_question(question: str) -> Spec:
 
 
 def render_solution(problem: Spec | Problem, style: str, rng: random.Random | None = None) -> str:
-    """A worked solution in `style`, ending in ``#### N``. Only "verbose" uses `rng`."""
+    """A worked solution in `style`, ending in ``#### N``. Only "verbose" and "meandering" use `rng`."""
     spec = problem if isinstance(problem, Spec) else spec_from_question(problem.question)
     values = spec.values()
     if style == "stepwise":
@@ -185,6 +199,8 @@ def render_solution(problem: Spec | Problem, style: str, rng: random.Random | No
         lines = [f"Total: {expr} = {spec.answer}"]
     elif style == "verbose":
         lines = _verbose_lines(spec, values, rng or random.Random(0))
+    elif style == "meandering":
+        lines = _meandering_lines(spec, values, rng or random.Random(0))
     else:
         raise ConfigError(f"style must be one of {STYLES}, got {style!r}")
     return "\n".join([*lines, final_answer_line(str(spec.answer))])
@@ -209,15 +225,63 @@ def _verbose_lines(spec: Spec, values: list[int], rng: random.Random) -> list[st
     return lines
 
 
+def _meandering_lines(spec: Spec, values: list[int], rng: random.Random) -> list[str]:
+    lines = []
+    if rng.random() < P_OPENER:
+        lines.append(rng.choice(_MEANDER_OPENERS))
+    if rng.random() < P_RESTATE:
+        lines.append(f"{spec.name} starts with {spec.start} {spec.item}.")
+    detours = ("wordy", "counting", "slip", "recheck")
+    forms = ["concise" if rng.random() < P_CONCISE_STEP else rng.choice(detours) for _ in spec.ops]
+    if not lines and set(forms) == {"concise"}:  # a meandering trace has at least one detour
+        forms[0] = rng.choice(detours)
+    for i, (a, b, op, form) in enumerate(zip(values, values[1:], spec.ops, forms)):
+        lines.append(_meandering_step(i + 1, a, b, op, form, spec, rng))
+        if rng.random() < P_ASIDE:
+            lines.append(rng.choice(_MEANDER_ASIDES).format(r=rng.randint(10, 99), i=spec.item))
+    if rng.random() < P_CLOSING:
+        lines.append(rng.choice(_MEANDER_CLOSINGS).format(b=spec.answer, i=spec.item))
+    return lines
+
+
+def _meandering_step(k: int, a: int, b: int, op: Op, form: str, spec: Spec, rng: random.Random) -> str:
+    concise = f"Step {k}: {a} {op.kind} {op.n} = {b}"
+    if form == "concise":
+        return concise
+    if form == "wordy":
+        return f"{CONNECTORS[k - 1]} {spec.pronoun} {op.phrase}, so {a} {op.kind} {op.n} = {b}."
+    if form == "counting":  # one unit at a time: n <= MAX_OPERAND steps
+        unit = 1 if op.kind == "+" else -1
+        hops = [f"{a + j * unit} {op.kind} 1 = {a + (j + 1) * unit}" for j in range(op.n)]
+        return f"{a} {op.kind} {op.n}: {', '.join(hops)}."
+    if form == "slip":  # a wrong result, caught at once: the final answer stays right
+        slip = max(0, b + rng.choice((-2, -1, 1, 2)))
+        slip = slip if slip != b else b + 1
+        return f"{concise[:-len(str(b))]}{slip}. Wait, that is wrong. {a} {op.kind} {op.n} = {b}."
+    inverse = "-" if op.kind == "+" else "+"
+    return f"{concise}. Let me check: {b} {inverse} {op.n} = {a}. Yes."
+
+
+_STEP_LINE = re.compile(r"Step \d+: \d+ [+-] \d+ = \d+")
+
+
 def classify_style(solution: str) -> str:
-    """The style of a solution, read from its opening line only ("other" when none fits)."""
-    first = solution.lstrip().split("\n", 1)[0].strip()
-    if first.startswith("Step 1:"):
-        return "stepwise"
-    if first.startswith("Total:"):
+    """The style of a solution ("other" when none fits): collapsed and verbose by their opening
+    line, stepwise when every line before the answer is a plain step, meandering when it opens with
+    one of its fillers or has any other line."""
+    lines = [line.strip() for line in solution.strip().split("\n")]
+    body = [line for line in lines if line and not line.startswith("####")]
+    if not body:
+        return "other"
+    if body[0].startswith("Total:"):
         return "collapsed"
-    if first in _VERBOSE_OPENERS:
+    if body[0] in _VERBOSE_OPENERS:
         return "verbose"
+    if all(_STEP_LINE.fullmatch(line) for line in body):
+        return "stepwise"
+    if body[0] in _MEANDER_OPENERS or body[0].startswith("Step 1:") or " starts with " in body[0] \
+            or re.match(r"(First|\d+ [+-] \d+:)", body[0]):
+        return "meandering"
     return "other"
 
 
