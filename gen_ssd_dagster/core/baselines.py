@@ -1,9 +1,10 @@
-"""The two baselines, shaped like Gen-SSD: problems in, trajectories out.
+"""The baselines, shaped like Gen-SSD: problems in, trajectories out.
 
-Both draw K complete teacher solutions per problem and have the student score each whole
+All draw K complete teacher solutions per problem and have the student score each whole
 solution (so every method reports the PPL of what it trains on). They differ in what they keep:
 Standard KD keeps every correct sample; post-hoc filtering keeps the correct sample of lowest
-student PPL.
+student PPL; the answer-likelihood selection (in the spirit of MoRSD, arXiv 2509.23574, whose
+code is not public) keeps the correct sample under which the student finds the answer likeliest.
 """
 
 from __future__ import annotations
@@ -94,3 +95,33 @@ def select_lowest_ppl_correct(samples: list[Trajectory],
     allowed = [t for t in samples if keeps(t)]
     if allowed:
         min(allowed, key=lambda t: t.ppl).selected = True
+
+
+def split_answer(text: str) -> tuple[str, str]:
+    """(rationale, answer): the answer is the last line, with the newline before it."""
+    cut = text.rstrip().rfind("\n")
+    return (text[:cut], text[cut:]) if cut >= 0 else ("", text)
+
+
+def answer_nlls(samples: list[Trajectory], scorer: Scorer, batch_size: int = 64) -> list[float]:
+    """-log P(answer line | question, rationale) under the student, per sample (`split_answer`).
+    For a correct sample the answer line states the gold answer."""
+    out: list[float] = []
+    for start in range(0, len(samples), batch_size):
+        batch = samples[start:start + batch_size]
+        rationales, answers = zip(*(split_answer(t.text) for t in batch))
+        session = scorer.start([t.question for t in batch])
+        session.score([[r] for r in rationales], [[False]] * len(batch))
+        session.accept([0] * len(batch))
+        scores = session.score([[a] for a in answers], [[True]] * len(batch))
+        out.extend(s[0].nll for s in scores)
+    return out
+
+
+def select_likeliest_answer(samples: list[Trajectory], nlls: list[float],
+                            keeps: Callable[[Trajectory], bool] = SamplingConfig().keeps) -> None:
+    """Mark, among one problem's samples that `keeps` allows, the one whose answer the student
+    finds likeliest given its rationale."""
+    allowed = [(nll, i) for i, (t, nll) in enumerate(zip(samples, nlls)) if keeps(t)]
+    if allowed:
+        samples[min(allowed)[1]].selected = True

@@ -9,9 +9,9 @@ from .comparison import ArmResult
 from .errors import ConfigError
 from .statistics import paired_difference, variance_components
 
-ORDER = ["base", "cold_start", "standard_kd", "posthoc", "gen_ssd"]
+ORDER = ["base", "cold_start", "standard_kd", "posthoc", "answer_likelihood", "gen_ssd"]
 LABELS = {"base": "base student", "cold_start": "cold start", "standard_kd": "Standard KD",
-          "posthoc": "post-hoc filter", "gen_ssd": "Gen-SSD"}
+          "posthoc": "post-hoc filter", "answer_likelihood": "answer likelihood (MoRSD-style)", "gen_ssd": "Gen-SSD"}
 
 
 @dataclass(frozen=True)
@@ -132,8 +132,8 @@ def markdown(arms: list[ArmResult], budget: int | None = None) -> str:
             _cell(r["prune"], 0, 100), _cell(r["tokens_per_accepted"], 0), _cell(r["problems"], 0),
             _cell(r["selected"], 0), _cell(r["minutes"], 1)]) + " |")
     if budget:
-        lines.append(f"\nEvery arm's training data cost at most {budget:,} teacher tokens (post-hoc filters "
-                     "Standard KD's very samples). PPL is the cold-start student's, per token.")
+        lines.append(f"\nEvery arm's training data cost at most {budget:,} teacher tokens (post-hoc and answer "
+                     "likelihood re-select Standard KD's very samples). PPL is the cold-start student's, per token.")
     lines.append("\nAccuracy and Δ: mean ± sd over seeds. Δ paired: the mean difference from Standard KD on the same "
                  "seeds and test questions ± its 95% interval, training seeds and test questions both random "
                  "(with one seed, test questions only: the interval then ignores how much another seed would differ).")

@@ -13,7 +13,7 @@ import json
 import dagster as dg
 
 from ..core.backends import model_version
-from ..core.comparison import ArmResult, arm_key, evaluation_of, reference_arm, run_comparison
+from ..core.comparison import METHODS, ArmResult, arm_key, evaluation_of, reference_arm, run_comparison
 from ..core.comparison_table import markdown, summarise
 from ..core.models import ModelSpec
 from ..core.sweep import parse_knobs, run_sweep
@@ -92,7 +92,7 @@ def _log_mlflow(mlflow: MLflowResource, name: str, experiment: str, arms: list[A
 def method_comparison(context: dg.AssetExecutionContext, config: ComparisonRunConfig, teacher: ModelSpec,
                       base_student: ModelSpec, cold_start_student: ModelSpec, models: ModelsResource,
                       store: StoreResource, mlflow: MLflowResource) -> dg.MaterializeResult:
-    """Does Gen-SSD beat Standard KD and post-hoc filtering here? One student per method per seed,
+    """Does Gen-SSD beat Standard KD, post-hoc filtering and the answer-likelihood selection here? One student per method per seed,
     each trained from the cold-start checkpoint on data that cost the same teacher-token budget,
     all scored on the same benchmark; the table gives mean ± sd over seeds, with the base and
     cold-start students for reference."""
@@ -102,7 +102,7 @@ def method_comparison(context: dg.AssetExecutionContext, config: ComparisonRunCo
     shared, scored = _context(teacher_backend.version, scorer.version, pool), evaluation_of(test, core)
     experiment = _experiment_id("comparison", config, {**shared, **scored})
     lookup, save = _persist(store, experiment, config, context.run.run_id, scored)
-    context.log.info(f"{experiment}: {len(config.seeds)} seeds x 3 methods, {len(pool)} pool problems, "
+    context.log.info(f"{experiment}: {len(config.seeds)} seeds x {len(METHODS)} methods, {len(pool)} pool problems, "
                      f"{len(test)} test problems, budget {core.teacher_token_budget} teacher tokens per arm")
     out_dir = store.home_dir().checkpoints / "comparison" / experiment
     arms = []
