@@ -85,7 +85,8 @@ def _experiment_report(home, kind: str) -> str:
 
 
 def _eval_flags(args: argparse.Namespace) -> dict:
-    return {"eval_samples": args.eval_samples, "eval_temperature": args.eval_temperature}
+    return {"eval_samples": args.eval_samples, "eval_temperature": args.eval_temperature,
+            "calibration_quantile": args.calibrate}
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -201,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", default=os.environ.get("GEN_SSD_CONFIG"), help=config_help)
         p.add_argument("--eval-samples", type=int, help="test answers per question (default: 1, greedy)")
         p.add_argument("--eval-temperature", type=float, help="temperature of the test answers (0 = greedy)")
+        p.add_argument("--calibrate", type=float, metavar="Q",
+                       help="derive Gen-SSD's max_ppl and ppl_ratio from the Q-quantile of the cold-start "
+                            "student's PPLs of the teacher's lines (e.g. 0.9; default: as configured)")
         p.set_defaults(func=func)
     report = sub.add_parser("report", help="print the evaluation table (student x benchmark) from DuckDB")
     report.add_argument("--json", action="store_true", help="machine-readable output")

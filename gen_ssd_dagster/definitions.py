@@ -2,13 +2,13 @@
 
 import dagster as dg
 
-from .defs import automation, checks, comparison, data, distillation, evaluation, models, trajectories
+from .defs import automation, calibration, checks, comparison, data, distillation, evaluation, models, trajectories
 from .defs.resources import DataResource, MLflowResource, ModelsResource, StoreResource, resources_from_env
 
 ASSETS = [
     models.teacher, models.base_student,
     data.problems, data.benchmarks,
-    distillation.cold_start_student,
+    distillation.cold_start_student, calibration.pruning_thresholds,
     trajectories.gen_ssd_trajectories, trajectories.standard_kd_trajectories, trajectories.posthoc_trajectories,
     *distillation.distilled_students,
     evaluation.evaluation_scores,

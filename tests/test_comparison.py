@@ -143,7 +143,8 @@ def test_comparison_and_sweep_assets(tmp_path, tiny_models, memorizing_teacher, 
                   "standard_kd": knobs}
     rc = {"ops": {"cold_start_student": {"config": {**small, "max_problems": 4, "epochs": 2}},
                   "method_comparison": {"config": {**experiment, "seeds": [0, 1]}},
-                  "gen_ssd_knob_sweep": {"config": {**experiment, "knobs": {"chunk_tokens": ["8", "16"]}}}}}
+                  "gen_ssd_knob_sweep": {"config": {**experiment, "knobs": {"chunk_tokens": ["8", "16"]},
+                                                    "calibration_quantile": 0.9, "calibration_problems": 2}}}}
     resources = {"models": ModelsResource(teacher=str(memorizing_teacher), student=str(tiny_models[1])),
                  "data": DataResource(**DEMO_SIZES)}
     selection = ["teacher", "base_student", "problems", "benchmarks", "cold_start_student",
@@ -154,7 +155,7 @@ def test_comparison_and_sweep_assets(tmp_path, tiny_models, memorizing_teacher, 
     store = Store(home.db_path)
     arms = experiment_arms(store, kind="comparison")
     assert sorted((a.label, a.seed) for a in arms if a.kind == "comparison") == [
-        (m, s) for m in ("gen_ssd", "posthoc", "standard_kd") for s in (0, 1)]
+        (m, s) for m in ("answer_likelihood", "gen_ssd", "posthoc", "standard_kd") for s in (0, 1)]
     assert {a.label for a in arms if a.kind == "reference"} == {"base", "cold_start"}
     for a in arms:
         assert a.teacher_tokens <= 400 and 0 <= a.accuracy <= 1 and a.n_test == DEMO_SIZES["demo_test"]
@@ -162,10 +163,17 @@ def test_comparison_and_sweep_assets(tmp_path, tiny_models, memorizing_teacher, 
     for seed in (0, 1):
         assert by["posthoc", seed].teacher_tokens == by["standard_kd", seed].teacher_tokens > 0
         assert by["posthoc", seed].selected <= by["standard_kd", seed].selected
+        # the MoRSD-style arm re-selects the same samples: same cost, one per problem at most
+        assert by["answer_likelihood", seed].teacher_tokens == by["standard_kd", seed].teacher_tokens
+        assert by["answer_likelihood", seed].selected == by["posthoc", seed].selected
         assert by["gen_ssd", seed].config["sampling"]["seed"] == seed
     sweep = experiment_arms(store, kind="sweep")
     assert sorted(a.label for a in sweep) == ["chunk_tokens=16", "chunk_tokens=8"]
     assert [a.config["chunk_tokens"] for a in sorted(sweep, key=lambda a: a.label)] == [16, 8]
+    # the sweep calibrated its thresholds: every point records where they came from
+    assert {a.config["calibration"]["quantile"] for a in sweep} == {0.9}
+    assert {a.config["max_ppl"] for a in sweep} == {sweep[0].config["calibration"]["max_ppl"]}
+    assert "calibration" not in by["gen_ssd", 0].config  # the comparison's thresholds were hand-set
 
     events = {e.asset_key.to_user_string(): e.step_materialization_data.materialization
               for e in result.get_asset_materialization_events()}
@@ -193,7 +201,7 @@ def test_comparison_and_sweep_assets(tmp_path, tiny_models, memorizing_teacher, 
     second = experiment_arms(store, kind="comparison")
     assert len(second) == len(arms) and second[0].checkpoint
     again_by = {a.label: a for a in second if a.seed in (0, None)}
-    for label in ("base", "cold_start", "standard_kd", "posthoc"):
+    for label in ("base", "cold_start", "standard_kd", "posthoc", "answer_likelihood"):
         assert again_by[label].to_dict() == first[label].to_dict()
     assert again_by["gen_ssd"].config["chunk_tokens"] == 8 != first["gen_ssd"].config["chunk_tokens"]
 
@@ -224,7 +232,8 @@ def test_sweep_cli_rejects_a_bad_knob_before_loading_anything(tmp_path, capsys):
     assert not (tmp_path / "home").exists()  # nothing written
 
 
-@pytest.mark.parametrize("name", ["small.yaml", "hard_teacher.yaml", "smollm2_gsm8k.yaml"])
+@pytest.mark.parametrize("name", ["small.yaml", "hard_teacher.yaml", "reasoning_teacher.yaml", "easy_teacher.yaml",
+                                  "smollm2_gsm8k.yaml"])
 def test_shipped_configs_are_valid_run_config(name):
     """A shipped config loads, and Dagster accepts its ops' config for the assets they name."""
     from pathlib import Path

@@ -78,7 +78,7 @@ def test_run_config_mirrors_core_defaults():
         # An empty solution_end is the dataset's own: the demo world ends at its `#### N` line.
         assert method_config(run_cls(), cls, "demo").sampling.solution_end == "answer_line"
         assert method_config(run_cls(solution_end="boxed"), cls, "demo").sampling.solution_end == "boxed"
-        knobs = {f.name for f in dataclasses.fields(cls)} - {"sampling"} | {f.name for f in dataclasses.fields(SamplingConfig)}
+        knobs = {f.name for f in dataclasses.fields(cls)} - {"sampling", "calibration"} | {f.name for f in dataclasses.fields(SamplingConfig)}
         assert knobs <= set(run_cls.model_fields)
     custom = method_config(GenSSDRunConfig(chunk_tokens=5, temperature=0.7, suitability="absolute"), GenSSDConfig)
     assert (custom.chunk_tokens, custom.sampling.temperature, custom.suitability) == (5, 0.7, "absolute")

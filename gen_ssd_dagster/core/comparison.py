@@ -8,10 +8,11 @@ How the budget is matched: problems are taken in the seed's order, a batch at a 
 generating, the arm keeps the longest prefix of problems whose teacher tokens (every token the
 teacher generated for them: rejected candidates and pruned paths included) sum to at most the
 budget; the rest of the last batch is dropped. So every arm's training data cost at most the
-budget, and at least the budget minus one problem's cost. Post-hoc filtering selects among the
-very same samples as Standard KD (lowest-PPL correct sample of each problem instead of every
-correct one), so its cost equals Standard KD's by construction and the two differ only in what
-they keep.
+budget, and at least the budget minus one problem's cost. Post-hoc filtering and the
+answer-likelihood selection (MoRSD-style) select among the very same samples as Standard KD (per
+problem, the lowest-PPL correct sample, or the correct sample whose answer the student finds
+likeliest, instead of every correct one), so their cost equals Standard KD's by construction and
+they differ from it only in what they keep.
 
 A seed changes the order of the problem stream, the teacher's sampling and the training shuffle.
 The cold-start checkpoint, the scorer and the test set are shared by every arm.
@@ -29,7 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .baselines import select_lowest_ppl_correct
+from .calibration import calibrate, calibrated, summary, validate_quantile
+from .baselines import answer_nlls, select_likeliest_answer, select_lowest_ppl_correct
 from .config import GenSSDConfig, MethodConfig, SamplingConfig, StandardKDConfig, config_dict
 from .errors import ConfigError
 from .evaluation import EvalSettings, evaluate
@@ -39,7 +41,8 @@ from .training import TrainConfig, fine_tune
 from .types import Problem, Trajectory, problems_digest
 
 Log = Callable[[str], None]
-METHODS = ("standard_kd", "posthoc", "gen_ssd")
+METHODS = ("standard_kd", "posthoc", "answer_likelihood", "gen_ssd")
+KD_RESELECTIONS = ("posthoc", "answer_likelihood")  # arms that re-select Standard KD's own samples
 # The distillation recipe. Measured on the demo: with 3 epochs at 1e-3 the 0.27M student stayed
 # near its cold-start accuracy whatever it was given (1,000 gold stepwise solutions: 6.5%); 8
 # epochs at 3e-3 took the same data to 26.5%, so the methods' data can make a difference.
@@ -58,6 +61,10 @@ class ComparisonConfig:
     train: how each arm's student is fine-tuned from the cold-start checkpoint (seed replaced).
     eval_batch_size / eval_max_new_tokens / eval_samples / eval_temperature / eval_top_p: how each
         student answers the test problems (`evaluation.EvalSettings`; default one greedy answer each).
+    calibration_quantile: None keeps gen_ssd's hand-set max_ppl and ppl_ratio; a value in (0, 1)
+        replaces them, once before the first arm, by that quantile of the cold-start student's PPLs
+        of the teacher's lines on `calibration_problems` problems held back from the end of the pool
+        (`calibration.calibrate`). Every arm then draws from the rest of the pool.
     """
 
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # 5 seeds fit the 30-minute budget on 2 cores (docs/evaluation.md)
@@ -71,6 +78,8 @@ class ComparisonConfig:
     eval_samples: int = 1
     eval_temperature: float = 0.0
     eval_top_p: float = 1.0
+    calibration_quantile: float | None = None
+    calibration_problems: int = 64
 
     @property
     def evaluation(self) -> EvalSettings:
@@ -88,6 +97,10 @@ class ComparisonConfig:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         self.gen_ssd.validate()
         self.standard_kd.validate()
+        if self.calibration_quantile is not None:
+            validate_quantile(self.calibration_quantile)
+            if self.calibration_problems < 1:
+                raise ConfigError(f"calibration_problems must be >= 1, got {self.calibration_problems}")
         self.train.validate()
         self.evaluation.validate()
 
@@ -200,6 +213,21 @@ def posthoc_from(kd: BudgetedData, keeps: Callable[[Trajectory], bool] = Samplin
     return dataclasses.replace(kd, trajectories=copies, seconds=0.0)
 
 
+def answer_likelihood_from(kd: BudgetedData, scorer, keeps: Callable[[Trajectory], bool] = SamplingConfig().keeps
+                           ) -> BudgetedData:
+    """MoRSD-style selection of Standard KD's very samples: per problem, the one `keeps` allows under
+    which the student gives the answer line the lowest NLL (`baselines.answer_nlls`)."""
+    clock = time.perf_counter()
+    copies = [dataclasses.replace(t, method="answer_likelihood", selected=False) for t in kd.trajectories]
+    nlls = answer_nlls(copies, scorer)
+    by_problem: dict[str, list[tuple[Trajectory, float]]] = {}
+    for t, nll in zip(copies, nlls):
+        by_problem.setdefault(t.problem_id, []).append((t, nll))
+    for pairs in by_problem.values():
+        select_likeliest_answer([t for t, _ in pairs], [n for _, n in pairs], keeps)
+    return dataclasses.replace(kd, trajectories=copies, seconds=time.perf_counter() - clock)
+
+
 def data_stats(data: BudgetedData) -> dict:
     """The arm's data columns of `ArmResult`."""
     chosen = [t for t in data.trajectories if t.selected]
@@ -282,6 +310,8 @@ def run_comparison(config: ComparisonConfig, cold_start: ModelSpec | Path, pool:
     arms (teacher, scorer, cold start, data versions) for the keys; `lookup`/`save` persist arms so
     an interrupted comparison resumes at the first arm not yet stored."""
     config.validate()
+    if config.calibration_quantile is not None:
+        config, pool, context = calibrated_comparison(config, pool, teacher, scorer, context, log)
     if not pool or not test:
         raise ConfigError(f"the comparison needs training and test problems (got {len(pool)} and {len(test)})")
     arms = []
@@ -291,6 +321,7 @@ def run_comparison(config: ComparisonConfig, cold_start: ModelSpec | Path, pool:
         dicts = {m: config_dict(c) for m, c in configs.items()}
         # Standard KD's samples carry per-token PPLs: post-hoc selects by those.
         dicts["posthoc"] = {**dicts["standard_kd"], "method": "posthoc", "ppl_normalisation": "token"}
+        dicts["answer_likelihood"] = {**dicts["standard_kd"], "method": "answer_likelihood"}
         keys = {m: arm_key("comparison", m, seed, dicts[m], config, context) for m in METHODS}
         stored = {m: lookup(keys[m]) if lookup else None for m in METHODS}
         data: dict[str, BudgetedData] = {}
@@ -301,11 +332,13 @@ def run_comparison(config: ComparisonConfig, cold_start: ModelSpec | Path, pool:
                 if log:
                     log(f"{method} seed {seed}: reusing the stored arm {keys[method]}")
                 continue
-            if method == "posthoc":
+            if method in KD_RESELECTIONS:
                 if "standard_kd" not in data:
                     data["standard_kd"] = generate_within_budget(configs["standard_kd"], stream, teacher, scorer,
                                                                  config.teacher_token_budget, config.batch_size, log)
-                data["posthoc"] = posthoc_from(data["standard_kd"], configs["standard_kd"].sampling.keeps)
+                keeps = configs["standard_kd"].sampling.keeps
+                data[method] = (posthoc_from(data["standard_kd"], keeps) if method == "posthoc"
+                                else answer_likelihood_from(data["standard_kd"], scorer, keeps))
             else:
                 data[method] = generate_within_budget(configs[method], stream, teacher, scorer,
                                                       config.teacher_token_budget, config.batch_size, log)
@@ -315,6 +348,23 @@ def run_comparison(config: ComparisonConfig, cold_start: ModelSpec | Path, pool:
                 save(keys[method], arm)
             arms.append(arm)
     return arms
+
+
+def calibrated_comparison(config: ComparisonConfig, pool: list[Problem], teacher, scorer, context: dict,
+                log: Log | None) -> tuple[ComparisonConfig, list[Problem], dict]:
+    """Calibrate Gen-SSD's thresholds on the pool's last problems, which then leave the pool."""
+    n = config.calibration_problems
+    if len(pool) <= n:
+        raise ConfigError(f"calibration holds back {n} problems, but the pool has only {len(pool)}: lower "
+                          "calibration_problems or store more training problems")
+    held_back, pool = pool[-n:], pool[:-n]
+    record, ppls = calibrate(held_back, teacher, scorer, config.gen_ssd, config.calibration_quantile,
+                             config.batch_size)
+    if log:
+        log(f"calibrated at quantile {record.quantile}: max_ppl {record.max_ppl}, ppl_ratio {record.ppl_ratio} "
+            f"({summary(ppls)})")
+    config = dataclasses.replace(config, gen_ssd=calibrated(config.gen_ssd, record))
+    return config, pool, {**context, "calibration_held_back": n}
 
 
 def reference_arm(label: str, checkpoint: ModelSpec | Path, test: list[Problem], config: ComparisonConfig) -> ArmResult:

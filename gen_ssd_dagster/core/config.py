@@ -82,6 +82,19 @@ class SamplingConfig:
 
 
 @dataclass(frozen=True)
+class Calibration:
+    """Where calibrated pruning thresholds came from (`calibration.calibrate`): the quantile of the
+    cold-start student's PPLs of the teacher's held-back lines, and how many values it rests on."""
+
+    quantile: float
+    max_ppl: float
+    ppl_ratio: float
+    texts: int  # held-back teacher solutions scored
+    first_lines: int  # first-line PPLs the max_ppl quantile rests on
+    later_lines: int  # later-line ratios the ppl_ratio quantile rests on
+
+
+@dataclass(frozen=True)
 class GenSSDConfig:
     """Generation-time self-selection: the teacher proposes, the student chooses.
 
@@ -103,6 +116,8 @@ class GenSSDConfig:
         ppl_ratio: the factor of the "ratio" rule.
         max_ppl: the ceiling of the "absolute" rule and of the first chunk under "ratio".
         When no candidate of a step passes, the path is pruned there.
+        calibration: None when max_ppl and ppl_ratio are hand-set; else the record of the
+            calibration that derived them from the cold-start student (`calibration.calibrated`).
     """
 
     chunk_tokens: int = 16
@@ -113,6 +128,7 @@ class GenSSDConfig:
     suitability: SuitabilityRule = "ratio"
     ppl_ratio: float = 5.0
     max_ppl: float = 20.0
+    calibration: Calibration | None = None
 
     method = "gen_ssd"
 
@@ -163,8 +179,12 @@ MethodConfig = GenSSDConfig | StandardKDConfig | PostHocConfig
 
 
 def config_dict(config: MethodConfig) -> dict:
-    """The exact configuration as plain data, with the method name, for storing beside results."""
-    return {"method": config.method, **dataclasses.asdict(config)}
+    """The exact configuration as plain data, with the method name, for storing beside results.
+    Hand-set thresholds leave `calibration` out, so work stored before it existed keeps its key."""
+    data = {"method": config.method, **dataclasses.asdict(config)}
+    if data.get("calibration", 0) is None:
+        del data["calibration"]
+    return data
 
 
 def config_hash(config: MethodConfig) -> str:

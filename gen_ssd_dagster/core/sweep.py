@@ -55,6 +55,8 @@ def parse_knobs(specs: list[str], base: GenSSDConfig = GenSSDConfig()) -> dict[s
 def point_config(base: GenSSDConfig, knob: str, value) -> GenSSDConfig:
     if knob in SAMPLING_KNOBS:
         config = dataclasses.replace(base, sampling=dataclasses.replace(base.sampling, **{knob: value}))
+    elif knob in ("max_ppl", "ppl_ratio"):  # a hand-set threshold is no longer the calibrated one
+        config = dataclasses.replace(base, **{knob: value, "calibration": None})
     else:
         config = dataclasses.replace(base, **{knob: value})
     config.validate()  # a bad value fails here, before any work, naming the knob
@@ -72,7 +74,10 @@ def run_sweep(config: ComparisonConfig, knobs: dict[str, list], seed: int, cold_
               lookup: ArmStore | None = None, save: Callable[[str, ArmResult], None] | None = None,
               log: Callable[[str], None] | None = None) -> list[ArmResult]:
     """Gen-SSD at each knob value (one-at-a-time around `config.gen_ssd`), trained and evaluated."""
-    points = sweep_points(config.gen_ssd, knobs)  # validates every point before the first one runs
+    sweep_points(config.gen_ssd, knobs)  # validates every point before any work (calibration included)
+    if config.calibration_quantile is not None:
+        config, pool, context = calibrated_comparison(config, pool, teacher, scorer, context, log)
+    points = sweep_points(config.gen_ssd, knobs)
     stream = seed_order(pool, seed)
     arms = []
     by_config: dict[str, ArmResult] = {}  # the base value of every knob is one and the same point

@@ -58,6 +58,28 @@ def ppl_histogram(chosen: list[float], rejected: list[float], title: str, path: 
     return _png(fig, path)
 
 
+def calibration_plot(ppls, record, title: str, path: Path | None = None) -> dg.MetadataValue:
+    """The student's PPLs of the teacher's first lines and later-line ratios, with the thresholds read
+    from them (`core.calibration`)."""
+    import numpy as np
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3))
+    for ax, values, line, label in ((axes[0], ppls.first, record.max_ppl, "first-line PPL"),
+                                    (axes[1], ppls.ratios, record.ppl_ratio, "line PPL / PPL of the text before")):
+        positive = [v for v in values if v > 0]
+        if positive:
+            bins = np.logspace(np.log10(min(positive)), np.log10(max(positive) * 1.0001), 30)
+            ax.hist(positive, bins=bins, alpha=0.7)
+            ax.set_xscale("log")
+            _plain_log_ticks(ax)
+        ax.axvline(line, color="C3", label=f"q{record.quantile:g} = {line:.2f}")
+        ax.set_xlabel(label)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("teacher lines")
+    fig.suptitle(title, fontsize=10)
+    return _png(fig, path)
+
+
 def accuracy_bars(df, path: Path | None = None, intervals: dict | None = None) -> dg.MetadataValue:
     """Accuracy per student, one group of bars per benchmark, with the 95% interval of each as an
     error bar (its larger side, so a clipped interval is not drawn shorter)."""

@@ -7,6 +7,7 @@ dataclasses themselves (never retyped here), plus the limits of a run.
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import dagster as dg
 from pydantic import Field
@@ -58,6 +59,21 @@ class GenSSDKnobs(_Sampling):
 
 class GenSSDRunConfig(GenSSDKnobs, _Limits):
     """Gen-SSD: chunked teacher proposals, student (cold-start) perplexity selection."""
+
+    thresholds: Literal["hand-set", "calibrated"] = Field(
+        default="hand-set", description='"hand-set": max_ppl and ppl_ratio as written here; "calibrated": both '
+        "from the pruning_thresholds asset of the same dataset (recorded with every trajectory)")
+
+
+class CalibrationRunConfig(GenSSDKnobs):
+    """Pruning thresholds from the cold-start student's PPLs of the teacher's lines on held-back problems.
+    The teacher samples as Gen-SSD's knobs say (keep them equal to gen_ssd_trajectories')."""
+
+    quantile: float = Field(default=0.9, description="max_ppl and ppl_ratio are this quantile of the student's "
+                            "first-line PPLs and later-line PPL ratios")
+    max_problems: int = Field(default=64, description="held-back train problems the teacher solves")
+    offset: int | None = Field(default=None, description="train problems skipped first; None = the dataset's "
+                               "last max_problems (the methods take theirs from the front)")
 
 
 class StandardKDKnobs(_Sampling):
@@ -156,6 +172,11 @@ class _Experiment(_train(_C.train)):
     eval_samples: int = Field(default=_C.eval_samples, description="test answers per question (pass@1 is their mean)")
     eval_temperature: float = Field(default=_C.eval_temperature, description="0 = greedy (then eval_samples must be 1)")
     eval_top_p: float = Field(default=_C.eval_top_p, description="nucleus mass of each sampled test answer")
+    calibration_quantile: float | None = Field(
+        default=_C.calibration_quantile, description="None = gen_ssd's max_ppl and ppl_ratio as set; a value in "
+        "(0, 1) derives both from that quantile of the cold-start student's PPLs of the teacher's lines")
+    calibration_problems: int = Field(default=_C.calibration_problems,
+                                      description="pool problems held back for the calibration")
     gen_ssd: GenSSDKnobs = Field(default_factory=GenSSDKnobs, description="Gen-SSD's knobs")
     standard_kd: StandardKDKnobs = Field(default_factory=StandardKDKnobs,
                                          description="Standard KD's knobs (post-hoc filters its samples)")
@@ -166,7 +187,8 @@ class _Experiment(_train(_C.train)):
             gen_ssd=method_config(self.gen_ssd, GenSSDConfig, self.dataset),
             standard_kd=method_config(self.standard_kd, StandardKDConfig, self.dataset),
             train=self.train_config(), eval_max_new_tokens=self.eval_max_new_tokens, eval_samples=self.eval_samples,
-            eval_temperature=self.eval_temperature, eval_top_p=self.eval_top_p)
+            eval_temperature=self.eval_temperature, eval_top_p=self.eval_top_p,
+            calibration_quantile=self.calibration_quantile, calibration_problems=self.calibration_problems)
         config.validate()
         return config
 
@@ -206,7 +228,7 @@ def method_config(run: dg.Config, cls, dataset: str = "demo"):
     values["solution_end"] = solution_end_of(dataset, values.get("solution_end"))
     values["stop_strings"] = tuple(values.get("stop_strings") or ())
     sampling = SamplingConfig(**{k: values[k] for k in SAMPLING_FIELDS})
-    own = {f.name: values[f.name] for f in dataclasses.fields(cls) if f.name != "sampling"}
+    own = {f.name: values[f.name] for f in dataclasses.fields(cls) if f.name not in ("sampling", "calibration")}
     config = cls(sampling=sampling, **own)
     config.validate()
     return config

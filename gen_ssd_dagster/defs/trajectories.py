@@ -7,12 +7,14 @@ partition re-materializes without generating anything.
 """
 
 
+import dataclasses
 import hashlib
 import inspect
 
 import dagster as dg
 
-from ..core.config import GenSSDConfig, PostHocConfig, StandardKDConfig, config_dict, config_hash
+from ..core.calibration import calibrated
+from ..core.config import Calibration, GenSSDConfig, PostHocConfig, StandardKDConfig, config_dict, config_hash
 from ..core.models import ModelSpec
 from ..store.resumable import run_resumable
 from ..store.trajectories import (WorkKey, candidate_ppls, partition_summary, read_problems,
@@ -29,11 +31,18 @@ METHOD_ASSETS = {
 }
 
 
+def core_config(run_config, cls, dataset: str, calibration: dict | None = None):
+    """The method's core config; Gen-SSD's thresholds replaced by `calibration` (a `Calibration` as a dict)."""
+    config = method_config(run_config, cls, dataset)
+    return calibrated(config, Calibration(**calibration)) if calibration else config
+
+
 def generate(context, method: str, cls, run_config, teacher_spec: ModelSpec, scorer_spec: ModelSpec,
-             models: ModelsResource, store_res: StoreResource, dataset: str, problems=None) -> tuple[WorkKey, dict]:
+             models: ModelsResource, store_res: StoreResource, dataset: str, problems=None,
+             calibration: dict | None = None) -> tuple[WorkKey, dict]:
     """Generate (or reuse) the trajectories of one method on one dataset; returns key and summary."""
     store = store_res.store()
-    config = method_config(run_config, cls, dataset)
+    config = core_config(run_config, cls, dataset, calibration)
     if problems is None:
         problems = read_problems(store, dataset, "train", run_config.max_problems, run_config.offset)
     teacher, scorer = models.make_teacher(teacher_spec), models.make_scorer(scorer_spec)
@@ -53,6 +62,46 @@ def summary_text(s: dict) -> str:
             f"{s['new_problems']} problems and reused {s['reused_problems']} stored ones.")
 
 
+def latest_calibration(instance: dg.DagsterInstance, dataset: str) -> dict:
+    """The thresholds of the latest `pruning_thresholds` materialization of `dataset`."""
+    result = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("pruning_thresholds"), asset_partitions=[dataset]), limit=1)
+    if not result.records:
+        raise dg.Failure(f"gen_ssd_trajectories: thresholds is 'calibrated' but pruning_thresholds has no "
+                         f"materialization for {dataset!r}: materialize it first (or set thresholds: hand-set)")
+    meta = result.records[0].asset_materialization.metadata
+    return {f.name: meta[f.name].value for f in dataclasses.fields(Calibration)}
+
+
+def _materialize(context, method: str, config, teacher: ModelSpec, cold_start_student: ModelSpec,
+                 models: ModelsResource, store: StoreResource, calibration: dict | None = None) -> dg.MaterializeResult:
+    """Generate (or reuse) one partition's trajectories; metadata with the summary, config and PPL plot."""
+    name, cls, _ = METHOD_ASSETS[method]
+    dataset = context.partition_key
+    key, s = generate(context, method, cls, config, teacher, cold_start_student, models, store, dataset,
+                      calibration=calibration)
+    if s["asked_problems"] == 0:
+        context.log.warning(f"dataset {dataset!r} has no training problems: nothing to generate")
+    chosen, rejected = candidate_ppls(store.store(), key)
+    plot_path = store.home_dir().plots / f"{name}_{dataset}_{key.config_hash}.png"
+    version = hashlib.sha256(f"{key}|{s['trajectories']}|{s['problems']}".encode()).hexdigest()[:16]
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(version),
+        metadata={
+            "summary": summary_text(s),
+            **reporting.clean(s),
+            "dataset": dataset, "method": method, "config_hash": key.config_hash,
+            "teacher_version": key.teacher_version, "student_version": key.student_version,
+            "config": dg.MetadataValue.json(config_dict(core_config(config, cls, dataset, calibration))),
+            "thresholds": "calibrated" if calibration else "hand-set",
+            "sample_trajectory": reporting.trajectory_markdown(sample_trajectory(store.store(), key)),
+            "ppl_chosen_vs_rejected": reporting.ppl_histogram(chosen, rejected, f"{method} / {dataset}", plot_path),
+            "ppl_plot_path": dg.MetadataValue.path(str(plot_path)),
+        },
+        check_results=[checks.no_duplicates(s, name), checks.acceptance_not_zero(s, name)],
+    )
+
+
 def trajectory_asset(method: str) -> dg.AssetsDefinition:
     name, cls, run_cls = METHOD_ASSETS[method]
     # What the asset holds first; the method's knobs (the config docstring) after it, kept as a
@@ -65,31 +114,16 @@ def trajectory_asset(method: str) -> dg.AssetsDefinition:
     check_specs = [dg.AssetCheckSpec("no_duplicate_trajectories", asset=name),
                    dg.AssetCheckSpec("acceptance_rate_not_zero", asset=name)]
 
+    # Gen-SSD depends on the calibrated thresholds (lineage), and reads them only when told to.
+    deps = [dg.AssetDep("problems"), *([dg.AssetDep("pruning_thresholds")] if method == "gen_ssd" else [])]
+
     @dg.asset(name=name, group_name="trajectories", pool=GPU_POOL, partitions_def=DATASETS, kinds={"duckdb"},
-              deps=[dg.AssetDep("problems")], check_specs=check_specs, description=description)
+              deps=deps, check_specs=check_specs, description=description)
     def _asset(context: dg.AssetExecutionContext, config: run_cls, teacher: ModelSpec,
                cold_start_student: ModelSpec, models: ModelsResource, store: StoreResource) -> dg.MaterializeResult:
-        dataset = context.partition_key
-        key, s = generate(context, method, cls, config, teacher, cold_start_student, models, store, dataset)
-        if s["asked_problems"] == 0:
-            context.log.warning(f"dataset {dataset!r} has no training problems: nothing to generate")
-        chosen, rejected = candidate_ppls(store.store(), key)
-        plot_path = store.home_dir().plots / f"{name}_{dataset}_{key.config_hash}.png"
-        version = hashlib.sha256(f"{key}|{s['trajectories']}|{s['problems']}".encode()).hexdigest()[:16]
-        return dg.MaterializeResult(
-            data_version=dg.DataVersion(version),
-            metadata={
-                "summary": summary_text(s),
-                **reporting.clean(s),
-                "dataset": dataset, "method": method, "config_hash": key.config_hash,
-                "teacher_version": key.teacher_version, "student_version": key.student_version,
-                "config": dg.MetadataValue.json(config_dict(method_config(config, cls, dataset))),
-                "sample_trajectory": reporting.trajectory_markdown(sample_trajectory(store.store(), key)),
-                "ppl_chosen_vs_rejected": reporting.ppl_histogram(chosen, rejected, f"{method} / {dataset}", plot_path),
-                "ppl_plot_path": dg.MetadataValue.path(str(plot_path)),
-            },
-            check_results=[checks.no_duplicates(s, name), checks.acceptance_not_zero(s, name)],
-        )
+        calibrated_ = getattr(config, "thresholds", "hand-set") == "calibrated"
+        calibration = latest_calibration(context.instance, context.partition_key) if calibrated_ else None
+        return _materialize(context, method, config, teacher, cold_start_student, models, store, calibration)
 
     return _asset
 

@@ -1,0 +1,125 @@
+"""Pruning thresholds from the cold-start student's own view of the teacher's text.
+
+An absolute `max_ppl` does not carry over between students (docs/reasoning-world.md). Instead:
+1. the teacher samples full solutions to held-back problems (used by no method);
+2. the student scores each line given the prompt and the lines before it (a line is what a chunk
+   is under `snap_to_line` when lines are shorter than `chunk_tokens`);
+3. `max_ppl` is the `quantile` of the first lines' PPLs, `ppl_ratio` the `quantile` of
+   line PPL / PPL of the text before it, over the later lines.
+A step is then pruned only when even its best candidate is less learnable than that share of the
+teacher's own lines.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+from dataclasses import dataclass
+
+from .backends import Scorer, Teacher
+from .config import Calibration, GenSSDConfig
+from .errors import ConfigError, DataError
+from .selection import normalised_ppl
+from .types import Problem
+
+
+@dataclass(frozen=True)
+class LinePPLs:
+    """Each held-back solution's line PPLs, and each later line's ratio to the text before it."""
+
+    first: list[float]
+    ratios: list[float]
+    texts: int
+
+
+def validate_quantile(quantile: float) -> None:
+    if not 0 < quantile < 1:
+        raise ConfigError(f"calibration quantile must be in (0, 1), got {quantile}")
+
+
+def split_lines(text: str) -> list[str]:
+    """A solution's lines, each with its newline: the chunks `snap_to_line` would cut."""
+    return [line for line in text.splitlines(keepends=True) if line.strip()]
+
+
+def line_ppls(questions: list[str], texts: list[str], scorer: Scorer, normalisation: str,
+              batch_size: int = 64) -> LinePPLs:
+    """Score every line of `texts` (solutions to `questions`) given what precedes it."""
+    first: list[float] = []
+    ratios: list[float] = []
+    pairs = [(q, split_lines(t)) for q, t in zip(questions, texts) if split_lines(t)]
+    for start in range(0, len(pairs), batch_size):
+        batch = pairs[start:start + batch_size]
+        lines = [ls for _, ls in batch]
+        session = scorer.start([q for q, _ in batch])
+        live = list(range(len(batch)))
+        nll = {i: 0.0 for i in live}
+        tokens = {i: 0 for i in live}
+        seen = {i: "" for i in live}
+        step = 0
+        while live:
+            texts_now = [lines[i][step] for i in live]
+            ends = [step == len(lines[i]) - 1 for i in live]
+            scores = session.score([[t] for t in texts_now], [[e] for e in ends])
+            for i, text, (score,) in zip(live, texts_now, scores):
+                ppl = normalised_ppl(score.nll, score.tokens, text, normalisation)
+                if step == 0:
+                    first.append(ppl)
+                else:
+                    ratios.append(ppl / normalised_ppl(nll[i], tokens[i], seen[i], normalisation))
+                nll[i] += score.nll
+                tokens[i] += score.tokens
+                seen[i] += text
+            step += 1
+            session.accept([0 if step < len(lines[i]) else None for i in live])
+            live = [i for i in live if step < len(lines[i])]
+    return LinePPLs(first, ratios, len(pairs))
+
+
+def quantile(values: list[float], q: float) -> float:
+    """The q-quantile of `values` (linear interpolation between order statistics)."""
+    ordered = sorted(values)
+    pos = q * (len(ordered) - 1)
+    low = math.floor(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def calibrate(problems: list[Problem], teacher: Teacher, scorer: Scorer, config: GenSSDConfig, q: float,
+              batch_size: int = 32) -> tuple[Calibration, LinePPLs]:
+    """Thresholds at quantile `q` of the student's PPLs of the teacher's full solutions to `problems`,
+    sampled as `config.sampling` samples (one each)."""
+    validate_quantile(q)
+    if not problems:
+        raise ConfigError("calibration needs held-back problems (got none)")
+    s = config.sampling
+    questions, texts = [], []
+    for start in range(0, len(problems), batch_size):
+        batch = problems[start:start + batch_size]
+        session = teacher.start([p.question for p in batch], s.temperature, s.top_p, s.seed + 7919 + start)
+        proposals = session.propose(1, [s.max_new_tokens] * len(batch), stop_at_newline=False)
+        questions += [p.question for p in batch]
+        texts += [s.end_rule.cut(props[0].text) for props in proposals]
+    ppls = line_ppls(questions, texts, scorer, config.ppl_normalisation)
+    if not ppls.first or not ppls.ratios:
+        raise DataError(f"calibration: the teacher's {len(texts)} held-back solutions gave {len(ppls.first)} first "
+                        f"lines and {len(ppls.ratios)} later lines; both are needed (more problems, or a teacher "
+                        "that writes more than one line)")
+    max_ppl = max(quantile(ppls.first, q), 1.0 + 1e-6)  # a perplexity is never below 1
+    calibration = Calibration(quantile=q, max_ppl=round(max_ppl, 4), ppl_ratio=round(quantile(ppls.ratios, q), 4),
+                              texts=ppls.texts, first_lines=len(ppls.first), later_lines=len(ppls.ratios))
+    return calibration, ppls
+
+
+def calibrated(config: GenSSDConfig, calibration: Calibration) -> GenSSDConfig:
+    """`config` with its thresholds replaced by the calibrated ones, which it records."""
+    return dataclasses.replace(config, max_ppl=calibration.max_ppl, ppl_ratio=calibration.ppl_ratio,
+                               calibration=calibration)
+
+
+def summary(ppls: LinePPLs) -> dict:
+    """Medians and spreads of what the thresholds were read from (for metadata and logs)."""
+    return {"first_line_ppl_median": round(statistics.median(ppls.first), 3),
+            "later_line_ratio_median": round(statistics.median(ppls.ratios), 3),
+            "texts": ppls.texts, "first_lines": len(ppls.first), "later_lines": len(ppls.ratios)}
