@@ -7,6 +7,7 @@ correct); the slow one runs every asset on the embedded demo with small trained 
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
@@ -169,7 +170,9 @@ def test_every_asset_on_demo(tmp_path, tiny_models, memorizing_teacher, capsys):
     small = {"batch_size": 4, "max_new_tokens": 128, "num_candidates": 2, "temperature": 0.3}
     rc = {"ops": {
         "cold_start_student": {"config": {**small, "max_problems": 4, "epochs": 2}},
-        "gen_ssd_trajectories": {"config": {**small, "max_problems": 4, "offset": 4, "suitability": "none"}},
+        "pruning_thresholds": {"config": {"max_problems": 4, "max_new_tokens": 128, "temperature": 0.3}},
+        "gen_ssd_trajectories": {"config": {**small, "max_problems": 4, "offset": 4, "suitability": "none",
+                                            "thresholds": "calibrated"}},
         "standard_kd_trajectories": {"config": {**small, "max_problems": 4, "offset": 4}},
         "posthoc_trajectories": {"config": {**small, "max_problems": 4, "offset": 4}},
         **{f"distilled_students__{m}": {"config": {"epochs": 1}} for m in ("gen_ssd", "standard_kd", "posthoc")},
@@ -180,9 +183,17 @@ def test_every_asset_on_demo(tmp_path, tiny_models, memorizing_teacher, capsys):
         "data": DataResource(**DEMO_SIZES)}, log=lambda _: None)
     assert result.success
     materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-    assert len(materialized) == 12, materialized
+    assert len(materialized) == 13, materialized
 
     store = _store(home.root)
+    # Gen-SSD ran under the thresholds pruning_thresholds calibrated, and says so in every trajectory
+    events = {e.asset_key.to_user_string(): e.step_materialization_data.materialization.metadata
+              for e in result.get_asset_materialization_events()}
+    thresholds = events["pruning_thresholds"]
+    configs = {json.loads(c)["calibration"]["max_ppl"] for (c,) in store.query(
+        "SELECT DISTINCT config FROM trajectories WHERE method = 'gen_ssd'")}
+    assert configs == {thresholds["max_ppl"].value} and thresholds["quantile"].value == 0.9
+    assert events["gen_ssd_trajectories"]["thresholds"].value == "calibrated"
     scores = store.query_df("SELECT student, benchmark, accuracy, grader_version, mlflow_run_id, model_version"
                             " FROM evaluation_scores")
     assert set(scores.student) == {"base", "cold_start", "gen_ssd", "standard_kd", "posthoc"}
@@ -207,7 +218,6 @@ def test_every_asset_on_demo(tmp_path, tiny_models, memorizing_teacher, capsys):
     assert mv.tags["model_version"] == scores.set_index("student").loc["gen_ssd", "model_version"]
 
     assert cli.main(["--home", str(home.root), "report", "--json"]) == 0
-    import json
 
     report = json.loads(capsys.readouterr().out)
     reported = report["scores"]

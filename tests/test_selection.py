@@ -10,7 +10,7 @@ from gen_ssd_dagster.core.config import GenSSDConfig, PostHocConfig, SamplingCon
 from gen_ssd_dagster.core.errors import ConfigError
 from gen_ssd_dagster.core.methods import run_method
 from gen_ssd_dagster.core.models import ModelSpec
-from gen_ssd_dagster.core.selection import normalised_ppl
+from gen_ssd_dagster.core.selection import normalised_ppl, run_gen_ssd
 from gen_ssd_dagster.core.types import Problem
 
 PROBLEMS = [
@@ -79,6 +79,29 @@ def test_absolute_ceiling_prunes_when_no_candidate_is_learnable(backends):
         assert t.end_reason == "pruned" and t.text == "" and not t.selected
         assert len(t.steps) == 1 and t.steps[0].chosen is None
         assert t.teacher_tokens == sum(c.teacher_tokens for c in t.steps[0].candidates) > 0
+
+
+def test_a_final_chunk_passes_when_prune_final_chunk_is_off(tiny_models, memorizing_teacher):
+    """A chunk that ends the solution is held to the rule by default; with prune_final_chunk=False it
+    passes (its teacher tokens are spent either way) and grading judges the finished path."""
+    from gen_ssd_dagster.core.config import config_dict
+    from gen_ssd_dagster.core.demo_world import generate_problems
+
+    teacher = TransformersTeacher(ModelSpec(str(memorizing_teacher)))
+    scorer = TransformersScorer(ModelSpec(str(tiny_models[1])))
+    problems = generate_problems(4, 0, "train")  # the ones the teacher memorised: whole solutions
+    sampling = SamplingConfig(temperature=0.3, max_new_tokens=96, solution_end="answer_line")
+    strict = GenSSDConfig(chunk_tokens=96, snap_to_line=False, suitability="absolute", max_ppl=1.0001,
+                          sampling=sampling)
+    pruned = run_gen_ssd(problems, teacher, scorer, strict)
+    assert {t.end_reason for t in pruned} == {"pruned"}
+    assert all(c.ends_solution for t in pruned for c in t.steps[0].candidates)  # the only chunk ends it
+    lenient = run_gen_ssd(problems, teacher, scorer, dataclasses.replace(strict, prune_final_chunk=False))
+    assert {t.end_reason for t in lenient} == {"finished"} and sum(bool(t.correct) for t in lenient) >= 3
+    assert [t.teacher_tokens for t in lenient] == [t.teacher_tokens for t in pruned]
+    # the old behaviour leaves no trace in the stored config: work stored before the knob keeps its key
+    assert "prune_final_chunk" not in config_dict(strict)
+    assert config_dict(dataclasses.replace(strict, prune_final_chunk=False))["prune_final_chunk"] is False
 
 
 def test_ratio_rule_compares_with_running_ppl_of_accepted_prefix(backends):

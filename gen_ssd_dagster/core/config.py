@@ -116,6 +116,11 @@ class GenSSDConfig:
         ppl_ratio: the factor of the "ratio" rule.
         max_ppl: the ceiling of the "absolute" rule and of the first chunk under "ratio".
         When no candidate of a step passes, the path is pruned there.
+        prune_final_chunk: whether a candidate that ends the solution must pass the rule too. False
+            lets it pass: pruning there saves no teacher tokens (they are spent) and discards a
+            finished path, which grading then judges. On the reasoning world a barely trained cold
+            start found the `#### N` line the least learnable of all, and most prunes came there
+            (docs/reasoning-world.md).
         calibration: None when max_ppl and ppl_ratio are hand-set; else the record of the
             calibration that derived them from the cold-start student (`calibration.calibrated`).
     """
@@ -128,6 +133,7 @@ class GenSSDConfig:
     suitability: SuitabilityRule = "ratio"
     ppl_ratio: float = 5.0
     max_ppl: float = 20.0
+    prune_final_chunk: bool = True
     calibration: Calibration | None = None
 
     method = "gen_ssd"
@@ -178,12 +184,17 @@ class PostHocConfig:
 MethodConfig = GenSSDConfig | StandardKDConfig | PostHocConfig
 
 
+# Knobs added after work was stored, at the value that reproduces the old behaviour, are left out
+# of the stored config so that the old work keeps its key (hand-set thresholds: no calibration).
+_SILENT_DEFAULTS = {"calibration": None, "prune_final_chunk": True}
+
+
 def config_dict(config: MethodConfig) -> dict:
-    """The exact configuration as plain data, with the method name, for storing beside results.
-    Hand-set thresholds leave `calibration` out, so work stored before it existed keeps its key."""
+    """The exact configuration as plain data, with the method name, for storing beside results."""
     data = {"method": config.method, **dataclasses.asdict(config)}
-    if data.get("calibration", 0) is None:
-        del data["calibration"]
+    for name, old in _SILENT_DEFAULTS.items():
+        if name in data and data[name] == old:
+            del data[name]
     return data
 
 

@@ -47,8 +47,8 @@ class _Path:
         return normalised_ppl(self.nll, self.student_tokens, self.text, normalisation)
 
 
-def _passes(ppl: float, path: _Path, config: GenSSDConfig) -> bool:
-    if config.suitability == "none":
+def _passes(ppl: float, path: _Path, config: GenSSDConfig, ends: bool) -> bool:
+    if config.suitability == "none" or (ends and not config.prune_final_chunk):
         return True
     running = path.running_ppl(config.ppl_normalisation)
     if config.suitability == "absolute" or running is None:
@@ -110,12 +110,15 @@ def _choose(path: _Path, proposals: list[Proposal], scores, ends: list[bool], co
                 student_tokens=score.tokens,
                 nll=score.nll,
                 ppl=ppl,
-                passed=_passes(ppl, path, config),
+                passed=_passes(ppl, path, config, end),
                 ends_solution=end,
             )
         )
     path.teacher_tokens += sum(p.tokens for p in proposals)
-    best = min(range(len(candidates)), key=lambda i: candidates[i].ppl)
+    # The lowest-PPL candidate that passes (the rule is a ceiling on PPL, so this is the lowest-PPL
+    # candidate, except where prune_final_chunk=False lets a solution's last chunk pass regardless).
+    passing = [i for i, c in enumerate(candidates) if c.passed]
+    best = min(passing or range(len(candidates)), key=lambda i: candidates[i].ppl)
     if not candidates[best].passed:
         path.steps.append(Step(candidates, None))
         path.end_reason = "pruned"

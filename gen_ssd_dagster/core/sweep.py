@@ -21,7 +21,7 @@ from .models import ModelSpec
 from .types import Problem
 
 SAMPLING_KNOBS = {f.name for f in dataclasses.fields(SamplingConfig)} - {"seed"}
-GEN_SSD_KNOBS = {f.name for f in dataclasses.fields(GenSSDConfig)} - {"sampling"}
+GEN_SSD_KNOBS = {f.name for f in dataclasses.fields(GenSSDConfig)} - {"sampling", "calibration"}
 KNOBS = sorted(GEN_SSD_KNOBS | SAMPLING_KNOBS)
 
 

@@ -55,6 +55,8 @@ class GenSSDKnobs(_Sampling):
     suitability: str = Field(default=_G.suitability, description='"ratio", "absolute" or "none"')
     ppl_ratio: float = _G.ppl_ratio
     max_ppl: float = _G.max_ppl
+    prune_final_chunk: bool = Field(default=_G.prune_final_chunk, description="whether a candidate that ends the "
+                                    "solution must pass the rule too (False: it passes; grading judges it)")
 
 
 class GenSSDRunConfig(GenSSDKnobs, _Limits):
