@@ -13,8 +13,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from .comparison import (ArmResult, ArmStore, ComparisonConfig, arm_key, generate_within_budget,
-                         seed_order, stored_or_rescored, train_and_evaluate, with_seed)
+from .comparison import (ArmResult, ArmStore, ComparisonConfig, arm_key, calibrated_comparison,
+                         generate_within_budget, seed_order, stored_or_rescored, train_and_evaluate, with_seed)
 from .config import GenSSDConfig, SamplingConfig, config_dict
 from .errors import ConfigError
 from .models import ModelSpec
