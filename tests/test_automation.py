@@ -141,14 +141,13 @@ def test_unchanged_teacher_skips_and_a_change_requests_the_ordered_backfill(tmp_
         "evaluation_scores"}
     # no trajectory partition materialized yet: the distillation's default partitions
     assert set(subset.get_partitions_subset(dg.AssetKey("gen_ssd_trajectories")).get_partition_keys()) == {"demo"}
-    # the thresholds before Gen-SSD, trajectories before the students, the students before the evaluation
+    # trajectories (and the thresholds) before the students, the students before the evaluation
     stages = [([k.to_user_string() for k in keys], parts) for keys, parts in automation.subset_stages(graph, subset)]
     assert stages == [
         (["teacher", "cold_start_student"], [None]),
-        (["posthoc_trajectories", "pruning_thresholds", "standard_kd_trajectories"], ["demo"]),
-        (["distilled_students/posthoc", "distilled_students/standard_kd"], [None]),
-        (["gen_ssd_trajectories"], ["demo"]),
-        (["distilled_students/gen_ssd", "evaluation_scores"], [None]),
+        (["gen_ssd_trajectories", "posthoc_trajectories", "pruning_thresholds", "standard_kd_trajectories"], ["demo"]),
+        (["distilled_students/gen_ssd", "distilled_students/posthoc", "distilled_students/standard_kd",
+          "evaluation_scores"], [None]),
     ]
     # the next tick, cursor advanced: nothing new
     again = _sensor_tick(instance, defs, cursor=tick.cursor)
