@@ -63,7 +63,7 @@ def test_calibration_reads_the_quantile_and_records_itself(tiny_models, memorizi
 
 
 def test_answer_likelihood_keeps_the_sample_whose_answer_the_student_finds_likeliest(tiny_models):
-    from gen_ssd_dagster.core.baselines import answer_nlls, select_likeliest_answer, split_answer
+    from gen_ssd_dagster.core.baselines import answer_nlls, select_lowest, split_answer
     from gen_ssd_dagster.core.types import Trajectory
 
     _, scorer = _backends(*tiny_models)
@@ -80,7 +80,7 @@ def test_answer_likelihood_keeps_the_sample_whose_answer_the_student_finds_likel
         whole = scorer.score_texts([q], [t], [True])[0].nll
         part = scorer.score_texts([q], [rationale], [False])[0].nll
         assert nll == pytest.approx(whole - part, rel=1e-3, abs=1e-3)
-    select_likeliest_answer(samples, nlls)
+    select_lowest(samples, nlls)  # the answer-likelihood selection
     assert [s.selected for s in samples].count(True) == 1
     chosen = next(s for s in samples if s.selected)
     assert chosen.correct and nlls[chosen.sample_index] == min(nlls[:2])  # the wrong sample is never chosen

@@ -88,13 +88,19 @@ def run_posthoc(problems, teacher, scorer, config: PostHocConfig, batch_size=16,
     return [t for samples in groups for t in samples]
 
 
+def select_lowest(samples: list[Trajectory], scores: list[float],
+                  keeps: Callable[[Trajectory], bool] = SamplingConfig().keeps) -> None:
+    """Mark, among one problem's samples that `keeps` allows (`SamplingConfig.keeps`: the correct
+    ones by default), the one of lowest score."""
+    allowed = [i for i, t in enumerate(samples) if keeps(t)]
+    if allowed:
+        samples[min(allowed, key=lambda i: scores[i])].selected = True
+
+
 def select_lowest_ppl_correct(samples: list[Trajectory],
                               keeps: Callable[[Trajectory], bool] = SamplingConfig().keeps) -> None:
-    """Mark, among one problem's samples that `keeps` allows (`SamplingConfig.keeps`: the correct
-    ones by default), the one the student finds most predictable."""
-    allowed = [t for t in samples if keeps(t)]
-    if allowed:
-        min(allowed, key=lambda t: t.ppl).selected = True
+    """Post-hoc filtering: the allowed sample the student finds most predictable."""
+    select_lowest(samples, [t.ppl for t in samples], keeps)
 
 
 def split_answer(text: str) -> tuple[str, str]:
@@ -117,11 +123,3 @@ def answer_nlls(samples: list[Trajectory], scorer: Scorer, batch_size: int = 64)
         out.extend(s[0].nll for s in scores)
     return out
 
-
-def select_likeliest_answer(samples: list[Trajectory], nlls: list[float],
-                            keeps: Callable[[Trajectory], bool] = SamplingConfig().keeps) -> None:
-    """Mark, among one problem's samples that `keeps` allows, the one whose answer the student
-    finds likeliest given its rationale."""
-    allowed = [(nll, i) for i, (t, nll) in enumerate(zip(samples, nlls)) if keeps(t)]
-    if allowed:
-        samples[min(allowed)[1]].selected = True

@@ -30,8 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .calibration import calibrate, calibrated, summary, validate_quantile
-from .baselines import answer_nlls, select_likeliest_answer, select_lowest_ppl_correct
+from .calibration import CALIBRATION_PROBLEMS, calibrate, calibrated, summary, validate_quantile
+from .baselines import answer_nlls, select_lowest
 from .config import GenSSDConfig, MethodConfig, SamplingConfig, StandardKDConfig, config_dict
 from .errors import ConfigError
 from .evaluation import EvalSettings, evaluate
@@ -79,7 +79,7 @@ class ComparisonConfig:
     eval_temperature: float = 0.0
     eval_top_p: float = 1.0
     calibration_quantile: float | None = None
-    calibration_problems: int = 64
+    calibration_problems: int = CALIBRATION_PROBLEMS
 
     @property
     def evaluation(self) -> EvalSettings:
@@ -201,31 +201,31 @@ def generate_within_budget(config: MethodConfig, problems: list[Problem], teache
     return BudgetedData(kept, used, spent, True, time.perf_counter() - clock)
 
 
-def posthoc_from(kd: BudgetedData, keeps: Callable[[Trajectory], bool] = SamplingConfig().keeps) -> BudgetedData:
-    """Post-hoc filtering of Standard KD's very samples: the lowest-PPL one per problem among those
-    `keeps` allows (Standard KD's own rule: the correct ones by default)."""
-    copies = [dataclasses.replace(t, method="posthoc", selected=False) for t in kd.trajectories]
-    by_problem: dict[str, list[Trajectory]] = {}
-    for t in copies:
-        by_problem.setdefault(t.problem_id, []).append(t)
-    for samples in by_problem.values():
-        select_lowest_ppl_correct(samples, keeps)
+def reselected(kd: BudgetedData, method: str, scores: list[float],
+               keeps: Callable[[Trajectory], bool] = SamplingConfig().keeps) -> BudgetedData:
+    """Standard KD's very samples re-selected as `method`: per problem, the one of lowest score
+    (`scores`, one per sample) among those `keeps` allows (Standard KD's own rule)."""
+    copies = [dataclasses.replace(t, method=method, selected=False) for t in kd.trajectories]
+    by_problem: dict[str, list[int]] = {}
+    for i, t in enumerate(copies):
+        by_problem.setdefault(t.problem_id, []).append(i)
+    for rows in by_problem.values():
+        select_lowest([copies[i] for i in rows], [scores[i] for i in rows], keeps)
     return dataclasses.replace(kd, trajectories=copies, seconds=0.0)
+
+
+def posthoc_from(kd: BudgetedData, keeps: Callable[[Trajectory], bool] = SamplingConfig().keeps) -> BudgetedData:
+    """Post-hoc filtering: the lowest-PPL sample per problem."""
+    return reselected(kd, "posthoc", [t.ppl for t in kd.trajectories], keeps)
 
 
 def answer_likelihood_from(kd: BudgetedData, scorer, keeps: Callable[[Trajectory], bool] = SamplingConfig().keeps
                            ) -> BudgetedData:
-    """MoRSD-style selection of Standard KD's very samples: per problem, the one `keeps` allows under
-    which the student gives the answer line the lowest NLL (`baselines.answer_nlls`)."""
+    """MoRSD-style: per problem, the sample under which the student gives the answer line the
+    lowest NLL (`baselines.answer_nlls`)."""
     clock = time.perf_counter()
-    copies = [dataclasses.replace(t, method="answer_likelihood", selected=False) for t in kd.trajectories]
-    nlls = answer_nlls(copies, scorer)
-    by_problem: dict[str, list[tuple[Trajectory, float]]] = {}
-    for t, nll in zip(copies, nlls):
-        by_problem.setdefault(t.problem_id, []).append((t, nll))
-    for pairs in by_problem.values():
-        select_likeliest_answer([t for t, _ in pairs], [n for _, n in pairs], keeps)
-    return dataclasses.replace(kd, trajectories=copies, seconds=time.perf_counter() - clock)
+    data = reselected(kd, "answer_likelihood", answer_nlls(kd.trajectories, scorer), keeps)
+    return dataclasses.replace(data, seconds=time.perf_counter() - clock)
 
 
 def data_stats(data: BudgetedData) -> dict:
@@ -351,7 +351,7 @@ def run_comparison(config: ComparisonConfig, cold_start: ModelSpec | Path, pool:
 
 
 def calibrated_comparison(config: ComparisonConfig, pool: list[Problem], teacher, scorer, context: dict,
-                log: Log | None) -> tuple[ComparisonConfig, list[Problem], dict]:
+                          log: Log | None) -> tuple[ComparisonConfig, list[Problem], dict]:
     """Calibrate Gen-SSD's thresholds on the pool's last problems, which then leave the pool."""
     n = config.calibration_problems
     if len(pool) <= n:

@@ -45,9 +45,9 @@ def pruning_thresholds(context: dg.AssetExecutionContext, config: CalibrationRun
     plot_path = store.home_dir().plots / f"pruning_thresholds_{dataset}.png"
     plot = reporting.calibration_plot(ppls, record, f"{dataset}: cold-start PPL of the teacher's lines", plot_path)
     session = mlflow.session()
-    with session.run("pruning_thresholds", tags={"dataset": dataset, "dagster_run_id": context.run.run_id,
-                                                          "teacher_version": teacher_backend.version,
-                                                          "student_version": scorer.version}) as run:
+    tags = {"dataset": dataset, "dagster_run_id": context.run.run_id, "teacher_version": teacher_backend.version,
+            "student_version": scorer.version}
+    with session.run("pruning_thresholds", tags=tags) as run:
         run.log(params={"quantile": record.quantile, "held_back_problems": len(problems),
                         "first_problem": problems[0].problem_id},
                 metrics={"max_ppl": record.max_ppl, "ppl_ratio": record.ppl_ratio})

@@ -92,8 +92,9 @@ def _log_mlflow(mlflow: MLflowResource, name: str, experiment: str, arms: list[A
 def method_comparison(context: dg.AssetExecutionContext, config: ComparisonRunConfig, teacher: ModelSpec,
                       base_student: ModelSpec, cold_start_student: ModelSpec, models: ModelsResource,
                       store: StoreResource, mlflow: MLflowResource) -> dg.MaterializeResult:
-    """Does Gen-SSD beat Standard KD, post-hoc filtering and the answer-likelihood selection here? One student per method per seed,
-    each trained from the cold-start checkpoint on data that cost the same teacher-token budget,
+    """Does Gen-SSD beat Standard KD, post-hoc filtering and the answer-likelihood selection here?
+    One student per method per seed, each trained from the cold-start checkpoint on data that cost
+    the same teacher-token budget,
     all scored on the same benchmark; the table gives mean ± sd over seeds, with the base and
     cold-start students for reference."""
     core = config.core(config.seeds)

@@ -12,6 +12,7 @@ from typing import Literal
 import dagster as dg
 from pydantic import Field
 
+from ..core.calibration import CALIBRATION_PROBLEMS, CALIBRATION_QUANTILE
 from ..core.comparison import ComparisonConfig
 from ..core.config import GenSSDConfig, PostHocConfig, SamplingConfig, StandardKDConfig
 from ..core.demo import DemoConfig
@@ -71,9 +72,9 @@ class CalibrationRunConfig(GenSSDKnobs):
     """Pruning thresholds from the cold-start student's PPLs of the teacher's lines on held-back problems.
     The teacher samples as Gen-SSD's knobs say (keep them equal to gen_ssd_trajectories')."""
 
-    quantile: float = Field(default=0.9, description="max_ppl and ppl_ratio are this quantile of the student's "
+    quantile: float = Field(default=CALIBRATION_QUANTILE, description="max_ppl and ppl_ratio are this quantile of the student's "
                             "first-line PPLs and later-line PPL ratios")
-    max_problems: int = Field(default=64, description="held-back train problems the teacher solves")
+    max_problems: int = Field(default=CALIBRATION_PROBLEMS, description="held-back train problems the teacher solves")
     offset: int | None = Field(default=None, description="train problems skipped first; None = the dataset's "
                                "last max_problems (the methods take theirs from the front)")
 

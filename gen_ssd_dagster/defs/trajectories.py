@@ -121,8 +121,8 @@ def trajectory_asset(method: str) -> dg.AssetsDefinition:
               deps=[dg.AssetDep("problems")], check_specs=check_specs, description=description)
     def _asset(context: dg.AssetExecutionContext, config: run_cls, teacher: ModelSpec,
                cold_start_student: ModelSpec, models: ModelsResource, store: StoreResource) -> dg.MaterializeResult:
-        calibrated_ = getattr(config, "thresholds", "hand-set") == "calibrated"
-        calibration = latest_calibration(context.instance, context.partition_key) if calibrated_ else None
+        use_calibration = getattr(config, "thresholds", "hand-set") == "calibrated"
+        calibration = latest_calibration(context.instance, context.partition_key) if use_calibration else None
         return _materialize(context, method, config, teacher, cold_start_student, models, store, calibration)
 
     return _asset
