@@ -1,7 +1,8 @@
 """The Dagster UI as a person uses it: `dagster dev` in a real headless Chromium (Playwright).
 
-The upstream assets (teacher, base student, problems, cold start) are materialized first with tiny
-models; `dagster dev` then loads the code location on the same settings through $GEN_SSD_CONFIG.
+The upstream assets (teacher, base student, problems, cold start, the pruning thresholds) are
+materialized first with tiny models; `dagster dev` then loads the code location on the same
+settings through $GEN_SSD_CONFIG.
 In the browser: the lineage from datasets to scores, one trajectories partition launched and
 waited for, its metadata (counts, the plot as a rendered image), the MLflow link of the cold
 start, and the teacher-change sensor turned on and off. Screenshots go to $GEN_SSD_UI_SCREENSHOTS
@@ -72,11 +73,13 @@ def ui_home(tmp_path_factory, tiny_models, memorizing_teacher):
         "resources": {"models": {"teacher": str(memorizing_teacher), "student": str(tiny_models[1])},
                       "data": DEMO_SIZES, "mlflow": {"ui_url": MLFLOW_UI}},
         "ops": {"cold_start_student": {"config": {**SMALL, "max_problems": 4, "epochs": 2}},
+                "pruning_thresholds": {"config": {"max_problems": 4, "max_new_tokens": 128, "temperature": 0.3}},
                 "gen_ssd_trajectories": GEN_SSD_CONFIG}}))
     run_config, overrides = load_config(str(config))
     home = Home.resolve(root / "home")
     result = run_pipeline(home, "demo", run_config, overrides, log=lambda _: None,
-                          selection=["teacher", "base_student", "problems", "benchmarks", "cold_start_student"])
+                          selection=["teacher", "base_student", "problems", "benchmarks", "cold_start_student",
+                                     "pruning_thresholds"])  # upstream of Gen-SSD in lineage
     assert result.success
     return home, config
 

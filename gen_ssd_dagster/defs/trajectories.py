@@ -114,11 +114,12 @@ def trajectory_asset(method: str) -> dg.AssetsDefinition:
     check_specs = [dg.AssetCheckSpec("no_duplicate_trajectories", asset=name),
                    dg.AssetCheckSpec("acceptance_rate_not_zero", asset=name)]
 
-    # Gen-SSD reads the calibrated thresholds (the latest pruning_thresholds materialization) only
-    # when told to. Not a graph edge: with one, the UI's launch of a partition was blocked by an
-    # overlay (tests/test_ui.py), and a hand-set run needs no calibration.
+    # Gen-SSD depends on the calibrated thresholds (lineage), and reads them (the partition's latest
+    # pruning_thresholds materialization) only when told to.
+    deps = [dg.AssetDep("problems"), *([dg.AssetDep("pruning_thresholds")] if method == "gen_ssd" else [])]
+
     @dg.asset(name=name, group_name="trajectories", pool=GPU_POOL, partitions_def=DATASETS, kinds={"duckdb"},
-              deps=[dg.AssetDep("problems")], check_specs=check_specs, description=description)
+              deps=deps, check_specs=check_specs, description=description)
     def _asset(context: dg.AssetExecutionContext, config: run_cls, teacher: ModelSpec,
                cold_start_student: ModelSpec, models: ModelsResource, store: StoreResource) -> dg.MaterializeResult:
         use_calibration = getattr(config, "thresholds", "hand-set") == "calibrated"
