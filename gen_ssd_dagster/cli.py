@@ -173,6 +173,23 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_view(args: argparse.Namespace) -> int:
+    """Serve the trajectory viewer on 127.0.0.1, or write one partition as a self-contained HTML file."""
+    from gen_ssd_dagster.store import Home
+    from gen_ssd_dagster.viewer import export_partition, serve
+
+    home = Home.resolve(args.home)
+    if args.export:
+        out = Path(args.out or f"trajectories_{args.export}.html")
+        print(f"wrote {export_partition(home, args.export, out)}")
+        return 0
+    try:
+        serve(home, port=args.port, announce=lambda line: print(line, flush=True))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gen-ssd", description=__doc__.splitlines()[0])
     parser.add_argument("--home", default=str(default_home()), help="state directory (default: $GEN_SSD_HOME or ./.gen_ssd_home)")
@@ -218,6 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
     lineage.add_argument("--partition", help="same as --dataset (partitions are datasets)")
     lineage.add_argument("--json", action="store_true", help="machine-readable output")
     lineage.set_defaults(func=cmd_lineage)
+    view = sub.add_parser("view", help="browse the home's trajectories in a browser: candidates, PPLs, pruned paths")
+    view.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one, printed)")
+    view.add_argument("--export", metavar="DATASET", help="write this partition as one HTML file instead of serving")
+    view.add_argument("--out", help="the exported file (default: trajectories_<DATASET>.html)")
+    view.set_defaults(func=cmd_view)
     return parser
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
@@ -212,6 +213,11 @@ def test_every_asset_on_demo(tmp_path, tiny_models, memorizing_teacher, capsys):
     assert mv.tags["teacher_version"] == teacher_version
     # the registered version is the one evaluated (its checkpoint was not touched after logging)
     assert mv.tags["model_version"] == scores.set_index("student").loc["gen_ssd", "model_version"]
+    # the trajectories it learned from, step by step: a page beside the asset and in the MLflow run
+    page = Path(events["gen_ssd_trajectories"]["trajectory_viewer"].value)
+    gen_ssd_keys = [k for (k,) in store.query("SELECT trajectory_key FROM trajectories WHERE method = 'gen_ssd'")]
+    assert all(f'id="t-{k}"' in page.read_text() for k in gen_ssd_keys)
+    assert [a.path for a in client.list_artifacts(mv.run_id, "trajectories")] == [f"trajectories/{page.name}"]
 
     assert cli.main(["--home", str(home.root), "report", "--json"]) == 0
 

@@ -9,7 +9,9 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import dagster as dg
 
@@ -35,9 +37,11 @@ class TrainedModel:
 
 
 def train_logged(context, name: str, base: ModelSpec, examples: list[tuple[str, str]], config: TrainConfig,
-                 store: StoreResource, mlflow: MLflowResource, lineage: dict) -> TrainedModel:
+                 store: StoreResource, mlflow: MLflowResource, lineage: dict,
+                 attachments: Callable[[], list[Path]] = list) -> TrainedModel:
     """Fine-tune `base` on `examples` (or reuse the same earlier run) and log it to MLflow as a
-    version of the registered model `gen-ssd-<name>` whose tags carry `lineage`."""
+    version of the registered model `gen-ssd-<name>` whose tags carry `lineage`. The files that
+    `attachments` returns (made only for a new run) are logged beside the model, under `trajectories/`."""
     base_version = model_version(base)
     # The lineage is part of the key: a model version's tags must name the teacher and data that
     # made it, so a new teacher gets a new model version even if its examples happen to be the same.
@@ -76,6 +80,8 @@ def train_logged(context, name: str, base: ModelSpec, examples: list[tuple[str, 
                          "train_tokens": result.train_tokens, "train_seconds": result.seconds},
                 tags={"model_version": version, "precision": result.precision})
         run.log_artifacts(result.path, "model")
+        for path in attachments():
+            run.log_file(path, "trajectories")
         reg_version = run.register(registered, "model", tags={**tags, "model_version": version})
     return TrainedModel(spec, version, run.run_id, registered, reg_version, result.steps, result.final_loss,
                         reused=False, mlflow_url=mlflow.run_url(session.experiment_id, run.run_id))

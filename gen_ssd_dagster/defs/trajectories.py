@@ -19,6 +19,7 @@ from ..core.models import ModelSpec
 from ..store.resumable import run_resumable
 from ..store.trajectories import (WorkKey, candidate_ppls, partition_summary, read_problems,
                                   sample_trajectory)
+from ..viewer import export_partition
 from . import checks, reporting
 from .datasets import DATASETS
 from .resources import GPU_POOL, ModelsResource, StoreResource
@@ -83,7 +84,10 @@ def _materialize(context, method: str, config, teacher: ModelSpec, cold_start_st
     if s["asked_problems"] == 0:
         context.log.warning(f"dataset {dataset!r} has no training problems: nothing to generate")
     chosen, rejected = candidate_ppls(store.store(), key)
-    plot_path = store.home_dir().plots / f"{name}_{dataset}_{key.config_hash}.png"
+    home = store.home_dir()
+    plot_path = home.plots / f"{name}_{dataset}_{key.config_hash}.png"
+    viewer_page = export_partition(home, dataset, home.plots / f"{name}_{dataset}_{key.config_hash}.html",
+                                   key.config_hash, key.teacher_version)
     version = hashlib.sha256(f"{key}|{s['trajectories']}|{s['problems']}".encode()).hexdigest()[:16]
     return dg.MaterializeResult(
         data_version=dg.DataVersion(version),
@@ -97,6 +101,9 @@ def _materialize(context, method: str, config, teacher: ModelSpec, cold_start_st
             "sample_trajectory": reporting.trajectory_markdown(sample_trajectory(store.store(), key)),
             "ppl_chosen_vs_rejected": reporting.ppl_histogram(chosen, rejected, f"{method} / {dataset}", plot_path),
             "ppl_plot_path": dg.MetadataValue.path(str(plot_path)),
+            # every step's candidates: one HTML file to open, or the viewer over the whole home
+            "trajectory_viewer": dg.MetadataValue.path(str(viewer_page)),
+            "viewer_command": f"gen-ssd --home {home.root} view",
         },
         check_results=[checks.no_duplicates(s, name), checks.acceptance_not_zero(s, name)],
     )

@@ -54,6 +54,18 @@ class Store:
                 con.close()
 
     @contextmanager
+    def reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-only connection that never creates or migrates the file (for a viewer)."""
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path} does not exist")
+        with self._lock:
+            con = self._open(read_only=True)
+            try:
+                yield con
+            finally:
+                con.close()
+
+    @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """One write transaction: everything in the block lands, or nothing does."""
         with self.connect() as con:
