@@ -4,7 +4,8 @@ through Playwright. The browser opens the list, filters to pruned Gen-SSD paths,
 checks the candidates' PPLs against DuckDB's and follows the link to the Standard KD sample of the
 same problem. Screenshots go to $GEN_SSD_UI_SCREENSHOTS (default: a pytest tmp directory).
 
-The HTTP-level checks (bad input, export) need no browser and run in the fast tier.
+The HTTP-level checks (bad input, export) need no browser; all of it needs the home, which the
+pipeline makes in about two minutes, so the module is in the slow tier.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import duckdb
 import pytest
 
 from conftest import DEMO_SIZES
+
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"batch_size": 4, "max_new_tokens": 96, "num_candidates": 2, "temperature": 0.7}
@@ -134,7 +137,6 @@ def test_export_is_one_self_contained_file(home, tmp_path):
     assert "data:image/png;base64," in html and "http://" not in html and "src=\"/" not in html
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_a_person_finds_a_pruned_path_and_its_standard_kd_twin(server, home, tmp_path_factory):
     from test_ui import _chromium  # Debian's Chromium; skips (or fails under CI=true) without it
