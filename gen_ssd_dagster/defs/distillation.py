@@ -13,8 +13,7 @@ from ..core.models import ModelSpec
 from ..store.trajectories import WorkKey, latest_config_hash, selected_examples
 from .resources import GPU_POOL, MLflowResource, ModelsResource, StoreResource
 from .run_config import ColdStartConfig, DistillConfig
-from ..viewer import export_partition
-from .trajectories import METHOD_ASSETS, generate
+from .trajectories import METHOD_ASSETS, generate, trajectory_page
 from .training_runs import metadata, train_logged
 
 
@@ -78,10 +77,9 @@ def distilled_asset(method: str) -> dg.AssetsDefinition:
                    "config_hash": ",".join(f"{d}:{h}" for d, h in hashes.items()),
                    "teacher_version": teacher_version, "student_version": scorer_version,
                    "trajectories": len(examples)}
-        home = store.home_dir()
-
         def trajectory_pages():  # what the student learned from, step by step (docs/viewer.md)
-            return [export_partition(home, d, home.plots / f"{trajectories}_{d}_{h}.html", h, teacher_version)
+            return [trajectory_page(store.home_dir(), trajectories,
+                                    WorkKey(d, method, teacher_version, scorer_version, h), refresh=False)
                     for d, h in hashes.items()]
 
         model = train_logged(context, f"student_{method}", cold_start_student, examples, config.train_config(),

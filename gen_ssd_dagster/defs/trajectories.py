@@ -10,6 +10,7 @@ partition re-materializes without generating anything.
 import dataclasses
 import hashlib
 import inspect
+from pathlib import Path
 
 import dagster as dg
 
@@ -74,6 +75,15 @@ def latest_calibration(instance: dg.DagsterInstance, dataset: str) -> dict:
     return {f.name: meta[f.name].value for f in dataclasses.fields(Calibration)}
 
 
+def trajectory_page(home, name: str, key: WorkKey, refresh: bool = True) -> Path:
+    """The self-contained viewer page of one trajectories materialization's work (docs/viewer.md);
+    written anew when `refresh`, else only if missing (every materialization rewrites it)."""
+    page = home.plots / f"{name}_{key.dataset}_{key.config_hash}.html"
+    if refresh or not page.is_file():
+        export_partition(home, key.dataset, page, key.config_hash, key.teacher_version)
+    return page
+
+
 def _materialize(context, method: str, config, teacher: ModelSpec, cold_start_student: ModelSpec,
                  models: ModelsResource, store: StoreResource, calibration: dict | None = None) -> dg.MaterializeResult:
     """Generate (or reuse) one partition's trajectories; metadata with the summary, config and PPL plot."""
@@ -86,8 +96,7 @@ def _materialize(context, method: str, config, teacher: ModelSpec, cold_start_st
     chosen, rejected = candidate_ppls(store.store(), key)
     home = store.home_dir()
     plot_path = home.plots / f"{name}_{dataset}_{key.config_hash}.png"
-    viewer_page = export_partition(home, dataset, home.plots / f"{name}_{dataset}_{key.config_hash}.html",
-                                   key.config_hash, key.teacher_version)
+    viewer_page = trajectory_page(home, name, key)
     version = hashlib.sha256(f"{key}|{s['trajectories']}|{s['problems']}".encode()).hexdigest()[:16]
     return dg.MaterializeResult(
         data_version=dg.DataVersion(version),

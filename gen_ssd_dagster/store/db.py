@@ -46,20 +46,21 @@ class Store:
         if not self._ready:
             self._ready = True
             self.init()
-        with self._lock:
-            con = self._open(read_only)
-            try:
-                yield con
-            finally:
-                con.close()
+        with self._held(read_only) as con:
+            yield con
 
     @contextmanager
     def reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """A read-only connection that never creates or migrates the file (for a viewer)."""
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path} does not exist")
+        with self._held(read_only=True) as con:
+            yield con
+
+    @contextmanager
+    def _held(self, read_only: bool) -> Iterator[duckdb.DuckDBPyConnection]:
         with self._lock:
-            con = self._open(read_only=True)
+            con = self._open(read_only)
             try:
                 yield con
             finally:

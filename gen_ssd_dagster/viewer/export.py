@@ -22,7 +22,7 @@ def export_partition(home: Home, dataset: str, out: Path, config_hash: str = "",
     reader = Reader(home)
     filters = Filters(dataset=dataset, config_hash=config_hash, teacher_version=teacher_version)
     with reader.session():
-        total = reader.page(filters)[1]
+        total = reader.count(filters)
         details = [(reader.trajectory(key), reader.steps(key)) for key in reader.latest_keys(filters, limit)]
         distributions = reader.distributions(filters)
     html = TEMPLATES.get_template("export.html").render(

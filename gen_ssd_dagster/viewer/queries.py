@@ -124,10 +124,14 @@ class Reader:
         return {name: self._rows(f"SELECT {name} AS value, count(*) AS n FROM trajectories"
                                  f" GROUP BY {name} ORDER BY {name}") for name in FACETS}
 
+    def count(self, filters: Filters) -> int:
+        where, params = filters.where()
+        return self._rows(f"SELECT count(*) AS n FROM trajectories WHERE {where}", params)[0]["n"]
+
     def page(self, filters: Filters) -> tuple[list[dict], int]:
         """One page of the selection, and how many trajectories it holds in all."""
         where, params = filters.where()
-        total = self._rows(f"SELECT count(*) AS n FROM trajectories WHERE {where}", params)[0]["n"]
+        total = self.count(filters)
         direction = "DESC" if filters.order == "desc" else "ASC"
         rows = self._rows(
             f"SELECT {LIST_COLUMNS} FROM trajectories WHERE {where}"
