@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from gen_ssd_dagster.core.demo_models import MARKER, DemoModelsConfig, build_demo_models
-from gen_ssd_dagster.core.demo_world import classify_style, generate_problems
-from gen_ssd_dagster.core.models import ModelSpec, load_model, load_tokenizer
-from gen_ssd_dagster.core.grading import extract_gsm8k
-from gen_ssd_dagster.core.prompts import format_prompt
+from gen_ssd_dagster.core.demo.models import MARKER, DemoModelsConfig, build_demo_models
+from gen_ssd_dagster.core.demo.world import classify_style, generate_problems
+from gen_ssd_dagster.core.engines.models import ModelSpec, load_model, load_tokenizer
+from gen_ssd_dagster.core.data.grading import extract_gsm8k
+from gen_ssd_dagster.core.engines.prompts import format_prompt
 
 
 def generate(model, tokenizer, questions: list[str], sample: bool, batch: int = 25) -> list[str]:

@@ -18,11 +18,11 @@ import argparse
 import os
 import time
 
-from gen_ssd_dagster.core.backends import TransformersScorer, TransformersTeacher
-from gen_ssd_dagster.core.config import GenSSDConfig, SamplingConfig
-from gen_ssd_dagster.core.data import BUILTIN_DATASETS, load_problems
-from gen_ssd_dagster.core.models import packaged_smollm2
-from gen_ssd_dagster.core.selection import run_gen_ssd
+from gen_ssd_dagster.core.engines.backends import TransformersScorer, TransformersTeacher
+from gen_ssd_dagster.core.method.config import GenSSDConfig, SamplingConfig
+from gen_ssd_dagster.core.data.benchmarks import BUILTIN_DATASETS, load_problems
+from gen_ssd_dagster.core.engines.models import packaged_smollm2
+from gen_ssd_dagster.core.method.selection import run_gen_ssd
 
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 

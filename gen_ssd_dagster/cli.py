@@ -23,7 +23,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Run the library demo (no Dagster): every method on the embedded demo world."""
     import time
 
-    from gen_ssd_dagster.core.demo import DemoConfig, run_demo
+    from gen_ssd_dagster.core.demo.run import DemoConfig, run_demo
 
     started = time.perf_counter()
     result = run_demo(Path(args.home) / "library_demo", DemoConfig(seed=args.seed))
@@ -71,7 +71,7 @@ def _run_experiment(args: argparse.Namespace, asset: str, settings: dict) -> int
 
 
 def _experiment_report(home, kind: str) -> str:
-    from gen_ssd_dagster.core.comparison_table import markdown
+    from gen_ssd_dagster.core.experiments.comparison_table import markdown
     from gen_ssd_dagster.store import Store
     from gen_ssd_dagster.store.experiments import experiment_arms, latest_experiment
 
@@ -98,7 +98,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Gen-SSD at each value of each --knob, one knob at a time; accuracy and cost per point."""
-    from gen_ssd_dagster.core.sweep import parse_knobs
+    from gen_ssd_dagster.core.experiments.sweep import parse_knobs
 
     knobs = None
     if args.knob:

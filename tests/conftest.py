@@ -81,9 +81,9 @@ DEMO_SIZES = {"demo_train": 12, "demo_test": 4, "demo_seed": 0}
 def memorizing_teacher(tmp_path_factory, tiny_models):
     """The tiny teacher fine-tuned until it reproduces the demo train solutions (DEMO_SIZES): correct
     answers, so every asset downstream of "keep the correct ones" has data, in about a minute."""
-    from gen_ssd_dagster.core import data as core_data
-    from gen_ssd_dagster.core.demo_world import write_demo_dataset
-    from gen_ssd_dagster.core.training import TrainConfig, fine_tune
+    from gen_ssd_dagster.core.data import benchmarks as core_data
+    from gen_ssd_dagster.core.demo.world import write_demo_dataset
+    from gen_ssd_dagster.core.training.sft import TrainConfig, fine_tune
 
     root = tmp_path_factory.mktemp("memorizing")
     write_demo_dataset(root, DEMO_SIZES["demo_train"], DEMO_SIZES["demo_test"], DEMO_SIZES["demo_seed"])

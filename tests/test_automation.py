@@ -100,8 +100,8 @@ def test_definitions_register_the_automation():
 
 
 def test_unchanged_teacher_skips_and_a_change_requests_the_ordered_backfill(tmp_path, monkeypatch, tiny_models):
-    from gen_ssd_dagster.core.backends import model_version
-    from gen_ssd_dagster.core.models import ModelSpec
+    from gen_ssd_dagster.core.engines.backends import model_version
+    from gen_ssd_dagster.core.engines.models import ModelSpec
     from gen_ssd_dagster.defs import automation
 
     teacher = tmp_path / "teacher"
@@ -205,7 +205,7 @@ def test_hub_branch_resolved_to_a_commit_when_online(tmp_path, monkeypatch):
 
     import huggingface_hub
 
-    from gen_ssd_dagster.core.backends import model_version
+    from gen_ssd_dagster.core.engines.backends import model_version
     from gen_ssd_dagster.defs.automation import observe_teacher
     from gen_ssd_dagster.defs.resources import ModelsResource
     from gen_ssd_dagster.store import Home
@@ -225,9 +225,9 @@ def test_hub_branch_resolved_to_a_commit_when_online(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def taught_teacher(tmp_path_factory, tiny_models):
     """The tiny teacher fine-tuned until it reproduces the first three demo train solutions."""
-    from gen_ssd_dagster.core import data as core_data
-    from gen_ssd_dagster.core.demo_world import write_demo_dataset
-    from gen_ssd_dagster.core.training import TrainConfig, fine_tune
+    from gen_ssd_dagster.core.data import benchmarks as core_data
+    from gen_ssd_dagster.core.demo.world import write_demo_dataset
+    from gen_ssd_dagster.core.training.sft import TrainConfig, fine_tune
 
     root = tmp_path_factory.mktemp("taught")
     write_demo_dataset(root, DEMO["demo_train"], DEMO["demo_test"], DEMO["demo_seed"])
@@ -241,7 +241,7 @@ def taught_teacher(tmp_path_factory, tiny_models):
 def test_teacher_change_reruns_everything_and_lineage_tells_versions_apart(tmp_path, monkeypatch, tiny_models,
                                                                            taught_teacher, capsys):
     from gen_ssd_dagster import cli
-    from gen_ssd_dagster.core.training import TrainConfig, fine_tune
+    from gen_ssd_dagster.core.training.sft import TrainConfig, fine_tune
     from gen_ssd_dagster.defs import automation
     from gen_ssd_dagster.pipeline import run_pipeline
 

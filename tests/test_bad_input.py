@@ -156,8 +156,8 @@ def test_bad_run_config_values_name_the_setting(stored, tiny_models):
 
 def test_bad_evaluation_and_training_settings():
     from gen_ssd_dagster.core.errors import ConfigError
-    from gen_ssd_dagster.core.evaluation import evaluate
-    from gen_ssd_dagster.core.training import TrainConfig, fine_tune
+    from gen_ssd_dagster.core.evaluation.evaluate import evaluate
+    from gen_ssd_dagster.core.training.sft import TrainConfig, fine_tune
     from gen_ssd_dagster.core.types import Problem
 
     with pytest.raises(ConfigError, match="batch_size"):
@@ -235,8 +235,8 @@ def test_full_disk_while_writing_trajectories_and_checkpoints(small_disk, tiny_m
 
     import duckdb
 
-    from gen_ssd_dagster.core.models import ModelSpec, load_model, load_tokenizer
-    from gen_ssd_dagster.core.training import save_atomically
+    from gen_ssd_dagster.core.engines.models import ModelSpec, load_model, load_tokenizer
+    from gen_ssd_dagster.core.training.sft import save_atomically
     from gen_ssd_dagster.store import Store
     from gen_ssd_dagster.store.trajectories import done_problem_ids, write_batch
     from test_store import _key, _traj

@@ -7,14 +7,14 @@ import math
 
 import pytest
 
-from gen_ssd_dagster.core.calibration import calibrate, calibrated, line_ppls, quantile, split_lines
-from gen_ssd_dagster.core.config import GenSSDConfig, SamplingConfig, config_dict, config_hash
+from gen_ssd_dagster.core.method.calibration import calibrate, calibrated, line_ppls, quantile, split_lines
+from gen_ssd_dagster.core.method.config import GenSSDConfig, SamplingConfig, config_dict, config_hash
 from gen_ssd_dagster.core.errors import ConfigError
 
 
 def _backends(teacher_dir, student_dir):
-    from gen_ssd_dagster.core.backends import TransformersScorer, TransformersTeacher
-    from gen_ssd_dagster.core.models import ModelSpec
+    from gen_ssd_dagster.core.engines.backends import TransformersScorer, TransformersTeacher
+    from gen_ssd_dagster.core.engines.models import ModelSpec
 
     return TransformersTeacher(ModelSpec(str(teacher_dir))), TransformersScorer(ModelSpec(str(student_dir)))
 
@@ -40,7 +40,7 @@ def test_line_ppls_score_each_line_given_the_lines_before(tiny_models):
 
 
 def test_calibration_reads_the_quantile_and_records_itself(tiny_models, memorizing_teacher):
-    from gen_ssd_dagster.core.demo_world import generate_problems
+    from gen_ssd_dagster.core.demo.world import generate_problems
 
     teacher, scorer = _backends(memorizing_teacher, tiny_models[1])
     problems = generate_problems(8, 0, "train")
@@ -63,7 +63,7 @@ def test_calibration_reads_the_quantile_and_records_itself(tiny_models, memorizi
 
 
 def test_answer_likelihood_keeps_the_sample_whose_answer_the_student_finds_likeliest(tiny_models):
-    from gen_ssd_dagster.core.baselines import answer_nlls, select_lowest, split_answer
+    from gen_ssd_dagster.core.method.baselines import answer_nlls, select_lowest, split_answer
     from gen_ssd_dagster.core.types import Trajectory
 
     _, scorer = _backends(*tiny_models)

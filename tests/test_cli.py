@@ -46,7 +46,7 @@ def test_datasets_yaml_adds_a_partition(tmp_path):
     (tmp_path / "datasets.yaml").write_text(
         f"mini:\n  train: {{local_file: {rows}, question_field: question, answer_format: gsm8k}}\n")
     code = ("from gen_ssd_dagster.defs.datasets import DATASETS, dataset_specs\n"
-            "from gen_ssd_dagster.core.data import load_problems\n"
+            "from gen_ssd_dagster.core.data.benchmarks import load_problems\n"
             "print(sorted(DATASETS.get_partition_keys()))\n"
             "print(len(load_problems(dataset_specs()['mini']['train'], data_dir='/nonexistent')))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

@@ -11,14 +11,14 @@ from conftest import DEMO_SIZES  # memorizing_teacher, tiny_models: conftest fix
 
 
 def _problems(n: int):
-    from gen_ssd_dagster.core.demo_world import generate_problems
+    from gen_ssd_dagster.core.demo.world import generate_problems
 
     return generate_problems(n, 0, "train")
 
 
 def _backends(tiny_models):
-    from gen_ssd_dagster.core.backends import TransformersScorer, TransformersTeacher
-    from gen_ssd_dagster.core.models import ModelSpec
+    from gen_ssd_dagster.core.engines.backends import TransformersScorer, TransformersTeacher
+    from gen_ssd_dagster.core.engines.models import ModelSpec
 
     return TransformersTeacher(ModelSpec(str(tiny_models[0]))), TransformersScorer(ModelSpec(str(tiny_models[1])))
 
@@ -27,8 +27,8 @@ SMALL_SAMPLING = dict(max_new_tokens=24, temperature=1.0)
 
 
 def test_generation_stops_within_the_budget(tiny_models):
-    from gen_ssd_dagster.core.comparison import generate_within_budget, posthoc_from
-    from gen_ssd_dagster.core.config import GenSSDConfig, SamplingConfig, StandardKDConfig
+    from gen_ssd_dagster.core.experiments.comparison import generate_within_budget, posthoc_from
+    from gen_ssd_dagster.core.method.config import GenSSDConfig, SamplingConfig, StandardKDConfig
 
     teacher, scorer = _backends(tiny_models)
     problems = _problems(12)
@@ -57,14 +57,14 @@ def test_generation_stops_within_the_budget(tiny_models):
 
 
 def _arm(label, seed, accuracy, **kw):
-    from gen_ssd_dagster.core.comparison import ArmResult
+    from gen_ssd_dagster.core.experiments.comparison import ArmResult
 
     return ArmResult(kind="comparison", label=label, method=label, seed=seed, accuracy=accuracy, n_test=100,
                      n_correct=int(accuracy * 100), **kw)
 
 
 def test_table_reports_mean_spread_and_paired_difference():
-    from gen_ssd_dagster.core.comparison_table import markdown, summarise
+    from gen_ssd_dagster.core.experiments.comparison_table import markdown, summarise
 
     arms = [_arm("standard_kd", 0, 0.10, problems=10, selected=20, teacher_tokens=1000),
             _arm("standard_kd", 1, 0.20, problems=10, selected=20, teacher_tokens=1000),
@@ -87,7 +87,7 @@ def test_table_pairs_by_seed_and_question_with_seeds_and_questions_random():
     d per (seed, q): s0 [0,1,0,0], s1 [0,0,1,0]; per seed .25 and .25 (no seed spread); per question
     [0,.5,.5,0]: question_var = var/4 = (.25/3)/4 = .02083, seed_var = max(0, 0 - noise) = 0,
     mean SE = sqrt(.02083) = .1443 -> +25.0 ± 28.3. One seed's SE: sqrt(var([0,1,0,0])/4) = .25."""
-    from gen_ssd_dagster.core.comparison_table import markdown, paired_vs_standard_kd, spread_sources
+    from gen_ssd_dagster.core.experiments.comparison_table import markdown, paired_vs_standard_kd, spread_sources
 
     def graded(right):
         return {f"q{i}": i in right for i in range(1, 5)}
@@ -107,9 +107,9 @@ def test_table_pairs_by_seed_and_question_with_seeds_and_questions_random():
 
 
 def test_sweep_knobs_are_typed_and_checked_before_any_work():
-    from gen_ssd_dagster.core.config import GenSSDConfig
+    from gen_ssd_dagster.core.method.config import GenSSDConfig
     from gen_ssd_dagster.core.errors import ConfigError
-    from gen_ssd_dagster.core.sweep import parse_knobs, sweep_points
+    from gen_ssd_dagster.core.experiments.sweep import parse_knobs, sweep_points
 
     knobs = parse_knobs(["chunk_tokens=8,32", "ppl_ratio=2.5", "snap_to_line=false", "temperature=0.7"])
     assert knobs == {"chunk_tokens": [8, 32], "ppl_ratio": [2.5], "snap_to_line": [False], "temperature": [0.7]}

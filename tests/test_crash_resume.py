@@ -163,7 +163,7 @@ def test_sigkill_mid_trajectories_resumes_without_loss_or_duplicates(tmp_path, t
 TRAIN = """
 import sys, time, torch
 torch.set_num_threads(1)
-from gen_ssd_dagster.core.training import TrainConfig, fine_tune
+from gen_ssd_dagster.core.training.sft import TrainConfig, fine_tune
 sys.path.insert(0, sys.argv[4])
 from test_crash_resume import TRAIN_EXAMPLES, _train_config
 base, out, slow = sys.argv[1], sys.argv[2], float(sys.argv[3])
@@ -174,7 +174,7 @@ TRAIN_EXAMPLES = [(f"Question: what is {i} + {i % 7}?\nAnswer:\n", f"{i} + {i % 
 
 
 def _train_config():
-    from gen_ssd_dagster.core.training import TrainConfig
+    from gen_ssd_dagster.core.training.sft import TrainConfig
 
     return TrainConfig(epochs=6, learning_rate=3e-3, batch_size=4, warmup_steps=5, log_every=1)
 
@@ -189,7 +189,7 @@ def _weights(path: Path) -> dict:
 def test_sigkill_mid_fine_tune_resumes_from_last_checkpoint(tmp_path, tiny_models, one_thread):
     import torch
 
-    from gen_ssd_dagster.core.training import STATE_FILE, fine_tune, resume_dir
+    from gen_ssd_dagster.core.training.sft import STATE_FILE, fine_tune, resume_dir
 
     base = tiny_models[1]
     out, clean = tmp_path / "killed" / "student", tmp_path / "clean" / "student"
@@ -222,8 +222,8 @@ def test_sigkill_mid_fine_tune_resumes_from_last_checkpoint(tmp_path, tiny_model
 def test_corrupt_or_foreign_training_state_is_discarded(tmp_path, tiny_models):
     import torch
 
-    from gen_ssd_dagster.core import training
-    from gen_ssd_dagster.core.models import ModelSpec
+    from gen_ssd_dagster.core.training import sft as training
+    from gen_ssd_dagster.core.engines.models import ModelSpec
 
     examples = [("Question: 1 + 1?\nAnswer:\n", "1 + 1 = 2\n#### 2")] * 8
     config = training.TrainConfig(epochs=1, batch_size=4, warmup_steps=0)
@@ -249,7 +249,7 @@ import sys, time, torch
 torch.set_num_threads(1)
 sys.path.insert(0, sys.argv[4])
 from test_crash_resume import EVAL_PROBLEMS
-from gen_ssd_dagster.core.evaluation import EvalSettings, evaluate
+from gen_ssd_dagster.core.evaluation.evaluate import EvalSettings, evaluate
 from gen_ssd_dagster.store import Store
 from gen_ssd_dagster.store.eval_outputs import EvalLedger
 model, db, slow = sys.argv[1], sys.argv[2], float(sys.argv[3])
@@ -270,7 +270,7 @@ EVAL_PROBLEMS = _eval_problems()
 
 @pytest.mark.slow
 def test_sigkill_mid_evaluation_redoes_only_missing_batches(tmp_path, tiny_models, one_thread):
-    from gen_ssd_dagster.core.evaluation import EvalSettings, evaluate
+    from gen_ssd_dagster.core.evaluation.evaluate import EvalSettings, evaluate
     from gen_ssd_dagster.store import Store
     from gen_ssd_dagster.store.eval_outputs import EvalLedger
 

@@ -13,14 +13,14 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a hub from tests
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from gen_ssd_dagster.core.data import (  # noqa: E402
+from gen_ssd_dagster.core.data.benchmarks import (  # noqa: E402
     BUILTIN_DATASETS,
     DatasetSpec,
     dataset_spec_from_dict,
     load_problems,
 )
 from gen_ssd_dagster.core.errors import ConfigError, DataError  # noqa: E402
-from gen_ssd_dagster.core.grading import extract_answer, is_correct  # noqa: E402
+from gen_ssd_dagster.core.data.grading import extract_answer, is_correct  # noqa: E402
 from conftest import data_dir  # noqa: E402
 
 DATA_DIR = data_dir()
@@ -191,8 +191,8 @@ def test_limit_must_be_positive(tmp_path):
 
 
 def test_demo_files_load_with_single_prefix(tmp_path):
-    from gen_ssd_dagster.core.demo_world import write_demo_dataset
-    from gen_ssd_dagster.core.grading import grade
+    from gen_ssd_dagster.core.demo.world import write_demo_dataset
+    from gen_ssd_dagster.core.data.grading import grade
 
     write_demo_dataset(tmp_path, 6, 3, 0)
     train = load_problems(BUILTIN_DATASETS["demo"]["train"], tmp_path)

@@ -3,11 +3,11 @@ import json
 
 import pytest
 
-from gen_ssd_dagster.core import demo_models
-from gen_ssd_dagster.core.demo_models import MARKER, DemoModelsConfig, build_demo_models
+from gen_ssd_dagster.core.demo import models as demo_models
+from gen_ssd_dagster.core.demo.models import MARKER, DemoModelsConfig, build_demo_models
 from gen_ssd_dagster.core.errors import ConfigError
-from gen_ssd_dagster.core.models import ModelSpec, load_model, load_tokenizer
-from gen_ssd_dagster.core.prompts import format_prompt
+from gen_ssd_dagster.core.engines.models import ModelSpec, load_model, load_tokenizer
+from gen_ssd_dagster.core.engines.prompts import format_prompt
 
 TINY = DemoModelsConfig(
     n_teacher_problems=48, n_student_questions=32, teacher_epochs=1, student_epochs=1,

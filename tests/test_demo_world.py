@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from gen_ssd_dagster.core.demo_world import (
+from gen_ssd_dagster.core.demo.world import (
     MAX_OPERAND,
     MAX_VALUE,
     STYLES,
@@ -16,8 +16,8 @@ from gen_ssd_dagster.core.demo_world import (
     write_demo_dataset,
 )
 from gen_ssd_dagster.core.errors import ConfigError
-from gen_ssd_dagster.core.grading import extract_gsm8k
-from gen_ssd_dagster.core.prompts import format_prompt
+from gen_ssd_dagster.core.data.grading import extract_gsm8k
+from gen_ssd_dagster.core.engines.prompts import format_prompt
 
 
 def test_format_prompt():

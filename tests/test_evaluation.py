@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from gen_ssd_dagster.core.evaluation import EvalSettings, evaluate
-from gen_ssd_dagster.core.grading import GRADER_VERSION
-from gen_ssd_dagster.core.models import ModelSpec, load_model, load_tokenizer
-from gen_ssd_dagster.core.prompts import format_prompt
+from gen_ssd_dagster.core.evaluation.evaluate import EvalSettings, evaluate
+from gen_ssd_dagster.core.data.grading import GRADER_VERSION
+from gen_ssd_dagster.core.engines.models import ModelSpec, load_model, load_tokenizer
+from gen_ssd_dagster.core.engines.prompts import format_prompt
 from gen_ssd_dagster.core.types import Problem
 
 PROBLEMS = [
@@ -33,7 +33,7 @@ def test_batched_greedy_matches_transformers_generate(tiny_models):
 def test_sampled_evaluation_stores_every_answer_and_resumes_from_them(tiny_models, tmp_path):
     """n answers per question at a temperature: each one graded and stored under its sample index,
     pass@1 is their mean, the same seed samples the same answers, and a second run generates nothing."""
-    from gen_ssd_dagster.core.statistics import pass_at_1
+    from gen_ssd_dagster.core.evaluation.statistics import pass_at_1
     from gen_ssd_dagster.store import Store
     from gen_ssd_dagster.store.eval_outputs import EvalLedger
 

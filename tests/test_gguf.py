@@ -25,16 +25,16 @@ if MISSING:
 
 @pytest.fixture(scope="module")
 def smollm2_scorer():
-    from gen_ssd_dagster.core.backends import TransformersScorer
-    from gen_ssd_dagster.core.models import packaged_smollm2
+    from gen_ssd_dagster.core.engines.backends import TransformersScorer
+    from gen_ssd_dagster.core.engines.models import packaged_smollm2
 
     return TransformersScorer(packaged_smollm2())
 
 
 def test_spec_version_names_and_fingerprints_the_file(tmp_path):
-    from gen_ssd_dagster.core.backends import model_version
+    from gen_ssd_dagster.core.engines.backends import model_version
     from gen_ssd_dagster.core.errors import ModelLoadError
-    from gen_ssd_dagster.core.models import SMOLLM2_GGUF, ModelSpec, load_model, packaged_smollm2
+    from gen_ssd_dagster.core.engines.models import SMOLLM2_GGUF, ModelSpec, load_model, packaged_smollm2
 
     spec = packaged_smollm2()
     assert spec.gguf_file == SMOLLM2_GGUF and spec.is_local
@@ -68,10 +68,10 @@ def test_perplexity_of_a_real_model(smollm2_scorer):
 
 def test_gen_ssd_step_scored_by_smollm2(tiny_models, smollm2_scorer):
     """The tiny random teacher proposes (its own tokenizer); SmolLM2 picks the lowest-PPL chunk."""
-    from gen_ssd_dagster.core.backends import TransformersTeacher
-    from gen_ssd_dagster.core.config import GenSSDConfig, SamplingConfig
-    from gen_ssd_dagster.core.models import ModelSpec
-    from gen_ssd_dagster.core.selection import run_gen_ssd
+    from gen_ssd_dagster.core.engines.backends import TransformersTeacher
+    from gen_ssd_dagster.core.method.config import GenSSDConfig, SamplingConfig
+    from gen_ssd_dagster.core.engines.models import ModelSpec
+    from gen_ssd_dagster.core.method.selection import run_gen_ssd
     from gen_ssd_dagster.core.types import Problem
 
     teacher = TransformersTeacher(ModelSpec(str(tiny_models[0])))
@@ -92,7 +92,7 @@ def test_a_gguf_model_saves_as_a_plain_checkpoint_and_reloads_identically(smollm
     its chat template and end-of-turn token, and compute the same logits after reloading."""
     import torch
 
-    from gen_ssd_dagster.core.models import ModelSpec, load_model, load_tokenizer
+    from gen_ssd_dagster.core.engines.models import ModelSpec, load_model, load_tokenizer
 
     model, tok = smollm2_scorer.model, smollm2_scorer.tokenizer
     model.save_pretrained(tmp_path)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from gen_ssd_dagster.core.grading import GRADER_VERSION, extract_answer, grade, is_correct
+from gen_ssd_dagster.core.data.grading import GRADER_VERSION, extract_answer, grade, is_correct
 
 PATHOLOGICAL = r"10^{10^{10^{10}}}"  # sympy tries to build this integer
 
@@ -82,7 +82,7 @@ def test_pathological_input_is_bounded_in_a_worker_thread(caplog):
         result["ok"] = is_correct(PATHOLOGICAL, "5", timeout_s=1.0)
         result["s"] = time.monotonic() - t0
 
-    with caplog.at_level(logging.WARNING, logger="gen_ssd_dagster.core.grading"):
+    with caplog.at_level(logging.WARNING, logger="gen_ssd_dagster.core.data.grading"):
         th = threading.Thread(target=work)
         th.start()
         th.join(timeout=20)

@@ -2,8 +2,8 @@
 
 import torch
 
-from gen_ssd_dagster.core.kv_batch import KVBatch
-from gen_ssd_dagster.core.models import ModelSpec, load_model, load_tokenizer
+from gen_ssd_dagster.core.engines.kv_batch import KVBatch
+from gen_ssd_dagster.core.engines.models import ModelSpec, load_model, load_tokenizer
 
 
 def _plain_logprobs(model, ids: list[int], n_last: int) -> torch.Tensor:

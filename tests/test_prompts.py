@@ -10,15 +10,15 @@ import shutil
 import pytest
 from transformers import AutoConfig
 
-from gen_ssd_dagster.core.backends import TransformersScorer, TransformersTeacher, model_version, student_pieces
-from gen_ssd_dagster.core.config import GenSSDConfig, SamplingConfig
+from gen_ssd_dagster.core.engines.backends import TransformersScorer, TransformersTeacher, model_version, student_pieces
+from gen_ssd_dagster.core.method.config import GenSSDConfig, SamplingConfig
 from gen_ssd_dagster.core.errors import ConfigError, DataError
-from gen_ssd_dagster.core.evaluation import EvalSettings, evaluate
-from gen_ssd_dagster.core.models import ModelSpec, load_model, load_tokenizer
-from gen_ssd_dagster.core.prompts import Prompter, PromptSettings, format_prompt
-from gen_ssd_dagster.core.selection import run_gen_ssd
-from gen_ssd_dagster.core.solution_text import SolutionEnd
-from gen_ssd_dagster.core.training import TrainConfig, fine_tune
+from gen_ssd_dagster.core.evaluation.evaluate import EvalSettings, evaluate
+from gen_ssd_dagster.core.engines.models import ModelSpec, load_model, load_tokenizer
+from gen_ssd_dagster.core.engines.prompts import Prompter, PromptSettings, format_prompt
+from gen_ssd_dagster.core.method.selection import run_gen_ssd
+from gen_ssd_dagster.core.data.solution_text import SolutionEnd
+from gen_ssd_dagster.core.training.sft import TrainConfig, fine_tune
 from gen_ssd_dagster.core.types import Problem
 
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"

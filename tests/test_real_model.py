@@ -78,7 +78,7 @@ def test_teacher_writes_chat_formatted_reasoning_that_ends_by_itself(run):
 def test_student_ppl_is_taken_under_its_own_template(run):
     import dataclasses
 
-    from gen_ssd_dagster.core.backends import TransformersScorer
+    from gen_ssd_dagster.core.engines.backends import TransformersScorer
 
     home, store, models = run
     cold = next(p for p in (home.checkpoints / "cold_start_student").iterdir() if p.is_dir())
@@ -99,7 +99,7 @@ def test_student_ppl_is_taken_under_its_own_template(run):
 
 
 def test_answers_are_read_from_boxed_and_plain_text(run):
-    from gen_ssd_dagster.core.grading import grade
+    from gen_ssd_dagster.core.data.grading import grade
 
     _, store, _ = run
     assert grade("So she makes 9 * 2 = 18 dollars.\n\nThe answer is $\\boxed{18}$.", "18") == ("18", True)
@@ -111,7 +111,7 @@ def test_answers_are_read_from_boxed_and_plain_text(run):
 
 
 def test_trained_student_loads_back_and_answers_through_its_template(run):
-    from gen_ssd_dagster.core.models import ModelSpec, load_tokenizer
+    from gen_ssd_dagster.core.engines.models import ModelSpec, load_tokenizer
 
     _, store, _ = run
     rows = store.query("SELECT student, model_version, model_path, n FROM evaluation_scores WHERE benchmark = 'gsm8k'")

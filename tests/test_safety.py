@@ -37,7 +37,7 @@ def test_servers_bind_to_localhost_by_default():
 
 def test_remote_code_is_not_run_unless_asked(tmp_path):
     from gen_ssd_dagster.core.errors import ModelLoadError
-    from gen_ssd_dagster.core.models import ModelSpec, load_model, load_tokenizer
+    from gen_ssd_dagster.core.engines.models import ModelSpec, load_model, load_tokenizer
     from gen_ssd_dagster.defs.resources import ModelsResource
 
     marker = tmp_path / "remote_code_ran"
@@ -70,8 +70,8 @@ class TeacherServer(ThreadingHTTPServer):
     127.0.0.1, that wants `Bearer KEY` and, like some real servers, echoes a bad key back."""
 
     def __init__(self, teacher_dir: Path):
-        from gen_ssd_dagster.core.backends import TransformersTeacher
-        from gen_ssd_dagster.core.models import ModelSpec
+        from gen_ssd_dagster.core.engines.backends import TransformersTeacher
+        from gen_ssd_dagster.core.engines.models import ModelSpec
 
         self.teacher = TransformersTeacher(ModelSpec(str(teacher_dir)))
         self.authorized = 0
@@ -146,7 +146,7 @@ def _run(home, server, student, ops, selection, log):
 def test_teacher_api_key_never_reaches_logs_stores_or_errors(tmp_path, tiny_models, teacher_server, monkeypatch,
                                                              capfd):
     from gen_ssd_dagster.core.errors import ConfigError
-    from gen_ssd_dagster.core.openai_backend import OpenAITeacher, ServerUnavailable
+    from gen_ssd_dagster.core.engines.openai_backend import OpenAITeacher, ServerUnavailable
 
     home = tmp_path / "home"
     small = {"max_problems": 2, "offset": 0, "batch_size": 2, "max_new_tokens": 12, "num_candidates": 2}

@@ -4,13 +4,13 @@ import dataclasses
 
 import pytest
 
-from gen_ssd_dagster.core.backends import TransformersScorer, TransformersTeacher
-from gen_ssd_dagster.core.baselines import run_posthoc, run_standard_kd
-from gen_ssd_dagster.core.config import GenSSDConfig, PostHocConfig, SamplingConfig, StandardKDConfig
+from gen_ssd_dagster.core.engines.backends import TransformersScorer, TransformersTeacher
+from gen_ssd_dagster.core.method.baselines import run_posthoc, run_standard_kd
+from gen_ssd_dagster.core.method.config import GenSSDConfig, PostHocConfig, SamplingConfig, StandardKDConfig
 from gen_ssd_dagster.core.errors import ConfigError
-from gen_ssd_dagster.core.methods import run_method
-from gen_ssd_dagster.core.models import ModelSpec
-from gen_ssd_dagster.core.selection import normalised_ppl, run_gen_ssd
+from gen_ssd_dagster.core.method.registry import run_method
+from gen_ssd_dagster.core.engines.models import ModelSpec
+from gen_ssd_dagster.core.method.selection import normalised_ppl, run_gen_ssd
 from gen_ssd_dagster.core.types import Problem
 
 PROBLEMS = [
@@ -84,8 +84,8 @@ def test_absolute_ceiling_prunes_when_no_candidate_is_learnable(backends):
 def test_a_final_chunk_passes_when_prune_final_chunk_is_off(tiny_models, memorizing_teacher):
     """A chunk that ends the solution is held to the rule by default; with prune_final_chunk=False it
     passes (its teacher tokens are spent either way) and grading judges the finished path."""
-    from gen_ssd_dagster.core.config import config_dict
-    from gen_ssd_dagster.core.demo_world import generate_problems
+    from gen_ssd_dagster.core.method.config import config_dict
+    from gen_ssd_dagster.core.demo.world import generate_problems
 
     teacher = TransformersTeacher(ModelSpec(str(memorizing_teacher)))
     scorer = TransformersScorer(ModelSpec(str(tiny_models[1])))
@@ -159,7 +159,7 @@ def test_greedy_single_candidate_is_allowed():
 
 
 def test_config_hash_changes_with_any_knob():
-    from gen_ssd_dagster.core.config import config_hash
+    from gen_ssd_dagster.core.method.config import config_hash
 
     base = GenSSDConfig()
     assert config_hash(base) == config_hash(GenSSDConfig())
@@ -168,7 +168,7 @@ def test_config_hash_changes_with_any_knob():
 
 
 def test_posthoc_keeps_only_the_lowest_ppl_correct_sample():
-    from gen_ssd_dagster.core.baselines import select_lowest_ppl_correct
+    from gen_ssd_dagster.core.method.baselines import select_lowest_ppl_correct
     from gen_ssd_dagster.core.types import Trajectory
 
     def sample(i, ppl, correct):

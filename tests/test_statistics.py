@@ -1,4 +1,4 @@
-"""Error bars of core/statistics.py against small cases worked out by hand (the arithmetic is in the comments)."""
+"""Error bars of core/evaluation/statistics.py against small cases worked out by hand (the arithmetic is in the comments)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import random
 import pytest
 
 from gen_ssd_dagster.core.errors import ConfigError
-from gen_ssd_dagster.core.statistics import (
+from gen_ssd_dagster.core.evaluation.statistics import (
     Interval,
     bootstrap_interval,
     maj_at_k,

@@ -120,7 +120,7 @@ def test_sampled_scores_give_pass_at_1_and_maj_at_k_over_their_samples(tmp_path)
     pass@1 = mean(2/3, 1/3, 1, 0) = 0.5; maj@3 = mean(1, 0, 1, 0) = 0.5."""
     import json
 
-    from gen_ssd_dagster.core.evaluation import EvalSettings
+    from gen_ssd_dagster.core.evaluation.evaluate import EvalSettings
     from gen_ssd_dagster.store.eval_outputs import EvalLedger
     from gen_ssd_dagster.store.scores import maj_intervals, maj_table, score_intervals
 
@@ -182,7 +182,7 @@ def test_foreign_lock_holder_is_waited_out(tmp_path):
 
 
 def test_crash_loses_at_most_one_batch_and_resume_redoes_nothing_finished(tmp_path, monkeypatch):
-    from gen_ssd_dagster.core.config import GenSSDConfig
+    from gen_ssd_dagster.core.method.config import GenSSDConfig
     from gen_ssd_dagster.store import resumable
 
     calls = []

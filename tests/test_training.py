@@ -2,11 +2,11 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from gen_ssd_dagster.core.demo_models import train_tokenizer
+from gen_ssd_dagster.core.demo.models import train_tokenizer
 from gen_ssd_dagster.core.errors import ConfigError, GenSSDError
-from gen_ssd_dagster.core.models import ModelSpec, load_model, load_tokenizer
-from gen_ssd_dagster.core.prompts import Prompter, format_prompt
-from gen_ssd_dagster.core.training import IGNORE, TrainConfig, encode_examples, fine_tune, native_bf16, save_atomically
+from gen_ssd_dagster.core.engines.models import ModelSpec, load_model, load_tokenizer
+from gen_ssd_dagster.core.engines.prompts import Prompter, format_prompt
+from gen_ssd_dagster.core.training.sft import IGNORE, TrainConfig, encode_examples, fine_tune, native_bf16, save_atomically
 
 QUESTION = "Mia has 7 apples. She buys 5 more. How many apples does Mia have now?"
 PROMPT = format_prompt(QUESTION)  # the tiny model has no chat template: the plain format

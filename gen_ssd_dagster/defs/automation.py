@@ -62,9 +62,9 @@ from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraph
 from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
 from dagster._core.utils import make_new_backfill_id
 
-from ..core.backends import model_version
-from ..core.demo_models import MARKER
-from ..core.models import ModelSpec, resolve_hub_revision
+from ..core.engines.backends import model_version
+from ..core.demo.models import MARKER
+from ..core.engines.models import ModelSpec, resolve_hub_revision
 from ..store import Home
 from .datasets import DATASETS
 from .resources import ModelsResource, StoreResource
@@ -91,7 +91,7 @@ class TeacherObservation:
 def observe_teacher(models: ModelsResource, home: Home) -> TeacherObservation:
     """The teacher's current version, read from where it lives (no model is loaded)."""
     if models.teacher_url:  # a server: only it knows what it serves
-        from ..core.openai_backend import OpenAITeacher
+        from ..core.engines.openai_backend import OpenAITeacher
 
         try:
             return TeacherObservation(OpenAITeacher(models.teacher_url, models.teacher, max_retries=1).version,

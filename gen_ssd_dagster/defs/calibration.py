@@ -1,7 +1,7 @@
 """pruning_thresholds: Gen-SSD's pruning thresholds, calibrated from the cold-start student, per dataset.
 
 The teacher solves held-back train problems; the cold-start student scores each line; max_ppl and
-ppl_ratio are a quantile of what it saw (core/calibration.py). gen_ssd_trajectories uses them when
+ppl_ratio are a quantile of what it saw (core/method/calibration.py). gen_ssd_trajectories uses them when
 its `thresholds` is "calibrated", and records them with every trajectory.
 """
 
@@ -11,9 +11,9 @@ import json
 
 import dagster as dg
 
-from ..core.calibration import calibrate, summary
-from ..core.config import GenSSDConfig
-from ..core.models import ModelSpec
+from ..core.method.calibration import calibrate, summary
+from ..core.method.config import GenSSDConfig
+from ..core.engines.models import ModelSpec
 from ..store.trajectories import read_problems
 from . import reporting
 from .datasets import DATASETS

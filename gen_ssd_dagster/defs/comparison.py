@@ -1,7 +1,7 @@
 """Experiments on top of the pipeline: the equal-budget method comparison and the knob sweep.
 
 Both read the teacher, the cold-start student and the stored problems, run arms through
-core/comparison.py (every arm stored in DuckDB's `experiment_arms` as it finishes, so a crashed
+core/experiments/comparison.py (every arm stored in DuckDB's `experiment_arms` as it finishes, so a crashed
 experiment resumes), log one MLflow run with the table and plots, and show both as metadata.
 They are not part of `gen-ssd pipeline` (they take tens of minutes): `gen-ssd compare`,
 `gen-ssd sweep`, or materialize them in the UI.
@@ -12,11 +12,11 @@ import json
 
 import dagster as dg
 
-from ..core.backends import model_version
-from ..core.comparison import METHODS, ArmResult, arm_key, evaluation_of, reference_arm, run_comparison
-from ..core.comparison_table import markdown, summarise
-from ..core.models import ModelSpec
-from ..core.sweep import parse_knobs, run_sweep
+from ..core.engines.backends import model_version
+from ..core.experiments.comparison import METHODS, ArmResult, arm_key, evaluation_of, reference_arm, run_comparison
+from ..core.experiments.comparison_table import markdown, summarise
+from ..core.engines.models import ModelSpec
+from ..core.experiments.sweep import parse_knobs, run_sweep
 from ..store.experiments import find_arm, save_arm
 from ..store.trajectories import read_problems
 from . import reporting

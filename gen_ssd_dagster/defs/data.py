@@ -8,8 +8,8 @@ import hashlib
 
 import dagster as dg
 
-from ..core import data as core_data
-from ..core.demo_world import write_demo_dataset
+from ..core.data import benchmarks as core_data
+from ..core.demo.world import write_demo_dataset
 from ..store.trajectories import write_problems
 from .datasets import DATASETS, dataset_specs
 from .resources import DataResource, StoreResource

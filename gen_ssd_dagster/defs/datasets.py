@@ -20,7 +20,7 @@ from pathlib import Path
 import dagster as dg
 import yaml
 
-from ..core import data as core_data
+from ..core.data import benchmarks as core_data
 from ..store import Home
 
 PACKAGE_YAML = Path(__file__).resolve().parent.parent / "datasets.yaml"

@@ -7,9 +7,9 @@ distilled_students/<method>: the cold-start student fine-tuned on what that meth
 
 import dagster as dg
 
-from ..core.config import StandardKDConfig
-from ..core.backends import model_version
-from ..core.models import ModelSpec
+from ..core.method.config import StandardKDConfig
+from ..core.engines.backends import model_version
+from ..core.engines.models import ModelSpec
 from ..store.trajectories import WorkKey, latest_config_hash, selected_examples
 from .resources import GPU_POOL, MLflowResource, ModelsResource, StoreResource
 from .run_config import ColdStartConfig, DistillConfig

@@ -5,12 +5,12 @@ import json
 
 import dagster as dg
 
-from ..core.backends import model_version
-from ..core.comparison_table import markdown
-from ..core.evaluation import evaluate
-from ..core.grading import GRADER_VERSION
-from ..core.models import ModelSpec
-from ..core.solution_text import SolutionEnd
+from ..core.engines.backends import model_version
+from ..core.experiments.comparison_table import markdown
+from ..core.evaluation.evaluate import evaluate
+from ..core.data.grading import GRADER_VERSION
+from ..core.engines.models import ModelSpec
+from ..core.data.solution_text import SolutionEnd
 from ..core.types import problems_digest
 from ..store.eval_outputs import EvalLedger
 from ..store.experiments import experiment_arms, latest_experiment

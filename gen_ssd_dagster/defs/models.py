@@ -8,8 +8,8 @@ Dagster data version, so every downstream materialization records which weights 
 
 import dagster as dg
 
-from ..core.backends import model_version
-from ..core.models import ModelSpec
+from ..core.engines.backends import model_version
+from ..core.engines.models import ModelSpec
 from .resources import ModelsResource, StoreResource
 
 

@@ -13,10 +13,10 @@ import dagster as dg
 from filelock import FileLock
 from pydantic import Field
 
-from ..core.backends import TransformersScorer, TransformersTeacher, model_version
-from ..core.demo import DemoConfig
-from ..core.demo_models import DemoModelsConfig, build_demo_models
-from ..core.models import PACKAGED_MODELS, ModelSpec, resolve_hub_revision
+from ..core.engines.backends import TransformersScorer, TransformersTeacher, model_version
+from ..core.demo.run import DemoConfig
+from ..core.demo.models import DemoModelsConfig, build_demo_models
+from ..core.engines.models import PACKAGED_MODELS, ModelSpec, resolve_hub_revision
 from ..store import Home, Store
 from .mlflow_client import MLflowSession
 
@@ -105,12 +105,12 @@ class ModelsResource(dg.ConfigurableResource):
     def make_teacher(self, spec: ModelSpec):
         """The sampling backend of the teacher: where its candidates come from."""
         if self.teacher_url:
-            from ..core.openai_backend import OpenAITeacher
+            from ..core.engines.openai_backend import OpenAITeacher
 
             return OpenAITeacher(self.teacher_url, self.teacher,
                                  api_key=os.environ.get(self.teacher_api_key_env) or None, spec=spec)
         if self.backend == "vllm":
-            from ..core.vllm_backend import VLLMTeacher
+            from ..core.engines.vllm_backend import VLLMTeacher
 
             return VLLMTeacher(spec)
         return TransformersTeacher(spec)
@@ -123,7 +123,7 @@ class ModelsResource(dg.ConfigurableResource):
         """What generates a student's answers in evaluation: the vLLM engine when `backend` is vllm
         (a served teacher does not serve the students: they are trained here), else transformers."""
         if self.backend == "vllm":
-            from ..core.vllm_backend import VLLMTeacher
+            from ..core.engines.vllm_backend import VLLMTeacher
 
             return VLLMTeacher(spec)
         return TransformersTeacher(spec)
@@ -131,7 +131,7 @@ class ModelsResource(dg.ConfigurableResource):
     def make_scorer(self, spec: ModelSpec):
         """The student's perplexity scorer (always a local checkpoint: it is retrained in the run)."""
         if self.backend == "vllm":
-            from ..core.vllm_backend import VLLMScorer
+            from ..core.engines.vllm_backend import VLLMScorer
 
             return VLLMScorer(spec)
         return TransformersScorer(spec)

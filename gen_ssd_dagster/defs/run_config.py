@@ -1,4 +1,4 @@
-"""Run configuration: every knob of core/config.py as a Dagster `Config`, defaults taken from the
+"""Run configuration: every knob of core/method/config.py as a Dagster `Config`, defaults taken from the
 dataclasses themselves (never retyped here), plus the limits of a run.
 
 `method_config()` converts back to the core dataclass, which validates it.
@@ -12,12 +12,12 @@ from typing import Literal
 import dagster as dg
 from pydantic import Field
 
-from ..core.calibration import CALIBRATION_PROBLEMS, CALIBRATION_QUANTILE
-from ..core.comparison import ComparisonConfig
-from ..core.config import GenSSDConfig, PostHocConfig, SamplingConfig, StandardKDConfig
-from ..core.demo import DemoConfig
-from ..core.evaluation import EvalSettings
-from ..core.training import TrainConfig
+from ..core.method.calibration import CALIBRATION_PROBLEMS, CALIBRATION_QUANTILE
+from ..core.experiments.comparison import ComparisonConfig
+from ..core.method.config import GenSSDConfig, PostHocConfig, SamplingConfig, StandardKDConfig
+from ..core.demo.run import DemoConfig
+from ..core.evaluation.evaluate import EvalSettings
+from ..core.training.sft import TrainConfig
 from .datasets import dataset_specs
 
 _S, _G, _K, _P = SamplingConfig(), GenSSDConfig(), StandardKDConfig(), PostHocConfig()

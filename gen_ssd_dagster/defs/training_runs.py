@@ -15,9 +15,9 @@ from pathlib import Path
 
 import dagster as dg
 
-from ..core.backends import model_version
-from ..core.models import ModelSpec
-from ..core.training import TrainConfig, fine_tune
+from ..core.engines.backends import model_version
+from ..core.engines.models import ModelSpec
+from ..core.training.sft import TrainConfig, fine_tune
 from .resources import MLflowResource, StoreResource
 
 DONE = "train_result.json"

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import dagster as dg
 
-from ..core.calibration import calibrated
-from ..core.config import Calibration, GenSSDConfig, PostHocConfig, StandardKDConfig, config_dict, config_hash
-from ..core.models import ModelSpec
+from ..core.method.calibration import calibrated
+from ..core.method.config import Calibration, GenSSDConfig, PostHocConfig, StandardKDConfig, config_dict, config_hash
+from ..core.engines.models import ModelSpec
 from ..store.resumable import run_resumable
 from ..store.trajectories import (WorkKey, candidate_ppls, partition_summary, read_problems,
                                   sample_trajectory)

@@ -1,10 +1,10 @@
-"""Arms of comparisons and sweeps (core/comparison.py) in DuckDB: one row each, written as it ends."""
+"""Arms of comparisons and sweeps (core/experiments/comparison.py) in DuckDB: one row each, written as it ends."""
 
 from __future__ import annotations
 
 import json
 
-from ..core.comparison import ArmResult
+from ..core.experiments.comparison import ArmResult
 from .db import Store
 
 _FIELDS = set(ArmResult.__dataclass_fields__)

@@ -12,9 +12,9 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..core.config import MethodConfig, config_dict
+from ..core.method.config import MethodConfig, config_dict
 from ..core.errors import ConfigError, GenSSDError
-from ..core.methods import run_method
+from ..core.method.registry import run_method
 from ..core.types import Problem
 from .db import Store
 from .trajectories import WorkKey, done_problem_ids, write_batch

@@ -118,7 +118,7 @@ CREATE TABLE IF NOT EXISTS evaluation_scores (
 );
 
 {EVALUATION_OUTPUTS}
--- One arm of a method comparison or a knob sweep (core/comparison.py): what its training data
+-- One arm of a method comparison or a knob sweep (core/experiments/comparison.py): what its training data
 -- cost and looked like, and the accuracy of the student trained on it. `arm_key` hashes every
 -- input, so an interrupted comparison resumes at the first arm not stored; an arm reused by a
 -- later experiment (another knob of Gen-SSD leaves Standard KD's arms unchanged) is listed in both.

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 
 from ..core.errors import ConfigError
-from ..core.statistics import Interval, maj_at_k, paired_difference, pass_at_1
+from ..core.evaluation.statistics import Interval, maj_at_k, paired_difference, pass_at_1
 from .db import Store
 
 
@@ -149,7 +149,7 @@ def settings_line(settings, grader_version: str) -> str:
 def settings_lines(df) -> str:
     """`settings_line` for each set of settings the rows of `df` were scored under (rows stored
     before settings were recorded are left out)."""
-    from ..core.evaluation import EvalSettings
+    from ..core.evaluation.evaluate import EvalSettings
 
     groups: dict[tuple, list[str]] = {}
     for r in df.itertuples():
@@ -190,7 +190,7 @@ def report(store: Store, df) -> tuple[str, dict, list, dict]:
 
 
 INTERVAL_NOTE = ("95% intervals over test questions (clustered standard error, normal approximation; "
-                 "core/statistics.py). They hold the students fixed: a new training seed moves a score further.")
+                 "core/evaluation/statistics.py). They hold the students fixed: a new training seed moves a score further.")
 
 
 def score_table(df, intervals: dict | None = None) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .grading import boxes
+from gen_ssd_dagster.core.data.grading import boxes
 
 SOLUTION_ENDS = ("eos", "answer_line", "boxed")
 _BOXED_ONLY = re.compile(r"\\boxed\s*\{")

@@ -13,8 +13,8 @@ import json
 from dataclasses import dataclass
 from typing import Literal
 
-from .errors import ConfigError
-from .solution_text import SOLUTION_ENDS, SolutionEnd
+from gen_ssd_dagster.core.errors import ConfigError
+from gen_ssd_dagster.core.data.solution_text import SOLUTION_ENDS, SolutionEnd
 
 PPLNormalisation = Literal["token", "char"]
 SuitabilityRule = Literal["ratio", "absolute", "none"]

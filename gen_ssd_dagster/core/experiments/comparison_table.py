@@ -5,9 +5,9 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
-from .comparison import ArmResult
-from .errors import ConfigError
-from .statistics import paired_difference, variance_components
+from gen_ssd_dagster.core.experiments.comparison import ArmResult
+from gen_ssd_dagster.core.errors import ConfigError
+from gen_ssd_dagster.core.evaluation.statistics import paired_difference, variance_components
 
 ORDER = ["base", "cold_start", "standard_kd", "posthoc", "answer_likelihood", "gen_ssd"]
 LABELS = {"base": "base student", "cold_start": "cold start", "standard_kd": "Standard KD",
@@ -104,7 +104,7 @@ def spread_sources(arms: list[ArmResult], label: str = "gen_ssd") -> str:
     return (f"Where the spread of {LABELS.get(label, label)} − Standard KD comes from: one seed's difference has a "
             f"standard error of {100 * c.single_seed_stderr:.1f} points, of which training seeds give "
             f"{100 * c.seed_var ** 0.5:.1f} and the {c.n_questions} test questions "
-            f"{100 * c.within_seed_var ** 0.5:.1f} (in quadrature; two-way random effects, core/statistics.py). "
+            f"{100 * c.within_seed_var ** 0.5:.1f} (in quadrature; two-way random effects, core/evaluation/statistics.py). "
             f"Over {c.n_seeds} seeds the mean's standard error is {100 * c.mean_stderr:.1f}.")
 
 

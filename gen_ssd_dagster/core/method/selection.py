@@ -15,10 +15,10 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-from .backends import Proposal, Scorer, Teacher
-from .config import GenSSDConfig, config_dict
-from .grading import grade
-from .types import Candidate, Problem, Step, Trajectory
+from gen_ssd_dagster.core.engines.backends import Proposal, Scorer, Teacher
+from gen_ssd_dagster.core.method.config import GenSSDConfig, config_dict
+from gen_ssd_dagster.core.data.grading import grade
+from gen_ssd_dagster.core.types import Candidate, Problem, Step, Trajectory
 
 Progress = Callable[[dict], None]
 

@@ -12,17 +12,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .backends import TransformersScorer, TransformersTeacher
-from .config import GenSSDConfig, PostHocConfig, SamplingConfig, StandardKDConfig
-from .data import BUILTIN_DATASETS, load_problems
-from .demo_models import DemoModelsConfig, build_demo_models
-from .demo_world import write_demo_dataset
-from .evaluation import evaluate
-from .methods import run_method, training_examples
-from .models import ModelSpec
-from .comparison import DISTILL_TRAIN
-from .solution_text import ANSWER_LINE
-from .training import TrainConfig, fine_tune
+from gen_ssd_dagster.core.engines.backends import TransformersScorer, TransformersTeacher
+from gen_ssd_dagster.core.method.config import GenSSDConfig, PostHocConfig, SamplingConfig, StandardKDConfig
+from gen_ssd_dagster.core.data.benchmarks import BUILTIN_DATASETS, load_problems
+from gen_ssd_dagster.core.demo.models import DemoModelsConfig, build_demo_models
+from gen_ssd_dagster.core.demo.world import write_demo_dataset
+from gen_ssd_dagster.core.evaluation.evaluate import evaluate
+from gen_ssd_dagster.core.method.registry import run_method, training_examples
+from gen_ssd_dagster.core.engines.models import ModelSpec
+from gen_ssd_dagster.core.experiments.comparison import DISTILL_TRAIN
+from gen_ssd_dagster.core.data.solution_text import ANSWER_LINE
+from gen_ssd_dagster.core.training.sft import TrainConfig, fine_tune
 
 Log = Callable[[str], None]
 

@@ -35,9 +35,9 @@ import json
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError, GenSSDError
-from .models import ModelSpec, context_size, load_model, load_tokenizer
-from .prompts import Prompter
+from gen_ssd_dagster.core.errors import ConfigError, GenSSDError
+from gen_ssd_dagster.core.engines.models import ModelSpec, context_size, load_model, load_tokenizer
+from gen_ssd_dagster.core.engines.prompts import Prompter
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def _fingerprint(spec: ModelSpec, examples: list[tuple[str, str]], config: Train
     """What makes two runs the same run: the base weights, the examples and the config."""
     from dataclasses import asdict
 
-    from .backends import model_version
+    from gen_ssd_dagster.core.engines.backends import model_version
 
     blob = json.dumps([model_version(spec), spec.revision, examples, asdict(config)], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()

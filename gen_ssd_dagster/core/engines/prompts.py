@@ -16,7 +16,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 
-from .errors import ConfigError
+from gen_ssd_dagster.core.errors import ConfigError
 
 PLAIN_TEMPLATE = "Question: {question}\nAnswer:\n"
 CHAT_TEMPLATE_MODES = ("auto", "chat", "plain")

@@ -9,7 +9,7 @@
   the problems but has never seen a solution, so its accuracy starts near 0 and its perplexities
   of the teacher's styles are not all uniform noise (as a random model's would be).
 
-Both are saved with `save_pretrained` and loaded back through `core/models.py`, like any checkpoint.
+Both are saved with `save_pretrained` and loaded back through `core/engines/models.py`, like any checkpoint.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from .demo_world import STYLES, generate_specs, render_solution
-from .errors import ConfigError
-from .prompts import format_prompt
-from .training import TrainConfig, fine_tune, save_atomically
+from gen_ssd_dagster.core.demo.world import STYLES, generate_specs, render_solution
+from gen_ssd_dagster.core.errors import ConfigError
+from gen_ssd_dagster.core.engines.prompts import format_prompt
+from gen_ssd_dagster.core.training.sft import TrainConfig, fine_tune, save_atomically
 
 log = logging.getLogger(__name__)
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from .backends import Scorer, Teacher
-from .baselines import run_posthoc, run_standard_kd
-from .config import GenSSDConfig, MethodConfig, PostHocConfig, StandardKDConfig
-from .selection import Progress, run_gen_ssd
-from .types import Problem, Trajectory
+from gen_ssd_dagster.core.engines.backends import Scorer, Teacher
+from gen_ssd_dagster.core.method.baselines import run_posthoc, run_standard_kd
+from gen_ssd_dagster.core.method.config import GenSSDConfig, MethodConfig, PostHocConfig, StandardKDConfig
+from gen_ssd_dagster.core.method.selection import Progress, run_gen_ssd
+from gen_ssd_dagster.core.types import Problem, Trajectory
 
 METHODS = ("gen_ssd", "standard_kd", "posthoc")
 

@@ -23,7 +23,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from .errors import ConfigError
+from gen_ssd_dagster.core.errors import ConfigError
 
 Cells = dict[tuple[int, str], list[tuple[int, bool, object]]]  # (seed, question) -> (sample_index, correct, predicted)
 

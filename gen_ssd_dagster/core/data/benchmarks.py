@@ -19,10 +19,10 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Iterable
 
-from .errors import ConfigError, DataError
-from .grading import NUMBER, extract_boxed, extract_gsm8k
-from .solution_text import SOLUTION_ENDS
-from .types import Problem
+from gen_ssd_dagster.core.errors import ConfigError, DataError
+from gen_ssd_dagster.core.data.grading import NUMBER, extract_boxed, extract_gsm8k
+from gen_ssd_dagster.core.data.solution_text import SOLUTION_ENDS
+from gen_ssd_dagster.core.types import Problem
 
 ANSWER_FORMATS = ("gsm8k", "boxed", "plain", "number", "leading_number")
 
@@ -142,7 +142,7 @@ def _both(name: str, hub_id: str | None, hub_config: str | None, files: dict[str
 
 # Keyed by dataset, then side. Field names match both the hub copy and the files in the data dir.
 BUILTIN_DATASETS: dict[str, dict[str, DatasetSpec]] = {
-    # Written by core/demo_world.py into a directory the caller passes as data_dir.
+    # Written by core/demo/world.py into a directory the caller passes as data_dir.
     "demo": _both(
         "demo", None, None, {"train": "train.jsonl", "test": "test.jsonl"},
         question_field="question", answer_format="gsm8k", id_field="id", solution_field="answer",

@@ -30,15 +30,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .calibration import CALIBRATION_PROBLEMS, calibrate, calibrated, summary, validate_quantile
-from .baselines import answer_nlls, select_lowest
-from .config import GenSSDConfig, MethodConfig, SamplingConfig, StandardKDConfig, config_dict
-from .errors import ConfigError
-from .evaluation import EvalSettings, evaluate
-from .methods import run_method, training_examples
-from .models import ModelSpec
-from .training import TrainConfig, fine_tune
-from .types import Problem, Trajectory, problems_digest
+from gen_ssd_dagster.core.method.calibration import CALIBRATION_PROBLEMS, calibrate, calibrated, summary, validate_quantile
+from gen_ssd_dagster.core.method.baselines import answer_nlls, select_lowest
+from gen_ssd_dagster.core.method.config import GenSSDConfig, MethodConfig, SamplingConfig, StandardKDConfig, config_dict
+from gen_ssd_dagster.core.errors import ConfigError
+from gen_ssd_dagster.core.evaluation.evaluate import EvalSettings, evaluate
+from gen_ssd_dagster.core.method.registry import run_method, training_examples
+from gen_ssd_dagster.core.engines.models import ModelSpec
+from gen_ssd_dagster.core.training.sft import TrainConfig, fine_tune
+from gen_ssd_dagster.core.types import Problem, Trajectory, problems_digest
 
 Log = Callable[[str], None]
 METHODS = ("standard_kd", "posthoc", "answer_likelihood", "gen_ssd")

@@ -15,8 +15,8 @@ import torch
 from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from .errors import ModelLoadError
-from .prompts import PromptSettings
+from gen_ssd_dagster.core.errors import ModelLoadError
+from gen_ssd_dagster.core.engines.prompts import PromptSettings
 
 
 @dataclass(frozen=True)

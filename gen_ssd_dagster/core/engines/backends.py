@@ -21,10 +21,10 @@ from typing import Protocol
 
 import torch
 
-from .errors import DataError, ModelLoadError
-from .kv_batch import KVBatch
-from .models import ModelSpec, context_size, load_model, load_tokenizer
-from .prompts import Prompter
+from gen_ssd_dagster.core.errors import DataError, ModelLoadError
+from gen_ssd_dagster.core.engines.kv_batch import KVBatch
+from gen_ssd_dagster.core.engines.models import ModelSpec, context_size, load_model, load_tokenizer
+from gen_ssd_dagster.core.engines.prompts import Prompter
 
 
 @dataclass

@@ -38,9 +38,9 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError
-from .prompts import final_answer_line
-from .types import Problem
+from gen_ssd_dagster.core.errors import ConfigError
+from gen_ssd_dagster.core.engines.prompts import final_answer_line
+from gen_ssd_dagster.core.types import Problem
 
 STYLES = ("stepwise", "collapsed", "verbose", "meandering")
 SPLITS = ("train", "validation", "test")

@@ -42,11 +42,11 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .backends import Proposal, ScoresWholeTexts, student_pieces
-from .errors import ConfigError, ModelLoadError
-from .models import ModelSpec, load_tokenizer
-from .prompts import Prompter, format_prompt
-from .vllm_backend import PrefixScorerSession, step_seed  # neither imports vllm
+from gen_ssd_dagster.core.engines.backends import Proposal, ScoresWholeTexts, student_pieces
+from gen_ssd_dagster.core.errors import ConfigError, ModelLoadError
+from gen_ssd_dagster.core.engines.models import ModelSpec, load_tokenizer
+from gen_ssd_dagster.core.engines.prompts import Prompter, format_prompt
+from gen_ssd_dagster.core.engines.vllm_backend import PrefixScorerSession, step_seed  # neither imports vllm
 
 RETRY_STATUS = {429, 500, 502, 503, 504}
 log = logging.getLogger(__name__)

@@ -143,7 +143,7 @@ class _Worker:
         root = str(Path(__file__).resolve().parents[2])  # so the child imports this package
         env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "") if env.get("PYTHONPATH") else root
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from gen_ssd_dagster.core.grading import _worker_main; _worker_main()"],
+            [sys.executable, "-c", "from gen_ssd_dagster.core.data.grading import _worker_main; _worker_main()"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,

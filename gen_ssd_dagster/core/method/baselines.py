@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .backends import Scorer, Teacher
-from .config import PostHocConfig, SamplingConfig, StandardKDConfig, config_dict
-from .grading import grade
-from .selection import normalised_ppl
-from .types import Problem, Trajectory
+from gen_ssd_dagster.core.engines.backends import Scorer, Teacher
+from gen_ssd_dagster.core.method.config import PostHocConfig, SamplingConfig, StandardKDConfig, config_dict
+from gen_ssd_dagster.core.data.grading import grade
+from gen_ssd_dagster.core.method.selection import normalised_ppl
+from gen_ssd_dagster.core.types import Problem, Trajectory
 
 Progress = Callable[[dict], None]
 

@@ -13,12 +13,12 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from .comparison import (ArmResult, ArmStore, ComparisonConfig, arm_key, calibrated_comparison,
+from gen_ssd_dagster.core.experiments.comparison import (ArmResult, ArmStore, ComparisonConfig, arm_key, calibrated_comparison,
                          generate_within_budget, seed_order, stored_or_rescored, train_and_evaluate, with_seed)
-from .config import GenSSDConfig, SamplingConfig, config_dict
-from .errors import ConfigError
-from .models import ModelSpec
-from .types import Problem
+from gen_ssd_dagster.core.method.config import GenSSDConfig, SamplingConfig, config_dict
+from gen_ssd_dagster.core.errors import ConfigError
+from gen_ssd_dagster.core.engines.models import ModelSpec
+from gen_ssd_dagster.core.types import Problem
 
 SAMPLING_KNOBS = {f.name for f in dataclasses.fields(SamplingConfig)} - {"seed"}
 GEN_SSD_KNOBS = {f.name for f in dataclasses.fields(GenSSDConfig)} - {"sampling", "calibration"}

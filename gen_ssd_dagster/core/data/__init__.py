@@ -1,0 +1,2 @@
+"""Benchmarks as `Problem` records, answer extraction and grading, and where a solution ends.
+"""

@@ -1,0 +1,2 @@
+"""Scoring a model on a benchmark, and accuracy with 95% intervals (paired, clustered by question).
+"""

@@ -1,0 +1,2 @@
+"""Experiments over the method: the budget-matched comparison, its table, and the knob sweep.
+"""

@@ -1,0 +1,2 @@
+"""Supervised fine-tuning on (question, solution) pairs, loss on the solution only.
+"""
