@@ -1,10 +1,15 @@
-"""The code location: every asset, check and resource of the pipeline, assembled."""
+"""The code location: every definition under defs/ (found by `dg.load_from_defs_folder`), the
+teacher-change automation conditions, and the resources."""
+
+from pathlib import Path
 
 import dagster as dg
 
-from .defs import automation, calibration, checks, comparison, data, distillation, evaluation, models, trajectories
+from .defs import calibration, checks, comparison, data, distillation, evaluation, models, trajectories
+from .defs.automation import with_teacher_automation
 from .defs.resources import DataResource, MLflowResource, ModelsResource, StoreResource, resources_from_env
 
+# What `gen-ssd pipeline` materializes (the entry points run these without a daemon).
 ASSETS = [
     models.teacher, models.base_student,
     data.problems, data.benchmarks,
@@ -29,7 +34,13 @@ def resources(home: str = "", models_resource: ModelsResource | None = None, **o
     }
 
 
-# $GEN_SSD_CONFIG (a pipeline YAML) sets the models, data and MLflow of what `dagster dev` shows.
-defs = dg.Definitions(assets=[*ASSETS, *EXPERIMENTS], asset_checks=CHECKS, resources=resources(**resources_from_env()),
-                      jobs=[automation.teacher_refresh_job], sensors=[automation.teacher_change_sensor],
-                      schedules=[automation.teacher_check_schedule])
+def pipeline_definitions(resource_defs: dict) -> dg.Definitions:
+    """Every definition under defs/, the teacher-change conditions applied, with `resource_defs`."""
+    found = dg.load_from_defs_folder(path_within_project=Path(__file__).parent)
+    return dg.Definitions.merge(with_teacher_automation(found), dg.Definitions(resources=resource_defs))
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    # $GEN_SSD_CONFIG (a pipeline YAML) sets the models, data and MLflow of what `dagster dev` shows.
+    return pipeline_definitions(resources(**resources_from_env()))

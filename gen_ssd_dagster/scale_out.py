@@ -75,4 +75,4 @@ generate_trajectories = dg.define_asset_job(
                 "must be materialized).",
 )
 
-defs = dg.Definitions.merge(laptop.defs, dg.Definitions(jobs=[generate_trajectories], executor=executor_from_env()))
+defs = dg.Definitions.merge(laptop.defs(), dg.Definitions(jobs=[generate_trajectories], executor=executor_from_env()))

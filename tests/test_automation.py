@@ -1,15 +1,21 @@
-"""Teacher-change automation: the sensor and the schedule on a real Dagster instance in a tmp home.
+"""Teacher-change automation: an observed teacher and automation conditions, on a real Dagster
+instance in a tmp home.
 
-The fast tests only materialize `teacher` (a fingerprint, no model loaded) and evaluate the sensor
-and the schedule with Dagster's own `build_sensor_context` / `build_schedule_context`. The
-end-to-end test trains a tiny teacher that knows three demo solutions, runs the pipeline, changes
-the teacher's checkpoint, executes the backfill the sensor requested, and reads the lineage.
+The conditions are evaluated with Dagster's own `evaluate_automation_conditions` tick by tick, and
+what a tick requests is materialized with the run tags the automation sensor puts on its runs
+(`_run_until_idle`: what the daemon would do, without a daemon). The fast test runs the real
+`observed_teacher` and `teacher` (a fingerprint, no model loaded) over no-op stand-ins of the assets
+downstream (same keys, partitions, dependencies and conditions); the end-to-end test runs the real
+pipeline with a tiny teacher, changes the teacher's checkpoint, and reads the lineage.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
+from collections import defaultdict
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -32,48 +38,80 @@ def _run_config() -> dict:
 
 
 def _setup(tmp_path, monkeypatch, teacher, student):
-    """(home, instance, definitions with the sensor and schedule, resource overrides)."""
-    from gen_ssd_dagster.definitions import ASSETS, CHECKS, resources
-    from gen_ssd_dagster.defs import automation
+    """(home, instance, the code location's definitions on this home and these models)."""
+    from gen_ssd_dagster.definitions import pipeline_definitions, resources
     from gen_ssd_dagster.defs.resources import DataResource, ModelsResource
     from gen_ssd_dagster.instance import get_instance
     from gen_ssd_dagster.store import Home
 
     home = Home.resolve(tmp_path / "home").make()
     monkeypatch.setenv("GEN_SSD_HOME", str(home.root))  # restored after the test (run_pipeline sets it)
-    monkeypatch.delenv(automation.PARTITIONS_ENV, raising=False)
     overrides = {"models": ModelsResource(teacher=str(teacher), student=str(student)), "data": DataResource(**DEMO)}
-    defs = dg.Definitions(assets=ASSETS, asset_checks=CHECKS, resources=resources(str(home.root), **overrides),
-                          sensors=[automation.teacher_change_sensor], schedules=[automation.teacher_check_schedule],
-                          jobs=[automation.teacher_refresh_job])
-    return home, get_instance(home), defs, overrides
+    return home, get_instance(home), pipeline_definitions(resources(str(home.root), **overrides))
 
 
-def _sensor_tick(instance, defs, cursor=None):
-    from gen_ssd_dagster.defs.automation import teacher_change_sensor
+def _standins(defs: dg.Definitions) -> dg.Definitions:
+    """`defs` with every automated asset but `teacher` replaced by a no-op of the same spec."""
+    from gen_ssd_dagster.defs.automation import CONDITIONS, TEACHER
 
-    with dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs,
-                                 resources=defs.resources) as context:  # exiting resets Dagster's globals
-        return teacher_change_sensor.evaluate_tick(context)
+    def noop(spec):
+        @dg.multi_asset(specs=[spec], name=f"standin_{spec.key.to_python_identifier()}")
+        def _asset():
+            return dg.MaterializeResult(asset_key=spec.key)
+        return _asset
+
+    assets = [a for a in defs.assets if not isinstance(a, dg.AssetsDefinition) or a.key == TEACHER]
+    specs = [s for a in defs.assets if isinstance(a, dg.AssetsDefinition) for s in a.specs]
+    assets += [noop(s) for s in specs if s.key in CONDITIONS and s.key != TEACHER]
+    return dg.Definitions(assets=assets, jobs=defs.jobs, resources=defs.resources)
 
 
-def _schedule_tick(instance, defs):
-    from gen_ssd_dagster.defs.automation import teacher_check_schedule
+def _observe(defs, instance) -> str | None:
+    """What the schedule launches: one observation of the teacher; its data version."""
+    from gen_ssd_dagster.defs.automation import OBSERVED_TEACHER, last_observed_version
 
-    repo = defs.get_repository_def()
-    with dg.build_schedule_context(instance=instance, repository_def=repo, resources=defs.resources) as context:
-        return teacher_check_schedule.evaluate_tick(context)
+    assert defs.resolve_job_def("observe_teacher").execute_in_process(instance=instance).success
+    assert instance.fetch_observations(OBSERVED_TEACHER, limit=1).records
+    return last_observed_version(instance)
 
 
-def _materialize_teacher(home, overrides):
-    from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
-
-    from gen_ssd_dagster.defs.automation import TEACHER, run_subset_in_process
-
-    [result] = run_subset_in_process(AssetGraphSubset(non_partitioned_asset_keys={TEACHER}), home,
-                                     resource_overrides=overrides, log=lambda _: None)
-    assert result.success
+def _materialize(defs, instance, keys, partition=None, tags=None, run_config=None):
+    ops = {k.to_python_identifier() for k in keys}  # Dagster rejects config of ops outside the run
+    config = {**(run_config or {}), "ops": {k: v for k, v in (run_config or {}).get("ops", {}).items() if k in ops}}
+    result = dg.materialize(list(defs.assets), instance=instance, selection=list(keys), partition_key=partition,
+                            resources=defs.resources, tags=tags, run_config=config, raise_on_error=False)
+    assert result.success, [e.message for e in result.all_events if e.is_step_failure]
     return result
+
+
+def _tick(defs, instance, cursor):
+    """One evaluation of the conditions: {asset: requested partitions (None: unpartitioned)}, cursor."""
+    from gen_ssd_dagster.defs.automation import CONDITIONS
+
+    result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
+    requested = {k.to_user_string(): result.get_requested_partitions(k) for k in CONDITIONS
+                 if result.get_num_requested(k)}
+    return requested, result.cursor
+
+
+def _run_until_idle(defs, instance, cursor, run_config=None, max_ticks=8):
+    """Tick, run what was requested (one run per partition key, the sensor's run tags), repeat until
+    a tick requests nothing. Returns every tick's request and the last cursor."""
+    from gen_ssd_dagster.defs.automation import TRIGGER_TAGS
+
+    ticks = []
+    for _ in range(max_ticks):
+        requested, cursor = _tick(defs, instance, cursor)
+        if not requested:
+            return ticks, cursor
+        ticks.append(requested)
+        by_partition = defaultdict(list)
+        for name, parts in requested.items():
+            for part in parts:
+                by_partition[part].append(dg.AssetKey.from_user_string(name))
+        for part, keys in sorted(by_partition.items(), key=lambda kv: kv[0] or ""):
+            _materialize(defs, instance, keys, part, TRIGGER_TAGS, run_config)
+    raise AssertionError(f"still requesting after {max_ticks} ticks: {ticks[-3:]}")
 
 
 def _touch_checkpoint(path):
@@ -91,95 +129,88 @@ def _touch_checkpoint(path):
 
 def test_definitions_register_the_automation():
     from gen_ssd_dagster.definitions import defs
+    from gen_ssd_dagster.defs import automation
 
-    assert defs.get_sensor_def("teacher_change_sensor").default_status == dg.DefaultSensorStatus.STOPPED
-    schedule = defs.get_schedule_def("teacher_check_schedule")
-    assert schedule.cron_schedule == "0 3 * * *"
+    loaded = defs()
+    schedule = loaded.get_schedule_def("teacher_check_schedule")
+    assert schedule.cron_schedule == "0 3 * * *" and schedule.job_name == "observe_teacher"
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
-    assert defs.resolve_job_def("teacher_refresh") is not None
+    sensor = loaded.get_sensor_def("teacher_change_automation")
+    assert isinstance(sensor, dg.AutomationConditionSensorDefinition)
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    graph = loaded.resolve_asset_graph()
+    assert automation.OBSERVED_TEACHER in graph.get(automation.TEACHER).parent_keys
+    assert graph.get(automation.OBSERVED_TEACHER).is_observable
+    for key in (*automation.CONDITIONS, dg.AssetKey("method_comparison"), dg.AssetKey("problems")):
+        assert graph.get(key).automation_condition == automation.CONDITIONS.get(key), key
 
 
-def test_unchanged_teacher_skips_and_a_change_requests_the_ordered_backfill(tmp_path, monkeypatch, tiny_models):
+def test_defs_use_public_dagster_and_never_the_assembled_location():
+    """Nothing under defs/ imports dagster's internals, definitions.py or an entry point."""
+    import gen_ssd_dagster.defs as defs_package
+
+    for path in Path(defs_package.__file__).parent.glob("*.py"):
+        source = path.read_text()
+        assert not re.search(r"\bdagster\._", source), path.name
+        assert not re.search(r"from \.\.(definitions|pipeline|cli)\b|import gen_ssd_dagster\.(definitions|pipeline|cli)",
+                             source), path.name
+
+
+def test_teacher_change_reruns_in_order_over_materialized_partitions(tmp_path, monkeypatch, tiny_models):
     from gen_ssd_dagster.core.engines.backends import model_version
     from gen_ssd_dagster.core.engines.models import ModelSpec
     from gen_ssd_dagster.defs import automation
 
     teacher = tmp_path / "teacher"
     shutil.copytree(tiny_models[0], teacher)
-    home, instance, defs, overrides = _setup(tmp_path, monkeypatch, teacher, tiny_models[1])
+    home, instance, real = _setup(tmp_path, monkeypatch, teacher, tiny_models[1])
+    defs = _standins(real)
     v1 = model_version(ModelSpec(str(teacher)))
 
-    # nothing materialized yet: nothing to compare with, no run, the version is remembered
-    tick = _sensor_tick(instance, defs)
-    assert not tick.run_requests and "no teacher materialized yet" in tick.skip_message
-    assert tick.cursor == v1
-
-    _materialize_teacher(home, overrides)
+    # a home a pipeline ran on before: demo everywhere, and posthoc trajectories of gsm8k too
+    unpartitioned = [automation.TEACHER, automation.COLD_START, *automation.STUDENTS, automation.EVALUATION]
+    _materialize(defs, instance, unpartitioned)
+    _materialize(defs, instance, [automation.THRESHOLDS, *automation.TRAJECTORY_ASSETS], "demo")
+    _materialize(defs, instance, [dg.AssetKey("posthoc_trajectories")], "gsm8k")
     assert automation.last_teacher_version(instance) == v1
-    tick = _sensor_tick(instance, defs)  # no cursor: compares with the materialized version
-    assert not tick.run_requests and tick.skip_message == f"teacher version {v1} unchanged (checkpoint)"
-    tick = _sensor_tick(instance, defs, cursor=v1)
-    assert not tick.run_requests and v1 in tick.skip_message
-    schedule_tick = _schedule_tick(instance, defs)
-    assert not schedule_tick.run_requests and "unchanged" in schedule_tick.skip_message
-    assert not instance.get_backfills()
+    assert _observe(defs, instance) == v1
+    ticks, cursor = _run_until_idle(defs, instance, None)
+    assert ticks == []
+
+    # unchanged teacher: nothing; a teacher materialized by hand (or `gen-ssd pipeline`): nothing
+    assert _observe(defs, instance) == v1
+    _materialize(defs, instance, [automation.TEACHER])
+    ticks, cursor = _run_until_idle(defs, instance, cursor)
+    assert ticks == []
+    # the checkpoint gone for a while: not observed, the known version is repeated, nothing runs
+    shutil.move(teacher, tmp_path / "away")
+    assert _observe(defs, instance) == v1
+    ticks, cursor = _run_until_idle(defs, instance, cursor)
+    assert ticks == []
+    shutil.move(tmp_path / "away", teacher)
 
     _touch_checkpoint(teacher)
     v2 = model_version(ModelSpec(str(teacher)))
-    assert v2 != v1
-    tick = _sensor_tick(instance, defs, cursor=v1)
-    assert tick.cursor == v2 and not tick.skip_message
-    [request] = tick.run_requests
-    assert request.requires_backfill_daemon()
-    assert request.tags[automation.VERSION_TAG] == v2 and request.tags[automation.PREVIOUS_TAG] == v1
-    subset = request.asset_graph_subset
-    graph = defs.resolve_asset_graph()
-    assert {k.to_user_string() for k in subset.asset_keys} == {
-        "teacher", "cold_start_student", "pruning_thresholds", "gen_ssd_trajectories", "standard_kd_trajectories",
-        "posthoc_trajectories",
-        "distilled_students/gen_ssd", "distilled_students/standard_kd", "distilled_students/posthoc",
-        "evaluation_scores"}
-    # no trajectory partition materialized yet: the distillation's default partitions
-    assert set(subset.get_partitions_subset(dg.AssetKey("gen_ssd_trajectories")).get_partition_keys()) == {"demo"}
-    # the thresholds before Gen-SSD, trajectories before the students, the students before the evaluation
-    stages = [([k.to_user_string() for k in keys], parts) for keys, parts in automation.subset_stages(graph, subset)]
-    assert stages == [
-        (["teacher", "cold_start_student"], [None]),
-        (["posthoc_trajectories", "pruning_thresholds", "standard_kd_trajectories"], ["demo"]),
-        (["distilled_students/posthoc", "distilled_students/standard_kd"], [None]),
-        (["gen_ssd_trajectories"], ["demo"]),
-        (["distilled_students/gen_ssd", "evaluation_scores"], [None]),
+    assert v2 != v1 and _observe(defs, instance) == v2
+    ticks, cursor = _run_until_idle(defs, instance, cursor)
+    # the teacher and cold start, then every partition materialized before (and no other), then
+    # the students and the evaluation once all their trajectories are re-done
+    assert ticks == [
+        {"teacher": {None}, "cold_start_student": {None}},
+        {"pruning_thresholds": {"demo"}, "gen_ssd_trajectories": {"demo"}, "standard_kd_trajectories": {"demo"},
+         "posthoc_trajectories": {"demo", "gsm8k"}},
+        {"distilled_students/gen_ssd": {None}, "distilled_students/standard_kd": {None},
+         "distilled_students/posthoc": {None}, "evaluation_scores": {None}},
     ]
-    # the next tick, cursor advanced: nothing new
-    again = _sensor_tick(instance, defs, cursor=tick.cursor)
-    assert not again.run_requests and f"teacher version {v2} unchanged" in again.skip_message
+    assert automation.last_teacher_version(instance) == v2
+    # the old teacher's materialization stays in the history beside the new one
+    history = instance.fetch_materializations(automation.TEACHER, limit=10).records
+    assert {r.asset_materialization.tags["dagster/data_version"] for r in history} == {v1, v2}
 
-    # the schedule (no cursor) submits the same backfill once, then waits for it
-    first = _schedule_tick(instance, defs)
-    assert not first.run_requests and "submitted backfill" in first.skip_message
-    [backfill] = instance.get_backfills()
-    assert backfill.tags[automation.VERSION_TAG] == v2
-    assert backfill.asset_backfill_data.target_subset == subset
-    second = _schedule_tick(instance, defs)
-    assert "already in progress" in second.skip_message and len(instance.get_backfills()) == 1
-
-    # the new teacher materialized by hand meanwhile: a sensor still at the old cursor does not re-run it
-    _materialize_teacher(home, overrides)
-    late = _sensor_tick(instance, defs, cursor=v1)
-    assert not late.run_requests and f"teacher version {v2} unchanged" in late.skip_message
-
-
-def test_refresh_partitions_setting(tmp_path, monkeypatch, tiny_models):
-    from gen_ssd_dagster.defs import automation
-    from gen_ssd_dagster.defs.datasets import DATASETS
-
-    home, instance, defs, overrides = _setup(tmp_path, monkeypatch, tiny_models[0], tiny_models[1])
-    assert automation.refresh_partitions(instance, "all") == DATASETS.get_partition_keys()
-    assert automation.refresh_partitions(instance, "gsm8k, nope,demo") == ["gsm8k", "demo"]
-    instance.report_runless_asset_event(dg.AssetMaterialization("posthoc_trajectories", partition="gsm8k"))
-    assert automation.refresh_partitions(instance, "materialized") == ["gsm8k"]
-    monkeypatch.setenv(automation.PARTITIONS_ENV, "all")
-    assert automation.refresh_partitions(instance) == DATASETS.get_partition_keys()
+    # the next observations find nothing new
+    assert _observe(defs, instance) == v2
+    ticks, cursor = _run_until_idle(defs, instance, cursor)
+    assert ticks == []
 
 
 def test_observations(tmp_path, monkeypatch):
@@ -247,29 +278,30 @@ def test_teacher_change_reruns_everything_and_lineage_tells_versions_apart(tmp_p
 
     teacher = tmp_path / "teacher"
     shutil.copytree(taught_teacher[0], teacher)
-    home, instance, defs, overrides = _setup(tmp_path, monkeypatch, teacher, tiny_models[1])
+    home, instance, defs = _setup(tmp_path, monkeypatch, teacher, tiny_models[1])
+    overrides = {k: defs.resources[k] for k in ("models", "data")}
     first = run_pipeline(home, "demo", _run_config(), overrides, log=lambda _: None)
     assert first.success
     v1 = automation.last_teacher_version(instance)
-    tick = _sensor_tick(instance, defs)
-    assert not tick.run_requests and f"teacher version {v1} unchanged" in tick.skip_message
+    assert _observe(defs, instance) == v1
+    ticks, cursor = _run_until_idle(defs, instance, None, _run_config())
+    assert ticks == []
 
     # a new teacher checkpoint in the same place: a little more training
     more = fine_tune(teacher, taught_teacher[1], tmp_path / "teacher_v2",
                      TrainConfig(epochs=5, learning_rate=1e-3, batch_size=3, warmup_steps=0, bf16=True, seed=1))
     shutil.rmtree(teacher)
     shutil.copytree(more.path, teacher)
-    tick = _sensor_tick(instance, defs, cursor=tick.cursor)
-    [request] = tick.run_requests
-    v2 = request.tags[automation.VERSION_TAG]
-    assert v2 != v1 and tick.cursor == v2
-
-    results = automation.run_subset_in_process(request.asset_graph_subset, home, _run_config(), overrides,
-                                               tags=request.tags, log=lambda _: None)
-    assert [r.success for r in results] == [True] * 5  # one run per stage, as the first test lists them
+    v2 = _observe(defs, instance)
+    assert v2 != v1
+    ticks, cursor = _run_until_idle(defs, instance, cursor, _run_config())
+    assert [sorted(t) for t in ticks] == [
+        ["cold_start_student", "teacher"],
+        ["gen_ssd_trajectories", "posthoc_trajectories", "pruning_thresholds", "standard_kd_trajectories"],
+        ["distilled_students/gen_ssd", "distilled_students/posthoc", "distilled_students/standard_kd",
+         "evaluation_scores"]]
     assert automation.last_teacher_version(instance) == v2
-    assert not _sensor_tick(instance, defs, cursor=tick.cursor).run_requests
-    assert "unchanged" in _schedule_tick(instance, defs).skip_message
+    assert _observe(defs, instance) == v2 and _run_until_idle(defs, instance, cursor)[0] == []
 
     # both teachers' trajectories are kept, side by side
     from gen_ssd_dagster.store import Store

@@ -59,8 +59,9 @@ def test_definitions_load():
 
     from gen_ssd_dagster.definitions import defs
 
-    dg.Definitions.validate_loadable(defs)
-    graph = defs.resolve_asset_graph()
+    loaded = defs()
+    dg.Definitions.validate_loadable(loaded)
+    graph = loaded.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
     assert {"teacher", "base_student", "problems", "benchmarks", "cold_start_student", *TRAJ_ASSETS,
             "distilled_students/gen_ssd", "distilled_students/standard_kd", "distilled_students/posthoc",
