@@ -72,7 +72,7 @@ def test_definitions_load():
 
 def test_run_config_mirrors_core_defaults():
     from gen_ssd_dagster.core.method.config import GenSSDConfig, PostHocConfig, SamplingConfig, StandardKDConfig
-    from gen_ssd_dagster.defs.run_config import (GenSSDRunConfig, PostHocRunConfig, StandardKDRunConfig,
+    from gen_ssd_dagster.defs_support.run_config import (GenSSDRunConfig, PostHocRunConfig, StandardKDRunConfig,
                                                  method_config)
 
     for run_cls, cls in ((GenSSDRunConfig, GenSSDConfig), (StandardKDRunConfig, StandardKDConfig),

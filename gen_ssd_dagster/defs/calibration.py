@@ -15,10 +15,10 @@ from ..core.method.calibration import calibrate, summary
 from ..core.method.config import GenSSDConfig
 from ..core.engines.models import ModelSpec
 from ..store.trajectories import read_problems
-from . import reporting
-from .datasets import DATASETS
+from ..defs_support import reporting
+from ..defs_support.datasets import DATASETS
 from .resources import GPU_POOL, MLflowResource, ModelsResource, StoreResource
-from .run_config import CalibrationRunConfig, method_config
+from ..defs_support.run_config import CalibrationRunConfig, method_config
 
 
 @dg.asset(group_name="cold_start", pool=GPU_POOL, partitions_def=DATASETS, kinds={"mlflow"},

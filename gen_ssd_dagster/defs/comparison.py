@@ -19,9 +19,9 @@ from ..core.engines.models import ModelSpec
 from ..core.experiments.sweep import parse_knobs, run_sweep
 from ..store.experiments import find_arm, save_arm
 from ..store.trajectories import read_problems
-from . import reporting
+from ..defs_support import reporting
 from .resources import GPU_POOL, MLflowResource, ModelsResource, StoreResource
-from .run_config import ComparisonRunConfig, SweepRunConfig
+from ..defs_support.run_config import ComparisonRunConfig, SweepRunConfig
 
 
 def _inputs(config, store: StoreResource):

@@ -11,9 +11,9 @@ import dagster as dg
 from ..core.data import benchmarks as core_data
 from ..core.demo.world import write_demo_dataset
 from ..store.trajectories import write_problems
-from .datasets import DATASETS, dataset_specs
+from ..defs_support.datasets import DATASETS, dataset_specs
 from .resources import DataResource, StoreResource
-from .run_config import ProblemsConfig
+from ..defs_support.run_config import ProblemsConfig
 
 
 def load_side(dataset: str, side: str, data: DataResource, store: StoreResource, limit: int | None):

@@ -12,9 +12,9 @@ from ..core.engines.backends import model_version
 from ..core.engines.models import ModelSpec
 from ..store.trajectories import WorkKey, latest_config_hash, selected_examples
 from .resources import GPU_POOL, MLflowResource, ModelsResource, StoreResource
-from .run_config import ColdStartConfig, DistillConfig
+from ..defs_support.run_config import ColdStartConfig, DistillConfig
 from .trajectories import METHOD_ASSETS, generate, trajectory_page
-from .training_runs import metadata, train_logged
+from ..defs_support.training_runs import metadata, train_logged
 
 
 # Its own group: inside "distillation" the group view would loop distillation -> trajectories -> distillation.

@@ -16,9 +16,9 @@ from ..store.eval_outputs import EvalLedger
 from ..store.experiments import experiment_arms, latest_experiment
 from ..store.scores import Score, cached_score, latest_scores, report, write_scores
 from ..store.trajectories import read_problems
-from . import reporting
+from ..defs_support import reporting
 from .resources import GPU_POOL, MLflowResource, ModelsResource, StoreResource
-from .run_config import EvaluationConfig, solution_end_of
+from ..defs_support.run_config import EvaluationConfig, solution_end_of
 
 
 def _students(base, cold, gen_ssd, standard_kd, posthoc) -> dict[str, ModelSpec]:

@@ -18,7 +18,7 @@ from ..core.demo.run import DemoConfig
 from ..core.demo.models import DemoModelsConfig, build_demo_models
 from ..core.engines.models import PACKAGED_MODELS, ModelSpec, resolve_hub_revision
 from ..store import Home, Store
-from .mlflow_client import MLflowSession
+from ..defs_support.mlflow_client import MLflowSession
 
 LOCAL_DATA_DIR = "data"  # ./data, relative to the working directory, when it exists
 CONFIG_ENV = "GEN_SSD_CONFIG"  # a pipeline YAML whose `resources:` the code location uses

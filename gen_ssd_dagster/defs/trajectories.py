@@ -21,10 +21,11 @@ from ..store.resumable import run_resumable
 from ..store.trajectories import (WorkKey, candidate_ppls, partition_summary, read_problems,
                                   sample_trajectory)
 from ..viewer import export_partition
-from . import checks, reporting
-from .datasets import DATASETS
+from . import checks
+from ..defs_support import reporting
+from ..defs_support.datasets import DATASETS
 from .resources import GPU_POOL, ModelsResource, StoreResource
-from .run_config import GenSSDRunConfig, PostHocRunConfig, StandardKDRunConfig, method_config
+from ..defs_support.run_config import GenSSDRunConfig, PostHocRunConfig, StandardKDRunConfig, method_config
 
 METHOD_ASSETS = {
     "gen_ssd": ("gen_ssd_trajectories", GenSSDConfig, GenSSDRunConfig),

@@ -18,7 +18,7 @@ import dagster as dg
 from ..core.engines.backends import model_version
 from ..core.engines.models import ModelSpec
 from ..core.training.sft import TrainConfig, fine_tune
-from .resources import MLflowResource, StoreResource
+from ..defs.resources import MLflowResource, StoreResource
 
 DONE = "train_result.json"
 
