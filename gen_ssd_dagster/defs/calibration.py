@@ -12,7 +12,6 @@ import json
 import dagster as dg
 
 from ..core.method.calibration import calibrate, summary
-from ..core.method.config import GenSSDConfig
 from ..core.engines.models import ModelSpec
 from ..store.trajectories import read_problems
 from ..defs_support import reporting
@@ -36,7 +35,7 @@ def pruning_thresholds(context: dg.AssetExecutionContext, config: CalibrationRun
     if not problems:
         raise dg.Failure(f"pruning_thresholds: dataset {dataset!r} has no train problems after offset "
                          f"{config.offset}; lower `offset` or store more problems")
-    gen_ssd = method_config(config, GenSSDConfig, dataset)
+    gen_ssd = method_config(config, dataset)
     teacher_backend, scorer = models.make_teacher(teacher), models.make_scorer(cold_start_student)
     context.log.info(f"calibrating on {len(problems)} held-back {dataset} problems at quantile {config.quantile}")
     record, ppls = calibrate(problems, teacher_backend, scorer, gen_ssd, config.quantile)

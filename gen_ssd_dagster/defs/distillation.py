@@ -7,7 +7,6 @@ distilled_students/<method>: the cold-start student fine-tuned on what that meth
 
 import dagster as dg
 
-from ..core.method.config import StandardKDConfig
 from ..core.engines.backends import model_version
 from ..core.engines.models import ModelSpec
 from ..store.trajectories import WorkKey, latest_config_hash, selected_examples
@@ -31,19 +30,18 @@ def cold_start_student(context: dg.AssetExecutionContext, config: ColdStartConfi
         return dg.Output(base_student, data_version=dg.DataVersion(model_version(base_student)),
                          metadata={"model_version": model_version(base_student), "cold_start": "skipped",
                                    "path": base_student.name_or_path})
-    key, summary = generate(context, "standard_kd", StandardKDConfig, config, teacher, base_student, models, store,
-                            config.dataset)
+    key, summary = generate(context, "standard_kd", config, teacher, base_student, models, store, config.dataset)
     rows = selected_examples(store.store(), key)
     if not rows:
-        what = "finished" if config.keep == "finished" else "was correct"
+        what = "finished" if config.sampling.keep == "finished" else "was correct"
         raise dg.Failure(f"cold start: none of the teacher's {summary['trajectories']} samples on "
-                         f"{config.dataset!r} {what} (keep={config.keep}); raise max_problems or num_candidates"
-                         + ("" if config.keep == "finished" else ", or set keep: finished for a teacher too weak "
+                         f"{config.dataset!r} {what} (keep={config.sampling.keep}); raise max_problems or num_candidates"
+                         + ("" if config.sampling.keep == "finished" else ", or set sampling: {keep: finished} for a teacher too weak "
                             "to be right"))
     examples = [(q, text) for _, q, text in rows]
     lineage = {"method": "standard_kd", "partitions": config.dataset, "config_hash": key.config_hash,
                "teacher_version": key.teacher_version, "trajectories": len(examples)}
-    model = train_logged(context, "cold_start_student", base_student, examples, config.train_config(),
+    model = train_logged(context, "cold_start_student", base_student, examples, config.train.to_core(),
                          store, mlflow, lineage)
     return dg.Output(model.spec, data_version=dg.DataVersion(model.version),
                      metadata={**metadata(model), **lineage, "teacher_samples": summary["trajectories"],
@@ -82,7 +80,7 @@ def distilled_asset(method: str) -> dg.AssetsDefinition:
                                     WorkKey(d, method, teacher_version, scorer_version, h), refresh=False)
                     for d, h in hashes.items()]
 
-        model = train_logged(context, f"student_{method}", cold_start_student, examples, config.train_config(),
+        model = train_logged(context, f"student_{method}", cold_start_student, examples, config.train.to_core(),
                              store, mlflow, lineage, trajectory_pages)
         return dg.Output(model.spec, data_version=dg.DataVersion(model.version),
                          metadata={**metadata(model), **lineage})

@@ -34,18 +34,18 @@ METHOD_ASSETS = {
 }
 
 
-def core_config(run_config, cls, dataset: str, calibration: dict | None = None):
+def core_config(run_config, dataset: str, calibration: dict | None = None):
     """The method's core config; Gen-SSD's thresholds replaced by `calibration` (a `Calibration` as a dict)."""
-    config = method_config(run_config, cls, dataset)
+    config = method_config(run_config, dataset)
     return calibrated(config, Calibration(**calibration)) if calibration else config
 
 
-def generate(context, method: str, cls, run_config, teacher_spec: ModelSpec, scorer_spec: ModelSpec,
+def generate(context, method: str, run_config, teacher_spec: ModelSpec, scorer_spec: ModelSpec,
              models: ModelsResource, store_res: StoreResource, dataset: str, problems=None,
              calibration: dict | None = None) -> tuple[WorkKey, dict]:
     """Generate (or reuse) the trajectories of one method on one dataset; returns key and summary."""
     store = store_res.store()
-    config = core_config(run_config, cls, dataset, calibration)
+    config = core_config(run_config, dataset, calibration)
     if problems is None:
         problems = read_problems(store, dataset, "train", run_config.max_problems, run_config.offset)
     teacher, scorer = models.make_teacher(teacher_spec), models.make_scorer(scorer_spec)
@@ -88,9 +88,9 @@ def trajectory_page(home, name: str, key: WorkKey, refresh: bool = True) -> Path
 def _materialize(context, method: str, config, teacher: ModelSpec, cold_start_student: ModelSpec,
                  models: ModelsResource, store: StoreResource, calibration: dict | None = None) -> dg.MaterializeResult:
     """Generate (or reuse) one partition's trajectories; metadata with the summary, config and PPL plot."""
-    name, cls, _ = METHOD_ASSETS[method]
+    name = METHOD_ASSETS[method][0]
     dataset = context.partition_key
-    key, s = generate(context, method, cls, config, teacher, cold_start_student, models, store, dataset,
+    key, s = generate(context, method, config, teacher, cold_start_student, models, store, dataset,
                       calibration=calibration)
     if s["asked_problems"] == 0:
         context.log.warning(f"dataset {dataset!r} has no training problems: nothing to generate")
@@ -106,7 +106,7 @@ def _materialize(context, method: str, config, teacher: ModelSpec, cold_start_st
             **reporting.clean(s),
             "dataset": dataset, "method": method, "config_hash": key.config_hash,
             "teacher_version": key.teacher_version, "student_version": key.student_version,
-            "config": dg.MetadataValue.json(config_dict(core_config(config, cls, dataset, calibration))),
+            "config": dg.MetadataValue.json(config_dict(core_config(config, dataset, calibration))),
             "thresholds": "calibrated" if calibration else "hand-set",
             "sample_trajectory": reporting.trajectory_markdown(sample_trajectory(store.store(), key)),
             "ppl_chosen_vs_rejected": reporting.ppl_histogram(chosen, rejected, f"{method} / {dataset}", plot_path),

@@ -1,63 +1,57 @@
-"""Run configuration: every knob of core/method/config.py as a Dagster `Config`, defaults taken from the
-dataclasses themselves (never retyped here), plus the limits of a run.
+"""Run configuration: the core's config dataclasses as Dagster `Config` classes (`core_config.derive`:
+names, types, defaults and docs come from the dataclasses, never retyped here), plus what only a
+run has: which problems, how many, in which batches.
 
-`method_config()` converts back to the core dataclass, which validates it.
+The nesting is the core's: `sampling:` under a method's knobs, `train:` for fine-tuning. Every
+class converts back with `to_core()` (`method_config()` for the methods, which fills an empty
+`solution_end` with the dataset's own and validates).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Literal
 
 import dagster as dg
 from pydantic import Field
 
-from ..core.method.calibration import CALIBRATION_PROBLEMS, CALIBRATION_QUANTILE
-from ..core.experiments.comparison import ComparisonConfig
-from ..core.method.config import GenSSDConfig, PostHocConfig, SamplingConfig, StandardKDConfig
+from ..core.data.solution_text import SolutionEndName
 from ..core.demo.run import DemoConfig
 from ..core.evaluation.evaluate import EvalSettings
+from ..core.experiments.comparison import ComparisonConfig
+from ..core.method.calibration import CALIBRATION_PROBLEMS, CALIBRATION_QUANTILE
+from ..core.method.config import GenSSDConfig, PostHocConfig, SamplingConfig, StandardKDConfig
 from ..core.training.sft import TrainConfig
+from .core_config import CoreConfig, dagster_type, derive
 from .datasets import dataset_specs
 
-_S, _G, _K, _P = SamplingConfig(), GenSSDConfig(), StandardKDConfig(), PostHocConfig()
-_E = EvalSettings()
+SolutionEndChoice = dagster_type(SolutionEndName, "solution_end")
 _D = DemoConfig()  # run sizes and training recipes shared with the library demo (`gen-ssd demo`)
-SAMPLING_FIELDS = [f.name for f in dataclasses.fields(SamplingConfig)]
-TRAIN_FIELDS = ["epochs", "learning_rate", "batch_size", "max_length", "seed", "bf16"]
+_C = ComparisonConfig()
+
+_SOLUTION_END = (SolutionEndName | None, None,
+                 'where a solution ends besides the end of turn: "eos", "answer_line" (`#### N`) or "boxed"; '
+                 "empty = the dataset's own (`solution_end` of its spec: \"answer_line\" for demo, \"eos\" for the rest)")
 
 
-class _Sampling(dg.Config):
-    temperature: float = Field(default=_S.temperature, description="teacher softmax temperature")
-    top_p: float = Field(default=_S.top_p, description="teacher nucleus mass")
-    max_new_tokens: int = Field(default=_S.max_new_tokens, description="length cap of one solution")
-    seed: int = Field(default=_S.seed, description="seeds the teacher's sampling")
-    solution_end: str | None = Field(default=None, description='where a solution ends besides the end of turn: '
-                                     '"eos", "answer_line" (`#### N`) or "boxed"; empty = the dataset\'s own '
-                                     '(`solution_end` of its spec: "answer_line" for demo, "eos" for the rest)')
-    stop_strings: list[str] = Field(default=list(_S.stop_strings), description="texts that end a solution")
-    keep: str = Field(default=_S.keep, description='what trains the student: "correct" (the method) or "finished" '
-                      "(every solution that ends: no gold answers, or a teacher too weak to be right)")
+def _sampling(defaults: SamplingConfig) -> type[CoreConfig]:
+    return derive(SamplingConfig, defaults, name="SamplingRun", replace={"solution_end": _SOLUTION_END})
+
+
+def _method(cls, defaults=None, name: str | None = None) -> type[CoreConfig]:
+    """A method's knobs with `sampling:` nested; the calibration record is the pipeline's to fill."""
+    return derive(cls, defaults, name=name or f"{cls.__name__}Run", nested={"sampling": _sampling},
+                  exclude=("calibration",) if cls is GenSSDConfig else ())
+
+
+GenSSDKnobs = _method(GenSSDConfig)
+StandardKDKnobs = _method(StandardKDConfig)
+PostHocKnobs = _method(PostHocConfig)
 
 
 class _Limits(dg.Config):
     max_problems: int | None = Field(default=_D.n_distill, description="train problems per partition; None = all")
     offset: int = Field(default=_D.n_cold_start, description="train problems skipped first (the cold start's)")
     batch_size: int = Field(default=16, description="problems per generation batch (one DuckDB commit each)")
-
-
-class GenSSDKnobs(_Sampling):
-    """Gen-SSD: chunked teacher proposals, student (cold-start) perplexity selection."""
-
-    chunk_tokens: int = _G.chunk_tokens
-    snap_to_line: bool = _G.snap_to_line
-    num_candidates: int = Field(default=_G.num_candidates, description="K candidates per step")
-    ppl_normalisation: str = Field(default=_G.ppl_normalisation, description='"token" or "char"')
-    suitability: str = Field(default=_G.suitability, description='"ratio", "absolute" or "none"')
-    ppl_ratio: float = _G.ppl_ratio
-    max_ppl: float = _G.max_ppl
-    prune_final_chunk: bool = Field(default=_G.prune_final_chunk, description="whether a candidate that ends the "
-                                    "solution must pass the rule too (False: it passes; grading judges it)")
 
 
 class GenSSDRunConfig(GenSSDKnobs, _Limits):
@@ -79,133 +73,82 @@ class CalibrationRunConfig(GenSSDKnobs):
                                "last max_problems (the methods take theirs from the front)")
 
 
-class StandardKDKnobs(_Sampling):
-    """Standard KD: K full teacher samples per problem, keep the correct ones."""
-
-    num_candidates: int = _K.num_candidates
-
-
 class StandardKDRunConfig(StandardKDKnobs, _Limits):
     """Standard KD: K full teacher samples per problem, keep the correct ones."""
 
 
-class PostHocRunConfig(_Sampling, _Limits):
+class PostHocRunConfig(PostHocKnobs, _Limits):
     """Post-hoc filtering: K full samples, keep the correct one of lowest student PPL."""
 
-    num_candidates: int = _P.num_candidates
-    ppl_normalisation: str = Field(default=_P.ppl_normalisation, description='"token" or "char"')
+
+ColdStartTrain = derive(TrainConfig, _D.cold_start_train, name="ColdStartTrain")
+DistillTrain = derive(TrainConfig, _D.distill_train, name="DistillTrain")
+_TRAIN_HELP = "how the student is fine-tuned (`TrainConfig`)"
 
 
-def _train(t: TrainConfig) -> type:
-    class _Train(dg.Config):
-        epochs: float = t.epochs
-        learning_rate: float = t.learning_rate
-        train_batch_size: int = t.batch_size
-        max_length: int = t.max_length
-        train_seed: int = t.seed
-        bf16: bool = t.bf16
-
-        def train_config(self) -> TrainConfig:
-            return TrainConfig(epochs=self.epochs, learning_rate=self.learning_rate, batch_size=self.train_batch_size,
-                               max_length=self.max_length, seed=self.train_seed, bf16=self.bf16)
-
-    return _Train
-
-
-_CS = _D.cold_start_sampling
-
-
-class ColdStartConfig(_train(_D.cold_start_train), StandardKDRunConfig):
+class ColdStartConfig(_method(StandardKDConfig, _D.cold_start, "ColdStartKnobs"), _Limits):
     """The cold start: Standard-KD teacher samples of the first train problems teach the student the format."""
 
     dataset: str = Field(default="demo", description="train side of this dataset supplies the problems")
     max_problems: int | None = Field(default=_D.n_cold_start, description="problems sampled for the cold start")
-    offset: int = 0
-    num_candidates: int = 2
-    temperature: float = _CS.temperature
-    top_p: float = _CS.top_p
-    max_new_tokens: int = _CS.max_new_tokens
-    seed: int = _CS.seed
+    offset: int = Field(default=0, description="train problems skipped first")
+    train: ColdStartTrain = Field(default_factory=ColdStartTrain, description=_TRAIN_HELP)
 
 
-class DistillConfig(_train(_D.distill_train)):
+class DistillConfig(dg.Config):
     """Fine-tune the cold-start student on the trajectories a method selected."""
 
     partitions: list[str] = Field(default=["demo"], description="dataset partitions whose trajectories to learn")
+    train: DistillTrain = Field(default_factory=DistillTrain, description=_TRAIN_HELP)
 
 
-class EvaluationConfig(dg.Config):
+class EvaluationConfig(derive(EvalSettings, name="EvalSettingsRun")):
+    """How every student answers every chosen benchmark."""
+
     benchmarks: list[str] = Field(default=["demo"], description="test sides to evaluate on")
     max_problems: int | None = Field(default=None, description="problems per benchmark; None = all")
-    batch_size: int = 32
-    max_new_tokens: int = Field(default=_E.max_new_tokens, description="length cap of one answer, in student tokens")
-    samples: int = Field(default=_E.samples, description="answers per question; pass@1 is their mean (e.g. 4 on "
-                         "MATH-500 at temperature 0.6)")
-    temperature: float = Field(default=_E.temperature, description="0 = greedy (then samples must be 1)")
-    top_p: float = Field(default=_E.top_p, description="nucleus mass of each sampled answer")
-    maj_k: int | None = Field(default=_E.maj_k, description="also report maj@k (k <= samples); None = off")
-    seed: int = Field(default=_E.seed, description="seeds the sampled answers")
-    solution_end: str | None = Field(default=None, description='"eos", "answer_line" or "boxed"; empty = each '
-                                     "benchmark's own")
+    batch_size: int = Field(default=32, description="questions per generation batch")
+    solution_end: SolutionEndChoice | None = Field(default=None, description='"eos", "answer_line" or "boxed"; empty = '
+                                                 "each benchmark's own")
     stop_strings: list[str] = Field(default=[], description="texts that end an answer")
 
     def settings(self) -> EvalSettings:
         """The core settings, checked: a bad value fails here, before any model loads."""
-        settings = EvalSettings(samples=self.samples, temperature=self.temperature, top_p=self.top_p,
-                                max_new_tokens=self.max_new_tokens, maj_k=self.maj_k, seed=self.seed)
+        settings = self.to_core()
         settings.validate()
         return settings
 
 
-_C = ComparisonConfig()
+def _experiment(exclude: tuple[str, ...] = ()) -> type[CoreConfig]:
+    """The core's ComparisonConfig; its methods' knobs as the trajectories' (`sampling:` nested)."""
+    return derive(ComparisonConfig, name="ComparisonRun", exclude=exclude,
+                  nested={"gen_ssd": lambda d: _method(GenSSDConfig, d), "standard_kd": lambda d: _method(StandardKDConfig, d)})
 
 
-class _Experiment(_train(_C.train)):
-    """What the comparison and the sweep share: the problem pool, the budget, the recipe."""
+class _ExperimentScope(dg.Config):
+    """What the comparison and the sweep add to the core's ComparisonConfig: the problem pool and the test."""
 
     dataset: str = Field(default="demo", description="its train side is the problem pool (stored by `problems`)")
     benchmark: str = Field(default="demo", description="its test side scores every arm (stored by `benchmarks`)")
     pool_offset: int = Field(default=_D.n_cold_start, description="train problems skipped first (the cold start's)")
     max_pool: int | None = Field(default=None, description="cap on the problem pool; None = every stored one")
     max_test: int | None = Field(default=None, description="test problems; None = all")
-    teacher_token_budget: int = Field(default=_C.teacher_token_budget,
-                                      description="teacher tokens each arm may spend on its training data")
-    batch_size: int = Field(default=_C.batch_size, description="problems per generation batch")
-    eval_max_new_tokens: int = Field(default=_C.eval_max_new_tokens, description="length cap of one test answer")
-    eval_samples: int = Field(default=_C.eval_samples, description="test answers per question (pass@1 is their mean)")
-    eval_temperature: float = Field(default=_C.eval_temperature, description="0 = greedy (then eval_samples must be 1)")
-    eval_top_p: float = Field(default=_C.eval_top_p, description="nucleus mass of each sampled test answer")
-    calibration_quantile: float | None = Field(
-        default=_C.calibration_quantile, description="None = gen_ssd's max_ppl and ppl_ratio as set; a value in "
-        "(0, 1) derives both from that quantile of the cold-start student's PPLs of the teacher's lines")
-    calibration_problems: int = Field(default=_C.calibration_problems,
-                                      description="pool problems held back for the calibration")
-    gen_ssd: GenSSDKnobs = Field(default_factory=GenSSDKnobs, description="Gen-SSD's knobs")
-    standard_kd: StandardKDKnobs = Field(default_factory=StandardKDKnobs,
-                                         description="Standard KD's knobs (post-hoc filters its samples)")
 
     def core(self, seeds: list[int]) -> ComparisonConfig:
-        config = ComparisonConfig(
-            seeds=tuple(seeds), teacher_token_budget=self.teacher_token_budget, batch_size=self.batch_size,
-            gen_ssd=method_config(self.gen_ssd, GenSSDConfig, self.dataset),
-            standard_kd=method_config(self.standard_kd, StandardKDConfig, self.dataset),
-            train=self.train_config(), eval_max_new_tokens=self.eval_max_new_tokens, eval_samples=self.eval_samples,
-            eval_temperature=self.eval_temperature, eval_top_p=self.eval_top_p,
-            calibration_quantile=self.calibration_quantile, calibration_problems=self.calibration_problems)
+        config = self.to_core(seeds=tuple(seeds), gen_ssd=method_config(self.gen_ssd, self.dataset),
+                              standard_kd=method_config(self.standard_kd, self.dataset))
         config.validate()
         return config
 
 
-class ComparisonRunConfig(_Experiment):
+class ComparisonRunConfig(_experiment(), _ExperimentScope):
     """Gen-SSD vs Standard KD vs post-hoc filtering at an equal teacher-token budget, over seeds."""
 
-    seeds: list[int] = Field(default=list(_C.seeds), description="one arm per method per seed")
 
-
-class SweepRunConfig(_Experiment):
+class SweepRunConfig(_experiment(exclude=("seeds",)), _ExperimentScope):
     """Gen-SSD at each listed knob value, one knob at a time around `gen_ssd`."""
 
-    seed: int = 0
+    seed: int = Field(default=0, description="the one seed of every point")
     knobs: dict[str, list[str]] = Field(
         default={"chunk_tokens": ["4", "8", "16"], "num_candidates": ["2", "4", "8"], "ppl_ratio": ["2", "5", "20"]},
         description="knob -> values; any Gen-SSD knob or temperature/top_p/max_new_tokens")
@@ -218,20 +161,16 @@ class ProblemsConfig(dg.Config):
 def solution_end_of(dataset: str, configured: str | None) -> str:
     """The run's `solution_end`, or the dataset's own when the run leaves it empty."""
     if configured:
-        return configured
+        return str(configured)  # a choice's member is its value
     sides = dataset_specs().get(dataset, {})
     spec = sides.get("train") or sides.get("test")
     return spec.solution_end if spec else SamplingConfig().solution_end
 
 
-def method_config(run: dg.Config, cls, dataset: str = "demo"):
-    """The core dataclass `cls` (GenSSDConfig, StandardKDConfig, PostHocConfig) from run config;
+def method_config(run: CoreConfig, dataset: str = "demo"):
+    """The core config of a method's knobs (GenSSDConfig, StandardKDConfig, PostHocConfig), checked;
     an empty `solution_end` becomes `dataset`'s own."""
-    values = run.model_dump() if hasattr(run, "model_dump") else dict(run)
-    values["solution_end"] = solution_end_of(dataset, values.get("solution_end"))
-    values["stop_strings"] = tuple(values.get("stop_strings") or ())
-    sampling = SamplingConfig(**{k: values[k] for k in SAMPLING_FIELDS})
-    own = {f.name: values[f.name] for f in dataclasses.fields(cls) if f.name not in ("sampling", "calibration")}
-    config = cls(sampling=sampling, **own)
+    sampling = run.sampling.to_core(solution_end=solution_end_of(dataset, run.sampling.solution_end))
+    config = run.to_core(sampling=sampling)
     config.validate()
     return config

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 from gen_ssd_dagster.core.data.grading import boxes
 
-SOLUTION_ENDS = ("eos", "answer_line", "boxed")
+SolutionEndName = Literal["eos", "answer_line", "boxed"]
+SOLUTION_ENDS = get_args(SolutionEndName)
 _BOXED_ONLY = re.compile(r"\\boxed\s*\{")
 
 # A complete "#### N" line (newline included).

@@ -34,6 +34,8 @@ class DemoConfig:
     n_train / n_test: demo problems generated for the train and test splits.
     n_cold_start: train problems whose Standard-KD samples teach the student the format.
     n_distill: train problems (disjoint from the cold-start ones) every method generates for.
+    cold_start: how the teacher samples the cold start's data (Standard KD, keep the correct ones).
+    cold_start_train / distill_train: the fine-tuning of the cold start and of each distilled student.
     """
 
     seed: int = 0
@@ -46,7 +48,8 @@ class DemoConfig:
     gen_ssd: GenSSDConfig = GenSSDConfig(sampling=SamplingConfig(solution_end="answer_line"))
     standard_kd: StandardKDConfig = StandardKDConfig(sampling=SamplingConfig(solution_end="answer_line"))
     posthoc: PostHocConfig = PostHocConfig(sampling=SamplingConfig(solution_end="answer_line"))
-    cold_start_sampling: SamplingConfig = SamplingConfig(temperature=0.8, solution_end="answer_line")
+    cold_start: StandardKDConfig = StandardKDConfig(
+        num_candidates=2, sampling=SamplingConfig(temperature=0.8, solution_end="answer_line"))
     cold_start_train: TrainConfig = TrainConfig(epochs=3, learning_rate=2e-3, batch_size=16, bf16=True)
     distill_train: TrainConfig = DISTILL_TRAIN
 
@@ -82,8 +85,7 @@ def run_demo(home: str | Path, config: DemoConfig = DemoConfig(), log: Log = pri
     teacher = TransformersTeacher(ModelSpec(str(models.teacher)))
 
     base_scorer = TransformersScorer(ModelSpec(str(models.student)))
-    cold_kd = StandardKDConfig(num_candidates=2, sampling=config.cold_start_sampling)
-    cold_data = training_examples(run_method(cold_kd, cold_problems, teacher, base_scorer))
+    cold_data = training_examples(run_method(config.cold_start, cold_problems, teacher, base_scorer))
     log(f"[demo] cold start: {len(cold_data)} correct teacher samples from {len(cold_problems)} problems")
     cold = fine_tune(models.student, cold_data, home / "students" / "cold_start", config.cold_start_train,
                      _train_log(log, "cold start"))

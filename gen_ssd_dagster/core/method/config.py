@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 from gen_ssd_dagster.core.errors import ConfigError
-from gen_ssd_dagster.core.data.solution_text import SOLUTION_ENDS, SolutionEnd
+from gen_ssd_dagster.core.data.solution_text import SOLUTION_ENDS, SolutionEnd, SolutionEndName
 
 PPLNormalisation = Literal["token", "char"]
 SuitabilityRule = Literal["ratio", "absolute", "none"]
+KeepRule = Literal["correct", "finished"]
 
 
 @dataclass(frozen=True)
@@ -45,9 +46,9 @@ class SamplingConfig:
     top_p: float = 0.95
     max_new_tokens: int = 192
     seed: int = 0
-    solution_end: str = "eos"
+    solution_end: SolutionEndName = "eos"
     stop_strings: tuple[str, ...] = ()
-    keep: str = "correct"
+    keep: KeepRule = "correct"
 
     def keeps(self, trajectory) -> bool:
         """Whether a trajectory may train the student under `keep`."""
@@ -203,20 +204,3 @@ def config_hash(config: MethodConfig) -> str:
     blob = json.dumps(config_dict(config), sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 
-
-def config_from_dict(data: dict) -> MethodConfig:
-    """Inverse of `config_dict`; unknown keys are an error that names them."""
-    data = dict(data)
-    method = data.pop("method", None)
-    classes = {c.method: c for c in (GenSSDConfig, StandardKDConfig, PostHocConfig)}
-    if method not in classes:
-        raise ConfigError(f"method must be one of {sorted(classes)}, got {method!r}")
-    cls = classes[method]
-    sampling = SamplingConfig(**data.pop("sampling", {}))
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - known
-    if unknown:
-        raise ConfigError(f"unknown setting(s) for {method}: {sorted(unknown)}")
-    config = cls(sampling=sampling, **data)
-    config.validate()
-    return config

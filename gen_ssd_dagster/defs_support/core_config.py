@@ -1,0 +1,141 @@
+"""Dagster `Config` classes derived from the core's config dataclasses, so each knob is written
+once, in the core: its name, type, default and doc.
+
+`derive(SamplingConfig)` is a `dg.Config` with one field per dataclass field: a `Literal` becomes
+an enum of its values (`choice`: Dagster's config schema refuses any other value at launch, naming
+the field; Dagster cannot take a `Literal` inside `Optional`), a tuple becomes a list, a nested dataclass a nested `Config`, and each field's description is its entry
+in the dataclass docstring. `to_core()` converts back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import re
+import types
+import typing
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import dagster as dg
+from pydantic import Field
+
+
+class CoreConfig(dg.Config):
+    """A run config derived from a core dataclass (`derive`)."""
+
+    __core__: ClassVar[type]  # the dataclass
+    __core_defaults__: ClassVar[Any]  # the instance whose values are the defaults
+    __replaced__: ClassVar[frozenset[str]] = frozenset()  # fields Dagster types or defaults otherwise
+    __excluded__: ClassVar[frozenset[str]] = frozenset()  # fields left at the core's default
+
+    def to_core(self, **replace):
+        """The core dataclass of these values; `replace` sets fields outright (excluded ones too)."""
+        cls = self.__core__
+        hints = typing.get_type_hints(cls)
+        values = {}
+        for f in dataclasses.fields(cls):
+            if f.name in replace:
+                values[f.name] = replace[f.name]
+            elif f.name not in self.__excluded__:
+                values[f.name] = _to_core(getattr(self, f.name), hints[f.name])
+        return cls(**values)
+
+
+def derive(core_cls: type, defaults: Any = None, *, name: str | None = None, exclude: tuple[str, ...] = (),
+           replace: dict[str, tuple[Any, Any, str]] | None = None,
+           nested: dict[str, Callable[[Any], type[CoreConfig]]] | None = None) -> type[CoreConfig]:
+    """A `CoreConfig` class with a field per field of the dataclass `core_cls`, defaults from
+    `defaults` (an instance; default: `core_cls()`). `exclude` leaves fields out (they keep the
+    core's default); `replace` gives fields a Dagster type, default and description of their own
+    (e.g. an empty `solution_end` that means "the dataset's own"); `nested` derives a nested
+    dataclass field with a function of its default (default: `derive(its class, its default)`)."""
+    defaults = core_cls() if defaults is None else defaults
+    replace, nested = replace or {}, nested or {}
+    hints = typing.get_type_hints(core_cls)
+    docs = field_docs(core_cls)
+    annotations, namespace = {}, {}
+    for f in dataclasses.fields(core_cls):
+        if f.name in exclude:
+            continue
+        if f.name in replace:
+            hint, default, description = replace[f.name]
+            annotations[f.name] = dagster_type(hint, f.name)
+            namespace[f.name] = Field(default=default, description=description)
+            continue
+        hint, value = hints[f.name], getattr(defaults, f.name)
+        if dataclasses.is_dataclass(hint):
+            inner = nested[f.name](value) if f.name in nested else derive(hint, value)
+            annotations[f.name] = inner
+            namespace[f.name] = Field(default_factory=inner, description=docs.get(f.name))
+        else:
+            annotations[f.name] = dagster_type(hint, f.name)
+            namespace[f.name] = Field(default=_plain(value), description=docs.get(f.name))
+    namespace.update(__annotations__=annotations, __module__=__name__, __doc__=core_cls.__doc__,
+                     __core__=core_cls, __core_defaults__=defaults, __replaced__=frozenset(replace),
+                     __excluded__=frozenset(exclude))
+    return type(name or f"{core_cls.__name__}Run", (CoreConfig,), namespace)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's entry in the dataclass docstring: a line `name: text` (or `a / b: text` for
+    several), with the lines indented deeper below it."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    lines = (cls.__doc__ or "").splitlines()
+    docs: dict[str, str] = {}
+    for i, line in enumerate(lines):
+        match = re.match(r"^(\s*)([\w ,/]+?):\s+(\S.*)$", line)
+        keys = [k.strip() for k in re.split(r"[,/]", match.group(2))] if match else []
+        if not keys or not set(keys) <= names:
+            continue
+        indent, text = len(match.group(1)), [match.group(3)]
+        for more in lines[i + 1:]:
+            if not more.strip() or len(more) - len(more.lstrip()) <= indent:
+                break
+            text.append(more.strip())
+        for key in keys:
+            docs.setdefault(key, " ".join(text))
+    return docs
+
+
+def dagster_type(hint, name: str):
+    """The type Dagster's config takes for the core type of field `name`: a `Literal` becomes
+    `choice`'s enum, a tuple a list, the rest is kept."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Literal:
+        return choice(args, name)
+    if origin is tuple:
+        return list[dagster_type(args[0], name)]
+    if origin in (typing.Union, types.UnionType):
+        return typing.Union[tuple(dagster_type(a, name) for a in args)]
+    return hint
+
+
+@functools.cache
+def _choice(values: tuple[str, ...], name: str) -> type[enum.StrEnum]:
+    return enum.StrEnum(name, {v: v for v in values}, module=__name__)
+
+
+_CHOICE_NAMES: dict[tuple[str, ...], str] = {}
+
+
+def choice(values: tuple[str, ...], name: str) -> type[enum.StrEnum]:
+    """One enum per set of `Literal` values (named after the first field that has them): its
+    members are the values, and equal them as strings."""
+    name = _CHOICE_NAMES.setdefault(tuple(values), "".join(w.capitalize() for w in name.split("_")))
+    return _choice(tuple(values), name)
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _to_core(value, hint):
+    if isinstance(value, CoreConfig):
+        return value.to_core()
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, list) and typing.get_origin(hint) is tuple:
+        return tuple(value)
+    return value
