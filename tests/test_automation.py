@@ -20,8 +20,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-SMALL = {"max_problems": 3, "offset": 0, "batch_size": 3, "max_new_tokens": 64, "num_candidates": 2,
-         "temperature": 0.3}
+SMALL = {"max_problems": 3, "offset": 0, "batch_size": 3, "num_candidates": 2,
+         "sampling": {"max_new_tokens": 64, "temperature": 0.3}}
 DEMO = {"demo_train": 12, "demo_test": 3, "demo_seed": 0}
 
 
@@ -32,7 +32,7 @@ def _run_config() -> dict:
         "gen_ssd_trajectories": {"config": {**SMALL, "chunk_tokens": 16, "suitability": "none"}},
         "standard_kd_trajectories": {"config": SMALL},
         "posthoc_trajectories": {"config": SMALL},
-        **{f"distilled_students__{m}": {"config": {"epochs": 1}} for m in ("gen_ssd", "standard_kd", "posthoc")},
+        **{f"distilled_students__{m}": {"config": {"train": {"epochs": 1}}} for m in ("gen_ssd", "standard_kd", "posthoc")},
         "evaluation_scores": {"config": {"max_new_tokens": 48}},
     }}
 

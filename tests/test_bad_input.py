@@ -18,7 +18,7 @@ import pytest
 
 GOOD = [{"question": f"Tom has {i} pens and buys 2. How many pens?", "answer": f"{i} + 2 = {i + 2}\n#### {i + 2}"}
         for i in range(6)]
-SMALL = {"max_problems": 4, "offset": 0, "batch_size": 2, "max_new_tokens": 8, "num_candidates": 2,
+SMALL = {"max_problems": 4, "offset": 0, "batch_size": 2, "num_candidates": 2, "sampling": {"max_new_tokens": 8},
          "chunk_tokens": 4, "suitability": "none"}
 
 
@@ -114,7 +114,7 @@ def test_enormous_question_fails_its_batch_and_keeps_the_others(stored, tiny_mod
     home, data, _, _ = stored
     rows = [*GOOD[:2], {"question": "How many? " + "Tom has 3 pens. " * 20000, "answer": "#### 3"}, *GOOD[3:]]
     _write(data / "gsm8k" / "train.jsonl", rows)
-    ops = {"gen_ssd_trajectories": {"config": {**SMALL, "max_new_tokens": 9}}}  # a new key: new work
+    ops = {"gen_ssd_trajectories": {"config": {**SMALL, "sampling": {"max_new_tokens": 9}}}}  # a new key: new work
     result, _ = _run(home, data, tiny_models, ["problems", "gen_ssd_trajectories"], ops)
     msg = _failure(result)
     assert "batch of problems [gsm8k-2, gsm8k-3]" in msg and "max_position_embeddings" in msg, msg
@@ -132,10 +132,11 @@ BAD_SETTINGS = [
     ({"max_problems": -1}, "max_problems"),
     ({"chunk_tokens": 0}, "chunk_tokens"),
     ({"num_candidates": 0}, "num_candidates"),
-    ({"top_p": 1.5}, "top_p"),
-    ({"temperature": -1.0}, "temperature"),
-    ({"suitability": "sometimes"}, "suitability"),
+    ({"sampling": {"top_p": 1.5}}, "top_p"),
+    ({"sampling": {"temperature": -1.0}}, "temperature"),
 ]
+# Refused by Dagster's config schema at launch, before any step runs (tests/test_run_config.py too).
+BAD_AT_LAUNCH = [({"batch_size": "ten"}, "batch_size"), ({"suitability": "sometimes"}, "suitability")]
 
 
 @pytest.mark.slow
@@ -148,9 +149,10 @@ def test_bad_run_config_values_name_the_setting(stored, tiny_models):
         assert "ConfigError" in msg and setting in msg, (change, msg)
     import dagster as dg
 
-    with pytest.raises(dg.DagsterInvalidConfigError, match="batch_size"):
-        _run(home, data, tiny_models, ["gen_ssd_trajectories"],
-             {"gen_ssd_trajectories": {"config": {**SMALL, "batch_size": "ten"}}})
+    for change, setting in BAD_AT_LAUNCH:
+        with pytest.raises(dg.DagsterInvalidConfigError, match=setting):
+            _run(home, data, tiny_models, ["gen_ssd_trajectories"],
+                 {"gen_ssd_trajectories": {"config": {**SMALL, **change}}})
     assert _rows(home, "SELECT count(*) FROM trajectories")[0][0] == n_traj
 
 

@@ -121,7 +121,7 @@ def test_celery_worker_runs_the_partition_steps(tmp_path, tiny_models, redis_url
          "--", "--pool=solo", f"--pidfile={pidfile}"],
         env=env, cwd=tmp_path, stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        small = {"max_problems": 2, "offset": 0, "batch_size": 2, "max_new_tokens": 16, "num_candidates": 2}
+        small = {"max_problems": 2, "offset": 0, "batch_size": 2, "num_candidates": 2, "sampling": {"max_new_tokens": 16}}
         run_config = {
             "ops": {
                 "problems": {"config": {"max_problems": 4}},

@@ -136,12 +136,12 @@ def test_comparison_and_sweep_assets(tmp_path, tiny_models, memorizing_teacher, 
     from gen_ssd_dagster.store.experiments import experiment_arms
 
     home = Home.resolve(tmp_path / "home")
-    knobs = {"max_new_tokens": 96, "num_candidates": 2, "temperature": 0.3}
+    knobs = {"num_candidates": 2, "sampling": {"max_new_tokens": 96, "temperature": 0.3}}
     small = {**knobs, "batch_size": 4}
-    experiment = {"pool_offset": 4, "teacher_token_budget": 400, "batch_size": 4, "epochs": 1,
+    experiment = {"pool_offset": 4, "teacher_token_budget": 400, "batch_size": 4, "train": {"epochs": 1},
                   "eval_max_new_tokens": 96, "gen_ssd": {**knobs, "suitability": "none", "chunk_tokens": 16},
                   "standard_kd": knobs}
-    rc = {"ops": {"cold_start_student": {"config": {**small, "max_problems": 4, "epochs": 2}},
+    rc = {"ops": {"cold_start_student": {"config": {**small, "max_problems": 4, "train": {"epochs": 2}}},
                   "method_comparison": {"config": {**experiment, "seeds": [0, 1]}},
                   "gen_ssd_knob_sweep": {"config": {**experiment, "knobs": {"chunk_tokens": ["8", "16"]},
                                                     "calibration_quantile": 0.9, "calibration_problems": 2}}}}

@@ -72,7 +72,7 @@ RUN_CONFIG = {"ops": {
     "problems": {"config": {"max_problems": N_PROBLEMS}},
     "cold_start_student": {"config": {"max_problems": 0}},  # skipped: the tiny models are random
     "gen_ssd_trajectories": {"config": {"max_problems": N_PROBLEMS, "offset": 0, "batch_size": 2,
-                                        "max_new_tokens": 48, "num_candidates": 2, "chunk_tokens": 8,
+                                        "sampling": {"max_new_tokens": 48}, "num_candidates": 2, "chunk_tokens": 8,
                                         "suitability": "none"}},
 }}
 UPSTREAM = ["teacher", "base_student", "problems", "cold_start_student"]

@@ -17,7 +17,7 @@ from conftest import data_dir
 from test_crash_resume import PIPELINE, start_child
 
 METHODS = ["gen_ssd_trajectories", "standard_kd_trajectories", "posthoc_trajectories"]
-SMALL = {"max_problems": 4, "offset": 0, "batch_size": 1, "max_new_tokens": 16, "num_candidates": 2}
+SMALL = {"max_problems": 4, "offset": 0, "batch_size": 1, "num_candidates": 2, "sampling": {"max_new_tokens": 16}}
 OPS = {
     "problems": {"config": {"max_problems": 6}},
     "cold_start_student": {"config": {"max_problems": 0}},

@@ -6,7 +6,6 @@ correct); the slow one runs every asset on the embedded demo with small trained 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import pytest
 from conftest import DEMO_SIZES, data_dir, run_processes  # memorizing_teacher: a conftest fixture
 
 TRAJ_ASSETS = ["gen_ssd_trajectories", "standard_kd_trajectories", "posthoc_trajectories"]
-SMALL = {"max_problems": 3, "offset": 0, "batch_size": 2, "max_new_tokens": 24, "num_candidates": 2}
+SMALL = {"max_problems": 3, "offset": 0, "batch_size": 2, "num_candidates": 2, "sampling": {"max_new_tokens": 24}}
 
 
 def _run_config(**gen_ssd) -> dict:
@@ -68,23 +67,6 @@ def test_definitions_load():
             "evaluation_scores"} <= keys
     partitions = graph.get(dg.AssetKey("gen_ssd_trajectories")).partitions_def.get_partition_keys()
     assert {"demo", "gsm8k", "math500", "aime24", "amc23"} <= set(partitions)
-
-
-def test_run_config_mirrors_core_defaults():
-    from gen_ssd_dagster.core.method.config import GenSSDConfig, PostHocConfig, SamplingConfig, StandardKDConfig
-    from gen_ssd_dagster.defs_support.run_config import (GenSSDRunConfig, PostHocRunConfig, StandardKDRunConfig,
-                                                 method_config)
-
-    for run_cls, cls in ((GenSSDRunConfig, GenSSDConfig), (StandardKDRunConfig, StandardKDConfig),
-                         (PostHocRunConfig, PostHocConfig)):
-        assert method_config(run_cls(), cls, "gsm8k") == cls()
-        # An empty solution_end is the dataset's own: the demo world ends at its `#### N` line.
-        assert method_config(run_cls(), cls, "demo").sampling.solution_end == "answer_line"
-        assert method_config(run_cls(solution_end="boxed"), cls, "demo").sampling.solution_end == "boxed"
-        knobs = {f.name for f in dataclasses.fields(cls)} - {"sampling", "calibration"} | {f.name for f in dataclasses.fields(SamplingConfig)}
-        assert knobs <= set(run_cls.model_fields)
-    custom = method_config(GenSSDRunConfig(chunk_tokens=5, temperature=0.7, suitability="absolute"), GenSSDConfig)
-    assert (custom.chunk_tokens, custom.sampling.temperature, custom.suitability) == (5, 0.7, "absolute")
 
 
 def test_trajectories_stored_and_reused(tmp_path, tiny_models):
@@ -169,14 +151,15 @@ def test_every_asset_on_demo(tmp_path, tiny_models, memorizing_teacher, capsys):
     from gen_ssd_dagster.store import Home
 
     home = Home.resolve(tmp_path / "home")
-    small = {"batch_size": 4, "max_new_tokens": 128, "num_candidates": 2, "temperature": 0.3}
+    sampling = {"max_new_tokens": 128, "temperature": 0.3}
+    small = {"batch_size": 4, "num_candidates": 2, "sampling": sampling}
     rc = {"ops": {
-        "cold_start_student": {"config": {**small, "max_problems": 4, "epochs": 2}},
-        "pruning_thresholds": {"config": {"max_problems": 4, "max_new_tokens": 128, "temperature": 0.3}},
+        "cold_start_student": {"config": {**small, "max_problems": 4, "train": {"epochs": 2}}},
+        "pruning_thresholds": {"config": {"max_problems": 4, "sampling": sampling}},
         "gen_ssd_trajectories": {"config": {**small, "max_problems": 4, "offset": 4, "suitability": "none"}},
         "standard_kd_trajectories": {"config": {**small, "max_problems": 4, "offset": 4}},
         "posthoc_trajectories": {"config": {**small, "max_problems": 4, "offset": 4}},
-        **{f"distilled_students__{m}": {"config": {"epochs": 1}} for m in ("gen_ssd", "standard_kd", "posthoc")},
+        **{f"distilled_students__{m}": {"config": {"train": {"epochs": 1}}} for m in ("gen_ssd", "standard_kd", "posthoc")},
         "evaluation_scores": {"config": {"max_new_tokens": 128}},
     }}
     result = run_pipeline(home, "demo", rc, {

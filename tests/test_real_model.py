@@ -30,11 +30,11 @@ if MISSING:
 # A handful of problems and shorter answers than the config's; every other setting is the config's.
 SMALLER = {
     "problems": {"max_problems": 8}, "benchmarks": {"max_problems": 3},
-    "cold_start_student": {"max_problems": 3, "max_new_tokens": 224},
-    "pruning_thresholds": {"max_problems": 2, "max_new_tokens": 224},
-    "gen_ssd_trajectories": {"max_problems": 3, "offset": 3, "max_new_tokens": 224},
-    "standard_kd_trajectories": {"max_problems": 3, "offset": 3, "max_new_tokens": 224},
-    "posthoc_trajectories": {"max_problems": 3, "offset": 3, "max_new_tokens": 224},
+    "cold_start_student": {"max_problems": 3, "sampling": {"max_new_tokens": 224}},
+    "pruning_thresholds": {"max_problems": 2, "sampling": {"max_new_tokens": 224}},
+    "gen_ssd_trajectories": {"max_problems": 3, "offset": 3, "sampling": {"max_new_tokens": 224}},
+    "standard_kd_trajectories": {"max_problems": 3, "offset": 3, "sampling": {"max_new_tokens": 224}},
+    "posthoc_trajectories": {"max_problems": 3, "offset": 3, "sampling": {"max_new_tokens": 224}},
     "evaluation_scores": {"max_problems": 3, "max_new_tokens": 224},
 }
 
@@ -49,7 +49,9 @@ def run(tmp_path_factory):
         pytest.skip(f"no GSM8K files under {data_dir()}")
     run_config, overrides = load_config(str(CONFIG))
     for op, settings in SMALLER.items():
-        run_config["ops"][op]["config"].update(settings)
+        config = run_config["ops"][op]["config"]
+        for name, value in settings.items():  # a nested section is merged, not replaced
+            config[name] = {**config.get(name, {}), **value} if isinstance(value, dict) else value
     overrides["data"] = DataResource(data_dir=str(data_dir()))
     home = Home.resolve(tmp_path_factory.mktemp("smollm2") / "home")
     result = run_pipeline(home, "gsm8k", run_config, overrides, log=print)

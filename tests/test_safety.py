@@ -149,7 +149,7 @@ def test_teacher_api_key_never_reaches_logs_stores_or_errors(tmp_path, tiny_mode
     from gen_ssd_dagster.core.engines.openai_backend import OpenAITeacher, ServerUnavailable
 
     home = tmp_path / "home"
-    small = {"max_problems": 2, "offset": 0, "batch_size": 2, "max_new_tokens": 12, "num_candidates": 2}
+    small = {"max_problems": 2, "offset": 0, "batch_size": 2, "num_candidates": 2, "sampling": {"max_new_tokens": 12}}
     ops = {"problems": {"config": {"max_problems": 4}}, "cold_start_student": {"config": {"max_problems": 0}},
            "gen_ssd_trajectories": {"config": {**small, "chunk_tokens": 6, "suitability": "none"}}}
     selection = ["teacher", "base_student", "problems", "cold_start_student", "gen_ssd_trajectories"]

@@ -35,7 +35,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "chromium", "chromium-browser")
 MLFLOW_UI = "http://127.0.0.1:5055"  # not served: the test checks the link, not MLflow's UI
-SMALL = {"batch_size": 4, "max_new_tokens": 128, "num_candidates": 2, "temperature": 0.3}
+SAMPLING = {"max_new_tokens": 128, "temperature": 0.3}
+SMALL = {"batch_size": 4, "num_candidates": 2, "sampling": SAMPLING}
 GEN_SSD_CONFIG = {"config": {**SMALL, "max_problems": 4, "offset": 4, "suitability": "none"}}
 
 
@@ -72,8 +73,8 @@ def ui_home(tmp_path_factory, tiny_models, memorizing_teacher):
     config.write_text(yaml.safe_dump({
         "resources": {"models": {"teacher": str(memorizing_teacher), "student": str(tiny_models[1])},
                       "data": DEMO_SIZES, "mlflow": {"ui_url": MLFLOW_UI}},
-        "ops": {"cold_start_student": {"config": {**SMALL, "max_problems": 4, "epochs": 2}},
-                "pruning_thresholds": {"config": {"max_problems": 4, "max_new_tokens": 128, "temperature": 0.3}},
+        "ops": {"cold_start_student": {"config": {**SMALL, "max_problems": 4, "train": {"epochs": 2}}},
+                "pruning_thresholds": {"config": {"max_problems": 4, "sampling": SAMPLING}},
                 "gen_ssd_trajectories": GEN_SSD_CONFIG}}))
     run_config, overrides = load_config(str(config))
     home = Home.resolve(root / "home")

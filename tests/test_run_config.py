@@ -1,0 +1,136 @@
+"""The Dagster run config is derived from the core's config dataclasses: a bad choice is refused at
+launch, every core knob is there with the core's default, and nested sections reach the core."""
+
+import dataclasses
+import typing
+
+import dagster as dg
+import pytest
+
+from gen_ssd_dagster.core.demo.run import DemoConfig
+from gen_ssd_dagster.core.evaluation.evaluate import EvalSettings
+from gen_ssd_dagster.core.experiments.comparison import ComparisonConfig
+from gen_ssd_dagster.core.method.config import GenSSDConfig, PostHocConfig, SamplingConfig, StandardKDConfig
+from gen_ssd_dagster.core.training.sft import TrainConfig
+from gen_ssd_dagster.defs_support import run_config as rc
+from gen_ssd_dagster.defs_support.core_config import CoreConfig, field_docs
+
+# Every run config class built on a core dataclass, with the core instance its defaults must equal.
+_D, _C = DemoConfig(), ComparisonConfig()
+DERIVED = [
+    (rc.GenSSDRunConfig, GenSSDConfig()), (rc.CalibrationRunConfig, GenSSDConfig()),
+    (rc.StandardKDRunConfig, StandardKDConfig()), (rc.PostHocRunConfig, PostHocConfig()),
+    (rc.ColdStartConfig, _D.cold_start), (rc.ColdStartTrain, _D.cold_start_train),
+    (rc.DistillTrain, _D.distill_train), (rc.EvaluationConfig, EvalSettings()),
+    (rc.ComparisonRunConfig, _C), (rc.SweepRunConfig, _C),
+]
+# Core fields a run config leaves out or sets otherwise, and why: anything else must be derived.
+LEFT_OUT = {(GenSSDConfig, "calibration"),  # the pipeline fills it from pruning_thresholds
+            (ComparisonConfig, "seeds")}  # the sweep has one `seed`
+SET_OTHERWISE = {(SamplingConfig, "solution_end")}  # empty = the dataset's own
+
+
+def _default(field):
+    return field.default_factory() if field.default_factory is not None else field.default
+
+
+def _check_defaults(cls, core, where):
+    """Every field of `core`'s dataclass is a field of `cls` with `core`'s value as its default."""
+    for f in dataclasses.fields(core):
+        name = f"{where}.{f.name}"
+        if (type(core), f.name) in LEFT_OUT and f.name not in cls.model_fields:
+            continue
+        assert f.name in cls.model_fields, f"core knob {name} is missing from {cls.__name__}"
+        default, value = _default(cls.model_fields[f.name]), getattr(core, f.name)
+        if (type(core), f.name) in SET_OTHERWISE:
+            assert default is None, name
+        elif dataclasses.is_dataclass(value):
+            assert isinstance(default, CoreConfig), name
+            _check_defaults(type(default), value, name)
+        else:
+            plain = tuple(default) if isinstance(value, tuple) else default
+            assert plain == value, (name, default, value)
+
+
+@pytest.mark.parametrize("cls, core", DERIVED, ids=[c.__name__ for c, _ in DERIVED])
+def test_every_core_knob_is_in_the_run_config_with_its_default(cls, core):
+    _check_defaults(cls, core, cls.__name__)
+    # and the core's doc is the field's description
+    for f in dataclasses.fields(core):
+        if f.name in cls.model_fields and f.name in field_docs(type(core)):
+            assert cls.model_fields[f.name].description == field_docs(type(core))[f.name]
+
+
+def test_default_run_configs_convert_to_the_core_defaults():
+    """The same core config (and so the same config hash of stored work) as the dataclasses' defaults."""
+    for cls, core in [(rc.GenSSDRunConfig, GenSSDConfig()), (rc.StandardKDRunConfig, StandardKDConfig()),
+                      (rc.PostHocRunConfig, PostHocConfig())]:
+        assert rc.method_config(cls(), "gsm8k") == core
+        # An empty solution_end is the dataset's own: the demo world ends at its `#### N` line.
+        assert rc.method_config(cls(), "demo").sampling.solution_end == "answer_line"
+    assert rc.EvaluationConfig().settings() == EvalSettings()
+    assert rc.DistillConfig().train.to_core() == _D.distill_train
+    assert rc.ColdStartConfig().train.to_core() == _D.cold_start_train
+    assert rc.ComparisonRunConfig().core(list(_C.seeds)) == dataclasses.replace(
+        _C, gen_ssd=rc.method_config(rc.GenSSDRunConfig(), "demo"),
+        standard_kd=rc.method_config(rc.StandardKDRunConfig(), "demo"))
+
+
+def test_nested_sampling_and_train_reach_the_core():
+    config = rc.GenSSDRunConfig(chunk_tokens=5, suitability="absolute", ppl_normalisation="char",
+                                sampling={"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 64, "seed": 3,
+                                          "solution_end": "boxed", "stop_strings": ["\n\n"], "keep": "finished"})
+    core = rc.method_config(config, "demo")
+    assert core == GenSSDConfig(chunk_tokens=5, suitability="absolute", ppl_normalisation="char",
+                                sampling=SamplingConfig(temperature=0.7, top_p=0.9, max_new_tokens=64, seed=3,
+                                                        solution_end="boxed", stop_strings=("\n\n",), keep="finished"))
+    assert all(type(v) is str for v in (core.suitability, core.ppl_normalisation, core.sampling.keep,
+                                        core.sampling.solution_end))  # plain values, as stored and hashed
+    cold = rc.ColdStartConfig(sampling={"keep": "finished"}, train={"batch_size": 4, "seed": 7, "epochs": 1.5})
+    assert cold.to_core().sampling.keep == "finished"
+    assert cold.train.to_core() == dataclasses.replace(_D.cold_start_train, batch_size=4, seed=7, epochs=1.5)
+    sweep = rc.SweepRunConfig(train={"learning_rate": 1e-4}, gen_ssd={"sampling": {"temperature": 0.5}})
+    core = sweep.core([4])
+    assert core.seeds == (4,) and core.train.learning_rate == 1e-4 and core.gen_ssd.sampling.temperature == 0.5
+    assert core.train == dataclasses.replace(_C.train, learning_rate=1e-4)
+
+
+def _job(home):
+    from gen_ssd_dagster.definitions import ASSETS, CHECKS, EXPERIMENTS, resources
+
+    defs = dg.Definitions(assets=[*ASSETS, *EXPERIMENTS, *CHECKS], resources=resources(str(home)),
+                          jobs=[dg.define_asset_job("all", selection="*")])
+    return defs.resolve_job_def("all")
+
+
+@pytest.mark.parametrize("op, config, field", [
+    ("gen_ssd_trajectories", {"suitability": "sometimes"}, "suitability"),
+    ("posthoc_trajectories", {"ppl_normalisation": "word"}, "ppl_normalisation"),
+    ("cold_start_student", {"sampling": {"keep": "some"}}, "keep"),
+    ("evaluation_scores", {"solution_end": "dot"}, "solution_end"),
+    ("method_comparison", {"gen_ssd": {"sampling": {"solution_end": "dot"}}}, "solution_end"),
+    ("gen_ssd_trajectories", {"temperature": 0.5}, "temperature"),  # the old flat key: now under sampling
+    ("distilled_students__gen_ssd", {"train_batch_size": 4}, "train_batch_size"),  # now train.batch_size
+])
+def test_bad_value_is_refused_at_launch_naming_the_field(tmp_path, op, config, field):
+    with pytest.raises(dg.DagsterInvalidConfigError, match=field):
+        dg.validate_run_config(_job(tmp_path), {"ops": {op: {"config": config}}})
+
+
+def test_bad_choice_fails_before_any_step_runs(tmp_path):
+    """Launched, a run with a bad choice stops at config validation: no run, no step starts."""
+    instance = dg.DagsterInstance.ephemeral()
+    run_config = {"ops": {"gen_ssd_trajectories": {"config": {"suitability": "sometimes"}}}}
+    with pytest.raises(dg.DagsterInvalidConfigError, match="suitability") as error:
+        _job(tmp_path).execute_in_process(run_config=run_config, instance=instance, partition_key="demo",
+                                          raise_on_error=False)
+    assert "sometimes" in str(error.value) and "root:ops:gen_ssd_trajectories:config:suitability" in str(error.value)
+    assert instance.get_runs() == []
+    assert not (tmp_path / "dagster").exists() and not any(tmp_path.iterdir())  # nothing written to the home
+
+
+def test_literal_choices_are_enums_of_the_core_values():
+    sampling = rc.GenSSDRunConfig.model_fields["sampling"].annotation
+    keep = typing.get_args(sampling.model_fields["keep"].annotation) or (sampling.model_fields["keep"].annotation,)
+    assert {m.value for m in keep[0]} == {"correct", "finished"}
+    assert {m.value for m in rc.GenSSDRunConfig.model_fields["suitability"].annotation} == {"ratio", "absolute", "none"}
