@@ -134,3 +134,18 @@ def test_literal_choices_are_enums_of_the_core_values():
     keep = typing.get_args(sampling.model_fields["keep"].annotation) or (sampling.model_fields["keep"].annotation,)
     assert {m.value for m in keep[0]} == {"correct", "finished"}
     assert {m.value for m in rc.GenSSDRunConfig.model_fields["suitability"].annotation} == {"ratio", "absolute", "none"}
+
+
+def test_run_configs_of_the_deployment_and_the_docs_are_valid(tmp_path):
+    """deploy/pipeline.yaml and the YAML of docs/pipeline.md follow the derived run config
+    (configs/*.yaml: tests/test_comparison.py)."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    block = re.search(r"```yaml\n(ops:.*?)```", (repo / "docs" / "pipeline.md").read_text(), re.S).group(1)
+    job = _job(tmp_path)
+    for ops in (yaml.safe_load((repo / "deploy" / "pipeline.yaml").read_text())["ops"], yaml.safe_load(block)["ops"]):
+        assert dg.validate_run_config(job, {"ops": ops})
