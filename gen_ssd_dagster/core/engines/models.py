@@ -16,7 +16,7 @@ from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from gen_ssd_dagster.core.errors import ModelLoadError
-from gen_ssd_dagster.core.engines.prompts import PromptSettings
+from gen_ssd_dagster.core.engines.prompts import ChatTemplateMode, PromptSettings
 
 
 @dataclass(frozen=True)
@@ -28,12 +28,16 @@ class ModelSpec:
     dtype: "float32" or "bfloat16".
     trust_remote_code: off unless you trust the checkpoint's code.
     gguf_file: a GGUF file (llama.cpp format) inside `name_or_path`, which is then the directory
-        (or hub repo) that holds it; transformers de-quantizes it to `dtype` and rebuilds the
-        tokenizer and chat template from it (needs the `gguf` and `accelerate` packages, the
-        `gguf` extra). The model version fingerprints that file only (`backends.model_version`).
-        Example: `packaged_smollm2()`.
-    chat_template, system_prompt, instruction: how this model is prompted (see
-        `prompts.PromptSettings`): its own chat template when it has one, else the plain format.
+        (or hub repo) that holds it, e.g. SmolLM2-135M-Instruct.Q4_1.gguf; transformers
+        de-quantizes it to `dtype` and rebuilds the tokenizer and chat template from it (needs the
+        `gguf` and `accelerate` packages, the `gguf` extra). The model version fingerprints that
+        file only (`backends.model_version`). Example: `packaged_smollm2()`.
+    how this model is prompted (see `prompts.PromptSettings`):
+        chat_template: "auto" (the tokenizer's chat template when it has one, else the plain
+            format), "chat" (required) or "plain".
+        system_prompt: system message; None = the chat template's own default.
+        instruction: appended to every question, e.g. "Please reason step by step, and put your
+            final answer within \\boxed{}."; stored with every trajectory and part of its key.
     """
 
     name_or_path: str
@@ -41,7 +45,7 @@ class ModelSpec:
     dtype: str = "float32"
     trust_remote_code: bool = False
     gguf_file: str | None = None
-    chat_template: str = "auto"
+    chat_template: ChatTemplateMode = "auto"
     system_prompt: str | None = None
     instruction: str | None = None
 

@@ -15,11 +15,13 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
+from typing import Literal, get_args
 
 from gen_ssd_dagster.core.errors import ConfigError
 
 PLAIN_TEMPLATE = "Question: {question}\nAnswer:\n"
-CHAT_TEMPLATE_MODES = ("auto", "chat", "plain")
+ChatTemplateMode = Literal["auto", "chat", "plain"]
+CHAT_TEMPLATE_MODES = get_args(ChatTemplateMode)
 FINAL_ANSWER_PREFIX = "#### "  # the demo world's (and GSM8K's) last solution line: "#### N"
 
 
@@ -36,7 +38,7 @@ class PromptSettings:
         work made under another instruction is never reused.
     """
 
-    chat_template: str = "auto"
+    chat_template: ChatTemplateMode = "auto"
     system_prompt: str | None = None
     instruction: str | None = None
 
