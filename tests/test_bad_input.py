@@ -132,8 +132,8 @@ BAD_SETTINGS = [
     ({"max_problems": -1}, "max_problems"),
     ({"chunk_tokens": 0}, "chunk_tokens"),
     ({"num_candidates": 0}, "num_candidates"),
-    ({"sampling": {"top_p": 1.5}}, "top_p"),
-    ({"sampling": {"temperature": -1.0}}, "temperature"),
+    ({"sampling": {"max_new_tokens": 8, "top_p": 1.5}}, "top_p"),
+    ({"sampling": {"max_new_tokens": 8, "temperature": -1.0}}, "temperature"),
 ]
 # Refused by Dagster's config schema at launch, before any step runs (tests/test_run_config.py too).
 BAD_AT_LAUNCH = [({"batch_size": "ten"}, "batch_size"), ({"suitability": "sometimes"}, "suitability")]

@@ -3,8 +3,9 @@ once, in the core: its name, type, default and doc.
 
 `derive(SamplingConfig)` is a `dg.Config` with one field per dataclass field: a `Literal` becomes
 an enum of its values (`choice`: Dagster's config schema refuses any other value at launch, naming
-the field; Dagster cannot take a `Literal` inside `Optional`), a tuple becomes a list, a nested dataclass a nested `Config`, and each field's description is its entry
-in the dataclass docstring. `to_core()` converts back.
+the field; Dagster cannot take a `Literal` inside `Optional`), a tuple becomes a list, a nested
+dataclass a nested `Config`, and each field's description is its entry in the dataclass docstring.
+`to_core()` converts back.
 """
 
 from __future__ import annotations
@@ -26,8 +27,6 @@ class CoreConfig(dg.Config):
     """A run config derived from a core dataclass (`derive`)."""
 
     __core__: ClassVar[type]  # the dataclass
-    __core_defaults__: ClassVar[Any]  # the instance whose values are the defaults
-    __replaced__: ClassVar[frozenset[str]] = frozenset()  # fields Dagster types or defaults otherwise
     __excluded__: ClassVar[frozenset[str]] = frozenset()  # fields left at the core's default
 
     def to_core(self, **replace):
@@ -53,8 +52,7 @@ def derive(core_cls: type, defaults: Any = None, *, name: str | None = None, exc
     dataclass field with a function of its default (default: `derive(its class, its default)`)."""
     defaults = core_cls() if defaults is None else defaults
     namespace = fields_of(core_cls, defaults, exclude=exclude, replace=replace, nested=nested)
-    namespace.update(__module__=__name__, __doc__=core_cls.__doc__, __core__=core_cls, __core_defaults__=defaults,
-                     __replaced__=frozenset(replace or {}), __excluded__=frozenset(exclude))
+    namespace.update(__module__=__name__, __doc__=core_cls.__doc__, __core__=core_cls, __excluded__=frozenset(exclude))
     return type(name or f"{core_cls.__name__}Run", (CoreConfig,), namespace)
 
 
