@@ -11,7 +11,7 @@ from conftest import run_processes
 from gen_ssd_dagster.store import Store
 from gen_ssd_dagster.store.scores import Score, latest_scores, score_table, write_scores
 from gen_ssd_dagster.store.trajectories import (
-    MEAN_CHOSEN_PPL_SQL, WorkKey, done_problem_ids, partition_summary, read_problems, write_batch,
+    WorkKey, done_problem_ids, partition_summary, read_problems, write_batch,
     write_problems)
 
 
@@ -66,11 +66,13 @@ def test_failed_batch_leaves_nothing(tmp_path):
 
 
 def test_mean_chosen_ppl_by_dataset_and_teacher_is_one_statement(tmp_path):
+    """The lineage query docs/pipeline.md shows: the mean chosen-candidate PPL by dataset and teacher."""
     store = Store(tmp_path / "db.duckdb")
     write_batch(store, _key("demo", "t1"), ["p0"], [_traj("demo", "p0", ppls=(2.0, 9.0))], {})
     write_batch(store, _key("demo", "t2"), ["p0"], [_traj("demo", "p0", ppls=(4.0, 9.0))], {})
     write_batch(store, _key("gsm8k", "t1"), ["p0"], [_traj("gsm8k", "p0", ppls=(3.0, 9.0))], {})
-    rows = store.query(MEAN_CHOSEN_PPL_SQL)
+    rows = store.query("SELECT t.dataset, t.teacher_version, avg(c.ppl) FROM candidates c"
+                       " JOIN trajectories t USING (trajectory_key) WHERE c.chosen GROUP BY ALL ORDER BY 1, 2")
     assert [(r[0], r[1], r[2]) for r in rows] == [("demo", "t1", 2.0), ("demo", "t2", 4.0), ("gsm8k", "t1", 3.0)]
 
 

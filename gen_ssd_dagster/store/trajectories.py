@@ -197,11 +197,3 @@ def latest_config_hash(store: Store, dataset: str, method: str, teacher_version:
         [dataset, method, teacher_version, student_version, method_version(method)])
     return rows[0][0] if rows else None
 
-
-MEAN_CHOSEN_PPL_SQL = """
-SELECT t.dataset, t.teacher_version, avg(c.ppl) AS mean_chosen_ppl, count(*) AS n_chosen
-FROM candidates c JOIN trajectories t USING (trajectory_key)
-WHERE c.chosen
-GROUP BY t.dataset, t.teacher_version
-ORDER BY t.dataset, t.teacher_version
-"""
