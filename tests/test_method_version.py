@@ -34,6 +34,15 @@ def test_every_registered_method_has_a_version():
     assert _key().method_version == versions.METHOD_VERSIONS["gen_ssd"]  # empty = the current code's
 
 
+def test_methods_are_listed_once_in_one_order():
+    from gen_ssd_dagster.core.experiments.comparison import COMPARISON_METHODS
+    from gen_ssd_dagster.core.method.registry import METHODS
+    from gen_ssd_dagster.defs.trajectories import METHOD_ASSETS
+
+    assert tuple(METHOD_ASSETS) == METHODS == tuple(versions.METHOD_VERSIONS)
+    assert COMPARISON_METHODS == (*METHODS, "answer_likelihood")
+
+
 def test_a_bumped_method_version_is_new_work_beside_the_old(tmp_path, monkeypatch):
     store = Store(tmp_path / "db.duckdb")
     problems = [Problem("demo", f"p{i}", "q?", "4") for i in range(3)]
