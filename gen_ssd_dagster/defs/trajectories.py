@@ -103,7 +103,8 @@ def _materialize(context, method: str, config, teacher: ModelSpec, cold_start_st
     home = store.home_dir()
     plot_path = home.plots / f"{name}_{dataset}_{key.config_hash}.png"
     viewer_page = trajectory_page(home, name, key)
-    version = hashlib.sha256(f"{key}{key.version_suffix()}|{s['trajectories']}|{s['problems']}".encode()).hexdigest()[:16]
+    identity = f"{key}{key.version_suffix()}|{s['trajectories']}|{s['problems']}"
+    version = hashlib.sha256(identity.encode()).hexdigest()[:16]
     return dg.MaterializeResult(
         data_version=dg.DataVersion(version),
         metadata={
