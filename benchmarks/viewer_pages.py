@@ -28,11 +28,11 @@ def fill(home: Home, n: int) -> None:
     Store(home.db_path).init()
     con = duckdb.connect(str(home.db_path))
     con.execute(f"""
-        INSERT INTO trajectories (trajectory_key, dataset, problem_id, method, sample_index, teacher_version,
-            student_version, config_hash, config, end_reason, teacher_tokens, student_tokens, ppl, predicted,
-            correct, selected, n_steps, question, gold, text)
+        INSERT INTO trajectories (trajectory_key, dataset, problem_id, method, method_version, sample_index,
+            teacher_version, student_version, config_hash, config, end_reason, teacher_tokens, student_tokens, ppl,
+            predicted, correct, selected, n_steps, question, gold, text)
         SELECT printf('%024d', i), CASE WHEN i % 3 = 0 THEN 'gsm8k' ELSE 'demo' END, 'p' || (i // 3),
-            CASE i % 3 WHEN 0 THEN 'gen_ssd' WHEN 1 THEN 'standard_kd' ELSE 'posthoc' END, 0, 'teacher-v1',
+            CASE i % 3 WHEN 0 THEN 'gen_ssd' WHEN 1 THEN 'standard_kd' ELSE 'posthoc' END, '1', 0, 'teacher-v1',
             'student-v1', 'cfg' || (i % 7), '{{}}', CASE WHEN i % 4 = 0 THEN 'pruned' ELSE 'finished' END,
             64 + i % 200, 40 + i % 150, 1.5 + (i % 997) / 50.0, (i % 10)::VARCHAR, i % 4 = 1, i % 4 <> 0,
             {STEPS}, 'Question ' || i, '7', repeat('Step: 3 + 4 = 7. ', 8)

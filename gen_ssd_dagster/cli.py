@@ -12,11 +12,7 @@ import sys
 from pathlib import Path
 
 from gen_ssd_dagster.core.errors import GenSSDError
-
-
-def default_home() -> Path:
-    """Where a run keeps its state: $GEN_SSD_HOME, else ./.gen_ssd_home."""
-    return Path(os.environ.get("GEN_SSD_HOME", ".gen_ssd_home")).resolve()
+from gen_ssd_dagster.store.home import default_home
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -7,14 +7,15 @@ import json
 from gen_ssd_dagster import cli
 from gen_ssd_dagster.store import Store
 from gen_ssd_dagster.store.home import Home
-from gen_ssd_dagster.store.scores import Score, write_scores
+from gen_ssd_dagster.store.scores import EvaluationScore, write_scores
 
 
 def test_report_prints_table_and_json(tmp_path, capsys):
     home = Home.resolve(tmp_path)
     assert cli.main(["--home", str(home.root), "report"]) == 1  # nothing yet: says so
-    write_scores(Store(home.db_path), [Score("base", "v0", "demo", 10, 2, 0.2, "g1", "e", mlflow_run_id="r1"),
-                                       Score("gen_ssd", "v1", "demo", 10, 6, 0.6, "g1", "e", mlflow_run_id="r1")])
+    write_scores(Store(home.db_path), [
+        EvaluationScore("base", "v0", "demo", 10, 2, 0.2, "g1", "e", mlflow_run_id="r1"),
+        EvaluationScore("gen_ssd", "v1", "demo", 10, 6, 0.6, "g1", "e", mlflow_run_id="r1")])
     capsys.readouterr()
     assert cli.main(["--home", str(home.root), "report"]) == 0
     out = capsys.readouterr().out
@@ -23,6 +24,26 @@ def test_report_prints_table_and_json(tmp_path, capsys):
     assert cli.main(["--home", str(home.root), "report", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)["scores"]
     assert {(r["student"], r["accuracy"], r["grader_version"]) for r in rows} == {("base", 0.2, "g1"), ("gen_ssd", 0.6, "g1")}
+
+
+def test_an_empty_gen_ssd_home_means_unset(tmp_path, monkeypatch):
+    """One default home for the CLI and the resources: $GEN_SSD_HOME, and an empty one is unset
+    (./.gen_ssd_home), never the current directory itself."""
+    from gen_ssd_dagster.store.home import default_home
+
+    monkeypatch.chdir(tmp_path)
+    expected = (tmp_path / ".gen_ssd_home").resolve()
+    for value in ("", None):
+        if value is None:
+            monkeypatch.delenv("GEN_SSD_HOME", raising=False)
+        else:
+            monkeypatch.setenv("GEN_SSD_HOME", value)
+        assert default_home() == expected
+        assert Home.resolve().root == expected
+        assert cli.build_parser().parse_args(["report"]).home == str(expected)
+    monkeypatch.setenv("GEN_SSD_HOME", str(tmp_path / "elsewhere"))
+    assert cli.build_parser().parse_args(["report"]).home == str((tmp_path / "elsewhere").resolve())
+    assert cli.default_home is default_home
 
 
 def test_pipeline_yaml(tmp_path):

@@ -10,7 +10,7 @@ from gen_ssd_dagster import cli
 from gen_ssd_dagster.core.types import Candidate, Step, Trajectory
 from gen_ssd_dagster.store import Home, Store
 from gen_ssd_dagster.store.lineage import LineageError, dataset_lineage, model_lineage
-from gen_ssd_dagster.store.scores import Score, write_scores
+from gen_ssd_dagster.store.scores import EvaluationScore, write_scores
 from gen_ssd_dagster.store.trajectories import WorkKey, write_batch
 
 
@@ -48,7 +48,7 @@ def home(tmp_path):
         write_batch(store, key, ["p0", "p1", "p2"], [_traj("demo", "p0"), _traj("demo", "p1"),
                                                      _traj("demo", "p2", selected=False)], {"chunk_tokens": 8})
     write_batch(store, WorkKey("gsm8k", "gen_ssd", "teacher-bbb", "cold-1", "h9"), ["g0"], [_traj("gsm8k", "g0")], {})
-    write_scores(store, [Score("gen_ssd", "student-v2", "demo", 4, 3, 0.75, "g1", "e")])
+    write_scores(store, [EvaluationScore("gen_ssd", "student-v2", "demo", 4, 3, 0.75, "g1", "e")])
     return home
 
 

@@ -9,9 +9,9 @@ import pytest
 from gen_ssd_dagster.core.types import Candidate, Problem, Step, Trajectory
 from conftest import run_processes
 from gen_ssd_dagster.store import Store
-from gen_ssd_dagster.store.scores import Score, latest_scores, score_table, write_scores
+from gen_ssd_dagster.store.scores import EvaluationScore, latest_scores, score_table, write_scores
 from gen_ssd_dagster.store.trajectories import (
-    MEAN_CHOSEN_PPL_SQL, WorkKey, done_problem_ids, partition_summary, read_problems, write_batch,
+    WorkKey, done_problem_ids, partition_summary, read_problems, write_batch,
     write_problems)
 
 
@@ -66,18 +66,20 @@ def test_failed_batch_leaves_nothing(tmp_path):
 
 
 def test_mean_chosen_ppl_by_dataset_and_teacher_is_one_statement(tmp_path):
+    """The lineage query docs/pipeline.md shows: the mean chosen-candidate PPL by dataset and teacher."""
     store = Store(tmp_path / "db.duckdb")
     write_batch(store, _key("demo", "t1"), ["p0"], [_traj("demo", "p0", ppls=(2.0, 9.0))], {})
     write_batch(store, _key("demo", "t2"), ["p0"], [_traj("demo", "p0", ppls=(4.0, 9.0))], {})
     write_batch(store, _key("gsm8k", "t1"), ["p0"], [_traj("gsm8k", "p0", ppls=(3.0, 9.0))], {})
-    rows = store.query(MEAN_CHOSEN_PPL_SQL)
+    rows = store.query("SELECT t.dataset, t.teacher_version, avg(c.ppl) FROM candidates c"
+                       " JOIN trajectories t USING (trajectory_key) WHERE c.chosen GROUP BY ALL ORDER BY 1, 2")
     assert [(r[0], r[1], r[2]) for r in rows] == [("demo", "t1", 2.0), ("demo", "t2", 4.0), ("gsm8k", "t1", 3.0)]
 
 
 def test_scores_table(tmp_path):
     store = Store(tmp_path / "db.duckdb")
-    write_scores(store, [Score("base", "v0", "demo", 10, 1, 0.1, "g1", "e"),
-                         Score("gen_ssd", "v1", "demo", 10, 5, 0.5, "g1", "e")])
+    write_scores(store, [EvaluationScore("base", "v0", "demo", 10, 1, 0.1, "g1", "e"),
+                         EvaluationScore("gen_ssd", "v1", "demo", 10, 5, 0.5, "g1", "e")])
     df = latest_scores(store)
     assert set(df.student) == {"base", "gen_ssd"}
     assert "| gen_ssd | 50.0 |" in score_table(df)
@@ -97,9 +99,9 @@ def test_scores_carry_intervals_and_paired_differences_from_their_outputs(tmp_pa
         EvalLedger(store, version, "demo", "g1", "e").record(problems, [
             {"problem_id": p.problem_id, "completion": "c", "predicted": "4" if r else "5", "gold": "4",
              "correct": bool(r)} for p, r in zip(problems, right)])
-    write_scores(store, [Score("standard_kd", "kd", "demo", 4, 2, 0.5, "g1", "e"),
-                         Score("gen_ssd", "gs", "demo", 4, 3, 0.75, "g1", "e"),
-                         Score("base", "none", "demo", 4, 0, 0.0, "g1", "e")])  # no outputs stored
+    write_scores(store, [EvaluationScore("standard_kd", "kd", "demo", 4, 2, 0.5, "g1", "e"),
+                         EvaluationScore("gen_ssd", "gs", "demo", 4, 3, 0.75, "g1", "e"),
+                         EvaluationScore("base", "none", "demo", 4, 0, 0.0, "g1", "e")])  # no outputs stored
     df = latest_scores(store)
     intervals = score_intervals(store, df)
     gs = intervals[("gen_ssd", "demo")]
@@ -131,7 +133,7 @@ def test_sampled_scores_give_pass_at_1_and_maj_at_k_over_their_samples(tmp_path)
         {"problem_id": q, "sample_index": i, "completion": a, "predicted": a, "gold": "4", "correct": a == "4"}
         for q, said in answers.items() for i, a in enumerate(said)])
     settings = EvalSettings(samples=3, temperature=0.6, maj_k=3)
-    write_scores(store, [Score("gen_ssd", "gs", "demo", 4, 6, 0.5, "g1", "e", samples=3,
+    write_scores(store, [EvaluationScore("gen_ssd", "gs", "demo", 4, 6, 0.5, "g1", "e", samples=3,
                                eval_settings=json.dumps(settings.record()))])
     df = latest_scores(store)
     assert score_intervals(store, df)[("gen_ssd", "demo")].estimate == pytest.approx(0.5)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 EndReason = Literal["finished", "pruned", "length_cap"]
+Progress = Callable[[dict], None]  # called with a dict of numbers as work advances
+Log = Callable[[str], None]  # called with one line for a person to read
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import json
 import dagster as dg
 
 from ..core.engines.backends import model_version
-from ..core.experiments.comparison import METHODS, ArmResult, arm_key, evaluation_of, reference_arm, run_comparison
+from ..core.experiments.comparison import COMPARISON_METHODS, ArmResult, arm_key, evaluation_of, reference_arm, run_comparison
 from ..core.experiments.comparison_table import markdown, summarise
 from ..core.engines.models import ModelSpec
 from ..core.experiments.sweep import parse_knobs, run_sweep
@@ -103,7 +103,7 @@ def method_comparison(context: dg.AssetExecutionContext, config: ComparisonRunCo
     shared, scored = _context(teacher_backend.version, scorer.version, pool), evaluation_of(test, core)
     experiment = _experiment_id("comparison", config, {**shared, **scored})
     lookup, save = _persist(store, experiment, config, context.run.run_id, scored)
-    context.log.info(f"{experiment}: {len(config.seeds)} seeds x {len(METHODS)} methods, {len(pool)} pool problems, "
+    context.log.info(f"{experiment}: {len(config.seeds)} seeds x {len(COMPARISON_METHODS)} methods, {len(pool)} pool problems, "
                      f"{len(test)} test problems, budget {core.teacher_token_budget} teacher tokens per arm")
     out_dir = store.home_dir().checkpoints / "comparison" / experiment
     arms = []

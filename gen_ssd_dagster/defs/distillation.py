@@ -7,6 +7,7 @@ distilled_students/<method>: the cold-start student fine-tuned on what that meth
 
 import dagster as dg
 
+from ..core.method.versions import FIRST_VERSION, method_version
 from ..core.engines.backends import model_version
 from ..core.engines.models import ModelSpec
 from ..store.trajectories import WorkKey, latest_config_hash, selected_examples
@@ -16,8 +17,17 @@ from .trajectories import METHOD_ASSETS, generate, trajectory_page
 from ..defs_support.training_runs import metadata, train_logged
 
 
+def version_tag(method: str) -> dict:
+    """The method version as a lineage tag; none for the first version, so that the models trained
+    before versions were recorded keep their checkpoint keys (the tags are part of them)."""
+    version = method_version(method)
+    return {} if version == FIRST_VERSION else {"method_version": version}
+
+
 # Its own group: inside "distillation" the group view would loop distillation -> trajectories -> distillation.
-@dg.asset(group_name="cold_start", pool=GPU_POOL, kinds={"pytorch", "mlflow"}, deps=[dg.AssetDep(
+# Its code version is that of the Standard-KD samples it learns from.
+@dg.asset(group_name="cold_start", pool=GPU_POOL, kinds={"pytorch", "mlflow"},
+          code_version=f"standard_kd-{method_version('standard_kd')}", deps=[dg.AssetDep(
     "problems", partition_mapping=dg.SpecificPartitionsPartitionMapping(["demo"]))])
 def cold_start_student(context: dg.AssetExecutionContext, config: ColdStartConfig, teacher: ModelSpec,
                        base_student: ModelSpec, models: ModelsResource, store: StoreResource,
@@ -40,7 +50,7 @@ def cold_start_student(context: dg.AssetExecutionContext, config: ColdStartConfi
                             "to be right"))
     examples = [(q, text) for _, q, text in rows]
     lineage = {"method": "standard_kd", "partitions": config.dataset, "config_hash": key.config_hash,
-               "teacher_version": key.teacher_version, "trajectories": len(examples)}
+               "teacher_version": key.teacher_version, "trajectories": len(examples), **version_tag("standard_kd")}
     model = train_logged(context, "cold_start_student", base_student, examples, config.train.to_core(),
                          store, mlflow, lineage)
     return dg.Output(model.spec, data_version=dg.DataVersion(model.version),
@@ -64,8 +74,9 @@ def distilled_asset(method: str) -> dg.AssetsDefinition:
         for dataset in config.partitions:
             h = latest_config_hash(db, dataset, method, teacher_version, scorer_version)
             if h is None:
-                raise dg.Failure(f"no {method} trajectories for partition {dataset!r} from this teacher and "
-                                 f"cold-start student: materialize {trajectories}[{dataset}] first")
+                raise dg.Failure(f"no {method} trajectories for partition {dataset!r} from this teacher, "
+                                 f"cold-start student and method version {method_version(method)}: "
+                                 f"materialize {trajectories}[{dataset}] first")
             hashes[dataset] = h
             key = WorkKey(dataset, method, teacher_version, scorer_version, h)
             examples += [(q, text) for _, q, text in selected_examples(db, key)]
@@ -74,7 +85,7 @@ def distilled_asset(method: str) -> dg.AssetsDefinition:
         lineage = {"method": method, "partitions": ",".join(config.partitions),
                    "config_hash": ",".join(f"{d}:{h}" for d, h in hashes.items()),
                    "teacher_version": teacher_version, "student_version": scorer_version,
-                   "trajectories": len(examples)}
+                   "trajectories": len(examples), **version_tag(method)}
         def trajectory_pages():  # what the student learned from, step by step (docs/viewer.md)
             return [trajectory_page(store.home_dir(), trajectories,
                                     WorkKey(d, method, teacher_version, scorer_version, h), refresh=False)

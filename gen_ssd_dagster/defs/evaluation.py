@@ -14,7 +14,7 @@ from ..core.data.solution_text import SolutionEnd
 from ..core.types import problems_digest
 from ..store.eval_outputs import EvalLedger
 from ..store.experiments import experiment_arms, latest_experiment
-from ..store.scores import Score, cached_score, latest_scores, report, write_scores
+from ..store.scores import EvaluationScore, cached_score, latest_scores, report, write_scores
 from ..store.trajectories import read_problems
 from ..defs_support import reporting
 from .resources import GPU_POOL, MLflowResource, ModelsResource, StoreResource
@@ -82,9 +82,9 @@ def evaluation_scores(context: dg.AssetExecutionContext, config: EvaluationConfi
                     n, n_correct, accuracy = hit
                 context.log.info(f"{student} on {bench}: pass@1 {100 * accuracy:.1f}% over {n} questions"
                                  f" × {eval_settings.samples} samples{' (cached)' if hit else ''}")
-                scores.append(Score(student, version, bench, n, n_correct, accuracy, GRADER_VERSION, eval_hash[bench],
-                                    spec.name_or_path, context.run.run_id, run.run_id, eval_settings.samples,
-                                    json.dumps(eval_settings.record())))
+                scores.append(EvaluationScore(student, version, bench, n, n_correct, accuracy, GRADER_VERSION,
+                                              eval_hash[bench], spec.name_or_path, context.run.run_id, run.run_id,
+                                              eval_settings.samples, json.dumps(eval_settings.record())))
         run.log(metrics={f"accuracy.{s.student}.{s.benchmark}": s.accuracy for s in scores},
                 params={"benchmarks": ",".join(config.benchmarks), "max_problems": config.max_problems,
                         **{f"eval.{k}": v for k, v in eval_settings.record().items()},

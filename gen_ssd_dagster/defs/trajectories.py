@@ -2,8 +2,10 @@
 
 All three read the partition's training problems, let the teacher propose and the cold-start
 student score, and write trajectories (and Gen-SSD's per-step candidates) to DuckDB in batches,
-keyed by (dataset, method, teacher version, student version, config hash). An unchanged
-partition re-materializes without generating anything.
+keyed by (dataset, method, method version, teacher version, student version, config hash). An
+unchanged partition re-materializes without generating anything. Each asset's Dagster code version is
+its method's version (core/method/versions.py): bumping it shows the asset stale, and its next
+materialization is new work beside the old rows.
 """
 
 
@@ -16,6 +18,7 @@ import dagster as dg
 
 from ..core.method.calibration import calibrated
 from ..core.method.config import Calibration, GenSSDConfig, PostHocConfig, StandardKDConfig, config_dict, config_hash
+from ..core.method.versions import method_version
 from ..core.engines.models import ModelSpec
 from ..store.resumable import run_resumable
 from ..store.trajectories import (WorkKey, candidate_ppls, partition_summary, read_problems,
@@ -79,9 +82,11 @@ def latest_calibration(instance: dg.DagsterInstance, dataset: str) -> dict:
 def trajectory_page(home, name: str, key: WorkKey, refresh: bool = True) -> Path:
     """The self-contained viewer page of one trajectories materialization's work (docs/viewer.md);
     written anew when `refresh`, else only if missing (every materialization rewrites it)."""
-    page = home.plots / f"{name}_{key.dataset}_{key.config_hash}.html"
+    version = f"_v{key.method_version}" if key.version_suffix() else ""  # the first version keeps its old name
+    page = home.plots / f"{name}_{key.dataset}_{key.config_hash}{version}.html"
     if refresh or not page.is_file():
-        export_partition(home, key.dataset, page, key.config_hash, key.teacher_version)
+        export_partition(home, key.dataset, page, key.config_hash, key.teacher_version,
+                         method_version=key.method_version)
     return page
 
 
@@ -98,13 +103,14 @@ def _materialize(context, method: str, config, teacher: ModelSpec, cold_start_st
     home = store.home_dir()
     plot_path = home.plots / f"{name}_{dataset}_{key.config_hash}.png"
     viewer_page = trajectory_page(home, name, key)
-    version = hashlib.sha256(f"{key}|{s['trajectories']}|{s['problems']}".encode()).hexdigest()[:16]
+    identity = f"{key}{key.version_suffix()}|{s['trajectories']}|{s['problems']}"
+    version = hashlib.sha256(identity.encode()).hexdigest()[:16]
     return dg.MaterializeResult(
         data_version=dg.DataVersion(version),
         metadata={
             "summary": summary_text(s),
             **reporting.clean(s),
-            "dataset": dataset, "method": method, "config_hash": key.config_hash,
+            "dataset": dataset, "method": method, "method_version": key.method_version, "config_hash": key.config_hash,
             "teacher_version": key.teacher_version, "student_version": key.student_version,
             "config": dg.MetadataValue.json(config_dict(core_config(config, dataset, calibration))),
             "thresholds": "calibrated" if calibration else "hand-set",
@@ -136,7 +142,7 @@ def trajectory_asset(method: str) -> dg.AssetsDefinition:
     deps = [dg.AssetDep("problems"), *([dg.AssetDep("pruning_thresholds")] if method == "gen_ssd" else [])]
 
     @dg.asset(name=name, group_name="trajectories", pool=GPU_POOL, partitions_def=DATASETS, kinds={"duckdb"},
-              deps=deps, check_specs=check_specs, description=description)
+              deps=deps, check_specs=check_specs, description=description, code_version=method_version(method))
     def _asset(context: dg.AssetExecutionContext, config: run_cls, teacher: ModelSpec,
                cold_start_student: ModelSpec, models: ModelsResource, store: StoreResource) -> dg.MaterializeResult:
         use_calibration = getattr(config, "thresholds", "hand-set") == "calibrated"

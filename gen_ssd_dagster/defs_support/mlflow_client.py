@@ -1,10 +1,16 @@
 """A small MLflow client: runs that always end, artifacts, registered model versions.
 
 Uses `MlflowClient` rather than the fluent API, so no global "active run" leaks between assets.
+A run ends FINISHED or FAILED from inside its process; a process killed outright (SIGKILL, OOM,
+power loss) cannot end its run, so every run records its owner (host, pid, and on Linux the boot
+and start time of that process) and opening a session ends, as KILLED, the RUNNING runs whose
+owner on this host is gone.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,6 +19,65 @@ from filelock import FileLock
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
+
+
+HOST_TAG, PID_TAG, PROCESS_TAG = "gen_ssd.host", "gen_ssd.pid", "gen_ssd.process"
+ENDED_BY_TAG = "gen_ssd.ended_by"
+
+
+def process_identity(pid: int) -> str | None:
+    """The boot id and start time of a process (Linux /proc), so that a pid reused after the owner
+    died (or after a reboot) is not taken for the owner; None where /proc does not say."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return f"{boot}:{stat.rsplit(')', 1)[1].split()[19]}"  # field 22 of stat: start time after boot
+
+
+def owner_tags() -> dict[str, str]:
+    """The tags that name the process owning a run: this one."""
+    tags = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+    identity = process_identity(os.getpid())
+    return {**tags, PROCESS_TAG: identity} if identity else tags
+
+
+def owner_alive(pid: int, identity: str | None = None) -> bool:
+    """Whether the process `pid` of this host still runs (and is the same process, where its
+    identity was recorded). A process of another user counts as alive."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    current = process_identity(pid) if identity else None
+    return current is None or current == identity
+
+
+def end_orphaned_runs(client: MlflowClient, experiment_id: str) -> list[str]:
+    """End as KILLED the RUNNING runs of the experiment whose owning process on this host is gone,
+    with a tag saying why; returns their ids. Runs of other hosts, or without an owner, are left alone."""
+    host, ended, token = socket.gethostname(), [], None
+    while True:
+        page = client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=500,
+                                  page_token=token)
+        for run in page:
+            tags = run.data.tags
+            pid = tags.get(PID_TAG, "")
+            if tags.get(HOST_TAG) != host or not pid.isdigit() or int(pid) <= 0:
+                continue
+            if owner_alive(int(pid), tags.get(PROCESS_TAG)):
+                continue
+            client.set_tag(run.info.run_id, ENDED_BY_TAG,
+                           f"process {pid} on {host} was gone when a later session opened (killed, out of memory "
+                           f"or a power loss): ended as KILLED by pid {os.getpid()}")
+            client.set_terminated(run.info.run_id, "KILLED")
+            ended.append(run.info.run_id)
+        token = page.token
+        if not token:
+            return ended
 
 
 class MLflowRun:
@@ -65,12 +130,15 @@ class MLflowSession:
                 self.experiment_id = self.client.create_experiment(experiment_name, artifact_location=location)
             else:
                 self.experiment_id = exp.experiment_id
+            # The runs of processes killed since (SIGKILL, OOM) would otherwise stay RUNNING forever.
+            self.orphans_ended = end_orphaned_runs(self.client, self.experiment_id)
 
     @contextmanager
     def run(self, name: str, tags: dict | None = None) -> Iterator[MLflowRun]:
-        """A run that ends FINISHED when the block completes and FAILED when it raises."""
+        """A run that ends FINISHED when the block completes and FAILED when it raises (KILLED by a
+        later session if the process dies without either)."""
         info = self.client.create_run(self.experiment_id, run_name=name,
-                                      tags={k: str(v) for k, v in (tags or {}).items()}).info
+                                      tags={**owner_tags(), **{k: str(v) for k, v in (tags or {}).items()}}).info
         status = "FAILED"
         try:
             yield MLflowRun(self.client, info.run_id, info.artifact_uri)

@@ -11,7 +11,8 @@ DEFAULT_HOME = ".gen_ssd_home"
 
 
 def default_home() -> Path:
-    """GEN_SSD_HOME if set, else ./.gen_ssd_home relative to the current directory."""
+    """Where a run keeps its state: $GEN_SSD_HOME if set, else ./.gen_ssd_home relative to the
+    current directory. An empty GEN_SSD_HOME counts as unset (never the current directory itself)."""
     return Path(os.environ.get(HOME_ENV) or DEFAULT_HOME).expanduser().resolve()
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 
 from ..core.errors import GenSSDError
+from ..core.method.versions import FIRST_VERSION
 from .db import Store
 from .home import Home
 
@@ -54,14 +55,14 @@ def _config_hashes(tags: dict) -> dict[str, str]:
 
 
 def _dataset_rows(store: Store | None, dataset: str, method: str, teacher: str, student: str | None,
-                  config_hash: str) -> dict:
+                  config_hash: str, method_version: str = FIRST_VERSION) -> dict:
     row = {"dataset": dataset, "config_hash": config_hash}
     if store is None:
         return row
     sql = ("SELECT count(*), count(*) FILTER (selected), count(DISTINCT problem_id), min(created_at),"
            " max(created_at), any_value(config) FROM trajectories WHERE dataset = ? AND method = ?"
-           " AND teacher_version = ? AND config_hash = ?")
-    params = [dataset, method, teacher, config_hash]
+           " AND teacher_version = ? AND config_hash = ? AND method_version = ?")
+    params = [dataset, method, teacher, config_hash, method_version]
     if student:
         sql += " AND student_version = ?"
         params.append(student)
@@ -116,13 +117,15 @@ def model_lineage(home: Home, model: str | None = None, version: str | None = No
     method = tags.get("method", "")
     teacher, student = tags.get("teacher_version"), tags.get("student_version") or tags.get("base_version")
     store = _store(home)
-    datasets = [_dataset_rows(store, d, method, teacher, student, h) for d, h in _config_hashes(tags).items()]
+    # a model without the tag learned from its method's first version (distillation.version_tag)
+    version = tags.get("method_version", FIRST_VERSION)
+    datasets = [_dataset_rows(store, d, method, teacher, student, h, version) for d, h in _config_hashes(tags).items()]
     training = {k: v for k, v in run.data.params.items() if k not in tags}
     return {
         "registered_model": mv.name if mv else None, "version": str(mv.version) if mv else None,
         "source": mv.source if mv else None, "mlflow_run_id": run.info.run_id, "run_name": run.info.run_name,
         "status": run.info.status, "model_version": tags.get("model_version"), "method": method,
-        "teacher_version": teacher, "student_version": tags.get("student_version"),
+        "method_version": version, "teacher_version": teacher, "student_version": tags.get("student_version"),
         "base_version": tags.get("base_version"), "partitions": [d["dataset"] for d in datasets],
         "config_hash": tags.get("config_hash"),
         "trajectories": int(tags["trajectories"]) if tags.get("trajectories", "").isdigit() else None,
@@ -135,11 +138,12 @@ def dataset_lineage(home: Home, dataset: str, tracking_uri: str | None = None) -
     """Which model versions learned from a dataset partition, and whose trajectories of it are stored."""
     store = _store(home)
     trajectories = [] if store is None else [
-        {"teacher_version": t, "student_version": s, "method": m, "config_hash": h, "trajectories": n,
-         "selected": k, "created_at": str(c)}
-        for t, s, m, h, n, k, c in store.query(
-            "SELECT teacher_version, student_version, method, config_hash, count(*), count(*) FILTER (selected),"
-            " min(created_at) FROM trajectories WHERE dataset = ? GROUP BY ALL ORDER BY 7, 3", [dataset])]
+        {"teacher_version": t, "student_version": s, "method": m, "method_version": v, "config_hash": h,
+         "trajectories": n, "selected": k, "created_at": str(c)}
+        for t, s, m, v, h, n, k, c in store.query(
+            "SELECT teacher_version, student_version, method, method_version, config_hash, count(*),"
+            " count(*) FILTER (selected), min(created_at) FROM trajectories WHERE dataset = ? GROUP BY ALL"
+            " ORDER BY 8, 3", [dataset])]
     models = []
     if (home.root / "mlflow.db").exists() or tracking_uri:
         client = _client(home, tracking_uri)
@@ -162,7 +166,8 @@ def format_model(info: dict) -> str:
     lines = [f"{info['registered_model'] or '(unregistered)'} v{info['version']}  "
              f"(MLflow run {info['mlflow_run_id']}, {info['status']})"]
     rows = [("model version", info["model_version"]), ("method", info["method"]),
-            ("teacher version", info["teacher_version"]), ("student (scorer)", info["student_version"]),
+            ("method version", info["method_version"]), ("teacher version", info["teacher_version"]),
+            ("student (scorer)", info["student_version"]),
             ("fine-tuned from", info["base_version"]), ("config hash", info["config_hash"]),
             ("trajectories used", info["trajectories"]), ("dagster run", info["dagster_run_id"]),
             ("checkpoint", info["source"])]
@@ -188,7 +193,8 @@ def format_dataset(info: dict) -> str:
         lines.append("  (none)")
     lines.append(f"Trajectories of {info['dataset']!r} stored in DuckDB, by teacher version:")
     for t in info["trajectories"] or []:
-        lines.append(f"  teacher {t['teacher_version']}  {t['method']:<12} config {t['config_hash']}  "
+        lines.append(f"  teacher {t['teacher_version']}  {t['method']:<12} method version {t['method_version']}"
+                     f"  config {t['config_hash']}  "
                      f"{t['selected']}/{t['trajectories']} selected  (since {t['created_at']})")
     if not info["trajectories"]:
         lines.append("  (none)")

@@ -1,11 +1,14 @@
 """The DuckDB schema. Stored work is keyed by everything that determines it.
 
-A trajectory's key is (dataset, problem_id, method, sample_index, teacher_version,
-student_version, config_hash): change the teacher, the scorer or one knob and the key changes, so
-the new work is visible next to the old and unchanged work is reused. `problem_runs` marks a
+A trajectory's key is (dataset, problem_id, method, method_version, sample_index, teacher_version,
+student_version, config_hash): change the method's code (a bumped method version), the teacher, the
+scorer or one knob and the key changes, so the new work is visible next to the old and unchanged
+work is reused. `problem_runs` marks a
 problem done under a key, written in the same transaction as its trajectories, so a problem that
 produced no trajectory is not redone either.
 """
+
+from ..core.method.versions import FIRST_VERSION
 
 SCHEMA_VERSION = 1
 
@@ -31,40 +34,29 @@ CREATE TABLE IF NOT EXISTS evaluation_outputs (
 );
 """
 
-DDL = f"""
-CREATE TABLE IF NOT EXISTS schema_info (version INTEGER);
-
-CREATE TABLE IF NOT EXISTS problems (
-    dataset VARCHAR NOT NULL,
-    side VARCHAR NOT NULL,            -- train | test
-    problem_id VARCHAR NOT NULL,
-    position INTEGER NOT NULL,        -- order in the source file (cold start takes the first ones)
-    question VARCHAR NOT NULL,
-    gold VARCHAR NOT NULL,
-    solution VARCHAR,
-    dagster_run_id VARCHAR,
-    created_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
-    PRIMARY KEY (dataset, side, problem_id)
-);
-
+PROBLEM_RUNS = """
 CREATE TABLE IF NOT EXISTS problem_runs (
     dataset VARCHAR NOT NULL,
     problem_id VARCHAR NOT NULL,
     method VARCHAR NOT NULL,
+    method_version VARCHAR NOT NULL,   -- core/method/versions.py: the method's code that did the work
     teacher_version VARCHAR NOT NULL,
     student_version VARCHAR NOT NULL,
     config_hash VARCHAR NOT NULL,
     n_trajectories INTEGER NOT NULL,
     dagster_run_id VARCHAR,
     created_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
-    PRIMARY KEY (dataset, problem_id, method, teacher_version, student_version, config_hash)
+    PRIMARY KEY (dataset, problem_id, method, method_version, teacher_version, student_version, config_hash)
 );
+"""
 
+TRAJECTORIES = """
 CREATE TABLE IF NOT EXISTS trajectories (
     trajectory_key VARCHAR PRIMARY KEY,
     dataset VARCHAR NOT NULL,          -- the Dagster partition
     problem_id VARCHAR NOT NULL,
     method VARCHAR NOT NULL,
+    method_version VARCHAR NOT NULL,   -- core/method/versions.py: the method's code that made it
     sample_index INTEGER NOT NULL,
     teacher_version VARCHAR NOT NULL,
     student_version VARCHAR NOT NULL,  -- the scorer's version ('' when the method scores nothing)
@@ -83,9 +75,28 @@ CREATE TABLE IF NOT EXISTS trajectories (
     gold VARCHAR,
     text VARCHAR NOT NULL,
     created_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
-    UNIQUE (dataset, problem_id, method, sample_index, teacher_version, student_version, config_hash)
+    UNIQUE (dataset, problem_id, method, method_version, sample_index, teacher_version, student_version, config_hash)
+);
+"""
+
+DDL = f"""
+CREATE TABLE IF NOT EXISTS schema_info (version INTEGER);
+
+CREATE TABLE IF NOT EXISTS problems (
+    dataset VARCHAR NOT NULL,
+    side VARCHAR NOT NULL,            -- train | test
+    problem_id VARCHAR NOT NULL,
+    position INTEGER NOT NULL,        -- order in the source file (cold start takes the first ones)
+    question VARCHAR NOT NULL,
+    gold VARCHAR NOT NULL,
+    solution VARCHAR,
+    dagster_run_id VARCHAR,
+    created_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    PRIMARY KEY (dataset, side, problem_id)
 );
 
+{PROBLEM_RUNS}
+{TRAJECTORIES}
 CREATE TABLE IF NOT EXISTS candidates (
     trajectory_key VARCHAR NOT NULL,
     step INTEGER NOT NULL,
@@ -152,6 +163,20 @@ MIGRATIONS = [
 
 # Primary keys that grew a column after a table first shipped. DuckDB cannot alter a key, so a store
 # made before gets the table rebuilt in one transaction, its rows kept with the new column's default.
+
+
+def _rebuilt(table: str, ddl: str, columns: str, new_column: str, value: str) -> list[str]:
+    """The statements that rebuild `table` with `new_column` in its key, old rows given `value`."""
+    return [f"ALTER TABLE {table} RENAME TO {table}_before_{new_column}", ddl,
+            f"INSERT INTO {table} ({columns}, {new_column}) SELECT {columns}, {value} FROM {table}_before_{new_column}",
+            f"DROP TABLE {table}_before_{new_column}"]
+
+
+_RUN_COLUMNS = ("dataset, problem_id, method, teacher_version, student_version, config_hash, n_trajectories,"
+                " dagster_run_id, created_at")
+_TRAJECTORY_COLUMNS = ("trajectory_key, dataset, problem_id, method, sample_index, teacher_version, student_version,"
+                       " config_hash, config, dagster_run_id, end_reason, teacher_tokens, student_tokens, ppl,"
+                       " predicted, correct, selected, n_steps, question, gold, text, created_at")
 _OUTPUT_COLUMNS = ("model_version, benchmark, grader_version, eval_config_hash, problem_id, prompt_sha, completion,"
                    " predicted, gold, correct, created_at, ended, tokens")
 KEY_CHANGES = {
@@ -162,4 +187,9 @@ KEY_CHANGES = {
         f" SELECT {_OUTPUT_COLUMNS}, 0 FROM evaluation_outputs_before_samples",
         "DROP TABLE evaluation_outputs_before_samples",
     ],
+    # Work stored before method versions were recorded was made by each method's first version.
+    ("problem_runs", "method_version"): _rebuilt("problem_runs", PROBLEM_RUNS, _RUN_COLUMNS, "method_version",
+                                                 f"'{FIRST_VERSION}'"),
+    ("trajectories", "method_version"): _rebuilt("trajectories", TRAJECTORIES, _TRAJECTORY_COLUMNS, "method_version",
+                                                 f"'{FIRST_VERSION}'"),
 }

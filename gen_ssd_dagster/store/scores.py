@@ -12,7 +12,10 @@ from .db import Store
 
 
 @dataclass(frozen=True)
-class Score:
+class EvaluationScore:
+    """One row of `evaluation_scores`: a student's accuracy on a benchmark (not a scorer's NLL of a
+    text, which is `core.engines.backends.Score`)."""
+
     student: str
     model_version: str
     benchmark: str
@@ -28,7 +31,7 @@ class Score:
     eval_settings: str | None = None  # EvalSettings.record(), as JSON
 
 
-def write_scores(store: Store, scores: list[Score]) -> None:
+def write_scores(store: Store, scores: list[EvaluationScore]) -> None:
     with store.transaction() as con:
         con.executemany(
             "INSERT INTO evaluation_scores (student, model_version, benchmark, n, n_correct, accuracy,"

@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from ..core.method.versions import FIRST_VERSION, method_version
 from ..core.types import Problem, Trajectory
 from .db import Store
 
@@ -20,11 +21,22 @@ class WorkKey:
     teacher_version: str
     student_version: str
     config_hash: str
+    # The version of the method's code (core/method/versions.py); empty = the current one.
+    method_version: str = field(default="", repr=False)
+
+    def __post_init__(self):
+        if not self.method_version:
+            object.__setattr__(self, "method_version", method_version(self.method))
+
+    def version_suffix(self) -> str:
+        """What the method version adds to a hashed identity: nothing for the first version, so
+        work stored before versions were recorded keeps its trajectory keys and data versions."""
+        return "" if self.method_version == FIRST_VERSION else f"|method_version={self.method_version}"
 
     def trajectory_key(self, problem_id: str, sample_index: int) -> str:
         parts = [self.dataset, problem_id, self.method, str(sample_index), self.teacher_version,
                  self.student_version, self.config_hash]
-        return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:24]
+        return hashlib.sha256(("\x1f".join(parts) + self.version_suffix()).encode()).hexdigest()[:24]
 
 
 # ---------------------------------------------------------------- problems
@@ -61,8 +73,8 @@ def done_problem_ids(store: Store, key: WorkKey) -> set[str]:
     """Problems already finished under this exact key (their work is reused, not redone)."""
     rows = store.query(
         "SELECT problem_id FROM problem_runs WHERE dataset = ? AND method = ? AND teacher_version = ?"
-        " AND student_version = ? AND config_hash = ?",
-        [key.dataset, key.method, key.teacher_version, key.student_version, key.config_hash])
+        " AND student_version = ? AND config_hash = ? AND method_version = ?",
+        [key.dataset, key.method, key.teacher_version, key.student_version, key.config_hash, key.method_version])
     return {r[0] for r in rows}
 
 
@@ -75,7 +87,7 @@ def write_batch(store: Store, key: WorkKey, problem_ids: list[str], trajectories
         tkey = key.trajectory_key(t.problem_id, t.sample_index)
         counts[t.problem_id] = counts.get(t.problem_id, 0) + 1
         traj_rows.append((
-            tkey, key.dataset, t.problem_id, key.method, t.sample_index, key.teacher_version,
+            tkey, key.dataset, t.problem_id, key.method, key.method_version, t.sample_index, key.teacher_version,
             key.student_version, key.config_hash, json.dumps(config, sort_keys=True), run_id,
             t.end_reason, t.teacher_tokens, t.student_tokens, t.ppl, t.predicted, t.correct,
             bool(t.selected), len(t.steps), t.question, t.gold, t.text))
@@ -84,26 +96,26 @@ def write_batch(store: Store, key: WorkKey, problem_ids: list[str], trajectories
                 cand_rows.append((tkey, s, c, cand.text, cand.ppl, cand.nll, cand.teacher_tokens,
                                   cand.student_tokens, len(cand.text), cand.passed, step.chosen == c,
                                   cand.ends_solution))
-    work_rows = [(key.dataset, pid, key.method, key.teacher_version, key.student_version, key.config_hash,
-                  n, run_id) for pid, n in counts.items()]
+    work_rows = [(key.dataset, pid, key.method, key.method_version, key.teacher_version, key.student_version,
+                  key.config_hash, n, run_id) for pid, n in counts.items()]
     with store.transaction() as con:
         if traj_rows:
             keys = [r[0] for r in traj_rows]
             con.execute("DELETE FROM candidates WHERE list_contains(?, trajectory_key)", [keys])
             con.execute("DELETE FROM trajectories WHERE list_contains(?, trajectory_key)", [keys])
             con.executemany(
-                "INSERT INTO trajectories (trajectory_key, dataset, problem_id, method, sample_index,"
-                " teacher_version, student_version, config_hash, config, dagster_run_id, end_reason,"
-                " teacher_tokens, student_tokens, ppl, predicted, correct, selected, n_steps, question,"
-                " gold, text) VALUES (" + ", ".join(["?"] * 21) + ")", traj_rows)
+                "INSERT INTO trajectories (trajectory_key, dataset, problem_id, method, method_version,"
+                " sample_index, teacher_version, student_version, config_hash, config, dagster_run_id,"
+                " end_reason, teacher_tokens, student_tokens, ppl, predicted, correct, selected, n_steps,"
+                " question, gold, text) VALUES (" + ", ".join(["?"] * 22) + ")", traj_rows)
         if cand_rows:
             con.executemany(
                 "INSERT INTO candidates (trajectory_key, step, candidate_index, text, ppl, nll,"
                 " teacher_tokens, student_tokens, chars, passed, chosen, ends_solution)"
                 " VALUES (" + ", ".join(["?"] * 12) + ")", cand_rows)
         con.executemany(
-            "INSERT OR REPLACE INTO problem_runs (dataset, problem_id, method, teacher_version,"
-            " student_version, config_hash, n_trajectories, dagster_run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO problem_runs (dataset, problem_id, method, method_version, teacher_version,"
+            " student_version, config_hash, n_trajectories, dagster_run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             work_rows)
     return len(traj_rows)
 
@@ -111,8 +123,8 @@ def write_batch(store: Store, key: WorkKey, problem_ids: list[str], trajectories
 def _where(key: WorkKey, alias: str = "") -> tuple[str, list]:
     a = f"{alias}." if alias else ""
     return (f"{a}dataset = ? AND {a}method = ? AND {a}teacher_version = ? AND {a}student_version = ?"
-            f" AND {a}config_hash = ?",
-            [key.dataset, key.method, key.teacher_version, key.student_version, key.config_hash])
+            f" AND {a}config_hash = ? AND {a}method_version = ?",
+            [key.dataset, key.method, key.teacher_version, key.student_version, key.config_hash, key.method_version])
 
 
 def partition_summary(store: Store, key: WorkKey) -> dict:
@@ -177,18 +189,11 @@ def selected_examples(store: Store, key: WorkKey) -> list[tuple[str, str, str]]:
 
 def latest_config_hash(store: Store, dataset: str, method: str, teacher_version: str,
                        student_version: str) -> str | None:
-    """The configuration most recently used for (dataset, method, teacher, scorer), if any."""
+    """The configuration most recently used for (dataset, method, teacher, scorer) by the method's
+    current code (its method version), if any."""
     rows = store.query(
         "SELECT config_hash FROM problem_runs WHERE dataset = ? AND method = ? AND teacher_version = ?"
-        " AND student_version = ? ORDER BY created_at DESC LIMIT 1",
-        [dataset, method, teacher_version, student_version])
+        " AND student_version = ? AND method_version = ? ORDER BY created_at DESC LIMIT 1",
+        [dataset, method, teacher_version, student_version, method_version(method)])
     return rows[0][0] if rows else None
 
-
-MEAN_CHOSEN_PPL_SQL = """
-SELECT t.dataset, t.teacher_version, avg(c.ppl) AS mean_chosen_ppl, count(*) AS n_chosen
-FROM candidates c JOIN trajectories t USING (trajectory_key)
-WHERE c.chosen
-GROUP BY t.dataset, t.teacher_version
-ORDER BY t.dataset, t.teacher_version
-"""

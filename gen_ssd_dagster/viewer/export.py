@@ -16,11 +16,12 @@ EXPORT_LIMIT = 200  # trajectories written out in full; the server shows every o
 
 
 def export_partition(home: Home, dataset: str, out: Path, config_hash: str = "", teacher_version: str = "",
-                     limit: int = EXPORT_LIMIT) -> Path:
-    """Write `out` (whole, then moved into place) and return it; `config_hash` and `teacher_version`
-    narrow the partition to one materialization's work."""
+                     limit: int = EXPORT_LIMIT, method_version: str = "") -> Path:
+    """Write `out` (whole, then moved into place) and return it; `config_hash`, `teacher_version`
+    and `method_version` narrow the partition to one materialization's work."""
     reader = Reader(home)
-    filters = Filters(dataset=dataset, config_hash=config_hash, teacher_version=teacher_version)
+    filters = Filters(dataset=dataset, config_hash=config_hash, teacher_version=teacher_version,
+                      method_version=method_version)
     with reader.session():
         total = reader.count(filters)
         details = [(reader.trajectory(key), reader.steps(key)) for key in reader.latest_keys(filters, limit)]

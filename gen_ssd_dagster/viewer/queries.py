@@ -16,11 +16,11 @@ from ..store import Home, Store
 PAGE_SIZE = 50
 SORTS = {"created": "created_at", "ppl": "ppl", "length": "student_tokens", "steps": "n_steps"}
 END_REASONS = ("finished", "pruned", "length_cap")
-FACETS = ("dataset", "method", "teacher_version", "config_hash")
+FACETS = ("dataset", "method", "method_version", "teacher_version", "config_hash")
 # Enough trajectories for smooth histograms; a sample keeps the plot fast on a large home.
 PLOT_SAMPLE = 5_000
 
-LIST_COLUMNS = ("trajectory_key, dataset, problem_id, method, sample_index, end_reason, correct, ppl,"
+LIST_COLUMNS = ("trajectory_key, dataset, problem_id, method, method_version, sample_index, end_reason, correct, ppl,"
                 " student_tokens, teacher_tokens, n_steps, selected, teacher_version, config_hash, created_at")
 
 
@@ -38,6 +38,7 @@ class Filters:
 
     dataset: str = ""
     method: str = ""
+    method_version: str = ""  # core/method/versions.py: the method's code that made the trajectory
     teacher_version: str = ""
     config_hash: str = ""
     end_reason: str = ""
@@ -86,6 +87,19 @@ class Filters:
         return replace(self, sort="created", order="desc", page=0) == Filters()
 
 
+def _with_method_version(con) -> None:
+    """A file from before method versions were recorded (the viewer never migrates one) is read as
+    its first version, through a temporary view over its table."""
+    from ..core.method.versions import FIRST_VERSION
+
+    has = con.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'trajectories'"
+                      " AND column_name = 'method_version'").fetchone()[0]
+    if not has:
+        db = con.execute("SELECT current_database()").fetchone()[0]
+        con.execute(f"CREATE TEMP VIEW trajectories AS SELECT *, '{FIRST_VERSION}' AS method_version"
+                    f" FROM \"{db}\".main.trajectories")
+
+
 class Reader:
     """The trajectories of one home, read-only."""
 
@@ -103,6 +117,7 @@ class Reader:
         The app serves one request at a time (its handlers never await), so one slot is enough."""
         try:
             with self.store.reader() as con:
+                _with_method_version(con)
                 self._con = con
                 try:
                     yield self

@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from gen_ssd_dagster.core.engines.backends import TransformersScorer, TransformersTeacher
 from gen_ssd_dagster.core.method.config import GenSSDConfig, PostHocConfig, SamplingConfig, StandardKDConfig
@@ -23,8 +22,7 @@ from gen_ssd_dagster.core.engines.models import ModelSpec
 from gen_ssd_dagster.core.experiments.comparison import DISTILL_TRAIN
 from gen_ssd_dagster.core.data.solution_text import ANSWER_LINE
 from gen_ssd_dagster.core.training.sft import TrainConfig, fine_tune
-
-Log = Callable[[str], None]
+from gen_ssd_dagster.core.types import Log, Progress
 
 
 @dataclass(frozen=True)
@@ -116,7 +114,7 @@ def run_demo(home: str | Path, config: DemoConfig = DemoConfig(), log: Log = pri
     return DemoResult(accuracy, trajectories, seconds)
 
 
-def _train_log(log: Log, what: str) -> Callable[[dict], None]:
+def _train_log(log: Log, what: str) -> Progress:
     def report(info: dict) -> None:
         stage = f" {info['stage']}" if "stage" in info else ""
         log(f"[demo] {what}{stage}: step {info['step']}/{info['total_steps']} loss {info['loss']:.3f}")

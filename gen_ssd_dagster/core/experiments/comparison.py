@@ -35,13 +35,13 @@ from gen_ssd_dagster.core.method.baselines import answer_nlls, select_lowest
 from gen_ssd_dagster.core.method.config import GenSSDConfig, MethodConfig, SamplingConfig, StandardKDConfig, config_dict
 from gen_ssd_dagster.core.errors import ConfigError
 from gen_ssd_dagster.core.evaluation.evaluate import EvalSettings, evaluate
-from gen_ssd_dagster.core.method.registry import run_method, training_examples
+from gen_ssd_dagster.core.method.registry import METHODS, run_method, training_examples
 from gen_ssd_dagster.core.engines.models import ModelSpec
 from gen_ssd_dagster.core.training.sft import TrainConfig, fine_tune
-from gen_ssd_dagster.core.types import Problem, Trajectory, problems_digest
+from gen_ssd_dagster.core.types import Log, Problem, Trajectory, problems_digest
 
-Log = Callable[[str], None]
-METHODS = ("standard_kd", "posthoc", "answer_likelihood", "gen_ssd")
+# The registry's methods, then the selection only the comparison has (MoRSD-style answer likelihood).
+COMPARISON_METHODS = (*METHODS, "answer_likelihood")
 KD_RESELECTIONS = ("posthoc", "answer_likelihood")  # arms that re-select Standard KD's own samples
 # The distillation recipe. Measured on the demo: with 3 epochs at 1e-3 the 0.27M student stayed
 # near its cold-start accuracy whatever it was given (1,000 gold stepwise solutions: 6.5%); 8
@@ -322,10 +322,10 @@ def run_comparison(config: ComparisonConfig, cold_start: ModelSpec | Path, pool:
         # Standard KD's samples carry per-token PPLs: post-hoc selects by those.
         dicts["posthoc"] = {**dicts["standard_kd"], "method": "posthoc", "ppl_normalisation": "token"}
         dicts["answer_likelihood"] = {**dicts["standard_kd"], "method": "answer_likelihood"}
-        keys = {m: arm_key("comparison", m, seed, dicts[m], config, context) for m in METHODS}
-        stored = {m: lookup(keys[m]) if lookup else None for m in METHODS}
+        keys = {m: arm_key("comparison", m, seed, dicts[m], config, context) for m in COMPARISON_METHODS}
+        stored = {m: lookup(keys[m]) if lookup else None for m in COMPARISON_METHODS}
         data: dict[str, BudgetedData] = {}
-        for method in METHODS:
+        for method in COMPARISON_METHODS:
             arm = stored_or_rescored(stored[method], keys[method], cold_start, test, config, save, log)
             if arm is not None:
                 arms.append(arm)

@@ -15,9 +15,7 @@ from gen_ssd_dagster.core.engines.backends import Scorer, Teacher
 from gen_ssd_dagster.core.method.config import PostHocConfig, SamplingConfig, StandardKDConfig, config_dict
 from gen_ssd_dagster.core.data.grading import grade
 from gen_ssd_dagster.core.method.selection import normalised_ppl
-from gen_ssd_dagster.core.types import Problem, Trajectory
-
-Progress = Callable[[dict], None]
+from gen_ssd_dagster.core.types import Problem, Progress, Trajectory
 
 
 def sample_full(

@@ -5,9 +5,11 @@ from __future__ import annotations
 from gen_ssd_dagster.core.engines.backends import Scorer, Teacher
 from gen_ssd_dagster.core.method.baselines import run_posthoc, run_standard_kd
 from gen_ssd_dagster.core.method.config import GenSSDConfig, MethodConfig, PostHocConfig, StandardKDConfig
-from gen_ssd_dagster.core.method.selection import Progress, run_gen_ssd
-from gen_ssd_dagster.core.types import Problem, Trajectory
+from gen_ssd_dagster.core.method.selection import run_gen_ssd
+from gen_ssd_dagster.core.types import Problem, Progress, Trajectory
 
+# Every method, in the one order used wherever methods are listed (the comparison adds its
+# answer-likelihood selection after them; core/method/versions.py has one version per name).
 METHODS = ("gen_ssd", "standard_kd", "posthoc")
 
 

@@ -13,14 +13,11 @@ Finished paths are graded against gold; the correct ones are the training data.
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 from gen_ssd_dagster.core.engines.backends import Proposal, Scorer, Teacher
 from gen_ssd_dagster.core.method.config import GenSSDConfig, config_dict
 from gen_ssd_dagster.core.data.grading import grade
-from gen_ssd_dagster.core.types import Candidate, Problem, Step, Trajectory
-
-Progress = Callable[[dict], None]
+from gen_ssd_dagster.core.types import Candidate, Problem, Progress, Step, Trajectory
 
 def normalised_ppl(nll: float, student_tokens: int, text: str, normalisation: str) -> float:
     """exp(NLL per student token), or per character (tokenizer-independent)."""
