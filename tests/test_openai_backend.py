@@ -118,10 +118,8 @@ def test_a_late_answer_times_out_and_is_retried():
     with OpenAIStub(delay_first=1, delay_s=1.5) as stub:
         with pytest.raises(ServerUnavailable, match=r"after 1 try \(max_retries=0\): no answer within timeout_s=0.3s"):
             OpenAITeacher(stub.url, "stub-model", timeout_s=0.3, max_retries=0)
-    with OpenAIStub(delay_first=1, delay_s=1.5) as stub:
-        start = time.monotonic()
+    with OpenAIStub(delay_first=1, delay_s=1.5) as stub:  # the first answer comes late, the second at once
         teacher = OpenAITeacher(stub.url, "stub-model", timeout_s=0.3, max_retries=1)
-        assert time.monotonic() - start < 1.5 + 5  # the second try did not wait for the first
     assert teacher.version.startswith("stub-model") and stub.paths()[:2] == ["/v1/models"] * 2
 
 
@@ -131,7 +129,7 @@ def test_server_down_fails_after_retries():
     with pytest.raises(ServerUnavailable,
                        match=f"cannot reach teacher server at {url}/v1/models \\(teacher_url\\) after 3 tries"):
         OpenAITeacher(url, "m", max_retries=2)
-    assert time.monotonic() - start >= 0.3  # backed off twice (0.5 s then 1 s, less up to 25% jitter)
+    assert time.monotonic() - start >= 1.0  # backed off twice (0.5 s then 1 s, less up to 25% jitter)
 
 
 def test_the_wrong_model_is_named():
