@@ -240,6 +240,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand. Its output piped into a reader that stops early (`gen-ssd report | head -1`)
+    ends quietly with 141 (128 + SIGPIPE, as a shell tool killed by the signal), not a traceback."""
+    try:
+        try:
+            return _run(argv)
+        finally:
+            sys.stdout.flush()  # a reader gone away shows here at the latest, not at interpreter exit
+    except BrokenPipeError:
+        # The Python docs' recipe (library/signal, "Note on SIGPIPE"): stdout to devnull, so the
+        # interpreter's own last flush at exit finds nowhere to fail.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+
+
+def _run(argv: list[str] | None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:

@@ -206,7 +206,8 @@ def test_unreachable_teacher_server(stored, tiny_models):
     result, _ = _run(home, data, tiny_models, ["teacher", "gen_ssd_trajectories"],
                      teacher_url=f"http://127.0.0.1:{port}/v1")
     msg = _failure(result)
-    assert f"cannot reach teacher server at http://127.0.0.1:{port}/v1/models after 4 tries" in msg, msg
+    assert (f"cannot reach teacher server at http://127.0.0.1:{port}/v1/models (models.teacher_url) after 4 tries"
+            in msg), msg
     assert _rows(home, "SELECT count(*) FROM trajectories")[0][0] == n_traj
 
 

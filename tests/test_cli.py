@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+from pathlib import Path
 
 from gen_ssd_dagster import cli
 from gen_ssd_dagster.store import Store
@@ -75,3 +77,45 @@ def test_datasets_yaml_adds_a_partition(tmp_path):
     keys, n = out.splitlines()
     assert "mini" in keys and "gsm8k" in keys
     assert n == "2"
+
+
+def _closed_early(args: list[str]) -> subprocess.CompletedProcess:
+    """`gen-ssd ARGS | head -0`, deterministically: the reader closes its end before gen-ssd has
+    started (the interpreter's start-up alone takes longer), so every write finds a broken pipe."""
+    import os
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "gen_ssd_dagster.cli", *args], cwd=repo, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, "", err.decode())
+
+
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
+    home = Home.resolve(tmp_path)
+    write_scores(Store(home.db_path), [Score(f"student-{i}", "v0", "demo", 10, i, i / 10, "g1", "e")
+                                       for i in range(10)])
+    for args in (["--home", str(home.root), "report"], ["--home", str(home.root), "report", "--json"]):
+        run = _closed_early(args)
+        assert "Traceback" not in run.stderr and "BrokenPipeError" not in run.stderr, (args, run.stderr)
+        assert run.returncode == 141, (args, run.returncode, run.stderr)  # 128 + SIGPIPE
+    run = _closed_early(["--help"])  # argparse's own printing: quiet too
+    assert run.stderr == "", run.stderr
+
+
+def test_a_real_head_reads_the_first_line(tmp_path):
+    import os
+    import shlex
+    import sys
+
+    home = Home.resolve(tmp_path)
+    write_scores(Store(home.db_path), [Score("base", "v0", "demo", 10, 2, 0.2, "g1", "e")])
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    cmd = f"{shlex.quote(sys.executable)} -m gen_ssd_dagster.cli --home {shlex.quote(str(home.root))} report | head -1"
+    run = subprocess.run(["bash", "-c", cmd], cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and len(run.stdout.splitlines()) == 1, run
+    assert "Traceback" not in run.stderr, run.stderr

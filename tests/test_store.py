@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 
+import duckdb
 import pytest
 
 from gen_ssd_dagster.core.types import Candidate, Problem, Step, Trajectory
@@ -57,12 +58,16 @@ def test_batch_write_is_keyed_and_idempotent(tmp_path):
 
 def test_failed_batch_leaves_nothing(tmp_path):
     store = Store(tmp_path / "db.duckdb")
-    bad = _traj("demo", "p0")
-    bad.steps[0].candidates[0].text = None  # NOT NULL violation in the candidates insert
-    with pytest.raises(Exception):
-        write_batch(store, _key(), ["p0"], [bad], {})
-    assert store.query("SELECT count(*) FROM trajectories")[0][0] == 0
-    assert done_problem_ids(store, _key()) == set()
+    write_batch(store, _key(), ["p0"], [_traj("demo", "p0")], {})
+    bad = _traj("demo", "p2")
+    bad.text = None  # NOT NULL violation on the batch's third trajectory row, after two went in
+    # the batch rewrites p0 (its DELETE runs first), adds p1, then fails on p2
+    with pytest.raises(duckdb.ConstraintException, match=r'NOT NULL constraint failed: trajectories\."?text"?$'):
+        write_batch(store, _key(), ["p0", "p1", "p2"], [_traj("demo", "p0"), _traj("demo", "p1"), bad], {})
+    # all of the batch rolled back: p0 as the first batch left it, nothing of p1 or p2
+    assert store.query("SELECT problem_id FROM trajectories") == [("p0",)]
+    assert store.query("SELECT count(*) FROM candidates")[0][0] == 2
+    assert done_problem_ids(store, _key()) == {"p0"}
 
 
 def test_mean_chosen_ppl_by_dataset_and_teacher_is_one_statement(tmp_path):

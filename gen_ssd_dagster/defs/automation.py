@@ -79,7 +79,7 @@ def observe_teacher(models: ModelsResource, home: Home) -> TeacherObservation:
         from ..core.engines.openai_backend import OpenAITeacher
 
         try:
-            return TeacherObservation(OpenAITeacher(models.teacher_url, models.teacher, max_retries=1).version,
+            return TeacherObservation(OpenAITeacher(models.teacher_url, models.teacher, max_retries=0).version,
                                       "server", models.teacher_url)
         except Exception as exc:  # unreachable server: no verdict, never a re-run
             return TeacherObservation(None, "missing", f"teacher server {models.teacher_url}: {exc}")

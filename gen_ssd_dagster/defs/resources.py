@@ -91,7 +91,8 @@ class ModelsResource(_ModelSpecSettings):
             from ..core.engines.openai_backend import OpenAITeacher
 
             return OpenAITeacher(self.teacher_url, self.teacher,
-                                 api_key=os.environ.get(self.teacher_api_key_env) or None, spec=spec)
+                                 api_key=os.environ.get(self.teacher_api_key_env) or None, spec=spec,
+                                 url_setting="models.teacher_url")
         if self.backend == "vllm":
             from ..core.engines.vllm_backend import VLLMTeacher
 

