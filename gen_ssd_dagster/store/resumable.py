@@ -38,7 +38,9 @@ def prompt_records(teacher, scorer) -> dict:
 
 def run_resumable(store: Store, key: WorkKey, config: MethodConfig, problems: list[Problem], teacher, scorer,
                   batch_size: int = 16, run_id: str | None = None,
-                  log: Callable[[str], None] | None = None) -> ResumeReport:
+                  progress: Callable[[dict], None] | None = None) -> ResumeReport:
+    """Run `config`'s method on the problems not stored under `key`, one committed batch at a time.
+    `progress` gets {"done", "total"} (problems stored, reused ones included) after each batch."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     done = done_problem_ids(store, key)
@@ -62,6 +64,6 @@ def run_resumable(store: Store, key: WorkKey, config: MethodConfig, problems: li
                                                    stored, run_id)
         report.generated += len(todo)
         report.batches += 1
-        if log:
-            log(f"{key.method}/{key.dataset}: {report.generated + report.reused}/{len(problems)} problems stored")
+        if progress:
+            progress({"done": report.generated + report.reused, "total": len(problems)})
     return report
