@@ -96,7 +96,7 @@ def _closed_early(args: list[str]) -> subprocess.CompletedProcess:
 
 def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
     home = Home.resolve(tmp_path)
-    write_scores(Store(home.db_path), [Score(f"student-{i}", "v0", "demo", 10, i, i / 10, "g1", "e")
+    write_scores(Store(home.db_path), [EvaluationScore(f"student-{i}", "v0", "demo", 10, i, i / 10, "g1", "e")
                                        for i in range(10)])
     for args in (["--home", str(home.root), "report"], ["--home", str(home.root), "report", "--json"]):
         run = _closed_early(args)
@@ -112,7 +112,7 @@ def test_a_real_head_reads_the_first_line(tmp_path):
     import sys
 
     home = Home.resolve(tmp_path)
-    write_scores(Store(home.db_path), [Score("base", "v0", "demo", 10, 2, 0.2, "g1", "e")])
+    write_scores(Store(home.db_path), [EvaluationScore("base", "v0", "demo", 10, 2, 0.2, "g1", "e")])
     repo = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
     cmd = f"{shlex.quote(sys.executable)} -m gen_ssd_dagster.cli --home {shlex.quote(str(home.root))} report | head -1"

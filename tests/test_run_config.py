@@ -11,7 +11,6 @@ from gen_ssd_dagster.core.demo.run import DemoConfig
 from gen_ssd_dagster.core.evaluation.evaluate import EvalSettings
 from gen_ssd_dagster.core.experiments.comparison import ComparisonConfig
 from gen_ssd_dagster.core.method.config import GenSSDConfig, PostHocConfig, SamplingConfig, StandardKDConfig
-from gen_ssd_dagster.core.training.sft import TrainConfig
 from gen_ssd_dagster.core.engines.models import ModelSpec
 from gen_ssd_dagster.defs.resources import DemoModelsSettings, ModelsResource
 from gen_ssd_dagster.defs_support import run_config as rc

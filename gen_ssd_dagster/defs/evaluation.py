@@ -10,6 +10,7 @@ from ..core.experiments.comparison_table import markdown
 from ..core.evaluation.evaluate import evaluate
 from ..core.data.grading import GRADER_VERSION
 from ..core.engines.models import ModelSpec
+from ..core.progress import Reporter
 from ..core.data.solution_text import SolutionEnd
 from ..core.types import problems_digest
 from ..store.eval_outputs import EvalLedger
@@ -75,7 +76,8 @@ def evaluation_scores(context: dg.AssetExecutionContext, config: EvaluationConfi
                     # Batches land in DuckDB as they finish: a restarted evaluation only does the rest.
                     result = evaluate(spec, problems, eval_settings, config.batch_size,
                                       ledger=EvalLedger(db, version, bench, GRADER_VERSION, eval_hash[bench]),
-                                      solution_end=ends[bench], engine=models.make_student_sampler)
+                                      solution_end=ends[bench], engine=models.make_student_sampler,
+                                      progress=Reporter(f"{student} on {bench}", context.log.info, unit="questions"))
                     n, n_correct, accuracy = result.n, result.n_correct, result.accuracy
                     run.log_text("\n".join(json.dumps(o) for o in result.outputs), f"outputs/{student}_{bench}.jsonl")
                 else:

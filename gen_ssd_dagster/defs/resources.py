@@ -17,6 +17,7 @@ from ..core.engines.backends import TransformersScorer, TransformersTeacher, mod
 from ..core.demo.run import DemoConfig
 from ..core.demo.models import DemoModelsConfig, build_demo_models
 from ..core.engines.models import PACKAGED_MODELS, ModelSpec, resolve_hub_revision
+from ..core.progress import Reporter
 from ..store import Home, Store
 from ..defs_support.core_config import core_value, derive, fields_of
 from ..defs_support.mlflow_client import MLflowSession
@@ -122,7 +123,7 @@ class ModelsResource(_ModelSpecSettings):
 
     def _demo_paths(self, home: Home, log=None):
         """Build the demo pair once: `teacher` and `base_student` may run in two processes at once."""
-        report = (lambda info: log.info(f"demo models: {info}")) if log else None
+        report = Reporter("demo", log.info) if log else None  # "demo teacher: 1240/4500 steps (27.6%), ..."
         out = home.root / "models" / "demo"
         out.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(out) + ".lock"):
@@ -181,7 +182,8 @@ class DataResource(dg.ConfigurableResource):
 
 
 class MLflowResource(dg.ConfigurableResource):
-    """MLflow tracking. Runs are always ended (FINISHED or FAILED), never left RUNNING."""
+    """MLflow tracking. Runs end FINISHED or FAILED; a run whose process was killed is ended KILLED
+    by the sweep when the next session opens the store."""
 
     tracking_uri: str = Field(default="", description="Empty = sqlite:///<home>/mlflow.db")
     experiment_name: str = "gen-ssd"

@@ -20,6 +20,7 @@ from ..core.method.calibration import calibrated
 from ..core.method.config import Calibration, GenSSDConfig, PostHocConfig, StandardKDConfig, config_dict, config_hash
 from ..core.method.versions import method_version
 from ..core.engines.models import ModelSpec
+from ..core.progress import Reporter
 from ..store.resumable import run_resumable
 from ..store.trajectories import (WorkKey, candidate_ppls, partition_summary, read_problems,
                                   sample_trajectory)
@@ -54,7 +55,7 @@ def generate(context, method: str, run_config, teacher_spec: ModelSpec, scorer_s
     teacher, scorer = models.make_teacher(teacher_spec), models.make_scorer(scorer_spec)
     key = WorkKey(dataset, method, teacher.version, scorer.version, config_hash(config))
     report = run_resumable(store, key, config, problems, teacher, scorer, run_config.batch_size,
-                           context.run.run_id, context.log.info)
+                           context.run.run_id, Reporter(f"{method}/{dataset}", context.log.info, unit="problems"))
     summary = partition_summary(store, key)
     summary.update(new_problems=report.generated, reused_problems=report.reused, asked_problems=report.total)
     return key, summary

@@ -17,6 +17,7 @@ import dagster as dg
 
 from ..core.engines.backends import model_version
 from ..core.engines.models import ModelSpec
+from ..core.progress import Reporter
 from ..core.training.sft import TrainConfig, fine_tune
 from ..defs.resources import MLflowResource, StoreResource
 
@@ -65,9 +66,13 @@ def train_logged(context, name: str, base: ModelSpec, examples: list[tuple[str, 
             "dagster_run_id": context.run.run_id, **lineage}
     with session.run(name, tags=tags) as run:
         run.log(params={**dataclasses.asdict(config), "base_model": base.name_or_path, **tags})
-        result = fine_tune(base, examples, out_dir, config,
-                           lambda info: (context.log.info(f"{name}: {info}"),
-                                         run.log(metrics={"train_loss": info["loss"]})))
+        report = Reporter(name, context.log.info)  # a bar in a terminal, a sentence now and then in the event log
+
+        def progress(info: dict) -> None:
+            report(info)
+            run.log(metrics={"train_loss": info["loss"]})
+
+        result = fine_tune(base, examples, out_dir, config, progress)
         # Before the fingerprint (the marker is a file of the checkpoint directory, so the version
         # must include it); it is only trusted together with a registered MLflow version (above).
         # Written then renamed: a crash mid-write leaves no half marker for the next run to trip on.

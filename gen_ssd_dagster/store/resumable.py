@@ -9,13 +9,12 @@ run draws the same samples as a clean one.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..core.method.config import MethodConfig, config_dict
 from ..core.errors import ConfigError, GenSSDError
 from ..core.method.registry import run_method
-from ..core.types import Problem
+from ..core.types import Problem, Progress
 from .db import Store
 from .trajectories import WorkKey, done_problem_ids, write_batch
 
@@ -38,7 +37,9 @@ def prompt_records(teacher, scorer) -> dict:
 
 def run_resumable(store: Store, key: WorkKey, config: MethodConfig, problems: list[Problem], teacher, scorer,
                   batch_size: int = 16, run_id: str | None = None,
-                  log: Callable[[str], None] | None = None) -> ResumeReport:
+                  progress: Progress | None = None) -> ResumeReport:
+    """Run `config`'s method on the problems not stored under `key`, one committed batch at a time.
+    `progress` gets {"done", "total"} (problems stored, reused ones included) after each batch."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     done = done_problem_ids(store, key)
@@ -62,6 +63,6 @@ def run_resumable(store: Store, key: WorkKey, config: MethodConfig, problems: li
                                                    stored, run_id)
         report.generated += len(todo)
         report.batches += 1
-        if log:
-            log(f"{key.method}/{key.dataset}: {report.generated + report.reused}/{len(problems)} problems stored")
+        if progress:
+            progress({"done": report.generated + report.reused, "total": len(problems)})
     return report

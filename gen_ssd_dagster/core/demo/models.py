@@ -20,7 +20,6 @@ import logging
 import random
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from gen_ssd_dagster.core.demo.world import STYLES, generate_specs, render_solution
 from gen_ssd_dagster.core.errors import ConfigError
 from gen_ssd_dagster.core.engines.prompts import format_prompt
+from gen_ssd_dagster.core.types import Progress
 from gen_ssd_dagster.core.training.sft import TrainConfig, fine_tune, save_atomically
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,7 @@ def _cached(out_dir: Path, config: DemoModelsConfig) -> DemoModels | None:
 def build_demo_models(
     out_dir: str | Path,
     config: DemoModelsConfig = DemoModelsConfig(),
-    progress: Callable[[dict], None] | None = None,
+    progress: Progress | None = None,
 ) -> DemoModels:
     """Build (or take from `out_dir`, when built there with the same config) the demo models.
 

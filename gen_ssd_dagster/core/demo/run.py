@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gen_ssd_dagster.core.engines.backends import TransformersScorer, TransformersTeacher
+from gen_ssd_dagster.core.progress import Reporter
 from gen_ssd_dagster.core.method.config import GenSSDConfig, PostHocConfig, SamplingConfig, StandardKDConfig
 from gen_ssd_dagster.core.data.benchmarks import BUILTIN_DATASETS, load_problems
 from gen_ssd_dagster.core.demo.models import DemoModelsConfig, build_demo_models
@@ -96,7 +97,7 @@ def run_demo(home: str | Path, config: DemoConfig = DemoConfig(), log: Log = pri
     for method_config in (config.gen_ssd, config.standard_kd, config.posthoc):
         method = method_config.method
         trajectories[method] = run_method(method_config, distill_problems, teacher, scorer,
-                                          progress=lambda p: log(f"[demo] {p['method']}: {p['done']}/{p['total']} problems"))
+                                          progress=Reporter("[demo]", log, unit="problems"))
         examples = training_examples(trajectories[method])
         log(f"[demo] {method}: {len(examples)} training trajectories, "
             f"{sum(t.teacher_tokens for t in trajectories[method])} teacher tokens")
@@ -108,15 +109,12 @@ def run_demo(home: str | Path, config: DemoConfig = DemoConfig(), log: Log = pri
 
     accuracy = {}
     for name, path in students.items():
-        accuracy[name] = evaluate(ModelSpec(str(path)), test, solution_end=ANSWER_LINE).accuracy
+        accuracy[name] = evaluate(ModelSpec(str(path)), test, solution_end=ANSWER_LINE,
+                                  progress=Reporter(f"[demo] evaluating {name}", log, unit="questions")).accuracy
         log(f"[demo] accuracy of {name}: {accuracy[name]:.3f}")
     stage("evaluation")
     return DemoResult(accuracy, trajectories, seconds)
 
 
 def _train_log(log: Log, what: str) -> Progress:
-    def report(info: dict) -> None:
-        stage = f" {info['stage']}" if "stage" in info else ""
-        log(f"[demo] {what}{stage}: step {info['step']}/{info['total_steps']} loss {info['loss']:.3f}")
-
-    return report
+    return Reporter(f"[demo] {what}", log)

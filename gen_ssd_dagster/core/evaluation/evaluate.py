@@ -22,7 +22,7 @@ from gen_ssd_dagster.core.errors import ConfigError
 from gen_ssd_dagster.core.data.grading import GRADER_VERSION, grade
 from gen_ssd_dagster.core.engines.models import ModelSpec
 from gen_ssd_dagster.core.data.solution_text import SolutionEnd
-from gen_ssd_dagster.core.types import Problem
+from gen_ssd_dagster.core.types import Problem, Progress
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ def evaluate(
     problems: list[Problem],
     settings: EvalSettings = EvalSettings(),
     batch_size: int = 32,
-    progress: Callable[[dict], None] | None = None,
+    progress: Progress | None = None,
     ledger: Ledger | None = None,
     solution_end: SolutionEnd = SolutionEnd(),
     engine: Callable[[ModelSpec], object] | None = None,

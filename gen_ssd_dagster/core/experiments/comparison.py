@@ -37,6 +37,7 @@ from gen_ssd_dagster.core.errors import ConfigError
 from gen_ssd_dagster.core.evaluation.evaluate import EvalSettings, evaluate
 from gen_ssd_dagster.core.method.registry import METHODS, run_method, training_examples
 from gen_ssd_dagster.core.engines.models import ModelSpec
+from gen_ssd_dagster.core.progress import Reporter
 from gen_ssd_dagster.core.training.sft import TrainConfig, fine_tune
 from gen_ssd_dagster.core.types import Log, Problem, Trajectory, problems_digest
 
@@ -256,7 +257,8 @@ def train_and_evaluate(kind: str, label: str, method: str, seed: int, data: Budg
             log(f"{label} seed {seed}: no trajectory selected, scoring the cold-start student")
         checkpoint, train_seconds = as_spec(cold_start), 0.0
     else:
-        trained = fine_tune(as_spec(cold_start), examples, out_dir, dataclasses.replace(config.train, seed=seed))
+        trained = fine_tune(as_spec(cold_start), examples, out_dir, dataclasses.replace(config.train, seed=seed),
+                            Reporter(f"{label} seed {seed} training", log) if log else None)
         checkpoint, train_seconds = trained.spec, trained.seconds
     arm = ArmResult(kind=kind, label=label, method=method, seed=seed, train_seconds=train_seconds,
                     checkpoint=checkpoint.name_or_path, config=method_config, **_scores(checkpoint, test, config),

@@ -25,7 +25,6 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +37,7 @@ import torch.nn.functional as F
 from gen_ssd_dagster.core.errors import ConfigError, GenSSDError
 from gen_ssd_dagster.core.engines.models import ModelSpec, context_size, load_model, load_tokenizer
 from gen_ssd_dagster.core.engines.prompts import Prompter
+from gen_ssd_dagster.core.types import Progress
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ def fine_tune(
     examples: list[tuple[str, str]],
     out_dir: str | Path,
     config: TrainConfig,
-    progress: Callable[[dict], None] | None = None,
+    progress: Progress | None = None,
     checkpoint_every_steps: int = 0,
     checkpoint_every_s: float = 600.0,
 ) -> TrainResult:
