@@ -29,7 +29,7 @@ from conftest import DEMO_SIZES
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = {"batch_size": 4, "max_new_tokens": 96, "num_candidates": 2, "temperature": 0.7}
+SMALL = {"batch_size": 4, "num_candidates": 2, "sampling": {"max_new_tokens": 96, "temperature": 0.7}}
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def home(tmp_path_factory, tiny_models, memorizing_teacher):
     resources = {"models": ModelsResource(teacher=str(memorizing_teacher), student=str(tiny_models[1])),
                  "data": DataResource(**DEMO_SIZES)}
     trajectories = {**SMALL, "max_problems": 4, "offset": 4}
-    rc = {"ops": {"cold_start_student": {"config": {**SMALL, "max_problems": 4, "epochs": 1}},
+    rc = {"ops": {"cold_start_student": {"config": {**SMALL, "max_problems": 4, "train": {"epochs": 1}}},
                   "gen_ssd_trajectories": {"config": {**trajectories, "suitability": "none"}},
                   "standard_kd_trajectories": {"config": trajectories},
                   "posthoc_trajectories": {"config": trajectories}}}
