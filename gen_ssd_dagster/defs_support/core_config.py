@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import functools
 import re
 import types
 import typing
@@ -124,19 +123,17 @@ def dagster_type(hint, name: str):
     return hint
 
 
-@functools.cache
-def _choice(values: tuple[str, ...], name: str) -> type[enum.StrEnum]:
-    return enum.StrEnum(name, {v: v for v in values}, module=__name__)
-
-
-_CHOICE_NAMES: dict[tuple[str, ...], str] = {}
+_CHOICES: dict[tuple[str, ...], type[enum.StrEnum]] = {}
 
 
 def choice(values: tuple[str, ...], name: str) -> type[enum.StrEnum]:
     """One enum per set of `Literal` values (named after the first field that has them): its
     members are the values, and equal them as strings."""
-    name = _CHOICE_NAMES.setdefault(tuple(values), "".join(w.capitalize() for w in name.split("_")))
-    return _choice(tuple(values), name)
+    values = tuple(values)
+    if values not in _CHOICES:
+        title = "".join(w.capitalize() for w in name.split("_"))
+        _CHOICES[values] = enum.StrEnum(title, {v: v for v in values}, module=__name__)
+    return _CHOICES[values]
 
 
 def _plain(value):

@@ -163,8 +163,6 @@ MIGRATIONS = [
 
 # Primary keys that grew a column after a table first shipped. DuckDB cannot alter a key, so a store
 # made before gets the table rebuilt in one transaction, its rows kept with the new column's default.
-
-
 def _rebuilt(table: str, ddl: str, columns: str, new_column: str, value: str) -> list[str]:
     """The statements that rebuild `table` with `new_column` in its key, old rows given `value`."""
     return [f"ALTER TABLE {table} RENAME TO {table}_before_{new_column}", ddl,
@@ -180,13 +178,8 @@ _TRAJECTORY_COLUMNS = ("trajectory_key, dataset, problem_id, method, sample_inde
 _OUTPUT_COLUMNS = ("model_version, benchmark, grader_version, eval_config_hash, problem_id, prompt_sha, completion,"
                    " predicted, gold, correct, created_at, ended, tokens")
 KEY_CHANGES = {
-    ("evaluation_outputs", "sample_index"): [
-        "ALTER TABLE evaluation_outputs RENAME TO evaluation_outputs_before_samples",
-        EVALUATION_OUTPUTS,
-        f"INSERT INTO evaluation_outputs ({_OUTPUT_COLUMNS}, sample_index)"
-        f" SELECT {_OUTPUT_COLUMNS}, 0 FROM evaluation_outputs_before_samples",
-        "DROP TABLE evaluation_outputs_before_samples",
-    ],
+    ("evaluation_outputs", "sample_index"): _rebuilt("evaluation_outputs", EVALUATION_OUTPUTS, _OUTPUT_COLUMNS,
+                                                     "sample_index", "0"),
     # Work stored before method versions were recorded was made by each method's first version.
     ("problem_runs", "method_version"): _rebuilt("problem_runs", PROBLEM_RUNS, _RUN_COLUMNS, "method_version",
                                                  f"'{FIRST_VERSION}'"),

@@ -71,11 +71,8 @@ def read_problems(store: Store, dataset: str, side: str, limit: int | None = Non
 
 def done_problem_ids(store: Store, key: WorkKey) -> set[str]:
     """Problems already finished under this exact key (their work is reused, not redone)."""
-    rows = store.query(
-        "SELECT problem_id FROM problem_runs WHERE dataset = ? AND method = ? AND teacher_version = ?"
-        " AND student_version = ? AND config_hash = ? AND method_version = ?",
-        [key.dataset, key.method, key.teacher_version, key.student_version, key.config_hash, key.method_version])
-    return {r[0] for r in rows}
+    where, params = _where(key)
+    return {r[0] for r in store.query(f"SELECT problem_id FROM problem_runs WHERE {where}", params)}
 
 
 def write_batch(store: Store, key: WorkKey, problem_ids: list[str], trajectories: list[Trajectory],
