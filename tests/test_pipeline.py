@@ -168,6 +168,12 @@ def test_every_asset_on_demo(tmp_path, tiny_models, memorizing_teacher, capsys):
     assert result.success
     materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
     assert len(materialized) == 13, materialized
+    # what the assets told the event log reads as sentences, never a Python dict
+    from gen_ssd_dagster.instance import get_instance
+
+    said = [e.user_message for e in get_instance(home).all_logs(result.run_id) if e.dagster_event is None]
+    assert any(m.startswith("calibrated: max_ppl") for m in said), said
+    assert not [m for m in said if "{'" in m or '{"' in m], said
 
     store = _store(home.root)
     # the calibration, run with the graph (Gen-SSD reads it at the end of this test)

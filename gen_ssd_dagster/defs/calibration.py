@@ -40,7 +40,10 @@ def pruning_thresholds(context: dg.AssetExecutionContext, config: CalibrationRun
     context.log.info(f"calibrating on {len(problems)} held-back {dataset} problems at quantile {config.quantile}")
     record, ppls = calibrate(problems, teacher_backend, scorer, gen_ssd, config.quantile)
     facts = {**dataclasses.asdict(record), **summary(ppls)}
-    context.log.info(f"calibrated: max_ppl {record.max_ppl}, ppl_ratio {record.ppl_ratio} ({facts})")
+    context.log.info(f"calibrated: max_ppl {record.max_ppl:.4g} and ppl_ratio {record.ppl_ratio:.4g}, the "
+                     f"{record.quantile} quantile of {record.first_lines} first-line PPLs (median "
+                     f"{facts['first_line_ppl_median']}) and {record.later_lines} later-line ratios (median "
+                     f"{facts['later_line_ratio_median']}) over {record.texts} teacher solutions")
     plot_path = store.home_dir().plots / f"pruning_thresholds_{dataset}.png"
     plot = reporting.calibration_plot(ppls, record, f"{dataset}: cold-start PPL of the teacher's lines", plot_path)
     session = mlflow.session()
