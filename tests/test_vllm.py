@@ -162,6 +162,35 @@ def test_engine_scorer_nlls_match_transformers(engines, hf):
         assert d.nll == pytest.approx(w.nll, **NLL_TOL)
 
 
+def test_engine_scorer_reads_the_prefix_from_its_cache(engines):
+    """A step computes the candidates and the prefix's tail after its last cached block, not the
+    whole path, and gives the NLLs of scoring without the cache, also where the cached blocks end
+    exactly at the candidate (its first log-prob cannot come from the cache: scored again)."""
+    _, scorer = engines
+    assert scorer.reads_prefix_cache
+    block = scorer.llm.llm_engine.vllm_config.cache_config.block_size
+    prefix = [(7 * i) % 200 + 3 for i in range(2 * block + 5)]
+    on_boundary = prefix[: 2 * block]
+    candidates = [[11, 12, 13, 14], [11, 12, 40], [50, 51, 52, 53, 54]]
+
+    def uncached(prefixes, pieces):
+        out = [0.0] * len(pieces)
+        assert scorer._score(list(range(len(pieces))), prefixes, pieces, out, cached=False) == []
+        return out
+
+    for p in (prefix, on_boundary):
+        scorer.nlls([p], [[99, 98]])  # puts the prefix in the cache
+        sent, computed = scorer.tokens_sent, scorer.tokens_computed
+        got = scorer.nlls([p] * 3, candidates)
+        new_sent, new_computed = scorer.tokens_sent - sent, scorer.tokens_computed - computed
+        assert got == pytest.approx(uncached([p] * 3, candidates), **NLL_TOL)
+        assert new_sent == 3 * len(p) + sum(map(len, candidates))
+        if p is prefix:  # only the 5 tokens after the cached blocks are read again, with each candidate
+            assert new_computed == 3 * 5 + sum(map(len, candidates))
+        else:  # every row was scored twice: once from the cache (its first log-prob missing), once whole
+            assert new_computed >= 3 * len(p)
+
+
 def test_gen_ssd_picks_the_same_candidates_with_either_scorer(engines, hf):
     teacher, scorer = engines
     # The same seeded vLLM teacher proposes the same candidates in both runs as long as the same

