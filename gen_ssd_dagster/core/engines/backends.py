@@ -166,7 +166,7 @@ class _TeacherSession:
     def __init__(self, teacher: TransformersTeacher, batch: KVBatch, temperature: float, top_p: float, seed: int):
         self.teacher, self.batch = teacher, batch
         self.temperature, self.top_p = temperature, top_p
-        self.gen = torch.Generator().manual_seed(seed)
+        self.gen = torch.Generator(device=batch.device).manual_seed(seed)  # sampling runs where the logits are
         self.k = 1
 
     @torch.no_grad()
@@ -191,7 +191,7 @@ class _TeacherSession:
         for _ in range(int(budget.max()) if rows else 0):
             if not live.any():
                 break
-            token = _sample(self.batch.last_logits, self.temperature, self.top_p, self.gen)
+            token = _sample(self.batch.last_logits, self.temperature, self.top_p, self.gen).cpu()  # the loop's side
             token = torch.where(live, token, torch.full_like(token, tok.pad_token_id))
             mask = live.long()
             self.batch.extend(token[:, None], mask[:, None])
