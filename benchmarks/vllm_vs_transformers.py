@@ -5,8 +5,9 @@ Two workloads, K=4 candidates per problem, all problems in one batch:
     accepted per path each step, until --max-new tokens are accepted or EOS), no student;
   * full: K whole samples of --max-new tokens per problem (standard KD / post-hoc filtering).
 Engine start-up is timed separately and left out of tokens/s. Then whole Gen-SSD runs (same
-config, suitability "none") with each teacher/scorer pairing, to show what the student's side costs:
-the vLLM scorer cannot use the prefix cache (prompt log-probs need every position's logits).
+config, suitability "none") with each teacher/scorer pairing, to show what the student's side costs.
+The numbers below predate the vLLM scorer's prefix-cache reads (it re-encoded every prefix then);
+benchmarks/kept_trajectory_cost.py measures both engines at 135M as they are now.
 
 The default teacher is a randomly initialised Llama of the demo teacher's shape (128 wide, 4 layers,
 4 heads, 512-token BPE): speed does not depend on training, and it builds in seconds. Pass
