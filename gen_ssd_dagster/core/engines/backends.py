@@ -14,16 +14,14 @@ the accepted prefix is encoded once, not once per step, and the K candidates sha
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 import torch
 
-from gen_ssd_dagster.core.errors import DataError, ModelLoadError
+from gen_ssd_dagster.core.errors import DataError
 from gen_ssd_dagster.core.engines.kv_batch import KVBatch
-from gen_ssd_dagster.core.engines.models import ModelSpec, context_size, load_model, load_tokenizer
+from gen_ssd_dagster.core.engines.models import ModelSpec, context_size, load_model, load_tokenizer, weights_version
 from gen_ssd_dagster.core.engines.prompts import Prompter
 
 
@@ -72,31 +70,7 @@ def model_version(spec: ModelSpec) -> str:
     gigabytes. A GGUF spec is fingerprinted by its one file (the directory may hold other things),
     and named after it. Non-default prompt settings (instruction, system prompt, template mode)
     add `+prompt-<hash>`: work made under another instruction is other work."""
-    return _weights_version(spec) + spec.prompt_settings.version_suffix()
-
-
-def _weights_version(spec: ModelSpec) -> str:
-    if not spec.is_local:
-        gguf = f"/{spec.gguf_file}" if spec.gguf_file else ""
-        return f"{spec.name_or_path}@{spec.revision or 'main'}{gguf}"
-    root = Path(spec.name_or_path).expanduser()
-    if not root.is_dir():
-        raise ModelLoadError(f"model path {root} does not exist (or is not a directory)")
-    digest = hashlib.sha256()
-    files = [root / spec.gguf_file] if spec.gguf_file else sorted(root.iterdir())
-    for path in files:
-        if not path.is_file():
-            continue
-        digest.update(path.name.encode())
-        size = path.stat().st_size
-        digest.update(str(size).encode())
-        with path.open("rb") as f:
-            digest.update(f.read(1 << 20))
-            if size > 2 << 20:
-                f.seek(-(1 << 20), 2)
-                digest.update(f.read(1 << 20))
-    name = Path(spec.gguf_file).stem if spec.gguf_file else root.name
-    return f"{name}-{digest.hexdigest()[:12]}"
+    return weights_version(spec) + spec.prompt_settings.version_suffix()
 
 
 def check_prompt_lengths(model, ids: list[list[int]], prompts: list[str], who: str) -> None:

@@ -7,6 +7,7 @@ exactly as a user's Qwen/Llama checkpoint would be.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,23 +136,46 @@ def _gguf_kwargs(spec: ModelSpec) -> dict:
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+def weights_version(spec: ModelSpec) -> str:
+    """The weights' part of `backends.model_version`: a hub id at its revision, or a content
+    fingerprint of a local checkpoint (of its one file for a GGUF spec)."""
+    if not spec.is_local:
+        gguf = f"/{spec.gguf_file}" if spec.gguf_file else ""
+        return f"{spec.name_or_path}@{spec.revision or 'main'}{gguf}"
+    root = Path(spec.name_or_path).expanduser()
+    if not root.is_dir():
+        raise ModelLoadError(f"model path {root} does not exist (or is not a directory)")
+    digest = hashlib.sha256()
+    files = [root / spec.gguf_file] if spec.gguf_file else sorted(root.iterdir())
+    for path in files:
+        if not path.is_file():
+            continue
+        digest.update(path.name.encode())
+        size = path.stat().st_size
+        digest.update(str(size).encode())
+        with path.open("rb") as f:
+            digest.update(f.read(1 << 20))
+            if size > 2 << 20:
+                f.seek(-(1 << 20), 2)
+                digest.update(f.read(1 << 20))
+    name = Path(spec.gguf_file).stem if spec.gguf_file else root.name
+    return f"{name}-{digest.hexdigest()[:12]}"
+
+
 def dequantized_checkpoint(spec: ModelSpec, cache_dir: str | os.PathLike | None = None) -> ModelSpec:
     """A GGUF spec as a plain `save_pretrained` checkpoint, for engines that cannot read the file
     (vLLM on CPU refuses it). The weights are exactly the ones transformers de-quantizes on load,
-    so both backends run one model. Written once per GGUF fingerprint under `cache_dir` (default
-    `$XDG_CACHE_HOME/gen-ssd-dagster/dequantized`), atomically: a crash leaves no half checkpoint.
+    so both backends run one model. Written once per GGUF fingerprint (`weights_version`) under
+    `cache_dir` (default `$XDG_CACHE_HOME/gen-ssd-dagster/dequantized`), atomically: a crash leaves
+    no half checkpoint.
     A spec without a GGUF file is returned unchanged."""
     if not spec.gguf_file:
         return spec
-    import hashlib
     import shutil
     import tempfile
 
     root = Path(cache_dir or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gen-ssd-dagster" / "dequantized")
-    source = Path(spec.name_or_path).expanduser() / spec.gguf_file
-    stat = source.stat() if spec.is_local and source.is_file() else None
-    tag = f"{source}:{stat.st_size}:{stat.st_mtime_ns}" if stat else f"{spec.name_or_path}@{spec.revision}/{spec.gguf_file}"
-    out = root / f"{Path(spec.gguf_file).stem}-{spec.dtype}-{hashlib.sha256(tag.encode()).hexdigest()[:12]}"
+    out = root / f"{Path(spec.gguf_file).stem}-{spec.dtype}-{hashlib.sha256(weights_version(spec).encode()).hexdigest()[:12]}"
     if not (out / "config.json").is_file():
         root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=root))
