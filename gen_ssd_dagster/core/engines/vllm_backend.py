@@ -289,13 +289,12 @@ class VLLMScorer(ScoresWholeTexts):
         requests = [TokensPrompt(prompt_token_ids=prefixes[r] + pieces[r]) for r in rows]
         redo = []
         for r, result in zip(rows, self.llm.generate(requests, params, use_tqdm=False)):
-            start = len(prefixes[r])
+            start, ids = len(prefixes[r]), result.prompt_token_ids
+            self.tokens_computed += len(ids) - (getattr(result, "num_cached_tokens", None) or 0)
             # Position p's log-prob comes from position p - 1's logits: those must have been computed.
             if cached and (getattr(result, "num_cached_tokens", None) is None or result.num_cached_tokens >= start):
                 redo.append(r)
                 continue
-            ids = result.prompt_token_ids
-            self.tokens_computed += len(ids) - (result.num_cached_tokens or 0)
             out[r] = -sum(result.prompt_logprobs[pos][ids[pos]].logprob for pos in range(start, len(ids)))
         return redo
 
