@@ -33,80 +33,13 @@ import os
 import time
 from dataclasses import dataclass, field
 
+from metering import Meter, MeteredScorer, MeteredTeacher  # benchmarks/metering.py, beside this script
+
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
 os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))  # else vLLM's CPU worker drops torch to 1 thread
 
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
-
-
-# ---- metering: wraps a teacher or scorer, times every call, counts tokens -------------------------
-
-@dataclass
-class Meter:
-    seconds: float = 0.0
-    tokens: int = 0  # teacher tokens generated, or student tokens scored
-    slots: int = 0  # teacher only: sequences x steps of each call (the longest sequence sets the steps)
-
-    def timed(self, fn, *args, **kwargs):
-        started = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            self.seconds += time.perf_counter() - started
-
-    @property
-    def idle(self) -> float:
-        return 1 - self.tokens / self.slots if self.slots else 0.0
-
-
-class MeteredTeacher:
-    def __init__(self, inner):
-        self.inner, self.version, self.meter = inner, inner.version, Meter()
-
-    def start(self, *args, **kwargs):
-        return _MeteredTeacherSession(self.meter, self.meter.timed(self.inner.start, *args, **kwargs))
-
-
-class _MeteredTeacherSession:
-    def __init__(self, meter: Meter, session):
-        self.meter, self.session = meter, session
-
-    def propose(self, k, max_tokens, stop_at_newline):
-        out = self.meter.timed(self.session.propose, k, max_tokens, stop_at_newline)
-        lengths = [p.tokens for row in out for p in row]
-        self.meter.tokens += sum(lengths)
-        self.meter.slots += len(lengths) * max(lengths, default=0)
-        return out
-
-    def accept(self, chosen):
-        return self.meter.timed(self.session.accept, chosen)
-
-
-class MeteredScorer:
-    def __init__(self, inner):
-        self.inner, self.version, self.meter = inner, inner.version, Meter()
-
-    def start(self, questions):
-        return _MeteredScorerSession(self.meter, self.meter.timed(self.inner.start, questions))
-
-    def score_texts(self, questions, texts, ends=None):
-        out = self.meter.timed(self.inner.score_texts, questions, texts, ends)
-        self.meter.tokens += sum(s.tokens for s in out)
-        return out
-
-
-class _MeteredScorerSession:
-    def __init__(self, meter: Meter, session):
-        self.meter, self.session = meter, session
-
-    def score(self, candidates, ends):
-        out = self.meter.timed(self.session.score, candidates, ends)
-        self.meter.tokens += sum(s.tokens for row in out for s in row)
-        return out
-
-    def accept(self, chosen):
-        return self.meter.timed(self.session.accept, chosen)
 
 
 class StepLog:
@@ -170,6 +103,7 @@ def matmul_flops(device: str, seconds: float = 2.0) -> float:
 
 def checkpoint_parameters(path: str) -> int:
     """Parameters of a safetensors checkpoint, read from its headers (tied embeddings stored once)."""
+    import math
     from pathlib import Path
 
     from safetensors import safe_open
@@ -177,15 +111,8 @@ def checkpoint_parameters(path: str) -> int:
     total = 0
     for file in Path(path).glob("*.safetensors"):
         with safe_open(str(file), "pt") as f:
-            total += sum(_prod(f.get_slice(name).get_shape()) for name in f.keys())
+            total += sum(math.prod(f.get_slice(name).get_shape()) for name in f.keys())
     return total
-
-
-def _prod(shape) -> int:
-    out = 1
-    for n in shape:
-        out *= n
-    return out
 
 
 # ---- one arm --------------------------------------------------------------------------------------
@@ -272,12 +199,11 @@ def main() -> None:
     floor = matmul_flops(args.device)
     arms: list[Arm] = []
     waiting: dict[str, str] = {}  # the vLLM teacher's step profile, per arm
-    params = 0
+    params = checkpoint_parameters(spec.name_or_path)
     if "transformers" in engines:  # first: building a vLLM engine changes torch's thread settings
         teacher, scorer = TransformersTeacher(spec), TransformersScorer(spec)
         for backend in (teacher, scorer):
             backend.model.to(args.device)
-        params = sum(p.numel() for p in teacher.model.parameters())
         arms.append(plain("plain n=K, transformers", teacher, problems, args.k, sampling))
         arms.append(method("Standard KD, transformers", run_standard_kd, teacher, scorer, problems, skd, batch))
         arms.append(method("Gen-SSD, transformers", run_gen_ssd, teacher, scorer, problems, gen_ssd, batch))
@@ -306,7 +232,6 @@ def main() -> None:
         if "transformers" in engines:
             arms.append(method("Gen-SSD, vLLM teacher + transformers scorer", run_gen_ssd, v_teacher, hf_scorer,
                                problems, gen_ssd, batch))
-        params = params or checkpoint_parameters(spec.name_or_path)
 
     by_name = {a.name: a for a in arms}
     print(f"\nSmolLM2-135M-Instruct as teacher and student, {len(problems)} GSM8K test questions, K={args.k}, "

@@ -23,36 +23,9 @@ from gen_ssd_dagster.core.method.config import GenSSDConfig, SamplingConfig
 from gen_ssd_dagster.core.data.benchmarks import BUILTIN_DATASETS, load_problems
 from gen_ssd_dagster.core.engines.models import packaged_smollm2
 from gen_ssd_dagster.core.method.selection import run_gen_ssd
+from metering import MeteredScorer, MeteredTeacher  # benchmarks/metering.py, beside this script
 
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
-
-
-class Timed:
-    """Wraps a teacher or scorer: every session call is timed, every token counted."""
-
-    def __init__(self, inner, method: str):
-        self.inner, self.method, self.seconds, self.tokens = inner, method, 0.0, 0
-        self.version = inner.version
-
-    def start(self, *args, **kwargs):
-        started = time.perf_counter()
-        session = self.inner.start(*args, **kwargs)
-        self.seconds += time.perf_counter() - started
-        outer = self
-
-        class Session:
-            def __getattr__(self, name):
-                call = getattr(session, name)
-
-                def timed(*a, **k):
-                    t0 = time.perf_counter()
-                    out = call(*a, **k)
-                    outer.seconds += time.perf_counter() - t0
-                    if name == outer.method:
-                        outer.tokens += sum(x.tokens for row in out for x in row)
-                    return out
-                return timed
-        return Session()
 
 
 def main() -> None:
@@ -75,21 +48,22 @@ def main() -> None:
     plain_s = time.perf_counter() - started
     plain_tokens = sum(c.tokens for row in plain for c in row)
 
-    timed_teacher, timed_scorer = Timed(teacher, "propose"), Timed(scorer, "score")
+    timed_teacher, timed_scorer = MeteredTeacher(teacher), MeteredScorer(scorer)
     config = GenSSDConfig(chunk_tokens=args.chunk, num_candidates=args.k, sampling=sampling)
     started = time.perf_counter()
     trajectories = run_gen_ssd(problems, timed_teacher, timed_scorer, config, batch_size=len(problems))
     total_s = time.perf_counter() - started
+    teacher_meter, scorer_meter = timed_teacher.meter, timed_scorer.meter
 
     ends = {r: sum(t.end_reason == r for t in trajectories) for r in ("finished", "pruned", "length_cap")}
     print(f"SmolLM2-135M-Instruct, {len(problems)} GSM8K problems, K={args.k}, chunk {args.chunk}, "
           f"cap {args.max_new}, torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}")
     print(f"plain sampling : {plain_tokens:6d} teacher tokens in {plain_s:6.1f}s = {plain_tokens / plain_s:6.1f} tok/s")
-    print(f"Gen-SSD teacher: {timed_teacher.tokens:6d} teacher tokens in {timed_teacher.seconds:6.1f}s = "
-          f"{timed_teacher.tokens / timed_teacher.seconds:6.1f} tok/s "
-          f"({timed_teacher.tokens / timed_teacher.seconds / (plain_tokens / plain_s):.2f}x plain sampling)")
-    print(f"Gen-SSD student: {timed_scorer.tokens:6d} student tokens scored in {timed_scorer.seconds:6.1f}s = "
-          f"{timed_scorer.tokens / timed_scorer.seconds:6.1f} tok/s")
+    print(f"Gen-SSD teacher: {teacher_meter.tokens:6d} teacher tokens in {teacher_meter.seconds:6.1f}s = "
+          f"{teacher_meter.tokens / teacher_meter.seconds:6.1f} tok/s "
+          f"({teacher_meter.tokens / teacher_meter.seconds / (plain_tokens / plain_s):.2f}x plain sampling)")
+    print(f"Gen-SSD student: {scorer_meter.tokens:6d} student tokens scored in {scorer_meter.seconds:6.1f}s = "
+          f"{scorer_meter.tokens / scorer_meter.seconds:6.1f} tok/s")
     print(f"Gen-SSD whole  : {total_s:.1f}s; trajectories {ends}; "
           f"{sum(t.teacher_tokens for t in trajectories) / total_s:.1f} teacher tok/s end to end")
 

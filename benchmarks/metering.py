@@ -1,0 +1,77 @@
+"""Timing a teacher or a student scorer from outside: every session call timed, every token counted.
+
+The benchmarks wrap the backends in these (`MeteredTeacher(teacher)`) and hand the wrappers to the
+method, which sees the same `Teacher`/`Scorer` interface.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+
+@dataclass
+class Meter:
+    seconds: float = 0.0
+    tokens: int = 0  # teacher tokens generated, or student tokens scored
+    slots: int = 0  # teacher only: sequences x steps of each call (the longest sequence sets the steps)
+
+    def timed(self, fn, *args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - started
+
+    @property
+    def idle(self) -> float:
+        return 1 - self.tokens / self.slots if self.slots else 0.0
+
+
+class MeteredTeacher:
+    def __init__(self, inner):
+        self.inner, self.version, self.meter = inner, inner.version, Meter()
+
+    def start(self, *args, **kwargs):
+        return _MeteredTeacherSession(self.meter, self.meter.timed(self.inner.start, *args, **kwargs))
+
+
+class _MeteredTeacherSession:
+    def __init__(self, meter: Meter, session):
+        self.meter, self.session = meter, session
+
+    def propose(self, k, max_tokens, stop_at_newline):
+        out = self.meter.timed(self.session.propose, k, max_tokens, stop_at_newline)
+        lengths = [p.tokens for row in out for p in row]
+        self.meter.tokens += sum(lengths)
+        self.meter.slots += len(lengths) * max(lengths, default=0)
+        return out
+
+    def accept(self, chosen):
+        return self.meter.timed(self.session.accept, chosen)
+
+
+class MeteredScorer:
+    def __init__(self, inner):
+        self.inner, self.version, self.meter = inner, inner.version, Meter()
+
+    def start(self, questions):
+        return _MeteredScorerSession(self.meter, self.meter.timed(self.inner.start, questions))
+
+    def score_texts(self, questions, texts, ends=None):
+        out = self.meter.timed(self.inner.score_texts, questions, texts, ends)
+        self.meter.tokens += sum(s.tokens for s in out)
+        return out
+
+
+class _MeteredScorerSession:
+    def __init__(self, meter: Meter, session):
+        self.meter, self.session = meter, session
+
+    def score(self, candidates, ends):
+        out = self.meter.timed(self.session.score, candidates, ends)
+        self.meter.tokens += sum(s.tokens for row in out for s in row)
+        return out
+
+    def accept(self, chosen):
+        return self.meter.timed(self.session.accept, chosen)
