@@ -14,6 +14,11 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# Checkpoint digests (core/engines/fingerprint.py) memoised for this test session only, never in ~/.cache.
+if "GEN_SSD_FINGERPRINT_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["GEN_SSD_FINGERPRINT_CACHE"] = str(Path(tempfile.mkdtemp(prefix="gen-ssd-digests-")) / "digests.sqlite")
 
 CORPUS = [
     "Question: Mia has 7 apples. She buys 5 more. How many apples does Mia have?\nAnswer:\n",

@@ -39,13 +39,15 @@ def test_spec_version_names_and_fingerprints_the_file(tmp_path):
     spec = packaged_smollm2()
     assert spec.gguf_file == SMOLLM2_GGUF and spec.is_local
     version = model_version(spec)
-    assert version.startswith("SmolLM2-135M-Instruct.Q4_1-") and version == model_version(packaged_smollm2())
+    assert version.startswith("SmolLM2-135M-Instruct.Q4_1@sha256:") and version == model_version(packaged_smollm2())
     # the directory without gguf_file is another thing (and not a loadable checkpoint)
     assert model_version(ModelSpec(spec.name_or_path)) != version
-    # a copy with one changed byte in its last MiB is another version
+    # a copy with one changed byte in the middle of the file (a weight) is another version
     src = f"{spec.name_or_path}/{SMOLLM2_GGUF}"
     blob = bytearray(open(src, "rb").read())
-    blob[-10] ^= 0xFF
+    (tmp_path / SMOLLM2_GGUF).write_bytes(blob)
+    assert model_version(ModelSpec(str(tmp_path), gguf_file=SMOLLM2_GGUF)) == version  # the same bytes
+    blob[len(blob) // 2] ^= 0x01
     (tmp_path / SMOLLM2_GGUF).write_bytes(blob)
     assert model_version(ModelSpec(str(tmp_path), gguf_file=SMOLLM2_GGUF)) not in ("", version)
     with pytest.raises(ModelLoadError, match="no GGUF file 'absent.gguf'"):

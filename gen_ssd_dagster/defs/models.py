@@ -9,12 +9,13 @@ Dagster data version, so every downstream materialization records which weights 
 import dagster as dg
 
 from ..core.engines.backends import model_version
-from ..core.engines.models import ModelSpec
+from ..core.engines.models import ModelSpec, is_partial_fingerprint
 from .resources import ModelsResource, StoreResource
 
 
-def _model_output(spec: ModelSpec, version: str | None = None) -> dg.Output:
+def _model_output(context: dg.AssetExecutionContext, spec: ModelSpec, version: str | None = None) -> dg.Output:
     version = version or model_version(spec)
+    _say_if_refingerprinted(context, version)
     return dg.Output(spec, data_version=dg.DataVersion(version), metadata={
         "model_version": version, "name_or_path": spec.name_or_path,
         "revision": spec.revision or "", "dtype": spec.dtype, "gguf_file": spec.gguf_file or "",
@@ -27,10 +28,23 @@ def teacher(context: dg.AssetExecutionContext, models: ModelsResource, store: St
     """The teacher LM that proposes reasoning chunks (demo: a small Llama trained on three solution styles)."""
     spec = models.teacher_spec(store.home_dir(), context.log)
     # A served teacher is identified by what the server reports, not by a local fingerprint.
-    return _model_output(spec, models.teacher_version(spec))
+    return _model_output(context, spec, models.teacher_version(spec))
 
 
 @dg.asset(group_name="models", kinds={"pytorch"})
 def base_student(context: dg.AssetExecutionContext, models: ModelsResource, store: StoreResource) -> dg.Output[ModelSpec]:
     """The student before any distillation (demo: a smaller Llama with its own tokenizer)."""
-    return _model_output(models.student_spec(store.home_dir(), context.log))
+    return _model_output(context, models.student_spec(store.home_dir(), context.log))
+
+
+def _say_if_refingerprinted(context: dg.AssetExecutionContext, version: str) -> None:
+    """A home made before whole-content fingerprints: its last version of this model read only the
+    first and last MiB of each file. Its stored work stays (lineage, viewer) but is not reused,
+    since nothing can tell whether those weights are the ones on disk now: say so once."""
+    event = context.instance.get_latest_materialization_event(context.asset_key)
+    previous = event.asset_materialization.tags.get("dagster/data_version") if event and event.asset_materialization else None
+    if previous and previous != version and is_partial_fingerprint(previous):
+        context.log.warning(
+            f"{context.asset_key.to_user_string()} is now identified by the whole content of its files ({version}); "
+            f"its last version, {previous}, read only the first and last MiB of each file and cannot tell whether the "
+            "weights changed. Work stored under the old version is kept (lineage, viewer) and made again under the new one.")

@@ -64,11 +64,10 @@ class Scorer(Protocol):
 def model_version(spec: ModelSpec) -> str:
     """What identifies the model as used: the weights and tokenizer, and how it is prompted.
 
-    Weights: a cheap content fingerprint of a local checkpoint, or the hub revision. The
-    fingerprint reads config.json and the sizes plus the first and last MiB of each file (chat
-    template and tokenizer files included), so it changes with any retraining without hashing
-    gigabytes. A GGUF spec is fingerprinted by its one file (the directory may hold other things),
-    and named after it. Non-default prompt settings (instruction, system prompt, template mode)
+    Weights: the SHA-256 of every file of a local checkpoint (`models.weights_version`; chat
+    template and tokenizer files included), hashed once per file version and then remembered, or
+    the hub revision. A GGUF spec is fingerprinted by its one file (the directory may hold other
+    things), and named after it. Non-default prompt settings (instruction, system prompt, template mode)
     add `+prompt-<hash>`: work made under another instruction is other work."""
     return weights_version(spec) + spec.prompt_settings.version_suffix()
 

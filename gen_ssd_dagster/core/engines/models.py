@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from gen_ssd_dagster.core.errors import ModelLoadError
+from gen_ssd_dagster.core.engines.fingerprint import DigestCache, content_fingerprint
 from gen_ssd_dagster.core.engines.prompts import ChatTemplateMode, PromptSettings
 
 
@@ -136,30 +138,32 @@ def _gguf_kwargs(spec: ModelSpec) -> dict:
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def weights_version(spec: ModelSpec) -> str:
-    """The weights' part of `backends.model_version`: a hub id at its revision, or a content
-    fingerprint of a local checkpoint (of its one file for a GGUF spec)."""
+def weights_version(spec: ModelSpec, cache: DigestCache | None = None) -> str:
+    """The weights' part of `backends.model_version`: a hub id at its revision, or a fingerprint of
+    the whole content of a local checkpoint (its one file for a GGUF spec): `<name>@sha256:<16 hex>`.
+    Every byte is read once per file version; `fingerprint.DigestCache` remembers the rest."""
     if not spec.is_local:
         gguf = f"/{spec.gguf_file}" if spec.gguf_file else ""
         return f"{spec.name_or_path}@{spec.revision or 'main'}{gguf}"
     root = Path(spec.name_or_path).expanduser()
     if not root.is_dir():
         raise ModelLoadError(f"model path {root} does not exist (or is not a directory)")
-    digest = hashlib.sha256()
-    files = [root / spec.gguf_file] if spec.gguf_file else sorted(root.iterdir())
-    for path in files:
-        if not path.is_file():
-            continue
-        digest.update(path.name.encode())
-        size = path.stat().st_size
-        digest.update(str(size).encode())
-        with path.open("rb") as f:
-            digest.update(f.read(1 << 20))
-            if size > 2 << 20:
-                f.seek(-(1 << 20), 2)
-                digest.update(f.read(1 << 20))
+    files = [root / spec.gguf_file] if spec.gguf_file else sorted(p for p in root.iterdir() if p.is_file())
     name = Path(spec.gguf_file).stem if spec.gguf_file else root.name
-    return f"{name}-{digest.hexdigest()[:12]}"
+    return f"{name}{CONTENT_MARK}{content_fingerprint([f for f in files if f.is_file()], cache)[:16]}"
+
+
+# Versions of local checkpoints made before whole-content hashing read `<name>-<12 hex>`: a
+# fingerprint of each file's first and last MiB, blind to a change in the middle of a file.
+CONTENT_MARK = "@sha256:"
+_PARTIAL_FINGERPRINT = re.compile(r"-[0-9a-f]{12}(\+prompt-[0-9a-f]+)?$")
+
+
+def is_partial_fingerprint(version: str) -> bool:
+    """Whether `version` is a local checkpoint's version from before whole-content hashing. Work
+    stored under such a version is kept but never reused: nothing can tell whether the weights it
+    came from are the ones on disk now."""
+    return CONTENT_MARK not in version and "@" not in version and bool(_PARTIAL_FINGERPRINT.search(version))
 
 
 def dequantized_checkpoint(spec: ModelSpec, cache_dir: str | os.PathLike | None = None) -> ModelSpec:
