@@ -173,8 +173,12 @@ def test_teacher_change_reruns_in_order_over_materialized_partitions(tmp_path, m
     _materialize(defs, instance, [automation.THRESHOLDS, *automation.TRAJECTORY_ASSETS], "demo")
     _materialize(defs, instance, [dg.AssetKey("posthoc_trajectories")], "gsm8k")
     assert automation.last_teacher_version(instance) == v1
-    assert _observe(defs, instance) == v1
+    # the daemon ticks before anything is observed; the first observation ever recorded is an update
+    # to Dagster, but it repeats the materialized version: nothing runs
     ticks, cursor = _run_until_idle(defs, instance, None)
+    assert ticks == []
+    assert _observe(defs, instance) == v1
+    ticks, cursor = _run_until_idle(defs, instance, cursor)
     assert ticks == []
 
     # unchanged teacher: nothing; a teacher materialized by hand (or `gen-ssd pipeline`): nothing
@@ -211,6 +215,69 @@ def test_teacher_change_reruns_in_order_over_materialized_partitions(tmp_path, m
     assert _observe(defs, instance) == v2
     ticks, cursor = _run_until_idle(defs, instance, cursor)
     assert ticks == []
+
+    # a change that arrives while a chain runs supersedes the rest of it: the trajectories wait for
+    # the cold start of the newest teacher, and each stage runs once
+    _touch_checkpoint(teacher)
+    v3 = _observe(defs, instance)
+    requested, cursor = _tick(defs, instance, cursor)
+    assert requested == {"teacher": {None}, "cold_start_student": {None}}
+    _materialize(defs, instance, [automation.TEACHER, automation.COLD_START], tags=automation.TRIGGER_TAGS)
+    _touch_checkpoint(teacher)  # v4, observed before the v3 chain's trajectories were requested
+    v4 = _observe(defs, instance)
+    assert len({v1, v2, v3, v4}) == 4
+    ticks, cursor = _run_until_idle(defs, instance, cursor)
+    assert ticks == [
+        {"teacher": {None}, "cold_start_student": {None}},
+        {"pruning_thresholds": {"demo"}, "gen_ssd_trajectories": {"demo"}, "standard_kd_trajectories": {"demo"},
+         "posthoc_trajectories": {"demo", "gsm8k"}},
+        {"distilled_students/gen_ssd": {None}, "distilled_students/standard_kd": {None},
+         "distilled_students/posthoc": {None}, "evaluation_scores": {None}},
+    ]
+    assert automation.last_teacher_version(instance) == v4
+
+
+def test_work_never_starts_from_a_teacher_other_than_its_cold_starts(tmp_path, monkeypatch, tiny_models):
+    """A teacher changed after the chain's teacher and cold start ran (a run launched just before a
+    change): the trajectories refuse before generating, naming both versions, and write nothing."""
+    from gen_ssd_dagster.core.engines.backends import model_version
+    from gen_ssd_dagster.core.engines.models import ModelSpec
+    from gen_ssd_dagster.defs import automation
+    from gen_ssd_dagster.store import Store
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(tiny_models[0], teacher)
+    home, instance, defs = _setup(tmp_path, monkeypatch, teacher, tiny_models[1])
+    config = _run_config()
+    _materialize(defs, instance, [dg.AssetKey("problems")], "demo", run_config=config)
+    _materialize(defs, instance, [automation.TEACHER, dg.AssetKey("base_student"), automation.COLD_START],
+                 run_config=config)
+    v1 = automation.last_teacher_version(instance)
+
+    def trajectories():
+        ops = {"standard_kd_trajectories": config["ops"]["standard_kd_trajectories"]}
+        result = dg.materialize(list(defs.assets), instance=instance, selection=["standard_kd_trajectories"],
+                                partition_key="demo", resources=defs.resources, run_config={"ops": ops},
+                                raise_on_error=False)
+        return result.success, " ".join(e.step_failure_data.error.message for e in result.all_events if e.is_step_failure)
+
+    _touch_checkpoint(teacher)
+    v2 = model_version(ModelSpec(str(teacher)))
+    ok, why = trajectories()
+    assert not ok and f"it is now {v2}, the `teacher` asset holds {v1}" in why
+
+    # the teacher re-done, but the cold start on record learnt from another teacher
+    _materialize(defs, instance, [automation.TEACHER], run_config=config)
+    instance.report_runless_asset_event(dg.AssetMaterialization(automation.COLD_START,
+                                                                metadata={"teacher_version": v1}))
+    ok, why = trajectories()
+    assert not ok and f"cold_start_student was trained from teacher {v1}, not from the teacher now in use ({v2})" in why
+    assert Store(home.db_path).query("SELECT count(*) FROM trajectories")[0][0] == 0
+
+    # with the chain in order the same asset runs
+    _materialize(defs, instance, [automation.COLD_START], run_config=config)
+    assert trajectories()[0]
+    assert {v for (v,) in Store(home.db_path).query("SELECT DISTINCT teacher_version FROM trajectories")} == {v2}
 
 
 def test_observations(tmp_path, monkeypatch):

@@ -4,8 +4,8 @@ The outside world is the observable source asset `observed_teacher`: its data ve
 teacher's version as read from where the teacher lives (`observe_teacher`, no model loaded):
 
 * a served teacher (`models.teacher_url` set): what the server reports (`OpenAITeacher.version`);
-* a local checkpoint (and the built demo teacher): `model_version`'s content fingerprint (config
-  plus sizes and first/last MiB of each file: cheap, changes with any retraining);
+* a local checkpoint (and the built demo teacher): `model_version`'s fingerprint of every byte of
+  every file (hashed once per file version, then read from a digest cache: no weights re-read);
 * a hub id: `name@<commit>` from `HfApi().model_info(...).sha` when online; with
   HF_HUB_OFFLINE=1 (or the hub unreachable) the configured revision `name@main`, said so in the
   observation's metadata (a branch that moved is then not noticed until the hub is reachable).
@@ -47,13 +47,12 @@ from ..core.demo.models import MARKER
 from ..core.engines.backends import model_version
 from ..core.engines.models import resolve_hub_revision
 from ..store import Home
+from ..defs_support.teacher_chain import (COLD_START, OBSERVED_TEACHER, TEACHER, chain_is_current,
+                                          last_observed_version, last_teacher_version)
 from .resources import ModelsResource, StoreResource
 from .trajectories import METHOD_ASSETS
 
 AC = dg.AutomationCondition
-TEACHER = dg.AssetKey("teacher")
-OBSERVED_TEACHER = dg.AssetKey("observed_teacher")
-COLD_START = dg.AssetKey("cold_start_student")
 THRESHOLDS = dg.AssetKey("pruning_thresholds")
 TRAJECTORY_ASSETS = [dg.AssetKey(name) for name, _, _ in METHOD_ASSETS.values()]
 STUDENTS = [dg.AssetKey(["distilled_students", method]) for method in METHOD_ASSETS]
@@ -105,23 +104,6 @@ def observe_teacher(models: ModelsResource, home: Home) -> TeacherObservation:
                               "so a moved branch is not detected")
 
 
-def last_teacher_version(instance: dg.DagsterInstance) -> str | None:
-    """The version of the latest `teacher` materialization (its data version), if any."""
-    event = instance.get_latest_materialization_event(TEACHER)
-    if event is None or event.asset_materialization is None:
-        return None
-    mat = event.asset_materialization
-    md = mat.metadata.get("model_version")
-    return mat.tags.get("dagster/data_version") or (md.value if md is not None else None)
-
-
-def last_observed_version(instance: dg.DagsterInstance) -> str | None:
-    """The data version of the latest `observed_teacher` observation, if any."""
-    records = instance.fetch_observations(OBSERVED_TEACHER, limit=1).records
-    observation = records[0].asset_observation if records else None
-    return observation.tags.get("dagster/data_version") if observation is not None else None
-
-
 @dg.observable_source_asset(
     key=OBSERVED_TEACHER, group_name="models",
     description="The teacher's version as read from where it lives (checkpoint fingerprint, hub commit, "
@@ -148,6 +130,7 @@ teacher_check_schedule = dg.ScheduleDefinition(
 
 teacher_change_automation = dg.AutomationConditionSensorDefinition(
     "teacher_change_automation", target=REFRESH_SELECTION, run_tags=TRIGGER_TAGS,
+    use_user_code_server=True,  # two conditions read the instance in Python (_ObservedTeacherIsNew, _ChainIsCurrent)
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Evaluates the teacher-change conditions: teacher and cold start, then the trajectories on "
                 "every materialized partition, then the students and the evaluation.")
@@ -165,16 +148,60 @@ def _after(deps: list[dg.AssetKey]) -> dg.AutomationCondition:
             & ~AC.any_deps_in_progress() & ~AC.in_progress())
 
 
-TEACHER_CHANGED = (AC.any_deps_match(AC.newly_updated()).allow(dg.AssetSelection.assets(OBSERVED_TEACHER))
-                   .since_last_handled() & ~AC.missing() & ~AC.in_progress()).with_label("teacher_changed")
+class _ObservedTeacherIsNew(dg.AutomationCondition):
+    """The teacher observed last is not the one materialized. Dagster counts the first observation
+    ever recorded as an update even when it repeats the materialized version: this tells them apart."""
+
+    @property
+    def description(self) -> str:
+        return "the observed teacher version differs from the materialized one"
+
+    @property
+    def name(self) -> str:
+        return "observed_teacher_is_new"
+
+    def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
+        instance = context.asset_graph_view.instance
+        observed = last_observed_version(instance)
+        new = observed is not None and observed != last_teacher_version(instance)
+        return dg.AutomationResult(context, context.candidate_subset if new else context.get_empty_subset())
+
+
+class _ChainIsCurrent(dg.AutomationCondition):
+    """Work downstream of the cold start waits while a newer teacher is observed but not yet
+    materialized, or the cold start is not yet trained from the teacher materialized: a change
+    that arrives while a chain runs supersedes the rest of that chain."""
+
+    @property
+    def description(self) -> str:
+        return "the cold start is trained from the teacher last observed"
+
+    @property
+    def name(self) -> str:
+        return "chain_is_current"
+
+    def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
+        current, _ = chain_is_current(context.asset_graph_view.instance)
+        return dg.AutomationResult(context, context.candidate_subset if current else context.get_empty_subset())
+
+
+CHAIN_IS_CURRENT = _ChainIsCurrent()
+# Level, not edge: requested while the observed version is not the materialized one, so a change
+# observed in the very tick a teacher run ends is not lost. A failed teacher run is retried once
+# per new observation, not on every tick.
+_NEW_OBSERVATION = AC.any_deps_match(AC.newly_updated()).allow(dg.AssetSelection.assets(OBSERVED_TEACHER))
+TEACHER_CHANGED = (_ObservedTeacherIsNew() & ~AC.execution_failed().since(_NEW_OBSERVATION)
+                   & ~AC.missing() & ~AC.in_progress()).with_label("teacher_changed")
 CONDITIONS = {
     TEACHER: TEACHER_CHANGED,
-    COLD_START: _after([TEACHER]).with_label("after_teacher"),
+    # in the teacher's run whenever it is requested (never a tick later), or after a teacher run
+    COLD_START: (AC.any_deps_match(AC.will_be_requested()).allow(dg.AssetSelection.assets(TEACHER))
+                 | _after([TEACHER])).with_label("after_teacher"),
     # only partitions materialized before: a teacher change re-does work, it starts none
-    **{key: (_after([TEACHER, COLD_START, THRESHOLDS]) & ~AC.missing()).with_label("after_cold_start")
+    **{key: (_after([TEACHER, COLD_START, THRESHOLDS]) & ~AC.missing() & CHAIN_IS_CURRENT).with_label("after_cold_start")
        for key in [THRESHOLDS, *TRAJECTORY_ASSETS]},
-    **{key: _after(TRAJECTORY_ASSETS).with_label("after_trajectories") for key in STUDENTS},
-    EVALUATION: _after(STUDENTS).with_label("after_students"),
+    **{key: (_after(TRAJECTORY_ASSETS) & CHAIN_IS_CURRENT).with_label("after_trajectories") for key in STUDENTS},
+    EVALUATION: (_after(STUDENTS) & CHAIN_IS_CURRENT).with_label("after_students"),
 }
 
 

@@ -40,7 +40,8 @@ def cold_start_student(context: dg.AssetExecutionContext, config: ColdStartConfi
         return dg.Output(base_student, data_version=dg.DataVersion(model_version(base_student)),
                          metadata={"model_version": model_version(base_student), "cold_start": "skipped",
                                    "path": base_student.name_or_path})
-    key, summary = generate(context, "standard_kd", config, teacher, base_student, models, store, config.dataset)
+    key, summary = generate(context, "standard_kd", config, teacher, base_student, models, store, config.dataset,
+                            scored_by_cold_start=False)
     rows = selected_examples(store.store(), key)
     if not rows:
         what = "finished" if config.sampling.keep == "finished" else "was correct"

@@ -28,6 +28,7 @@ from ..viewer import export_partition
 from . import checks
 from ..defs_support import reporting
 from ..defs_support.datasets import DATASETS
+from ..defs_support.teacher_chain import check_same_teacher
 from .resources import GPU_POOL, ModelsResource, StoreResource
 from ..defs_support.run_config import GenSSDRunConfig, PostHocRunConfig, StandardKDRunConfig, method_config
 
@@ -46,13 +47,15 @@ def core_config(run_config, dataset: str, calibration: dict | None = None):
 
 def generate(context, method: str, run_config, teacher_spec: ModelSpec, scorer_spec: ModelSpec,
              models: ModelsResource, store_res: StoreResource, dataset: str, problems=None,
-             calibration: dict | None = None) -> tuple[WorkKey, dict]:
-    """Generate (or reuse) the trajectories of one method on one dataset; returns key and summary."""
+             calibration: dict | None = None, scored_by_cold_start: bool = True) -> tuple[WorkKey, dict]:
+    """Generate (or reuse) the trajectories of one method on one dataset; returns key and summary.
+    `scored_by_cold_start`: False for the cold start's own samples (scored by the base student)."""
     store = store_res.store()
     config = core_config(run_config, dataset, calibration)
     if problems is None:
         problems = read_problems(store, dataset, "train", run_config.max_problems, run_config.offset)
     teacher, scorer = models.make_teacher(teacher_spec), models.make_scorer(scorer_spec)
+    check_same_teacher(context, teacher.version, cold_start_too=scored_by_cold_start)
     key = WorkKey(dataset, method, teacher.version, scorer.version, config_hash(config))
     report = run_resumable(store, key, config, problems, teacher, scorer, run_config.batch_size,
                            context.run.run_id, Reporter(f"{method}/{dataset}", context.log.info, unit="problems"))
