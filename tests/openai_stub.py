@@ -5,6 +5,9 @@ Standard library only (http.server). It answers `/v1/models`, vLLM's `/version` 
 misbehave on purpose: fail the first N requests with a status (503 by default), answer the first N
 late (a timeout), want a Bearer key and echo a wrong one back as some servers do. Every request is
 recorded (path, headers, JSON body) for the test to look at.
+
+Its `weights` stand for what it loaded: a greedy request (temperature 0) is answered from them, so
+swapping `weights` is serving new weights under the same model id, root and server version.
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ class OpenAIStub(ThreadingHTTPServer):
 
     def __init__(self, model: str = "stub-model", root: str | None = "/weights/stub", texts: list[str] | None = None,
                  fail_first: int = 0, fail_status: int = 503, delay_first: int = 0, delay_s: float = 0.0,
-                 api_key: str | None = None, retry_after_ms: int | None = 20, server_version: str | None = "0.0.stub"):
-        self.model, self.root, self.server_version = model, root, server_version
+                 api_key: str | None = None, retry_after_ms: int | None = 20, server_version: str | None = "0.0.stub",
+                 weights: str = "w1"):
+        self.model, self.root, self.server_version, self.weights = model, root, server_version, weights
         self.texts = texts or ["3 + 4 = 7\n", "#### 7"]  # candidate i of a request is texts[i % len]
         self.fail_first, self.fail_status, self.retry_after_ms = fail_first, fail_status, retry_after_ms
         self.delay_first, self.delay_s = delay_first, delay_s
@@ -117,10 +121,12 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def _sampled(stub: OpenAIStub, body: dict) -> dict:
-    """n candidates, one a text of `stub.texts`, cut at `max_tokens` words; vLLM's stop fields."""
+    """n candidates, one a text of `stub.texts` (greedy: the answer of `stub.weights` to the prompt),
+    cut at `max_tokens` words; vLLM's stop fields."""
     choices = []
+    greedy = f"42 by {stub.weights} for {len(body['prompt'])} chars"
     for i in range(body.get("n", 1)):
-        words = stub.texts[i % len(stub.texts)].split(" ")
+        words = (greedy if body.get("temperature") == 0 else stub.texts[i % len(stub.texts)]).split(" ")
         cut = words[: body["max_tokens"]]
         text = " ".join(cut)
         if cut != words:

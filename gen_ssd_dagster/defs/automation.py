@@ -75,10 +75,8 @@ class TeacherObservation:
 def observe_teacher(models: ModelsResource, home: Home) -> TeacherObservation:
     """The teacher's current version, read from where it lives (no model is loaded)."""
     if models.teacher_url:  # a server: only it knows what it serves
-        from ..core.engines.openai_backend import OpenAITeacher
-
-        try:
-            return TeacherObservation(OpenAITeacher(models.teacher_url, models.teacher, max_retries=0).version,
+        try:  # built as the teacher asset builds it (declared version, probe, prompt): the same version
+            return TeacherObservation(models.make_teacher(models.configured_spec("teacher"), max_retries=0).version,
                                       "server", models.teacher_url)
         except Exception as exc:  # unreachable server: no verdict, never a re-run
             return TeacherObservation(None, "missing", f"teacher server {models.teacher_url}: {exc}")

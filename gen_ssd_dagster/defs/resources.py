@@ -84,16 +84,29 @@ class ModelsResource(_ModelSpecSettings):
         default="GEN_SSD_TEACHER_API_KEY",
         description="name of the environment variable holding the teacher server's API key; the key itself "
                     "is never part of the configuration, so it never reaches Dagster or MLflow")
+    teacher_declared_version: str = Field(
+        default="",
+        description="a version the deployment declares for the served teacher, e.g. the weights' commit or a "
+                    "training run id; part of the teacher's version so that a new value re-keys stored work "
+                    "and re-runs the pipeline")
+    teacher_probe: bool = Field(
+        default=True,
+        description="ask the served teacher one fixed question greedily (16 tokens) whenever its version is "
+                    "read and make a hash of the answer part of that version, so new weights behind the same "
+                    "model name and path are noticed; turn off for a server whose greedy answers vary "
+                    "(docs/served-teacher-version.md)")
     demo: DemoModelsSettings = DemoModelsSettings()
 
-    def make_teacher(self, spec: ModelSpec):
-        """The sampling backend of the teacher: where its candidates come from."""
+    def make_teacher(self, spec: ModelSpec, max_retries: int = 3):
+        """The sampling backend of the teacher: where its candidates come from. `max_retries` is a
+        served teacher's (the teacher check tries once)."""
         if self.teacher_url:
             from ..core.engines.openai_backend import OpenAITeacher
 
             return OpenAITeacher(self.teacher_url, self.teacher,
                                  api_key=os.environ.get(self.teacher_api_key_env) or None, spec=spec,
-                                 url_setting="models.teacher_url")
+                                 max_retries=max_retries, url_setting="models.teacher_url",
+                                 declared_version=self.teacher_declared_version, probe=self.teacher_probe)
         if self.backend == "vllm":
             from ..core.engines.vllm_backend import VLLMTeacher
 

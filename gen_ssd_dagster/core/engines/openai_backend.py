@@ -35,11 +35,18 @@ so vLLM's fields beyond the OpenAI API (`stop_reason`, `prompt_logprobs`) are ke
   secret-named query values (`?api_key=`, `token=`, `sig=`) of the URL, so neither reaches Dagster
   logs, MLflow or a traceback.
 * `version` is what the server reports: the model id, plus its `root` (the weights it loaded) when
-  that differs, plus the vLLM version from `/version` when the server has that endpoint.
+  that differs, plus the vLLM version from `/version` when the server has that endpoint; then what
+  the deployment declares (`declared_version`, e.g. the weights' commit: `declared=...`), then the
+  probe: the teacher's greedy answer (temperature 0, `PROBE_TOKENS` tokens, one request) to
+  `PROBE_QUESTION`, rendered as any question is, hashed (`probe=<10 hex>`). New weights behind the
+  same name and path change that answer, so the version (and the key of stored trajectories) moves
+  with them. docs/served-teacher-version.md says what it costs, how stable it measured, what it misses.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
 from collections.abc import Callable
@@ -52,7 +59,7 @@ import openai
 from gen_ssd_dagster.core.engines.backends import Proposal, ScoresWholeTexts, student_pieces
 from gen_ssd_dagster.core.errors import ConfigError, ModelLoadError
 from gen_ssd_dagster.core.engines.models import ModelSpec, load_tokenizer
-from gen_ssd_dagster.core.engines.prompts import Prompter, format_prompt
+from gen_ssd_dagster.core.engines.prompts import Prompter, format_prompt, plain_prompt
 from gen_ssd_dagster.core.engines.urls import redact
 from gen_ssd_dagster.core.engines.vllm_backend import PrefixScorerSession, step_seed  # neither imports vllm
 
@@ -169,17 +176,39 @@ class CompletionsClient:
         return " ".join(parts)
 
 
+# The probe: a question a math teacher answers at once, answered greedily in a few tokens.
+PROBE_QUESTION = "What is 12 + 30?"
+PROBE_TOKENS = 16
+
+
 class OpenAITeacher:
-    """Candidates from `/v1/completions` with n=K. `max_concurrency` requests are in flight at once."""
+    """Candidates from `/v1/completions` with n=K. `max_concurrency` requests are in flight at once.
+
+    `declared_version` (what the deployment says it serves) and, unless `probe=False`, a hash of the
+    greedy answer to `PROBE_QUESTION` are part of `version` beside what the server reports."""
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout_s: float = 300.0,
                  max_retries: int = 3, max_concurrency: int = 16, spec: ModelSpec | None = None,
-                 url_setting: str = "teacher_url"):
+                 url_setting: str = "teacher_url", declared_version: str = "", probe: bool = True):
         self.model = model
         self.client = CompletionsClient(base_url, api_key, timeout_s, max_retries, "teacher", url_setting)
         self.max_concurrency = max_concurrency
+        card = self.client.model_card(model)  # first: a server that is down or serves another model fails fast
         self.prompt_text = _prompt_renderer(spec)
-        self.version = _with_prompt(self.client.version(self.client.model_card(model)), spec)
+        parts = [self.client.version(card)]
+        if declared_version:
+            parts.append(f"declared={declared_version}")
+        if probe:
+            parts.append(f"probe={self.probe()}")
+        self.version = _with_prompt(" ".join(parts), spec)
+
+    def probe(self) -> str:
+        """A short hash of the greedy answer to `PROBE_QUESTION` (prompted as any question is)."""
+        body = {"prompt": self.prompt_text(PROBE_QUESTION), "n": 1, "max_tokens": PROBE_TOKENS,
+                "temperature": 0.0, "top_p": 1.0}
+        [choice] = self.complete(body)["choices"]
+        answer = json.dumps([choice.get("text") or "", choice.get("finish_reason")])
+        return hashlib.sha256(answer.encode()).hexdigest()[:10]
 
     def start(self, questions: list[str], temperature: float, top_p: float, seed: int) -> "_OpenAITeacherSession":
         """A session over `questions`, prompted through the teacher's chat template (rendered here,
@@ -199,9 +228,13 @@ def _with_prompt(server_version: str, spec: ModelSpec | None) -> str:
 def _prompt_renderer(spec: ModelSpec | None):
     """question -> prompt text. The chat template comes from the teacher's tokenizer, loaded here
     from `spec` (a hub id or a local copy of the served checkpoint). Without a spec, or when
-    chat_template is "auto" and no tokenizer can be loaded, the plain format is used (logged)."""
-    if spec is None or spec.chat_template == "plain":
+    chat_template is "auto" and no tokenizer can be loaded, the plain format is used (logged), with
+    the spec's system prompt and instruction."""
+    if spec is None:
         return format_prompt
+    plain = functools.partial(plain_prompt, settings=spec.prompt_settings)
+    if spec.chat_template == "plain":
+        return plain
     try:
         prompter = Prompter(load_tokenizer(spec), spec.prompt_settings, "teacher")
     except ModelLoadError as exc:
@@ -210,7 +243,7 @@ def _prompt_renderer(spec: ModelSpec | None):
                               f"loaded here to render it: {exc}") from exc
         log.warning("served teacher: no local tokenizer for %s (%s); prompting in the plain format",
                     spec.name_or_path, exc)
-        return format_prompt
+        return plain
     return prompter.text
 
 

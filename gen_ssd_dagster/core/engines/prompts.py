@@ -70,6 +70,17 @@ def format_prompt(question: str) -> str:
     return PLAIN_TEMPLATE.format(question=question)
 
 
+def user_text(question: str, settings: PromptSettings) -> str:
+    """The question as the model is asked it: with the instruction after a blank line, if any."""
+    return f"{question}\n\n{settings.instruction}" if settings.instruction else question
+
+
+def plain_prompt(question: str, settings: PromptSettings) -> str:
+    """The plain format with `settings`' system prompt and instruction (no tokenizer needed)."""
+    system = f"{settings.system_prompt}\n\n" if settings.system_prompt else ""
+    return system + format_prompt(user_text(question, settings))
+
+
 def final_answer_line(answer: str) -> str:
     """The last line of a demo-world solution: ``#### 18``."""
     return f"{FINAL_ANSWER_PREFIX}{answer}"
@@ -95,18 +106,14 @@ class Prompter:
 
     # ------------------------------------------------------------ prompts
 
-    def _user_text(self, question: str) -> str:
-        return f"{question}\n\n{self.settings.instruction}" if self.settings.instruction else question
-
     def _messages(self, question: str) -> list[dict]:
         system = [{"role": "system", "content": self.settings.system_prompt}] if self.settings.system_prompt else []
-        return [*system, {"role": "user", "content": self._user_text(question)}]
+        return [*system, {"role": "user", "content": user_text(question, self.settings)}]
 
     def text(self, question: str) -> str:
         """The prompt as text; the model's solution follows it directly."""
         if not self.uses_chat:
-            system = f"{self.settings.system_prompt}\n\n" if self.settings.system_prompt else ""
-            return system + PLAIN_TEMPLATE.format(question=self._user_text(question))
+            return plain_prompt(question, self.settings)
         return self.tokenizer.apply_chat_template(self._messages(question), tokenize=False, add_generation_prompt=True)
 
     def ids(self, question: str) -> list[int]:
