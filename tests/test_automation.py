@@ -19,10 +19,10 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from automation_standins import DEMO, pipeline, standins
 
 SMALL = {"max_problems": 3, "offset": 0, "batch_size": 3, "num_candidates": 2,
          "sampling": {"max_new_tokens": 64, "temperature": 0.3}}
-DEMO = {"demo_train": 12, "demo_test": 3, "demo_seed": 0}
 
 
 def _run_config() -> dict:
@@ -39,31 +39,12 @@ def _run_config() -> dict:
 
 def _setup(tmp_path, monkeypatch, teacher, student):
     """(home, instance, the code location's definitions on this home and these models)."""
-    from gen_ssd_dagster.definitions import pipeline_definitions, resources
-    from gen_ssd_dagster.defs.resources import DataResource, ModelsResource
     from gen_ssd_dagster.instance import get_instance
     from gen_ssd_dagster.store import Home
 
     home = Home.resolve(tmp_path / "home").make()
     monkeypatch.setenv("GEN_SSD_HOME", str(home.root))  # restored after the test (run_pipeline sets it)
-    overrides = {"models": ModelsResource(teacher=str(teacher), student=str(student)), "data": DataResource(**DEMO)}
-    return home, get_instance(home), pipeline_definitions(resources(str(home.root), **overrides))
-
-
-def _standins(defs: dg.Definitions) -> dg.Definitions:
-    """`defs` with every automated asset but `teacher` replaced by a no-op of the same spec."""
-    from gen_ssd_dagster.defs.automation import CONDITIONS, TEACHER
-
-    def noop(spec):
-        @dg.multi_asset(specs=[spec], name=f"standin_{spec.key.to_python_identifier()}")
-        def _asset():
-            return dg.MaterializeResult(asset_key=spec.key)
-        return _asset
-
-    assets = [a for a in defs.assets if not isinstance(a, dg.AssetsDefinition) or a.key == TEACHER]
-    specs = [s for a in defs.assets if isinstance(a, dg.AssetsDefinition) for s in a.specs]
-    assets += [noop(s) for s in specs if s.key in CONDITIONS and s.key != TEACHER]
-    return dg.Definitions(assets=assets, jobs=defs.jobs, resources=defs.resources)
+    return home, get_instance(home), pipeline(str(home.root), str(teacher), str(student))
 
 
 def _observe(defs, instance) -> str | None:
@@ -164,7 +145,7 @@ def test_teacher_change_reruns_in_order_over_materialized_partitions(tmp_path, m
     teacher = tmp_path / "teacher"
     shutil.copytree(tiny_models[0], teacher)
     home, instance, real = _setup(tmp_path, monkeypatch, teacher, tiny_models[1])
-    defs = _standins(real)
+    defs = standins(real, str(teacher))
     v1 = model_version(ModelSpec(str(teacher)))
 
     # a home a pipeline ran on before: demo everywhere, and posthoc trajectories of gsm8k too

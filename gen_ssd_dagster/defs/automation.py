@@ -3,7 +3,8 @@
 The outside world is the observable source asset `observed_teacher`: its data version is the
 teacher's version as read from where the teacher lives (`observe_teacher`, no model loaded):
 
-* a served teacher (`models.teacher_url` set): what the server reports (`OpenAITeacher.version`);
+* a served teacher (`models.teacher_url` set): what the server reports, the declared version and
+  a greedy probe's answer (`OpenAITeacher.version`, docs/served-teacher-version.md);
 * a local checkpoint (and the built demo teacher): `model_version`'s fingerprint of every byte of
   every file (hashed once per file version, then read from a digest cache: no weights re-read);
 * a hub id: `name@<commit>` from `HfApi().model_info(...).sha` when online; with
@@ -17,21 +18,25 @@ repeats the last known version: no news is never a change.
 
 `teacher_check_schedule` (RUNNING by default, cron $GEN_SSD_TEACHER_CHECK_CRON, default daily at
 03:00) runs the job `observe_teacher`, which records one observation. The automation conditions
-below (`with_teacher_automation`, applied by definitions.py) then re-run, evaluated by the
-sensor `teacher_change_automation` (RUNNING by default; the daemon of `dagster dev` runs it):
+below (`with_teacher_automation`, applied by definitions.py) then re-run, evaluated every
+$GEN_SSD_AUTOMATION_INTERVAL_S seconds (default 30) by the sensor `teacher_change_automation`
+(RUNNING by default; the daemon of `dagster dev` runs it, in the code server, since three
+conditions read the instance in Python):
 
-1. `teacher` (and `cold_start_student` in the same run) when the observed version changed and
-   a teacher was materialized before;
+1. `teacher`, with `cold_start_student` in the same run, while the version observed last is not
+   the version materialized (so the first observation of an unchanged teacher runs nothing);
 2. `pruning_thresholds` and the three trajectory assets on every partition they were ever
-   materialized for, once step 1's run is done (one backfill when several partitions);
-3. `distilled_students/*` once all of their trajectories are re-done, `evaluation_scores` in
-   the same run.
+   materialized for, once step 1's run is done and the cold start was trained from the teacher
+   observed last (a change that arrives mid-chain supersedes the rest of that chain);
+3. `distilled_students/*` once no trajectories run of this automation is in flight and their
+   own trajectories were re-done after the latest cold start, `evaluation_scores` in the same run.
 
 Steps 2 and 3 only follow runs that this sensor launched (run tag `gen_ssd/trigger`), so a
-teacher or cold start materialized by hand, or `gen-ssd pipeline`, triggers nothing. The
-reasons for this design (and not a sensor) are in docs/pipeline.md. Old outputs stay:
-trajectories are keyed by teacher version in DuckDB, and MLflow adds new model versions beside
-the old ones.
+teacher or cold start materialized by hand, or `gen-ssd pipeline`, triggers nothing. The cold
+start and the trajectories also check, before generating, that the teacher they are about to use
+is the one the chain materialized (`defs_support/teacher_chain.py`). The reasons for this design
+(and not a sensor) are in docs/pipeline.md. Old outputs stay: trajectories are keyed by teacher
+version in DuckDB, and MLflow adds new model versions beside the old ones.
 """
 
 from __future__ import annotations
@@ -63,6 +68,8 @@ REFRESH_SELECTION = dg.AssetSelection.assets(TEACHER, COLD_START, THRESHOLDS, *T
 TRIGGER_TAGS = {"gen_ssd/trigger": "teacher_change"}
 CRON_ENV = "GEN_SSD_TEACHER_CHECK_CRON"
 DEFAULT_CRON = "0 3 * * *"
+# Seconds between two evaluations of the conditions (Dagster's default for such sensors is 30).
+INTERVAL_ENV, DEFAULT_INTERVAL_S = "GEN_SSD_AUTOMATION_INTERVAL_S", 30
 
 
 @dataclass(frozen=True)
@@ -129,6 +136,7 @@ teacher_check_schedule = dg.ScheduleDefinition(
 teacher_change_automation = dg.AutomationConditionSensorDefinition(
     "teacher_change_automation", target=REFRESH_SELECTION, run_tags=TRIGGER_TAGS,
     use_user_code_server=True,  # two conditions read the instance in Python (_ObservedTeacherIsNew, _ChainIsCurrent)
+    minimum_interval_seconds=int(os.environ.get(INTERVAL_ENV, DEFAULT_INTERVAL_S)),
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Evaluates the teacher-change conditions: teacher and cold start, then the trajectories on "
                 "every materialized partition, then the students and the evaluation.")
@@ -146,44 +154,87 @@ def _after(deps: list[dg.AssetKey]) -> dg.AutomationCondition:
             & ~AC.any_deps_in_progress() & ~AC.in_progress())
 
 
-class _ObservedTeacherIsNew(dg.AutomationCondition):
-    """The teacher observed last is not the one materialized. Dagster counts the first observation
-    ever recorded as an update even when it repeats the materialized version: this tells them apart."""
+class _InstanceCondition(dg.AutomationCondition):
+    """A condition on what the instance has recorded, true or false for every partition at once.
+    Subclasses set `label` and `text` and say whether it `holds`."""
 
-    @property
-    def description(self) -> str:
-        return "the observed teacher version differs from the materialized one"
+    label = text = ""
 
     @property
     def name(self) -> str:
-        return "observed_teacher_is_new"
+        return self.label
+
+    @property
+    def description(self) -> str:
+        return self.text
+
+    def holds(self, context: dg.AutomationContext) -> bool:
+        raise NotImplementedError
 
     def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
+        return dg.AutomationResult(context, context.candidate_subset if self.holds(context) else context.get_empty_subset())
+
+
+class _ObservedTeacherIsNew(_InstanceCondition):
+    """The teacher observed last is not the one materialized. Dagster counts the first observation
+    ever recorded as an update even when it repeats the materialized version: this tells them apart."""
+
+    label, text = "observed_teacher_is_new", "the observed teacher version differs from the materialized one"
+
+    def holds(self, context: dg.AutomationContext) -> bool:
         instance = context.asset_graph_view.instance
         observed = last_observed_version(instance)
-        new = observed is not None and observed != last_teacher_version(instance)
-        return dg.AutomationResult(context, context.candidate_subset if new else context.get_empty_subset())
+        return observed is not None and observed != last_teacher_version(instance)
 
 
-class _ChainIsCurrent(dg.AutomationCondition):
+class _ChainIsCurrent(_InstanceCondition):
     """Work downstream of the cold start waits while a newer teacher is observed but not yet
     materialized, or the cold start is not yet trained from the teacher materialized: a change
     that arrives while a chain runs supersedes the rest of that chain."""
 
-    @property
-    def description(self) -> str:
-        return "the cold start is trained from the teacher last observed"
+    label, text = "chain_is_current", "the cold start is trained from the teacher last observed"
 
-    @property
-    def name(self) -> str:
-        return "chain_is_current"
+    def holds(self, context: dg.AutomationContext) -> bool:
+        return chain_is_current(context.asset_graph_view.instance)[0]
 
-    def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
-        current, _ = chain_is_current(context.asset_graph_view.instance)
-        return dg.AutomationResult(context, context.candidate_subset if current else context.get_empty_subset())
+
+class _NoRunInFlightFor(_InstanceCondition):
+    """No run of this automation that materializes any of `keys` is queued or running. Dagster's
+    in-progress conditions look at direct dependencies only, and one run materializes its assets
+    one step at a time: without this, a student would start as soon as its own trajectories were
+    written, while its siblings' were still being generated, and the evaluation with it."""
+
+    def __init__(self, keys: list[dg.AssetKey], stage: str):
+        self.keys = frozenset(keys)
+        self.label, self.text = f"no_run_in_flight_for_{stage}", f"no automation run of the {stage} in flight"
+
+    def holds(self, context: dg.AutomationContext) -> bool:
+        runs = context.asset_graph_view.instance.get_runs(filters=dg.RunsFilter(
+            tags=TRIGGER_TAGS, statuses=[dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED,
+                                         dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]))
+        return not any(self.keys & (run.asset_selection or frozenset()) for run in runs)
+
+
+class _RedoneSinceColdStart(_InstanceCondition):
+    """This asset was materialized after the latest cold start. Asked of a student's trajectories
+    and of the evaluation's students: a student never trains, and the evaluation never scores, on
+    what an earlier cold start selected, even when the next stage is requested in the same tick."""
+
+    label, text = "redone_since_cold_start", "materialized after the latest cold start"
+
+    def holds(self, context: dg.AutomationContext) -> bool:
+        instance = context.asset_graph_view.instance
+        cold = instance.fetch_materializations(COLD_START, limit=1).records
+        mine = instance.fetch_materializations(context.key, limit=1).records
+        return bool(mine) and (not cold or mine[0].storage_id > cold[0].storage_id)
 
 
 CHAIN_IS_CURRENT = _ChainIsCurrent()
+TRAJECTORIES_REDONE = AC.all_deps_match(_RedoneSinceColdStart()).allow(dg.AssetSelection.assets(*TRAJECTORY_ASSETS))
+# the students may be requested in this very tick, to share the evaluation's run
+STUDENTS_REDONE = AC.all_deps_match(_RedoneSinceColdStart() | AC.will_be_requested()).allow(
+    dg.AssetSelection.assets(*STUDENTS))
+_UPSTREAM_OF_STUDENTS = [TEACHER, COLD_START, THRESHOLDS, *TRAJECTORY_ASSETS]
 # Level, not edge: requested while the observed version is not the materialized one, so a change
 # observed in the very tick a teacher run ends is not lost. A failed teacher run is retried once
 # per new observation, not on every tick.
@@ -198,8 +249,11 @@ CONDITIONS = {
     # only partitions materialized before: a teacher change re-does work, it starts none
     **{key: (_after([TEACHER, COLD_START, THRESHOLDS]) & ~AC.missing() & CHAIN_IS_CURRENT).with_label("after_cold_start")
        for key in [THRESHOLDS, *TRAJECTORY_ASSETS]},
-    **{key: (_after(TRAJECTORY_ASSETS) & CHAIN_IS_CURRENT).with_label("after_trajectories") for key in STUDENTS},
-    EVALUATION: (_after(STUDENTS) & CHAIN_IS_CURRENT).with_label("after_students"),
+    **{key: (_after(TRAJECTORY_ASSETS) & CHAIN_IS_CURRENT & TRAJECTORIES_REDONE
+             & _NoRunInFlightFor(_UPSTREAM_OF_STUDENTS, "trajectories")).with_label("after_trajectories")
+       for key in STUDENTS},
+    EVALUATION: (_after(STUDENTS) & CHAIN_IS_CURRENT & STUDENTS_REDONE
+                 & _NoRunInFlightFor([*_UPSTREAM_OF_STUDENTS, *STUDENTS], "students")).with_label("after_students"),
 }
 
 
