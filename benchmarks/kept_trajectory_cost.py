@@ -183,7 +183,7 @@ def main() -> None:
     import torch
 
     from gen_ssd_dagster.core.data.benchmarks import BUILTIN_DATASETS, load_problems
-    from gen_ssd_dagster.core.engines.backends import TransformersScorer, TransformersTeacher
+    from gen_ssd_dagster.core.engines.transformers_backend import TransformersScorer, TransformersTeacher
     from gen_ssd_dagster.core.engines.models import dequantized_checkpoint, packaged_smollm2
     from gen_ssd_dagster.core.method.baselines import run_standard_kd
     from gen_ssd_dagster.core.method.config import GenSSDConfig, SamplingConfig, StandardKDConfig

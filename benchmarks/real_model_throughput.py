@@ -18,7 +18,7 @@ import argparse
 import os
 import time
 
-from gen_ssd_dagster.core.engines.backends import TransformersScorer, TransformersTeacher
+from gen_ssd_dagster.core.engines.transformers_backend import TransformersScorer, TransformersTeacher
 from gen_ssd_dagster.core.method.config import GenSSDConfig, SamplingConfig
 from gen_ssd_dagster.core.data.benchmarks import BUILTIN_DATASETS, load_problems
 from gen_ssd_dagster.core.engines.models import packaged_smollm2

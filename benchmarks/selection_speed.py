@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from gen_ssd_dagster.core.engines.backends import TransformersScorer, TransformersTeacher
+from gen_ssd_dagster.core.engines.transformers_backend import TransformersScorer, TransformersTeacher
 from gen_ssd_dagster.core.method.config import GenSSDConfig, SamplingConfig, StandardKDConfig
 from gen_ssd_dagster.core.demo.models import build_demo_models
 from gen_ssd_dagster.core.demo.world import generate_problems

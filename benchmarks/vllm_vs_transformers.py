@@ -94,7 +94,7 @@ def main() -> None:
 
     import torch
 
-    from gen_ssd_dagster.core.engines.backends import TransformersScorer, TransformersTeacher
+    from gen_ssd_dagster.core.engines.transformers_backend import TransformersScorer, TransformersTeacher
     from gen_ssd_dagster.core.method.config import GenSSDConfig, SamplingConfig
     from gen_ssd_dagster.core.demo.world import generate_problems
     from gen_ssd_dagster.core.engines.models import ModelSpec

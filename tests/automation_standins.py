@@ -22,7 +22,7 @@ DEMO = {"demo_train": 12, "demo_test": 3, "demo_seed": 0}
 
 
 def standins(defs: dg.Definitions, teacher_path: str | None = None, step_s: float = 0.0) -> dg.Definitions:
-    from gen_ssd_dagster.core.engines.backends import model_version
+    from gen_ssd_dagster.core.engines.models import model_version
     from gen_ssd_dagster.core.engines.models import ModelSpec
     from gen_ssd_dagster.defs.automation import CONDITIONS, COLD_START, TEACHER, THRESHOLDS, TRAJECTORY_ASSETS
     from gen_ssd_dagster.defs_support.teacher_chain import (check_same_teacher, cold_start_teacher_version,

@@ -138,7 +138,7 @@ def test_defs_use_public_dagster_and_never_the_assembled_location():
 
 
 def test_teacher_change_reruns_in_order_over_materialized_partitions(tmp_path, monkeypatch, tiny_models):
-    from gen_ssd_dagster.core.engines.backends import model_version
+    from gen_ssd_dagster.core.engines.models import model_version
     from gen_ssd_dagster.core.engines.models import ModelSpec
     from gen_ssd_dagster.defs import automation
 
@@ -221,7 +221,7 @@ def test_teacher_change_reruns_in_order_over_materialized_partitions(tmp_path, m
 def test_work_never_starts_from_a_teacher_other_than_its_cold_starts(tmp_path, monkeypatch, tiny_models):
     """A teacher changed after the chain's teacher and cold start ran (a run launched just before a
     change): the trajectories refuse before generating, naming both versions, and write nothing."""
-    from gen_ssd_dagster.core.engines.backends import model_version
+    from gen_ssd_dagster.core.engines.models import model_version
     from gen_ssd_dagster.core.engines.models import ModelSpec
     from gen_ssd_dagster.defs import automation
     from gen_ssd_dagster.store import Store
@@ -284,7 +284,7 @@ def test_hub_branch_resolved_to_a_commit_when_online(tmp_path, monkeypatch):
 
     import huggingface_hub
 
-    from gen_ssd_dagster.core.engines.backends import model_version
+    from gen_ssd_dagster.core.engines.models import model_version
     from gen_ssd_dagster.defs.automation import observe_teacher
     from gen_ssd_dagster.defs.resources import ModelsResource
     from gen_ssd_dagster.store import Home

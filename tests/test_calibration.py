@@ -13,7 +13,7 @@ from gen_ssd_dagster.core.errors import ConfigError
 
 
 def _backends(teacher_dir, student_dir):
-    from gen_ssd_dagster.core.engines.backends import TransformersScorer, TransformersTeacher
+    from gen_ssd_dagster.core.engines.transformers_backend import TransformersScorer, TransformersTeacher
     from gen_ssd_dagster.core.engines.models import ModelSpec
 
     return TransformersTeacher(ModelSpec(str(teacher_dir))), TransformersScorer(ModelSpec(str(student_dir)))

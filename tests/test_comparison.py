@@ -17,7 +17,7 @@ def _problems(n: int):
 
 
 def _backends(tiny_models):
-    from gen_ssd_dagster.core.engines.backends import TransformersScorer, TransformersTeacher
+    from gen_ssd_dagster.core.engines.transformers_backend import TransformersScorer, TransformersTeacher
     from gen_ssd_dagster.core.engines.models import ModelSpec
 
     return TransformersTeacher(ModelSpec(str(tiny_models[0]))), TransformersScorer(ModelSpec(str(tiny_models[1])))

@@ -11,9 +11,8 @@ import struct
 
 import pytest
 
-from gen_ssd_dagster.core.engines.backends import model_version
 from gen_ssd_dagster.core.engines.fingerprint import DigestCache
-from gen_ssd_dagster.core.engines.models import ModelSpec, is_partial_fingerprint, weights_version
+from gen_ssd_dagster.core.engines.models import ModelSpec, is_partial_fingerprint, model_version, weights_version
 
 MIB = 1 << 20
 TENSOR = "model.layers.1.self_attn.v_proj.weight"

@@ -25,14 +25,14 @@ if MISSING:
 
 @pytest.fixture(scope="module")
 def smollm2_scorer():
-    from gen_ssd_dagster.core.engines.backends import TransformersScorer
+    from gen_ssd_dagster.core.engines.transformers_backend import TransformersScorer
     from gen_ssd_dagster.core.engines.models import packaged_smollm2
 
     return TransformersScorer(packaged_smollm2())
 
 
 def test_spec_version_names_and_fingerprints_the_file(tmp_path):
-    from gen_ssd_dagster.core.engines.backends import model_version
+    from gen_ssd_dagster.core.engines.models import model_version
     from gen_ssd_dagster.core.errors import ModelLoadError
     from gen_ssd_dagster.core.engines.models import SMOLLM2_GGUF, ModelSpec, load_model, packaged_smollm2
 
@@ -70,7 +70,7 @@ def test_perplexity_of_a_real_model(smollm2_scorer):
 
 def test_gen_ssd_step_scored_by_smollm2(tiny_models, smollm2_scorer):
     """The tiny random teacher proposes (its own tokenizer); SmolLM2 picks the lowest-PPL chunk."""
-    from gen_ssd_dagster.core.engines.backends import TransformersTeacher
+    from gen_ssd_dagster.core.engines.transformers_backend import TransformersTeacher
     from gen_ssd_dagster.core.method.config import GenSSDConfig, SamplingConfig
     from gen_ssd_dagster.core.engines.models import ModelSpec
     from gen_ssd_dagster.core.method.selection import run_gen_ssd

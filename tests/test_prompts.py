@@ -10,11 +10,12 @@ import shutil
 import pytest
 from transformers import AutoConfig
 
-from gen_ssd_dagster.core.engines.backends import TransformersScorer, TransformersTeacher, model_version, student_pieces
+from gen_ssd_dagster.core.engines.prefix_scoring import student_pieces
+from gen_ssd_dagster.core.engines.transformers_backend import TransformersScorer, TransformersTeacher
 from gen_ssd_dagster.core.method.config import GenSSDConfig, SamplingConfig
 from gen_ssd_dagster.core.errors import ConfigError, DataError
 from gen_ssd_dagster.core.evaluation.evaluate import EvalSettings, evaluate
-from gen_ssd_dagster.core.engines.models import ModelSpec, load_model, load_tokenizer
+from gen_ssd_dagster.core.engines.models import ModelSpec, load_model, load_tokenizer, model_version
 from gen_ssd_dagster.core.engines.prompts import Prompter, PromptSettings, format_prompt
 from gen_ssd_dagster.core.method.selection import run_gen_ssd
 from gen_ssd_dagster.core.data.solution_text import SolutionEnd

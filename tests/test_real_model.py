@@ -80,7 +80,7 @@ def test_teacher_writes_chat_formatted_reasoning_that_ends_by_itself(run):
 def test_student_ppl_is_taken_under_its_own_template(run):
     import dataclasses
 
-    from gen_ssd_dagster.core.engines.backends import TransformersScorer
+    from gen_ssd_dagster.core.engines.transformers_backend import TransformersScorer
 
     home, store, models = run
     cold = next(p for p in (home.checkpoints / "cold_start_student").iterdir() if p.is_dir())

@@ -70,7 +70,7 @@ class TeacherServer(ThreadingHTTPServer):
     127.0.0.1, that wants `Bearer KEY` and, like some real servers, echoes a bad key back."""
 
     def __init__(self, teacher_dir: Path):
-        from gen_ssd_dagster.core.engines.backends import TransformersTeacher
+        from gen_ssd_dagster.core.engines.transformers_backend import TransformersTeacher
         from gen_ssd_dagster.core.engines.models import ModelSpec
 
         self.teacher = TransformersTeacher(ModelSpec(str(teacher_dir)))

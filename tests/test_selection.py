@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from gen_ssd_dagster.core.engines.backends import TransformersScorer, TransformersTeacher
+from gen_ssd_dagster.core.engines.transformers_backend import TransformersScorer, TransformersTeacher
 from gen_ssd_dagster.core.method.baselines import run_posthoc, run_standard_kd
 from gen_ssd_dagster.core.method.config import GenSSDConfig, PostHocConfig, SamplingConfig, StandardKDConfig
 from gen_ssd_dagster.core.errors import ConfigError

@@ -13,7 +13,7 @@ import math
 
 import pytest
 
-from gen_ssd_dagster.core.engines.backends import Proposal, Score
+from gen_ssd_dagster.core.engines.interfaces import Proposal, Score
 from gen_ssd_dagster.core.method.config import GenSSDConfig, SamplingConfig
 from gen_ssd_dagster.core.method.selection import run_gen_ssd
 from gen_ssd_dagster.core.types import Problem

@@ -52,7 +52,7 @@ def _materializations(instance, key: dg.AssetKey) -> list:
 
 
 def test_two_changes_a_minute_apart_each_run_the_chain_in_order(tmp_path, tiny_models):
-    from gen_ssd_dagster.core.engines.backends import model_version
+    from gen_ssd_dagster.core.engines.models import model_version
     from gen_ssd_dagster.core.engines.models import ModelSpec
     from gen_ssd_dagster.defs import automation
     from gen_ssd_dagster.instance import dagster_home, get_instance

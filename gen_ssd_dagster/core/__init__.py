@@ -30,7 +30,7 @@ _PUBLIC = {
     "run_method": "method.registry", "training_examples": "method.registry", "calibrate": "method.calibration",
     # engines
     "ModelSpec": "engines.models", "load_model": "engines.models", "load_tokenizer": "engines.models",
-    "TransformersTeacher": "engines.backends", "TransformersScorer": "engines.backends",
+    "TransformersTeacher": "engines.transformers_backend", "TransformersScorer": "engines.transformers_backend",
     "VLLMTeacher": "engines.vllm_backend", "VLLMScorer": "engines.vllm_backend",
     "OpenAITeacher": "engines.openai_backend", "OpenAIScorer": "engines.openai_backend",
     "PromptSettings": "engines.prompts", "Prompter": "engines.prompts",

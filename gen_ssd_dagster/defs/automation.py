@@ -49,8 +49,7 @@ from pathlib import Path
 import dagster as dg
 
 from ..core.demo.models import MARKER
-from ..core.engines.backends import model_version
-from ..core.engines.models import resolve_hub_revision
+from ..core.engines.models import model_version, resolve_hub_revision
 from ..store import Home
 from ..defs_support.teacher_chain import (COLD_START, OBSERVED_TEACHER, TEACHER, chain_is_current,
                                           last_observed_version, last_teacher_version)

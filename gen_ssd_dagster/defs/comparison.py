@@ -12,10 +12,9 @@ import json
 
 import dagster as dg
 
-from ..core.engines.backends import model_version
 from ..core.experiments.comparison import COMPARISON_METHODS, ArmResult, arm_key, evaluation_of, reference_arm, run_comparison
 from ..core.experiments.comparison_table import markdown, summarise
-from ..core.engines.models import ModelSpec
+from ..core.engines.models import ModelSpec, model_version
 from ..core.experiments.sweep import parse_knobs, run_sweep
 from ..store.experiments import find_arm, save_arm
 from ..store.trajectories import read_problems

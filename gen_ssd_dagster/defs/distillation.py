@@ -8,8 +8,7 @@ distilled_students/<method>: the cold-start student fine-tuned on what that meth
 import dagster as dg
 
 from ..core.method.versions import FIRST_VERSION, method_version
-from ..core.engines.backends import model_version
-from ..core.engines.models import ModelSpec
+from ..core.engines.models import ModelSpec, model_version
 from ..store.trajectories import WorkKey, latest_config_hash, selected_examples
 from .resources import GPU_POOL, MLflowResource, ModelsResource, StoreResource
 from ..defs_support.run_config import ColdStartConfig, DistillConfig

@@ -5,11 +5,10 @@ import json
 
 import dagster as dg
 
-from ..core.engines.backends import model_version
 from ..core.experiments.comparison_table import markdown
 from ..core.evaluation.evaluate import evaluate
 from ..core.data.grading import GRADER_VERSION
-from ..core.engines.models import ModelSpec
+from ..core.engines.models import ModelSpec, model_version
 from ..core.progress import Reporter
 from ..core.data.solution_text import SolutionEnd
 from ..core.types import problems_digest

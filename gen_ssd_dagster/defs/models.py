@@ -8,8 +8,7 @@ Dagster data version, so every downstream materialization records which weights 
 
 import dagster as dg
 
-from ..core.engines.backends import model_version
-from ..core.engines.models import ModelSpec, is_partial_fingerprint
+from ..core.engines.models import ModelSpec, is_partial_fingerprint, model_version
 from .resources import ModelsResource, StoreResource
 
 

@@ -13,10 +13,10 @@ import dagster as dg
 from filelock import FileLock
 from pydantic import Field
 
-from ..core.engines.backends import TransformersScorer, TransformersTeacher, model_version
+from ..core.engines.transformers_backend import TransformersScorer, TransformersTeacher
 from ..core.demo.run import DemoConfig
 from ..core.demo.models import DemoModelsConfig, build_demo_models
-from ..core.engines.models import PACKAGED_MODELS, ModelSpec, resolve_hub_revision
+from ..core.engines.models import PACKAGED_MODELS, ModelSpec, model_version, resolve_hub_revision
 from ..core.progress import Reporter
 from ..store import Home, Store
 from ..defs_support.core_config import core_value, derive, fields_of

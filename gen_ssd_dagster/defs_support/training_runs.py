@@ -15,8 +15,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from ..core.engines.backends import model_version
-from ..core.engines.models import ModelSpec
+from ..core.engines.models import ModelSpec, model_version
 from ..core.progress import Reporter
 from ..core.training.sft import TrainConfig, fine_tune
 from ..defs.resources import MLflowResource, StoreResource

@@ -14,7 +14,7 @@ from .db import Store
 @dataclass(frozen=True)
 class EvaluationScore:
     """One row of `evaluation_scores`: a student's accuracy on a benchmark (not a scorer's NLL of a
-    text, which is `core.engines.backends.Score`)."""
+    text, which is `core.engines.interfaces.Score`)."""
 
     student: str
     model_version: str

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gen_ssd_dagster.core.engines.backends import TransformersScorer, TransformersTeacher
+from gen_ssd_dagster.core.engines.transformers_backend import TransformersScorer, TransformersTeacher
 from gen_ssd_dagster.core.progress import Reporter
 from gen_ssd_dagster.core.method.config import GenSSDConfig, PostHocConfig, SamplingConfig, StandardKDConfig
 from gen_ssd_dagster.core.data.benchmarks import BUILTIN_DATASETS, load_problems

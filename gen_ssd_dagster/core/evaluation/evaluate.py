@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Protocol
 
-from gen_ssd_dagster.core.engines.backends import TransformersTeacher
+from gen_ssd_dagster.core.engines.transformers_backend import TransformersTeacher
 from gen_ssd_dagster.core.errors import ConfigError
 from gen_ssd_dagster.core.data.grading import GRADER_VERSION, grade
 from gen_ssd_dagster.core.engines.models import ModelSpec

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from gen_ssd_dagster.core.engines.backends import Scorer, Teacher
+from gen_ssd_dagster.core.engines.interfaces import Scorer, Teacher
 from gen_ssd_dagster.core.method.config import PostHocConfig, SamplingConfig, StandardKDConfig, config_dict
 from gen_ssd_dagster.core.data.grading import grade
 from gen_ssd_dagster.core.method.selection import normalised_ppl

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gen_ssd_dagster.core.engines.backends import Scorer, Teacher
+from gen_ssd_dagster.core.engines.interfaces import Scorer, Teacher
 from gen_ssd_dagster.core.method.config import Calibration, GenSSDConfig
 from gen_ssd_dagster.core.errors import ConfigError, DataError
 from gen_ssd_dagster.core.method.selection import normalised_ppl

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gen_ssd_dagster.core.engines.backends import Scorer, Teacher
+from gen_ssd_dagster.core.engines.interfaces import Scorer, Teacher
 from gen_ssd_dagster.core.method.baselines import run_posthoc, run_standard_kd
 from gen_ssd_dagster.core.method.config import GenSSDConfig, MethodConfig, PostHocConfig, StandardKDConfig
 from gen_ssd_dagster.core.method.selection import run_gen_ssd

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 
-from gen_ssd_dagster.core.engines.backends import Proposal, Scorer, Teacher
+from gen_ssd_dagster.core.engines.interfaces import Proposal, Scorer, Teacher
 from gen_ssd_dagster.core.method.config import GenSSDConfig, config_dict
 from gen_ssd_dagster.core.data.grading import grade
 from gen_ssd_dagster.core.types import Candidate, Problem, Progress, Step, Trajectory

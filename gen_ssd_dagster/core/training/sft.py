@@ -125,7 +125,7 @@ def _fingerprint(spec: ModelSpec, examples: list[tuple[str, str]], config: Train
     """What makes two runs the same run: the base weights, the examples and the config."""
     from dataclasses import asdict
 
-    from gen_ssd_dagster.core.engines.backends import model_version
+    from gen_ssd_dagster.core.engines.models import model_version
 
     blob = json.dumps([model_version(spec), spec.revision, examples, asdict(config)], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()

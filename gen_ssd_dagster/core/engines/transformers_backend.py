@@ -1,75 +1,19 @@
-"""Teacher and student backends: the only code that touches model weights during selection.
+"""The transformers backend: teacher sampling and student scoring on a model loaded in this process.
 
-The method talks to two small interfaces, so a vLLM engine or a served model can stand in later:
-
-* a teacher `start(prompts)`s a session; each step it `propose`s K continuations per live path and
-  is told which one was `accept`ed (or that the path was dropped);
-* a student scorer does the same with `score`, returning the summed NLL and token count of each
-  candidate under the student's OWN tokenizer. Only text crosses between them, so teacher and
-  student need not share a vocabulary.
-
-The transformers backends keep each path's KV cache between steps (see `kv_batch.KVBatch`), so
-the accepted prefix is encoded once, not once per step, and the K candidates share it.
+Both keep each path's KV cache between steps (see `kv_batch.KVBatch`), so the accepted prefix is
+encoded once, not once per step, and the K candidates share it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
-
 import torch
 
 from gen_ssd_dagster.core.errors import DataError
+from gen_ssd_dagster.core.engines.interfaces import Proposal, Score, ScoresWholeTexts
 from gen_ssd_dagster.core.engines.kv_batch import KVBatch
-from gen_ssd_dagster.core.engines.models import ModelSpec, context_size, load_model, load_tokenizer, weights_version
+from gen_ssd_dagster.core.engines.models import ModelSpec, context_size, load_model, load_tokenizer, model_version
+from gen_ssd_dagster.core.engines.prefix_scoring import student_pieces
 from gen_ssd_dagster.core.engines.prompts import Prompter
-
-
-@dataclass
-class Proposal:
-    text: str
-    tokens: int  # teacher tokens generated (EOS included)
-    ended: bool  # the teacher closed its turn (EOS or end-of-turn token)
-    context_full: bool = False  # stopped because prompt + text filled the teacher's context
-
-
-@dataclass
-class Score:
-    nll: float  # summed over the student tokens of the text (+ the student's end token if it ends there)
-    tokens: int
-
-
-class TeacherSession(Protocol):
-    def propose(self, k: int, max_tokens: list[int], stop_at_newline: bool) -> list[list[Proposal]]: ...
-    def accept(self, chosen: list[int | None]) -> None: ...
-
-
-class ScorerSession(Protocol):
-    def score(self, candidates: list[list[str]], ends: list[list[bool]]) -> list[list[Score]]: ...
-    def accept(self, chosen: list[int | None]) -> None: ...
-
-
-class Teacher(Protocol):
-    version: str
-
-    def start(self, questions: list[str], temperature: float, top_p: float, seed: int) -> TeacherSession: ...
-
-
-class Scorer(Protocol):
-    version: str
-
-    def start(self, questions: list[str]) -> ScorerSession: ...
-
-
-def model_version(spec: ModelSpec) -> str:
-    """What identifies the model as used: the weights and tokenizer, and how it is prompted.
-
-    Weights: the SHA-256 of every file of a local checkpoint (`models.weights_version`; chat
-    template and tokenizer files included), hashed once per file version and then remembered, or
-    the hub revision. A GGUF spec is fingerprinted by its one file (the directory may hold other
-    things), and named after it. Non-default prompt settings (instruction, system prompt, template mode)
-    add `+prompt-<hash>`: work made under another instruction is other work."""
-    return weights_version(spec) + spec.prompt_settings.version_suffix()
 
 
 def check_prompt_lengths(model, ids: list[list[int]], prompts: list[str], who: str) -> None:
@@ -188,23 +132,6 @@ class _TeacherSession:
         self.k = 1
 
 
-def student_pieces(prompter: Prompter, text: str, end: bool) -> list[int]:
-    """The student tokens a candidate adds: its own tokenization, + its end-of-turn token when it
-    ends the solution (so the student's PPL counts knowing when to stop, as its training does)."""
-    ids = prompter.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
-    return ids + ([prompter.end_id] if end else [])
-
-
-class ScoresWholeTexts:
-    """`score_texts` for any scorer with `start`: whole completions are one-chunk paths."""
-
-    def score_texts(self, questions: list[str], texts: list[str], ends: list[bool] | None = None) -> list[Score]:
-        """Score whole completions (post-hoc filtering, trajectory PPL): one text per question."""
-        session = self.start(questions)
-        scores = session.score([[t] for t in texts], [[e] for e in (ends or [True] * len(texts))])
-        return [s[0] for s in scores]
-
-
 class TransformersScorer(ScoresWholeTexts):
     """The student's view: summed NLL of candidate text under its own tokenizer, KV cache kept."""
 
@@ -220,7 +147,6 @@ class TransformersScorer(ScoresWholeTexts):
         ids = [self.prompter.ids(q) for q in questions]
         check_prompt_lengths(self.model, ids, questions, "student")
         return _ScorerSession(self, KVBatch(self.model, ids, self.tokenizer.pad_token_id))
-
 
 
 class _ScorerSession:
