@@ -31,19 +31,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gen_ssd_dagster.core.method.calibration import CALIBRATION_PROBLEMS, calibrate, calibrated, summary, validate_quantile
-from gen_ssd_dagster.core.method.baselines import answer_nlls, select_lowest
-from gen_ssd_dagster.core.method.config import GenSSDConfig, MethodConfig, SamplingConfig, StandardKDConfig, config_dict
+from gen_ssd_dagster.core.method.config import (GenSSDConfig, MethodConfig, PostHocConfig, SamplingConfig, StandardKDConfig,
+                                                config_dict)
 from gen_ssd_dagster.core.errors import ConfigError
 from gen_ssd_dagster.core.evaluation.evaluate import EvalSettings, evaluate
 from gen_ssd_dagster.core.method.registry import METHODS, run_method, training_examples
+from gen_ssd_dagster.core.method.reselection import ANSWER_LIKELIHOOD, answer_likelihood_reselected, posthoc_reselected
 from gen_ssd_dagster.core.engines.models import ModelSpec
 from gen_ssd_dagster.core.progress import Reporter
 from gen_ssd_dagster.core.training.sft import TrainConfig, fine_tune
 from gen_ssd_dagster.core.types import Log, Problem, Trajectory, problems_digest
 
 # The registry's methods, then the selection only the comparison has (MoRSD-style answer likelihood).
-COMPARISON_METHODS = (*METHODS, "answer_likelihood")
-KD_RESELECTIONS = ("posthoc", "answer_likelihood")  # arms that re-select Standard KD's own samples
+COMPARISON_METHODS = (*METHODS, ANSWER_LIKELIHOOD)
+KD_RESELECTIONS = ("posthoc", ANSWER_LIKELIHOOD)  # arms that re-select Standard KD's own samples
 # The distillation recipe. Measured on the demo: with 3 epochs at 1e-3 the 0.27M student stayed
 # near its cold-start accuracy whatever it was given (1,000 gold stepwise solutions: 6.5%); 8
 # epochs at 3e-3 took the same data to 26.5%, so the methods' data can make a difference.
@@ -202,31 +203,17 @@ def generate_within_budget(config: MethodConfig, problems: list[Problem], teache
     return BudgetedData(kept, used, spent, True, time.perf_counter() - clock)
 
 
-def reselected(kd: BudgetedData, method: str, scores: list[float],
-               keeps: Callable[[Trajectory], bool] = SamplingConfig().keeps) -> BudgetedData:
-    """Standard KD's very samples re-selected as `method`: per problem, the one of lowest score
-    (`scores`, one per sample) among those `keeps` allows (Standard KD's own rule)."""
-    copies = [dataclasses.replace(t, method=method, selected=False) for t in kd.trajectories]
-    by_problem: dict[str, list[int]] = {}
-    for i, t in enumerate(copies):
-        by_problem.setdefault(t.problem_id, []).append(i)
-    for rows in by_problem.values():
-        select_lowest([copies[i] for i in rows], [scores[i] for i in rows], keeps)
-    return dataclasses.replace(kd, trajectories=copies, seconds=0.0)
-
-
 def posthoc_from(kd: BudgetedData, keeps: Callable[[Trajectory], bool] = SamplingConfig().keeps) -> BudgetedData:
-    """Post-hoc filtering: the lowest-PPL sample per problem."""
-    return reselected(kd, "posthoc", [t.ppl for t in kd.trajectories], keeps)
+    """Standard KD's data re-selected by post-hoc filtering; it costs nothing more (the PPLs are stored)."""
+    return dataclasses.replace(kd, trajectories=posthoc_reselected(kd.trajectories, keeps), seconds=0.0)
 
 
 def answer_likelihood_from(kd: BudgetedData, scorer, keeps: Callable[[Trajectory], bool] = SamplingConfig().keeps
                            ) -> BudgetedData:
-    """MoRSD-style: per problem, the sample under which the student gives the answer line the
-    lowest NLL (`baselines.answer_nlls`)."""
+    """Standard KD's data re-selected by answer likelihood; its seconds are the scoring's."""
     clock = time.perf_counter()
-    data = reselected(kd, "answer_likelihood", answer_nlls(kd.trajectories, scorer), keeps)
-    return dataclasses.replace(data, seconds=time.perf_counter() - clock)
+    trajectories = answer_likelihood_reselected(kd.trajectories, scorer, keeps)
+    return dataclasses.replace(kd, trajectories=trajectories, seconds=time.perf_counter() - clock)
 
 
 def data_stats(data: BudgetedData) -> dict:
@@ -319,11 +306,12 @@ def run_comparison(config: ComparisonConfig, cold_start: ModelSpec | Path, pool:
     arms = []
     for seed in config.seeds:
         stream = seed_order(pool, seed)
-        configs = {"gen_ssd": with_seed(config.gen_ssd, seed), "standard_kd": with_seed(config.standard_kd, seed)}
-        dicts = {m: config_dict(c) for m, c in configs.items()}
+        kd = with_seed(config.standard_kd, seed)
         # Standard KD's samples carry per-token PPLs: post-hoc selects by those.
-        dicts["posthoc"] = {**dicts["standard_kd"], "method": "posthoc", "ppl_normalisation": "token"}
-        dicts["answer_likelihood"] = {**dicts["standard_kd"], "method": "answer_likelihood"}
+        configs = {"gen_ssd": with_seed(config.gen_ssd, seed), "standard_kd": kd,
+                   "posthoc": PostHocConfig(kd.num_candidates, kd.sampling, ppl_normalisation="token")}
+        dicts = {m: config_dict(c) for m, c in configs.items()}
+        dicts[ANSWER_LIKELIHOOD] = {**dicts["standard_kd"], "method": ANSWER_LIKELIHOOD}
         keys = {m: arm_key("comparison", m, seed, dicts[m], config, context) for m in COMPARISON_METHODS}
         stored = {m: lookup(keys[m]) if lookup else None for m in COMPARISON_METHODS}
         data: dict[str, BudgetedData] = {}

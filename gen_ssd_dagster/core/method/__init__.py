@@ -1,4 +1,4 @@
 """The method: Gen-SSD's chunk-selection loop (selection.py), its knobs (config.py), the
-baselines (baselines.py), threshold calibration (calibration.py) and one entry point for all
-methods (registry.py).
+baselines (baselines.py), threshold calibration (calibration.py), the re-selection of Standard KD's samples
+(reselection.py) and one entry point for all methods (registry.py).
 """
