@@ -14,7 +14,7 @@ ASSETS = [
     models.teacher, models.base_student,
     data.problems, data.benchmarks,
     distillation.cold_start_student, calibration.pruning_thresholds,
-    trajectories.gen_ssd_trajectories, trajectories.standard_kd_trajectories, trajectories.posthoc_trajectories,
+    *trajectories.trajectory_assets,
     *distillation.distilled_students,
     evaluation.evaluation_scores,
 ]

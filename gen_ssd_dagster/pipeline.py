@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import dagster as dg
 
+from .core.method.methods import METHODS
 from .defs.resources import resources_from_config
 from .definitions import ASSETS, CHECKS, EXPERIMENTS, resources
 from .instance import get_instance
@@ -71,7 +72,7 @@ def _partition_defaults(run_config: dict, partition: str) -> dict:
         return run_config
     ops = {k: {"config": dict((v or {}).get("config", {}))} for k, v in run_config.get("ops", {}).items()}
     ops.setdefault("cold_start_student", {"config": {}})["config"].setdefault("dataset", partition)
-    for method in ("gen_ssd", "standard_kd", "posthoc"):
+    for method in METHODS:
         ops.setdefault(f"distilled_students__{method}", {"config": {}})["config"].setdefault("partitions", [partition])
     ops.setdefault("evaluation_scores", {"config": {}})["config"].setdefault("benchmarks", [partition])
     return {**run_config, "ops": ops}

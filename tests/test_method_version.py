@@ -4,12 +4,13 @@ were recorded opens with its rows as the first version."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import duckdb
 import pytest
 
-from gen_ssd_dagster.core.method import versions
+from gen_ssd_dagster.core.method.methods import METHODS
 from gen_ssd_dagster.core.method.config import GenSSDConfig
 from gen_ssd_dagster.core.types import Candidate, Problem, Step, Trajectory
 from gen_ssd_dagster.store import Home, Store, resumable
@@ -27,20 +28,13 @@ def _key(version: str = "") -> WorkKey:
     return WorkKey("demo", "gen_ssd", "t1", "s1", "h1", method_version=version)
 
 
-def test_every_registered_method_has_a_version():
-    from gen_ssd_dagster.core.method.registry import METHODS
-
-    assert set(versions.METHOD_VERSIONS) == set(METHODS)
-    assert _key().method_version == versions.METHOD_VERSIONS["gen_ssd"]  # empty = the current code's
+def test_a_key_without_a_method_version_takes_the_current_one():
+    assert _key().method_version == METHODS["gen_ssd"].version
 
 
-def test_methods_are_listed_once_in_one_order():
-    from gen_ssd_dagster.core.experiments.comparison import COMPARISON_METHODS
-    from gen_ssd_dagster.core.method.registry import METHODS
-    from gen_ssd_dagster.defs.trajectories import METHOD_ASSETS
-
-    assert tuple(METHOD_ASSETS) == METHODS == tuple(versions.METHOD_VERSIONS)
-    assert COMPARISON_METHODS == (*METHODS, "answer_likelihood")
+def _bump(monkeypatch, method: str, version: str = "2") -> None:
+    """The method's code changed what it outputs: its version in the table is bumped."""
+    monkeypatch.setitem(METHODS, method, dataclasses.replace(METHODS[method], version=version))
 
 
 def test_a_bumped_method_version_is_new_work_beside_the_old(tmp_path, monkeypatch):
@@ -58,7 +52,7 @@ def test_a_bumped_method_version_is_new_work_beside_the_old(tmp_path, monkeypatc
     assert done_problem_ids(store, v1) == {"p0", "p1", "p2"}
 
     # a fix in the selection loop bumps the version: the same problems are not done under it
-    monkeypatch.setitem(versions.METHOD_VERSIONS, "gen_ssd", "2")
+    _bump(monkeypatch, "gen_ssd")
     v2 = _key()
     assert v2.method_version == "2" and done_problem_ids(store, v2) == set()
     assert latest_config_hash(store, "demo", "gen_ssd", "t1", "s1") is None  # nothing for the students yet
@@ -115,7 +109,7 @@ def test_a_store_from_before_method_versions_is_migrated(tmp_path, monkeypatch):
     assert store.query("SELECT count(*) FROM information_schema.tables WHERE table_name LIKE '%_before_%'")[0][0] == 0
     # re-writing the same work replaces it (the key is the old one); a bumped version's work lands beside it
     write_batch(store, _key("1"), ["p0"], [_traj("p0", "redone")], {})
-    monkeypatch.setitem(versions.METHOD_VERSIONS, "gen_ssd", "2")
+    _bump(monkeypatch, "gen_ssd")
     assert done_problem_ids(store, _key()) == set()
     write_batch(store, _key(), ["p0"], [_traj("p0", "new code")], {})
     assert store.query("SELECT method_version, text FROM trajectories ORDER BY 1") == [("1", "redone"), ("2", "new code")]
@@ -136,7 +130,7 @@ def test_the_viewer_reads_and_filters_by_method_version_even_on_an_old_file(tmp_
     new = Home(tmp_path / "new")
     store = Store(new.db_path)
     write_batch(store, _key("1"), ["p0"], [_traj("p0")], {})
-    monkeypatch.setitem(versions.METHOD_VERSIONS, "gen_ssd", "2")
+    _bump(monkeypatch, "gen_ssd")
     write_batch(store, _key(), ["p0", "p1"], [_traj("p0"), _traj("p1")], {})
     with Reader(new).session() as r:
         assert r.page(Filters(method_version="2"))[1] == 2
@@ -149,13 +143,13 @@ def test_trajectory_assets_carry_their_method_version_as_code_version(monkeypatc
     import dagster as dg
 
     from gen_ssd_dagster.defs.distillation import cold_start_student
-    from gen_ssd_dagster.defs.trajectories import METHOD_ASSETS, trajectory_asset
+    from gen_ssd_dagster.defs.trajectories import trajectories_asset_name, trajectory_asset
 
-    for method, (name, _, _) in METHOD_ASSETS.items():
+    for method in METHODS:
         asset = trajectory_asset(method)
-        assert asset.code_versions_by_key[dg.AssetKey(name)] == versions.METHOD_VERSIONS[method]
+        assert asset.code_versions_by_key[dg.AssetKey(trajectories_asset_name(method))] == METHODS[method].version
     assert cold_start_student.code_versions_by_key[dg.AssetKey("cold_start_student")] == "standard_kd-1"
-    monkeypatch.setitem(versions.METHOD_VERSIONS, "posthoc", "2")
+    _bump(monkeypatch, "posthoc")
     assert trajectory_asset("posthoc").code_versions_by_key[dg.AssetKey("posthoc_trajectories")] == "2"
 
 

@@ -50,16 +50,17 @@ import dagster as dg
 
 from ..core.demo.models import MARKER
 from ..core.engines.models import model_version, resolve_hub_revision
+from ..core.method.methods import METHODS
 from ..store import Home
 from ..defs_support.teacher_chain import (COLD_START, OBSERVED_TEACHER, TEACHER, chain_is_current,
                                           last_observed_version, last_teacher_version)
 from .resources import ModelsResource, StoreResource
-from .trajectories import METHOD_ASSETS
+from .trajectories import trajectories_asset_name
 
 AC = dg.AutomationCondition
 THRESHOLDS = dg.AssetKey("pruning_thresholds")
-TRAJECTORY_ASSETS = [dg.AssetKey(name) for name, _, _ in METHOD_ASSETS.values()]
-STUDENTS = [dg.AssetKey(["distilled_students", method]) for method in METHOD_ASSETS]
+TRAJECTORY_ASSETS = [dg.AssetKey(trajectories_asset_name(method)) for method in METHODS]
+STUDENTS = [dg.AssetKey(["distilled_students", method]) for method in METHODS]
 EVALUATION = dg.AssetKey("evaluation_scores")
 # What a teacher change re-runs (the experiments downstream of the teacher are run on request only).
 REFRESH_SELECTION = dg.AssetSelection.assets(TEACHER, COLD_START, THRESHOLDS, *TRAJECTORY_ASSETS, *STUDENTS,

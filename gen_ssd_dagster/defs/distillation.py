@@ -7,12 +7,13 @@ distilled_students/<method>: the cold-start student fine-tuned on what that meth
 
 import dagster as dg
 
+from ..core.method.methods import METHODS
 from ..core.method.versions import FIRST_VERSION, method_version
 from ..core.engines.models import ModelSpec, model_version
 from ..store.trajectories import WorkKey, latest_config_hash, selected_examples
 from .resources import GPU_POOL, MLflowResource, ModelsResource, StoreResource
 from ..defs_support.run_config import ColdStartConfig, DistillConfig
-from .trajectories import METHOD_ASSETS, generate, trajectory_page
+from .trajectories import generate, trajectories_asset_name, trajectory_page
 from ..defs_support.training_runs import metadata, train_logged
 
 
@@ -59,7 +60,7 @@ def cold_start_student(context: dg.AssetExecutionContext, config: ColdStartConfi
 
 
 def distilled_asset(method: str) -> dg.AssetsDefinition:
-    trajectories = METHOD_ASSETS[method][0]
+    trajectories = trajectories_asset_name(method)
 
     @dg.asset(name=method, key_prefix="distilled_students", group_name="distillation", pool=GPU_POOL,
               kinds={"pytorch", "mlflow"}, deps=[trajectories],
@@ -99,4 +100,4 @@ def distilled_asset(method: str) -> dg.AssetsDefinition:
     return _asset
 
 
-distilled_students = [distilled_asset(m) for m in METHOD_ASSETS]
+distilled_students = [distilled_asset(m) for m in METHODS]

@@ -9,20 +9,17 @@ from ..core.experiments.comparison_table import markdown
 from ..core.evaluation.evaluate import evaluate
 from ..core.data.grading import GRADER_VERSION
 from ..core.engines.models import ModelSpec, model_version
+from ..core.method.methods import METHODS
 from ..core.progress import Reporter
 from ..core.data.solution_text import SolutionEnd
 from ..core.types import problems_digest
 from ..store.eval_outputs import EvalLedger
 from ..store.experiments import experiment_arms, latest_experiment
-from ..store.scores import EvaluationScore, cached_score, latest_scores, report, write_scores
+from ..store.scores import STUDENT_ORDER, EvaluationScore, cached_score, latest_scores, report, write_scores
 from ..store.trajectories import read_problems
 from ..defs_support import reporting
 from .resources import GPU_POOL, MLflowResource, ModelsResource, StoreResource
 from ..defs_support.run_config import EvaluationConfig, solution_end_of
-
-
-def _students(base, cold, gen_ssd, standard_kd, posthoc) -> dict[str, ModelSpec]:
-    return {"base": base, "cold_start": cold, "standard_kd": standard_kd, "posthoc": posthoc, "gen_ssd": gen_ssd}
 
 
 def _latest_comparison(db, store: StoreResource) -> dict:
@@ -39,17 +36,16 @@ def _latest_comparison(db, store: StoreResource) -> dict:
 
 @dg.asset(
     group_name="evaluation", pool=GPU_POOL, kinds={"duckdb", "mlflow"}, deps=["benchmarks"],
-    ins={"gen_ssd": dg.AssetIn(["distilled_students", "gen_ssd"]),
-         "standard_kd": dg.AssetIn(["distilled_students", "standard_kd"]),
-         "posthoc": dg.AssetIn(["distilled_students", "posthoc"])},
+    ins={m: dg.AssetIn(["distilled_students", m], dagster_type=ModelSpec) for m in METHODS},
 )
 def evaluation_scores(context: dg.AssetExecutionContext, config: EvaluationConfig, base_student: ModelSpec,
-                      cold_start_student: ModelSpec, gen_ssd: ModelSpec, standard_kd: ModelSpec,
-                      posthoc: ModelSpec, store: StoreResource, mlflow: MLflowResource, models: ModelsResource) -> dg.MaterializeResult:
+                      cold_start_student: ModelSpec, store: StoreResource, mlflow: MLflowResource,
+                      models: ModelsResource, **distilled: ModelSpec) -> dg.MaterializeResult:
     """pass@1 (greedy by default; n samples per question at a temperature if configured) of the base,
     cold-start and distilled students on each benchmark, with 95% intervals and paired differences."""
     db = store.store()
-    students = _students(base_student, cold_start_student, gen_ssd, standard_kd, posthoc)
+    given = {"base": base_student, "cold_start": cold_start_student, **distilled}
+    students = {s: given[s] for s in sorted(given, key=STUDENT_ORDER.index)}  # in the report's order
     ends = {bench: SolutionEnd(solution_end_of(bench, config.solution_end), tuple(config.stop_strings))
             for bench in config.benchmarks}
     eval_settings = config.settings()

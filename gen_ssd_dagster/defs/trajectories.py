@@ -18,6 +18,7 @@ import dagster as dg
 
 from ..core.method.calibration import calibrated
 from ..core.method.config import Calibration, GenSSDConfig, PostHocConfig, StandardKDConfig, config_dict, config_hash
+from ..core.method.methods import METHODS
 from ..core.method.versions import method_version
 from ..core.engines.models import ModelSpec
 from ..core.progress import Reporter
@@ -32,11 +33,13 @@ from ..defs_support.teacher_chain import check_same_teacher
 from .resources import GPU_POOL, ModelsResource, StoreResource
 from ..defs_support.run_config import GenSSDRunConfig, PostHocRunConfig, StandardKDRunConfig, method_config
 
-METHOD_ASSETS = {
-    "gen_ssd": ("gen_ssd_trajectories", GenSSDConfig, GenSSDRunConfig),
-    "standard_kd": ("standard_kd_trajectories", StandardKDConfig, StandardKDRunConfig),
-    "posthoc": ("posthoc_trajectories", PostHocConfig, PostHocRunConfig),
-}
+# The Launchpad's form of each method's knobs (the methods themselves: core/method/methods.py).
+RUN_CONFIGS = {GenSSDConfig: GenSSDRunConfig, StandardKDConfig: StandardKDRunConfig, PostHocConfig: PostHocRunConfig}
+
+
+def trajectories_asset_name(method: str) -> str:
+    """The name of `method`'s trajectories asset: gen_ssd_trajectories, ..."""
+    return f"{method}_trajectories"
 
 
 def core_config(run_config, dataset: str, calibration: dict | None = None):
@@ -97,7 +100,7 @@ def trajectory_page(home, name: str, key: WorkKey, refresh: bool = True) -> Path
 def _materialize(context, method: str, config, teacher: ModelSpec, cold_start_student: ModelSpec,
                  models: ModelsResource, store: StoreResource, calibration: dict | None = None) -> dg.MaterializeResult:
     """Generate (or reuse) one partition's trajectories; metadata with the summary, config and PPL plot."""
-    name = METHOD_ASSETS[method][0]
+    name = trajectories_asset_name(method)
     dataset = context.partition_key
     key, s = generate(context, method, config, teacher, cold_start_student, models, store, dataset,
                       calibration=calibration)
@@ -130,12 +133,12 @@ def _materialize(context, method: str, config, teacher: ModelSpec, cold_start_st
 
 
 def trajectory_asset(method: str) -> dg.AssetsDefinition:
-    name, cls, run_cls = METHOD_ASSETS[method]
+    name, cls = trajectories_asset_name(method), METHODS[method].config_class
+    run_cls = RUN_CONFIGS[cls]
     # What the asset holds first; the method's knobs (the config docstring) after it, kept as a
     # preformatted block: the UI renders descriptions as markdown and would run the list together.
-    label = {"gen_ssd": "Gen-SSD", "standard_kd": "Standard KD", "posthoc": "post-hoc filtering"}[method]
     summary, _, knobs = inspect.cleandoc(cls.__doc__ or "").partition("\n\n")
-    description = (f"{label}: teacher trajectories of one dataset partition, stored in DuckDB "
+    description = (f"{METHODS[method].label}: teacher trajectories of one dataset partition, stored in DuckDB "
                    f"(`trajectories`, and per-step `candidates` for Gen-SSD); the distilled student "
                    f"learns from the selected ones. {summary}" + (f"\n\n```\n{knobs}\n```" if knobs else ""))
     check_specs = [dg.AssetCheckSpec("no_duplicate_trajectories", asset=name),
@@ -156,6 +159,4 @@ def trajectory_asset(method: str) -> dg.AssetsDefinition:
     return _asset
 
 
-gen_ssd_trajectories = trajectory_asset("gen_ssd")
-standard_kd_trajectories = trajectory_asset("standard_kd")
-posthoc_trajectories = trajectory_asset("posthoc")
+trajectory_assets = [trajectory_asset(m) for m in METHODS]

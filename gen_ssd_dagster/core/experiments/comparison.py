@@ -35,14 +35,15 @@ from gen_ssd_dagster.core.method.config import (GenSSDConfig, MethodConfig, Post
                                                 config_dict)
 from gen_ssd_dagster.core.errors import ConfigError
 from gen_ssd_dagster.core.evaluation.evaluate import EvalSettings, evaluate
-from gen_ssd_dagster.core.method.registry import METHODS, run_method, training_examples
+from gen_ssd_dagster.core.method.methods import METHODS
+from gen_ssd_dagster.core.method.registry import run_method, training_examples
 from gen_ssd_dagster.core.method.reselection import ANSWER_LIKELIHOOD, answer_likelihood_reselected, posthoc_reselected
 from gen_ssd_dagster.core.engines.models import ModelSpec
 from gen_ssd_dagster.core.progress import Reporter
 from gen_ssd_dagster.core.training.sft import TrainConfig, fine_tune
 from gen_ssd_dagster.core.types import Log, Problem, Trajectory, problems_digest
 
-# The registry's methods, then the selection only the comparison has (MoRSD-style answer likelihood).
+# The methods of the table, then the selection only the comparison has (MoRSD-style answer likelihood).
 COMPARISON_METHODS = (*METHODS, ANSWER_LIKELIHOOD)
 KD_RESELECTIONS = ("posthoc", ANSWER_LIKELIHOOD)  # arms that re-select Standard KD's own samples
 # The distillation recipe. Measured on the demo: with 3 epochs at 1e-3 the 0.27M student stayed

@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 from gen_ssd_dagster.core.engines.interfaces import Scorer, Teacher
-from gen_ssd_dagster.core.method.baselines import run_posthoc, run_standard_kd
-from gen_ssd_dagster.core.method.config import GenSSDConfig, MethodConfig, PostHocConfig, StandardKDConfig
-from gen_ssd_dagster.core.method.selection import run_gen_ssd
+from gen_ssd_dagster.core.method.config import MethodConfig
+from gen_ssd_dagster.core.method.methods import METHODS
 from gen_ssd_dagster.core.types import Problem, Progress, Trajectory
-
-# Every method, in the one order used wherever methods are listed (the comparison adds its
-# answer-likelihood selection after them; core/method/versions.py has one version per name).
-METHODS = ("gen_ssd", "standard_kd", "posthoc")
 
 
 def run_method(
@@ -22,13 +17,10 @@ def run_method(
     progress: Progress | None = None,
 ) -> list[Trajectory]:
     """Trajectories of `problems` by the method `config` describes; `.selected` marks training data."""
-    if isinstance(config, GenSSDConfig):
-        return run_gen_ssd(problems, teacher, scorer, config, batch_size, progress)
-    if isinstance(config, StandardKDConfig):
-        return run_standard_kd(problems, teacher, scorer, config, batch_size, progress)
-    if isinstance(config, PostHocConfig):
-        return run_posthoc(problems, teacher, scorer, config, batch_size, progress)
-    raise TypeError(f"not a method config: {type(config).__name__}")
+    method = METHODS.get(getattr(config, "method", None))
+    if method is None or not isinstance(config, method.config_class):
+        raise TypeError(f"not a method config: {type(config).__name__}")
+    return method.run(problems, teacher, scorer, config, batch_size, progress)
 
 
 def training_examples(trajectories: list[Trajectory]) -> list[tuple[str, str]]:
