@@ -137,6 +137,26 @@ def test_defs_use_public_dagster_and_never_the_assembled_location():
                              source), path.name
 
 
+# The entry points assemble the definitions (or launch them) and so sit above defs/; every other
+# module of the package is below it.
+ENTRY_POINTS = {"definitions.py", "pipeline.py", "cli.py", "scale_out.py"}
+
+
+def test_nothing_below_defs_imports_defs():
+    """Imports run one way: core, store, viewer, run_config, tracking and the helpers beside defs/
+    never import from `defs` (only defs/ itself and the entry points do)."""
+    import gen_ssd_dagster
+
+    root = Path(gen_ssd_dagster.__file__).parent
+    imports_defs = re.compile(r"^\s*(from\s+(\.+defs\b|gen_ssd_dagster\.defs\b|\.+\s+import\s+.*\bdefs\b)"
+                              r"|import\s+gen_ssd_dagster\.defs\b)", re.MULTILINE)
+    below = [p for p in root.rglob("*.py")
+             if "defs" not in p.relative_to(root).parts[:1] and p.relative_to(root).as_posix() not in ENTRY_POINTS]
+    assert len(below) > 30 and root / "tracking" / "training_runs.py" in below
+    offenders = [p.relative_to(root).as_posix() for p in below if imports_defs.search(p.read_text())]
+    assert offenders == []
+
+
 def test_teacher_change_reruns_in_order_over_materialized_partitions(tmp_path, monkeypatch, tiny_models):
     from gen_ssd_dagster.core.engines.backends import model_version
     from gen_ssd_dagster.core.engines.models import ModelSpec

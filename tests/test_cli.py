@@ -68,7 +68,8 @@ def test_datasets_yaml_adds_a_partition(tmp_path):
     rows.write_text('{"question": "1+1?", "answer": "#### 2"}\n{"question": "2+2?", "answer": "#### 4"}\n')
     (tmp_path / "datasets.yaml").write_text(
         f"mini:\n  train: {{local_file: {rows}, question_field: question, answer_format: gsm8k}}\n")
-    code = ("from gen_ssd_dagster.defs_support.datasets import DATASETS, dataset_specs\n"
+    code = ("from gen_ssd_dagster.defs.partitions import DATASETS\n"
+            "from gen_ssd_dagster.run_config.datasets import dataset_specs\n"
             "from gen_ssd_dagster.core.data.benchmarks import load_problems\n"
             "print(sorted(DATASETS.get_partition_keys()))\n"
             "print(len(load_problems(dataset_specs()['mini']['train'], data_dir='/nonexistent')))\n")

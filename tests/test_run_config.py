@@ -13,8 +13,8 @@ from gen_ssd_dagster.core.experiments.comparison import ComparisonConfig
 from gen_ssd_dagster.core.method.config import GenSSDConfig, PostHocConfig, SamplingConfig, StandardKDConfig
 from gen_ssd_dagster.core.engines.models import ModelSpec
 from gen_ssd_dagster.defs.resources import DemoModelsSettings, ModelsResource
-from gen_ssd_dagster.defs_support import run_config as rc
-from gen_ssd_dagster.defs_support.core_config import CoreConfig, field_docs
+from gen_ssd_dagster.run_config import asset_configs as rc
+from gen_ssd_dagster.run_config.derive import CoreConfig, field_docs
 
 # Every run config class built on a core dataclass, with the core instance its defaults must equal.
 _D, _C = DemoConfig(), ComparisonConfig()

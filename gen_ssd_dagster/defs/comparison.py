@@ -19,9 +19,9 @@ from ..core.engines.models import ModelSpec
 from ..core.experiments.sweep import parse_knobs, run_sweep
 from ..store.experiments import find_arm, save_arm
 from ..store.trajectories import read_problems
-from ..defs_support import reporting
+from .. import asset_metadata
 from .resources import GPU_POOL, MLflowResource, ModelsResource, StoreResource
-from ..defs_support.run_config import ComparisonRunConfig, SweepRunConfig
+from ..run_config.asset_configs import ComparisonRunConfig, SweepRunConfig
 
 
 def _inputs(config, store: StoreResource):
@@ -119,7 +119,7 @@ def method_comparison(context: dg.AssetExecutionContext, config: ComparisonRunCo
                            shared, lookup, save, context.log.info)
     table = markdown(arms, core.teacher_token_budget)
     plot_path = store.home_dir().plots / f"{experiment}.png"
-    plot = reporting.comparison_plot(arms, plot_path)
+    plot = asset_metadata.comparison_plot(arms, plot_path)
     url = _log_mlflow(mlflow, "method_comparison", experiment, arms,
                               {"seeds": ",".join(map(str, config.seeds)), "budget": core.teacher_token_budget,
                                "dataset": config.dataset, "benchmark": config.benchmark},
@@ -156,7 +156,7 @@ def gen_ssd_knob_sweep(context: dg.AssetExecutionContext, config: SweepRunConfig
                      out_dir, shared, lookup, save, context.log.info)
     table = markdown(arms, core.teacher_token_budget)
     plot_path = store.home_dir().plots / f"{experiment}.png"
-    plot = reporting.sweep_plot(arms, knobs, plot_path)
+    plot = asset_metadata.sweep_plot(arms, knobs, plot_path)
     url = _log_mlflow(mlflow, "gen_ssd_knob_sweep", experiment, arms,
                               {"seed": config.seed, "budget": core.teacher_token_budget, "dataset": config.dataset,
                                "knobs": json.dumps(config.knobs)},

@@ -19,8 +19,8 @@ from ..core.demo.models import DemoModelsConfig, build_demo_models
 from ..core.engines.models import PACKAGED_MODELS, ModelSpec, resolve_hub_revision
 from ..core.progress import Reporter
 from ..store import Home, Store
-from ..defs_support.core_config import core_value, derive, fields_of
-from ..defs_support.mlflow_client import MLflowSession
+from ..run_config.derive import core_value, derive, fields_of
+from ..tracking.mlflow_client import MLflowSession
 
 LOCAL_DATA_DIR = "data"  # ./data, relative to the working directory, when it exists
 CONFIG_ENV = "GEN_SSD_CONFIG"  # a pipeline YAML whose `resources:` the code location uses

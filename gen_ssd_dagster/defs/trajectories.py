@@ -26,11 +26,11 @@ from ..store.trajectories import (WorkKey, candidate_ppls, partition_summary, re
                                   sample_trajectory)
 from ..viewer import export_partition
 from . import checks
-from ..defs_support import reporting
-from ..defs_support.datasets import DATASETS
-from ..defs_support.teacher_chain import check_same_teacher
+from .. import asset_metadata
+from .partitions import DATASETS
+from ..teacher_chain import check_same_teacher
 from .resources import GPU_POOL, ModelsResource, StoreResource
-from ..defs_support.run_config import GenSSDRunConfig, PostHocRunConfig, StandardKDRunConfig, method_config
+from ..run_config.asset_configs import GenSSDRunConfig, PostHocRunConfig, StandardKDRunConfig, method_config
 
 METHOD_ASSETS = {
     "gen_ssd": ("gen_ssd_trajectories", GenSSDConfig, GenSSDRunConfig),
@@ -113,13 +113,13 @@ def _materialize(context, method: str, config, teacher: ModelSpec, cold_start_st
         data_version=dg.DataVersion(version),
         metadata={
             "summary": summary_text(s),
-            **reporting.clean(s),
+            **asset_metadata.clean(s),
             "dataset": dataset, "method": method, "method_version": key.method_version, "config_hash": key.config_hash,
             "teacher_version": key.teacher_version, "student_version": key.student_version,
             "config": dg.MetadataValue.json(config_dict(core_config(config, dataset, calibration))),
             "thresholds": "calibrated" if calibration else "hand-set",
-            "sample_trajectory": reporting.trajectory_markdown(sample_trajectory(store.store(), key)),
-            "ppl_chosen_vs_rejected": reporting.ppl_histogram(chosen, rejected, f"{method} / {dataset}", plot_path),
+            "sample_trajectory": asset_metadata.trajectory_markdown(sample_trajectory(store.store(), key)),
+            "ppl_chosen_vs_rejected": asset_metadata.ppl_histogram(chosen, rejected, f"{method} / {dataset}", plot_path),
             "ppl_plot_path": dg.MetadataValue.path(str(plot_path)),
             # every step's candidates: one HTML file to open, or the viewer over the whole home
             "trajectory_viewer": dg.MetadataValue.path(str(viewer_page)),

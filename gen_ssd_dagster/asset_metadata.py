@@ -13,8 +13,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter  # noqa: E402
 
-from ..core.experiments.comparison import ArmResult  # noqa: E402
-from ..core.experiments.comparison_table import LABELS, paired_vs_standard_kd, summarise  # noqa: E402
+from .core.experiments.comparison import ArmResult  # noqa: E402
+from .core.experiments.comparison_table import LABELS, paired_vs_standard_kd, summarise  # noqa: E402
 
 
 def _plain_log_ticks(ax) -> None:

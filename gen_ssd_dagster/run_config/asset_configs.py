@@ -1,4 +1,4 @@
-"""Run configuration: the core's config dataclasses as Dagster `Config` classes (`core_config.derive`:
+"""Run configuration: the core's config dataclasses as Dagster `Config` classes (`derive.derive`:
 names, types, defaults and docs come from the dataclasses, never retyped here), plus what only a
 run has: which problems, how many, in which batches.
 
@@ -21,7 +21,7 @@ from ..core.experiments.comparison import ComparisonConfig
 from ..core.method.calibration import CALIBRATION_PROBLEMS, CALIBRATION_QUANTILE
 from ..core.method.config import GenSSDConfig, PostHocConfig, SamplingConfig, StandardKDConfig
 from ..core.training.sft import TrainConfig
-from .core_config import CoreConfig, dagster_type, derive
+from .derive import CoreConfig, dagster_type, derive
 from .datasets import dataset_specs
 
 SolutionEndChoice = dagster_type(SolutionEndName, "solution_end")
