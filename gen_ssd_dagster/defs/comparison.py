@@ -39,7 +39,7 @@ def _inputs(config, store: StoreResource):
 
 def _context(teacher_version: str, scorer_version: str, pool) -> dict:
     """The inputs every arm's student shares, for the arm keys: change one and the arms are new work.
-    (The test set is not one: arms are re-scored on another, see core.comparison.stored_or_rescored.)"""
+    (The test set is not one: arms are re-scored on another, see core.experiments.comparison.stored_or_rescored.)"""
     digest = hashlib.sha256("\n".join(p.problem_id + p.question for p in pool).encode()).hexdigest()[:16]
     return {"teacher": teacher_version, "scorer": scorer_version, "pool": digest}
 

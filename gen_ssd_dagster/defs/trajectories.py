@@ -39,7 +39,7 @@ METHOD_ASSETS = {
 }
 
 
-def core_config(run_config, dataset: str, calibration: dict | None = None):
+def calibrated_method_config(run_config, dataset: str, calibration: dict | None = None):
     """The method's core config; Gen-SSD's thresholds replaced by `calibration` (a `Calibration` as a dict)."""
     config = method_config(run_config, dataset)
     return calibrated(config, Calibration(**calibration)) if calibration else config
@@ -51,7 +51,7 @@ def generate(context, method: str, run_config, teacher_spec: ModelSpec, scorer_s
     """Generate (or reuse) the trajectories of one method on one dataset; returns key and summary.
     `scored_by_cold_start`: False for the cold start's own samples (scored by the base student)."""
     store = store_res.store()
-    config = core_config(run_config, dataset, calibration)
+    config = calibrated_method_config(run_config, dataset, calibration)
     if problems is None:
         problems = read_problems(store, dataset, "train", run_config.max_problems, run_config.offset)
     teacher, scorer = models.make_teacher(teacher_spec), models.make_scorer(scorer_spec)
@@ -116,7 +116,7 @@ def _materialize(context, method: str, config, teacher: ModelSpec, cold_start_st
             **asset_metadata.clean(s),
             "dataset": dataset, "method": method, "method_version": key.method_version, "config_hash": key.config_hash,
             "teacher_version": key.teacher_version, "student_version": key.student_version,
-            "config": dg.MetadataValue.json(config_dict(core_config(config, dataset, calibration))),
+            "config": dg.MetadataValue.json(config_dict(calibrated_method_config(config, dataset, calibration))),
             "thresholds": "calibrated" if calibration else "hand-set",
             "sample_trajectory": asset_metadata.trajectory_markdown(sample_trajectory(store.store(), key)),
             "ppl_chosen_vs_rejected": asset_metadata.ppl_histogram(chosen, rejected, f"{method} / {dataset}", plot_path),
