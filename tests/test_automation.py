@@ -12,8 +12,11 @@ pipeline with a tiny teacher, changes the teacher's checkpoint, and reads the li
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -114,7 +117,8 @@ def test_definitions_register_the_automation():
 
     loaded = defs()
     schedule = loaded.get_schedule_def("teacher_check_schedule")
-    assert schedule.cron_schedule == "0 3 * * *" and schedule.job_name == "observe_teacher"
+    assert schedule.cron_schedule == os.environ.get(automation.CRON_ENV, automation.DEFAULT_CRON)
+    assert schedule.job_name == "observe_teacher"
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
     sensor = loaded.get_sensor_def("teacher_change_automation")
     assert isinstance(sensor, dg.AutomationConditionSensorDefinition)
@@ -124,6 +128,20 @@ def test_definitions_register_the_automation():
     assert graph.get(automation.OBSERVED_TEACHER).is_observable
     for key in (*automation.CONDITIONS, dg.AssetKey("method_comparison"), dg.AssetKey("problems")):
         assert graph.get(key).automation_condition == automation.CONDITIONS.get(key), key
+
+
+def test_the_teacher_check_cron_follows_the_environment():
+    """$GEN_SSD_TEACHER_CHECK_CRON, read when the definitions load (a fresh process), sets the
+    schedule; without it the schedule is the default."""
+    from gen_ssd_dagster.defs.automation import CRON_ENV, DEFAULT_CRON
+
+    code = ("from gen_ssd_dagster.definitions import defs\n"
+            "print(defs().get_schedule_def('teacher_check_schedule').cron_schedule)\n")
+    env = {k: v for k, v in os.environ.items() if k != CRON_ENV}
+    for value, expected in (("*/5 * * * *", "*/5 * * * *"), (None, DEFAULT_CRON)):
+        run_env = env if value is None else {**env, CRON_ENV: value}
+        out = subprocess.run([sys.executable, "-c", code], env=run_env, capture_output=True, text=True, check=True)
+        assert out.stdout.splitlines()[-1] == expected
 
 
 def test_defs_use_public_dagster_and_never_the_assembled_location():
