@@ -175,6 +175,24 @@ def test_nothing_below_defs_imports_defs():
     assert offenders == []
 
 
+def test_core_and_store_import_only_what_their_docstrings_allow():
+    """core: no Dagster, DuckDB or MLflow, nothing else of the package; store: core only, no Dagster."""
+    import gen_ssd_dagster
+
+    root = Path(gen_ssd_dagster.__file__).parent
+    parts = "store|viewer|defs|run_config|tracking|asset_metadata|teacher_chain|definitions|pipeline|cli|scale_out|instance"
+    rules = {
+        "core": re.compile(rf"^\s*(import|from)\s+(dagster|duckdb|mlflow)\b"
+                           rf"|^\s*from\s+(\.\.+|gen_ssd_dagster\.)({parts})\b", re.MULTILINE),
+        "store": re.compile(rf"^\s*(import|from)\s+dagster\b|^\s*from\s+(\.\.|gen_ssd_dagster\.)({parts})\b",
+                            re.MULTILINE),
+    }
+    for package, forbidden in rules.items():
+        files = list((root / package).rglob("*.py"))
+        assert files
+        assert [p.relative_to(root).as_posix() for p in files if forbidden.search(p.read_text())] == []
+
+
 def test_teacher_change_reruns_in_order_over_materialized_partitions(tmp_path, monkeypatch, tiny_models):
     from gen_ssd_dagster.core.engines.backends import model_version
     from gen_ssd_dagster.core.engines.models import ModelSpec
