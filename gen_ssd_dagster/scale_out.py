@@ -30,7 +30,7 @@ import os
 import dagster as dg
 
 from . import definitions as laptop  # not `import defs`: one Definitions at module scope
-from .defs_support.datasets import DATASETS
+from .defs.partitions import DATASETS
 
 EXECUTORS = ("multiprocess", "celery", "k8s")
 TEACHER_TAG = "gen_ssd/teacher"

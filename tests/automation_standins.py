@@ -25,7 +25,7 @@ def standins(defs: dg.Definitions, teacher_path: str | None = None, step_s: floa
     from gen_ssd_dagster.core.engines.models import model_version
     from gen_ssd_dagster.core.engines.models import ModelSpec
     from gen_ssd_dagster.defs.automation import CONDITIONS, COLD_START, TEACHER, THRESHOLDS, TRAJECTORY_ASSETS
-    from gen_ssd_dagster.defs_support.teacher_chain import (check_same_teacher, cold_start_teacher_version,
+    from gen_ssd_dagster.teacher_chain import (check_same_teacher, cold_start_teacher_version,
                                                             last_teacher_version)
 
     scored = {THRESHOLDS, *TRAJECTORY_ASSETS}

@@ -4,7 +4,7 @@ Standard library only (http.server). It answers `/v1/models`, vLLM's `/version` 
 `/v1/completions` in the shape vLLM gives them (`stop_reason`, `prompt_logprobs` when asked), and can
 misbehave on purpose: fail the first N requests with a status (503 by default), answer the first N
 late (a timeout), want a Bearer key and echo a wrong one back as some servers do. Every request is
-recorded (path, headers, JSON body) for the test to look at.
+recorded (path, headers, JSON body, arrival time) for the test to look at.
 
 Its `weights` stand for what it loaded: a greedy request (temperature 0) is answered from them, so
 swapping `weights` is serving new weights under the same model id, root and server version.
@@ -79,7 +79,8 @@ class _Handler(BaseHTTPRequestHandler):
         stub = self.server
         with stub.lock:
             n = len(stub.requests)
-            stub.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+            stub.requests.append({"path": self.path, "headers": dict(self.headers), "body": body,
+                                  "arrived": time.monotonic()})
         if n < stub.delay_first:
             time.sleep(stub.delay_s)
         if n < stub.fail_first:

@@ -12,8 +12,11 @@ pipeline with a tiny teacher, changes the teacher's checkpoint, and reads the li
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -114,7 +117,8 @@ def test_definitions_register_the_automation():
 
     loaded = defs()
     schedule = loaded.get_schedule_def("teacher_check_schedule")
-    assert schedule.cron_schedule == "0 3 * * *" and schedule.job_name == "observe_teacher"
+    assert schedule.cron_schedule == os.environ.get(automation.CRON_ENV, automation.DEFAULT_CRON)
+    assert schedule.job_name == "observe_teacher"
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
     sensor = loaded.get_sensor_def("teacher_change_automation")
     assert isinstance(sensor, dg.AutomationConditionSensorDefinition)
@@ -126,6 +130,20 @@ def test_definitions_register_the_automation():
         assert graph.get(key).automation_condition == automation.CONDITIONS.get(key), key
 
 
+def test_the_teacher_check_cron_follows_the_environment():
+    """$GEN_SSD_TEACHER_CHECK_CRON, read when the definitions load (a fresh process), sets the
+    schedule; without it the schedule is the default."""
+    from gen_ssd_dagster.defs.automation import CRON_ENV, DEFAULT_CRON
+
+    code = ("from gen_ssd_dagster.definitions import defs\n"
+            "print(defs().get_schedule_def('teacher_check_schedule').cron_schedule)\n")
+    env = {k: v for k, v in os.environ.items() if k != CRON_ENV}
+    for value, expected in (("*/5 * * * *", "*/5 * * * *"), (None, DEFAULT_CRON)):
+        run_env = env if value is None else {**env, CRON_ENV: value}
+        out = subprocess.run([sys.executable, "-c", code], env=run_env, capture_output=True, text=True, check=True)
+        assert out.stdout.splitlines()[-1] == expected
+
+
 def test_defs_use_public_dagster_and_never_the_assembled_location():
     """Nothing under defs/ imports dagster's internals, definitions.py or an entry point."""
     import gen_ssd_dagster.defs as defs_package
@@ -135,6 +153,44 @@ def test_defs_use_public_dagster_and_never_the_assembled_location():
         assert not re.search(r"\bdagster\._", source), path.name
         assert not re.search(r"from \.\.(definitions|pipeline|cli)\b|import gen_ssd_dagster\.(definitions|pipeline|cli)",
                              source), path.name
+
+
+# The entry points assemble the definitions (or launch them) and so sit above defs/; every other
+# module of the package is below it.
+ENTRY_POINTS = {"definitions.py", "pipeline.py", "cli.py", "scale_out.py"}
+
+
+def test_nothing_below_defs_imports_defs():
+    """Imports run one way: core, store, viewer, run_config, tracking and the helpers beside defs/
+    never import from `defs` (only defs/ itself and the entry points do)."""
+    import gen_ssd_dagster
+
+    root = Path(gen_ssd_dagster.__file__).parent
+    imports_defs = re.compile(r"^\s*(from\s+(\.+defs\b|gen_ssd_dagster\.defs\b|\.+\s+import\s+.*\bdefs\b)"
+                              r"|import\s+gen_ssd_dagster\.defs\b)", re.MULTILINE)
+    below = [p for p in root.rglob("*.py")
+             if "defs" not in p.relative_to(root).parts[:1] and p.relative_to(root).as_posix() not in ENTRY_POINTS]
+    assert len(below) > 30 and root / "tracking" / "training_runs.py" in below
+    offenders = [p.relative_to(root).as_posix() for p in below if imports_defs.search(p.read_text())]
+    assert offenders == []
+
+
+def test_core_and_store_import_only_what_their_docstrings_allow():
+    """core: no Dagster, DuckDB or MLflow, nothing else of the package; store: core only, no Dagster."""
+    import gen_ssd_dagster
+
+    root = Path(gen_ssd_dagster.__file__).parent
+    parts = "store|viewer|defs|run_config|tracking|asset_metadata|teacher_chain|definitions|pipeline|cli|scale_out|instance"
+    rules = {
+        "core": re.compile(rf"^\s*(import|from)\s+(dagster|duckdb|mlflow)\b"
+                           rf"|^\s*from\s+(\.\.+|gen_ssd_dagster\.)({parts})\b", re.MULTILINE),
+        "store": re.compile(rf"^\s*(import|from)\s+dagster\b|^\s*from\s+(\.\.|gen_ssd_dagster\.)({parts})\b",
+                            re.MULTILINE),
+    }
+    for package, forbidden in rules.items():
+        files = list((root / package).rglob("*.py"))
+        assert files
+        assert [p.relative_to(root).as_posix() for p in files if forbidden.search(p.read_text())] == []
 
 
 def test_teacher_change_reruns_in_order_over_materialized_partitions(tmp_path, monkeypatch, tiny_models):

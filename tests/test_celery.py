@@ -104,6 +104,7 @@ def _env(home: Path, redis_url: str) -> dict:
             "OMP_NUM_THREADS": "1"}
 
 
+@pytest.mark.slow  # starts Redis, a Celery worker and a Dagster run over real (tiny) models
 def test_celery_worker_runs_the_partition_steps(tmp_path, tiny_models, redis_url):
     from dagster import DagsterEventType, DagsterInstance
 

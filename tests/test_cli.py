@@ -28,7 +28,7 @@ def test_report_prints_table_and_json(tmp_path, capsys):
     assert {(r["student"], r["accuracy"], r["grader_version"]) for r in rows} == {("base", 0.2, "g1"), ("gen_ssd", 0.6, "g1")}
 
 
-def test_an_empty_gen_ssd_home_means_unset(tmp_path, monkeypatch):
+def test_an_empty_gen_ssd_home_means_unset(tmp_path, monkeypatch, capsys):
     """One default home for the CLI and the resources: $GEN_SSD_HOME, and an empty one is unset
     (./.gen_ssd_home), never the current directory itself."""
     from gen_ssd_dagster.store.home import default_home
@@ -45,7 +45,14 @@ def test_an_empty_gen_ssd_home_means_unset(tmp_path, monkeypatch):
         assert cli.build_parser().parse_args(["report"]).home == str(expected)
     monkeypatch.setenv("GEN_SSD_HOME", str(tmp_path / "elsewhere"))
     assert cli.build_parser().parse_args(["report"]).home == str((tmp_path / "elsewhere").resolve())
-    assert cli.default_home is default_home
+    # the CLI reads the home the resources write to: a score stored through the store resource's
+    # default home is what a plain `gen-ssd report` prints
+    from gen_ssd_dagster.defs.resources import StoreResource
+
+    write_scores(StoreResource().store(), [EvaluationScore("gen_ssd", "v1", "demo", 10, 6, 0.6, "g1", "e")])
+    capsys.readouterr()
+    assert cli.main(["report"]) == 0
+    assert "| gen_ssd | 60.0 |" in capsys.readouterr().out
 
 
 def test_pipeline_yaml(tmp_path):
@@ -68,7 +75,8 @@ def test_datasets_yaml_adds_a_partition(tmp_path):
     rows.write_text('{"question": "1+1?", "answer": "#### 2"}\n{"question": "2+2?", "answer": "#### 4"}\n')
     (tmp_path / "datasets.yaml").write_text(
         f"mini:\n  train: {{local_file: {rows}, question_field: question, answer_format: gsm8k}}\n")
-    code = ("from gen_ssd_dagster.defs_support.datasets import DATASETS, dataset_specs\n"
+    code = ("from gen_ssd_dagster.defs.partitions import DATASETS\n"
+            "from gen_ssd_dagster.run_config.datasets import dataset_specs\n"
             "from gen_ssd_dagster.core.data.benchmarks import load_problems\n"
             "print(sorted(DATASETS.get_partition_keys()))\n"
             "print(len(load_problems(dataset_specs()['mini']['train'], data_dir='/nonexistent')))\n")

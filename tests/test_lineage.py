@@ -23,7 +23,7 @@ def _traj(dataset, pid, selected=True):
 
 def _register(home, teacher, partitions, hashes, n, model_version):
     """One model version as `training_runs.train_logged` registers it."""
-    from gen_ssd_dagster.defs_support.mlflow_client import MLflowSession
+    from gen_ssd_dagster.tracking.mlflow_client import MLflowSession
 
     session = MLflowSession(home.mlflow_uri, "gen-ssd", home.mlflow_artifacts, home.root / "mlflow.lock")
     tags = {"checkpoint_key": f"k-{teacher}", "base_version": "cold-1", "n_examples": n, "dagster_run_id": "dr1",

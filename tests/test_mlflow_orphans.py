@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from gen_ssd_dagster.defs_support.mlflow_client import (ENDED_BY_TAG, HOST_TAG, PID_TAG, PROCESS_TAG,
+from gen_ssd_dagster.tracking.mlflow_client import (ENDED_BY_TAG, HOST_TAG, PID_TAG, PROCESS_TAG,
                                                         MLflowSession, owner_tags, process_identity)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,7 +75,7 @@ def test_a_reused_pid_is_not_taken_for_the_owner(tmp_path):
 CHILD = """
 import sys, time
 from pathlib import Path
-from gen_ssd_dagster.defs_support.mlflow_client import MLflowSession
+from gen_ssd_dagster.tracking.mlflow_client import MLflowSession
 tmp = Path(sys.argv[1])
 session = MLflowSession(f"sqlite:///{tmp / 'mlflow.db'}", "gen-ssd", artifact_root=tmp / "artifacts",
                         lock_path=tmp / "mlflow.lock")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import socket
+import threading
 import time
 
 import pytest
@@ -164,11 +165,57 @@ def test_a_late_answer_times_out_and_is_retried():
 
 def test_server_down_fails_after_retries():
     url = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
-    start = time.monotonic()
     with pytest.raises(ServerUnavailable,
                        match=f"cannot reach teacher server at {url}/v1/models \\(teacher_url\\) after 3 tries"):
         OpenAITeacher(url, "m", max_retries=2)
-    assert time.monotonic() - start >= 1.0  # backed off twice (0.5 s then 1 s, less up to 25% jitter)
+
+
+def _dropping_server(arrivals: list[float]) -> tuple[str, threading.Thread, socket.socket]:
+    """A server that takes each connection and closes it without a word, recording when it came."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+
+    def serve():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:  # closed by the test
+                return
+            arrivals.append(time.monotonic())
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return f"http://127.0.0.1:{server.getsockname()[1]}", thread, server
+
+
+def test_a_dropped_connection_is_retried_with_backoff():
+    arrivals: list[float] = []
+    url, thread, server = _dropping_server(arrivals)
+    try:
+        with pytest.raises(ServerUnavailable, match=r"after 3 tries \(max_retries=2\)"):
+            OpenAITeacher(url, "m", max_retries=2)
+    finally:
+        server.close()
+        thread.join(timeout=10)
+    assert len(arrivals) == 3  # the first try and two retries reached the server, no more
+    # A backoff is a wait, and a wait is only observable as time: the gaps between the arrivals the
+    # server recorded. They are lower bounds (0.5 s then 1 s, less up to 25% jitter), which a slow
+    # machine can only lengthen, so the check does not depend on the machine's speed.
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
+    assert gaps[0] >= 0.375 and gaps[1] >= 0.75
+
+
+def test_retry_after_is_honoured():
+    # The server asks for 1.5 s, three times the SDK's own first backoff (0.5 s less jitter): the
+    # retry's arrival, recorded by the server, comes no sooner (a lower bound, as above).
+    with OpenAIStub(fail_first=1, retry_after_ms=1500) as stub:
+        teacher = OpenAITeacher(stub.url, "stub-model", max_retries=1, probe=False)
+    assert teacher.version.startswith("stub-model")
+    first, retry = stub.requests[:2]
+    assert first["path"] == retry["path"] == "/v1/models"
+    assert retry["arrived"] - first["arrived"] >= 1.5
 
 
 def test_the_wrong_model_is_named():

@@ -13,17 +13,18 @@ from gen_ssd_dagster.core.experiments.comparison import ComparisonConfig
 from gen_ssd_dagster.core.method.config import GenSSDConfig, PostHocConfig, SamplingConfig, StandardKDConfig
 from gen_ssd_dagster.core.engines.models import ModelSpec
 from gen_ssd_dagster.defs.resources import DemoModelsSettings, ModelsResource
-from gen_ssd_dagster.defs_support import run_config as rc
-from gen_ssd_dagster.defs_support.core_config import CoreConfig, field_docs
+from gen_ssd_dagster.run_config import asset_configs as rc
+from gen_ssd_dagster.run_config.derive import CoreConfig, field_docs
 
 # Every run config class built on a core dataclass, with the core instance its defaults must equal.
-_D, _C = DemoConfig(), ComparisonConfig()
+DEMO_DEFAULTS, COMPARISON_DEFAULTS = DemoConfig(), ComparisonConfig()
 DERIVED = [
     (rc.GenSSDRunConfig, GenSSDConfig()), (rc.CalibrationRunConfig, GenSSDConfig()),
     (rc.StandardKDRunConfig, StandardKDConfig()), (rc.PostHocRunConfig, PostHocConfig()),
-    (rc.ColdStartConfig, _D.cold_start), (rc.ColdStartTrain, _D.cold_start_train),
-    (rc.DistillTrain, _D.distill_train), (rc.EvaluationConfig, EvalSettings()),
-    (rc.ComparisonRunConfig, _C), (rc.SweepRunConfig, _C), (DemoModelsSettings, _D.models),
+    (rc.ColdStartConfig, DEMO_DEFAULTS.cold_start), (rc.ColdStartTrain, DEMO_DEFAULTS.cold_start_train),
+    (rc.DistillTrain, DEMO_DEFAULTS.distill_train), (rc.EvaluationConfig, EvalSettings()),
+    (rc.ComparisonRunConfig, COMPARISON_DEFAULTS), (rc.SweepRunConfig, COMPARISON_DEFAULTS),
+    (DemoModelsSettings, DEMO_DEFAULTS.models),
 ]
 # Core fields a run config leaves out or sets otherwise, and why: anything else must be derived.
 LEFT_OUT = {(GenSSDConfig, "calibration"),  # the pipeline fills it from pruning_thresholds
@@ -70,10 +71,10 @@ def test_default_run_configs_convert_to_the_core_defaults():
         # An empty solution_end is the dataset's own: the demo world ends at its `#### N` line.
         assert rc.method_config(cls(), "demo").sampling.solution_end == "answer_line"
     assert rc.EvaluationConfig().settings() == EvalSettings()
-    assert rc.DistillConfig().train.to_core() == _D.distill_train
-    assert rc.ColdStartConfig().train.to_core() == _D.cold_start_train
-    assert rc.ComparisonRunConfig().core(list(_C.seeds)) == dataclasses.replace(
-        _C, gen_ssd=rc.method_config(rc.GenSSDRunConfig(), "demo"),
+    assert rc.DistillConfig().train.to_core() == DEMO_DEFAULTS.distill_train
+    assert rc.ColdStartConfig().train.to_core() == DEMO_DEFAULTS.cold_start_train
+    assert rc.ComparisonRunConfig().core(list(COMPARISON_DEFAULTS.seeds)) == dataclasses.replace(
+        COMPARISON_DEFAULTS, gen_ssd=rc.method_config(rc.GenSSDRunConfig(), "demo"),
         standard_kd=rc.method_config(rc.StandardKDRunConfig(), "demo"))
 
 
@@ -89,11 +90,11 @@ def test_nested_sampling_and_train_reach_the_core():
                                         core.sampling.solution_end))  # plain values, as stored and hashed
     cold = rc.ColdStartConfig(sampling={"keep": "finished"}, train={"batch_size": 4, "seed": 7, "epochs": 1.5})
     assert cold.to_core().sampling.keep == "finished"
-    assert cold.train.to_core() == dataclasses.replace(_D.cold_start_train, batch_size=4, seed=7, epochs=1.5)
+    assert cold.train.to_core() == dataclasses.replace(DEMO_DEFAULTS.cold_start_train, batch_size=4, seed=7, epochs=1.5)
     sweep = rc.SweepRunConfig(train={"learning_rate": 1e-4}, gen_ssd={"sampling": {"temperature": 0.5}})
     core = sweep.core([4])
     assert core.seeds == (4,) and core.train.learning_rate == 1e-4 and core.gen_ssd.sampling.temperature == 0.5
-    assert core.train == dataclasses.replace(_C.train, learning_rate=1e-4)
+    assert core.train == dataclasses.replace(COMPARISON_DEFAULTS.train, learning_rate=1e-4)
 
 
 def _job(home):

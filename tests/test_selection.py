@@ -123,12 +123,37 @@ def test_ratio_rule_compares_with_running_ppl_of_accepted_prefix(backends):
             assert all(not c.passed and c.ppl > ratio * running for c in t.steps[1].candidates)
 
 
+class _NeverEnds:
+    """The teacher, except that no candidate reports the end of its turn: every path runs to the cap."""
+
+    def __init__(self, teacher):
+        self.teacher = teacher
+
+    def __getattr__(self, name):
+        return getattr(self.teacher, name)
+
+    def start(self, *args):
+        session = self.teacher.start(*args)
+        propose = session.propose
+        session.propose = lambda *a: [[dataclasses.replace(c, ended=False) for c in props] for props in propose(*a)]
+        return session
+
+
 def test_length_cap_ends_paths(backends):
     teacher, scorer = backends
-    config = _config(suitability="none", snap_to_line=False)
-    for t in run_method(config, PROBLEMS, teacher, scorer):
-        accepted = sum(s.candidates[s.chosen].teacher_tokens for s in t.steps)
-        assert t.end_reason == "finished" or (t.end_reason == "length_cap" and accepted == 24)
+    # A cap that is not a multiple of the chunk: the last chunk may only take what is left (6, 6, 4).
+    sampling = SamplingConfig(temperature=1.0, top_p=0.9, max_new_tokens=16, seed=3, solution_end="eos")
+    config = GenSSDConfig(chunk_tokens=6, num_candidates=3, sampling=sampling, suitability="none", snap_to_line=False)
+    trajectories = run_method(config, PROBLEMS, _NeverEnds(teacher), scorer)
+    assert [t.end_reason for t in trajectories] == ["length_cap"] * len(PROBLEMS)
+    for t in trajectories:
+        assert sum(s.candidates[s.chosen].teacher_tokens for s in t.steps) == 16
+        left = 16
+        for step in t.steps:
+            assert all(c.teacher_tokens <= min(6, left) for c in step.candidates)
+            left -= step.candidates[step.chosen].teacher_tokens
+        assert left == 0
+        assert t.predicted is None and t.correct is None  # an unfinished solution is not graded
 
 
 def test_baselines_sample_k_full_solutions(backends):

@@ -1,4 +1,6 @@
-"""Gen-SSD as a plain library: no Dagster here (the Dagster layer is `gen_ssd_dagster.defs`).
+"""Gen-SSD as a plain library. It imports no Dagster, DuckDB or MLflow and nothing else of this
+package: the store, the viewer and the Dagster layer (`gen_ssd_dagster.defs`) are built on it, and
+everything it needs (models, problems, settings, a ledger to record into) is handed to it.
 
 Start at `method/selection.py`: the loop in which the teacher proposes K chunks and the student
 keeps the one it finds most learnable, or prunes the path. The subpackages:

@@ -34,7 +34,7 @@ conditions read the instance in Python):
 Steps 2 and 3 only follow runs that this sensor launched (run tag `gen_ssd/trigger`), so a
 teacher or cold start materialized by hand, or `gen-ssd pipeline`, triggers nothing. The cold
 start and the trajectories also check, before generating, that the teacher they are about to use
-is the one the chain materialized (`defs_support/teacher_chain.py`). The reasons for this design
+is the one the chain materialized (`teacher_chain.py`). The reasons for this design
 (and not a sensor) are in docs/pipeline.md. Old outputs stay: trajectories are keyed by teacher
 version in DuckDB, and MLflow adds new model versions beside the old ones.
 """
@@ -52,7 +52,7 @@ from ..core.demo.models import MARKER
 from ..core.engines.models import model_version, resolve_hub_revision
 from ..core.method.methods import METHODS
 from ..store import Home
-from ..defs_support.teacher_chain import (COLD_START, OBSERVED_TEACHER, TEACHER, chain_is_current,
+from ..teacher_chain import (COLD_START, OBSERVED_TEACHER, TEACHER, chain_is_current,
                                           last_observed_version, last_teacher_version)
 from .resources import ModelsResource, StoreResource
 from .trajectories import trajectories_asset_name

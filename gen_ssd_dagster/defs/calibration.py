@@ -14,10 +14,10 @@ import dagster as dg
 from ..core.method.calibration import calibrate, summary
 from ..core.engines.models import ModelSpec
 from ..store.trajectories import read_problems
-from ..defs_support import reporting
-from ..defs_support.datasets import DATASETS
+from .. import asset_metadata
+from .partitions import DATASETS
 from .resources import GPU_POOL, MLflowResource, ModelsResource, StoreResource
-from ..defs_support.run_config import CalibrationRunConfig, method_config
+from ..run_config.asset_configs import CalibrationRunConfig, method_config
 
 
 @dg.asset(group_name="cold_start", pool=GPU_POOL, partitions_def=DATASETS, kinds={"mlflow"},
@@ -45,7 +45,7 @@ def pruning_thresholds(context: dg.AssetExecutionContext, config: CalibrationRun
                      f"{facts['first_line_ppl_median']}) and {record.later_lines} later-line ratios (median "
                      f"{facts['later_line_ratio_median']}) over {record.texts} teacher solutions")
     plot_path = store.home_dir().plots / f"pruning_thresholds_{dataset}.png"
-    plot = reporting.calibration_plot(ppls, record, f"{dataset}: cold-start PPL of the teacher's lines", plot_path)
+    plot = asset_metadata.calibration_plot(ppls, record, f"{dataset}: cold-start PPL of the teacher's lines", plot_path)
     session = mlflow.session()
     tags = {"dataset": dataset, "dagster_run_id": context.run.run_id, "teacher_version": teacher_backend.version,
             "student_version": scorer.version}
@@ -57,5 +57,5 @@ def pruning_thresholds(context: dg.AssetExecutionContext, config: CalibrationRun
     value = dataclasses.asdict(record)
     version = hashlib.sha256(json.dumps([value, teacher_backend.version, scorer.version]).encode()).hexdigest()[:16]
     return dg.Output(value, data_version=dg.DataVersion(version), metadata={
-        **reporting.clean(facts), "teacher_version": teacher_backend.version, "student_version": scorer.version,
+        **asset_metadata.clean(facts), "teacher_version": teacher_backend.version, "student_version": scorer.version,
         "ppls": plot, "mlflow_run": dg.MetadataValue.url(mlflow.run_url(session.experiment_id, run.run_id))})

@@ -18,9 +18,9 @@ from ..core.engines.models import ModelSpec, model_version
 from ..core.experiments.sweep import parse_knobs, run_sweep
 from ..store.experiments import find_arm, save_arm
 from ..store.trajectories import read_problems
-from ..defs_support import reporting
+from .. import asset_metadata
 from .resources import GPU_POOL, MLflowResource, ModelsResource, StoreResource
-from ..defs_support.run_config import ComparisonRunConfig, SweepRunConfig
+from ..run_config.asset_configs import ComparisonRunConfig, SweepRunConfig
 
 
 def _inputs(config, store: StoreResource):
@@ -38,7 +38,7 @@ def _inputs(config, store: StoreResource):
 
 def _context(teacher_version: str, scorer_version: str, pool) -> dict:
     """The inputs every arm's student shares, for the arm keys: change one and the arms are new work.
-    (The test set is not one: arms are re-scored on another, see core.comparison.stored_or_rescored.)"""
+    (The test set is not one: arms are re-scored on another, see core.experiments.comparison.stored_or_rescored.)"""
     digest = hashlib.sha256("\n".join(p.problem_id + p.question for p in pool).encode()).hexdigest()[:16]
     return {"teacher": teacher_version, "scorer": scorer_version, "pool": digest}
 
@@ -118,7 +118,7 @@ def method_comparison(context: dg.AssetExecutionContext, config: ComparisonRunCo
                            shared, lookup, save, context.log.info)
     table = markdown(arms, core.teacher_token_budget)
     plot_path = store.home_dir().plots / f"{experiment}.png"
-    plot = reporting.comparison_plot(arms, plot_path)
+    plot = asset_metadata.comparison_plot(arms, plot_path)
     url = _log_mlflow(mlflow, "method_comparison", experiment, arms,
                               {"seeds": ",".join(map(str, config.seeds)), "budget": core.teacher_token_budget,
                                "dataset": config.dataset, "benchmark": config.benchmark},
@@ -155,7 +155,7 @@ def gen_ssd_knob_sweep(context: dg.AssetExecutionContext, config: SweepRunConfig
                      out_dir, shared, lookup, save, context.log.info)
     table = markdown(arms, core.teacher_token_budget)
     plot_path = store.home_dir().plots / f"{experiment}.png"
-    plot = reporting.sweep_plot(arms, knobs, plot_path)
+    plot = asset_metadata.sweep_plot(arms, knobs, plot_path)
     url = _log_mlflow(mlflow, "gen_ssd_knob_sweep", experiment, arms,
                               {"seed": config.seed, "budget": core.teacher_token_budget, "dataset": config.dataset,
                                "knobs": json.dumps(config.knobs)},

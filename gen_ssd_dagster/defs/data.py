@@ -11,9 +11,10 @@ import dagster as dg
 from ..core.data import benchmarks as core_data
 from ..core.demo.world import write_demo_dataset
 from ..store.trajectories import write_problems
-from ..defs_support.datasets import DATASETS, dataset_specs
+from ..run_config.datasets import dataset_specs
+from .partitions import DATASETS
 from .resources import DataResource, StoreResource
-from ..defs_support.run_config import ProblemsConfig
+from ..run_config.asset_configs import ProblemsConfig
 
 
 def load_side(dataset: str, side: str, data: DataResource, store: StoreResource, limit: int | None):

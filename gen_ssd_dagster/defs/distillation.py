@@ -12,9 +12,9 @@ from ..core.method.versions import FIRST_VERSION, method_version
 from ..core.engines.models import ModelSpec, model_version
 from ..store.trajectories import WorkKey, latest_config_hash, selected_examples
 from .resources import GPU_POOL, MLflowResource, ModelsResource, StoreResource
-from ..defs_support.run_config import ColdStartConfig, DistillConfig
+from ..run_config.asset_configs import ColdStartConfig, DistillConfig
 from .trajectories import generate, trajectories_asset_name, trajectory_page
-from ..defs_support.training_runs import metadata, train_logged
+from ..tracking.training_runs import metadata, train_logged
 
 
 def version_tag(method: str) -> dict:
@@ -53,7 +53,7 @@ def cold_start_student(context: dg.AssetExecutionContext, config: ColdStartConfi
     lineage = {"method": "standard_kd", "partitions": config.dataset, "config_hash": key.config_hash,
                "teacher_version": key.teacher_version, "trajectories": len(examples), **version_tag("standard_kd")}
     model = train_logged(context, "cold_start_student", base_student, examples, config.train.to_core(),
-                         store, mlflow, lineage)
+                         store.home_dir().checkpoints, mlflow.session(), mlflow.run_url, lineage)
     return dg.Output(model.spec, data_version=dg.DataVersion(model.version),
                      metadata={**metadata(model), **lineage, "teacher_samples": summary["trajectories"],
                                "examples": len(examples), "teacher_tokens": summary["teacher_tokens"]})
@@ -93,7 +93,8 @@ def distilled_asset(method: str) -> dg.AssetsDefinition:
                     for d, h in hashes.items()]
 
         model = train_logged(context, f"student_{method}", cold_start_student, examples, config.train.to_core(),
-                             store, mlflow, lineage, trajectory_pages)
+                             store.home_dir().checkpoints, mlflow.session(), mlflow.run_url, lineage,
+                             trajectory_pages)
         return dg.Output(model.spec, data_version=dg.DataVersion(model.version),
                          metadata={**metadata(model), **lineage})
 

@@ -17,9 +17,9 @@ from ..store.eval_outputs import EvalLedger
 from ..store.experiments import experiment_arms, latest_experiment
 from ..store.scores import STUDENT_ORDER, EvaluationScore, cached_score, latest_scores, report, write_scores
 from ..store.trajectories import read_problems
-from ..defs_support import reporting
+from .. import asset_metadata
 from .resources import GPU_POOL, MLflowResource, ModelsResource, StoreResource
-from ..defs_support.run_config import EvaluationConfig, solution_end_of
+from ..run_config.asset_configs import EvaluationConfig, solution_end_of
 
 
 def _latest_comparison(db, store: StoreResource) -> dict:
@@ -31,7 +31,7 @@ def _latest_comparison(db, store: StoreResource) -> dict:
                                                   "method_comparison)")}
     arms = experiment_arms(db, name)
     return {"comparison": dg.MetadataValue.md(f"Latest comparison `{name}`:\n\n{markdown(arms)}"),
-            "comparison_plot": reporting.comparison_plot(arms, store.home_dir().plots / f"{name}.png")}
+            "comparison_plot": asset_metadata.comparison_plot(arms, store.home_dir().plots / f"{name}.png")}
 
 
 @dg.asset(
@@ -101,5 +101,5 @@ def evaluation_scores(context: dg.AssetExecutionContext, config: EvaluationConfi
         "mlflow_run": dg.MetadataValue.url(mlflow.run_url(session.experiment_id, run.run_id)),
         **_latest_comparison(db, store),
         **{f"model_version/{s}": model_version(spec) for s, spec in students.items()},
-        "accuracy_plot": reporting.accuracy_bars(df, store.home_dir().plots / "evaluation_scores.png", intervals),
+        "accuracy_plot": asset_metadata.accuracy_bars(df, store.home_dir().plots / "evaluation_scores.png", intervals),
         **{f"accuracy/{s.student}/{s.benchmark}": round(s.accuracy, 4) for s in scores}})

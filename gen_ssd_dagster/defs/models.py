@@ -1,6 +1,6 @@
 """The models a run starts from: the teacher and the base student.
 
-In the embedded default both are built by the pipeline (`core.demo_models`); a real run names a
+In the embedded default both are built by the pipeline (`core.demo.models`); a real run names a
 hub id or a checkpoint in the `models` resource. Each output carries the model's version as its
 Dagster data version, so every downstream materialization records which weights it came from.
 """

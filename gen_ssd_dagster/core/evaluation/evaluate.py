@@ -3,7 +3,7 @@
 `EvalSettings` holds what the score depends on (samples per question, temperature, top-p, length
 cap, seed): it is recorded with every score and hashed into its key. pass@1 is the mean over
 questions of each question's share of correct samples; with `maj_k`, maj@k is reported as well
-(`core.statistics` computes both, with intervals, from the stored outputs).
+(`core.evaluation.statistics` computes both, with intervals, from the stored outputs).
 
 With a `ledger` (e.g. `store.eval_outputs.EvalLedger`, in DuckDB) every finished batch is recorded
 as it completes and batches already recorded are not generated again, so an evaluation killed in

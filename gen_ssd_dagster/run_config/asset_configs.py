@@ -1,4 +1,4 @@
-"""Run configuration: the core's config dataclasses as Dagster `Config` classes (`core_config.derive`:
+"""Run configuration: the core's config dataclasses as Dagster `Config` classes (`derive.derive`:
 names, types, defaults and docs come from the dataclasses, never retyped here), plus what only a
 run has: which problems, how many, in which batches.
 
@@ -21,12 +21,11 @@ from ..core.experiments.comparison import ComparisonConfig
 from ..core.method.calibration import CALIBRATION_PROBLEMS, CALIBRATION_QUANTILE
 from ..core.method.config import GenSSDConfig, PostHocConfig, SamplingConfig, StandardKDConfig
 from ..core.training.sft import TrainConfig
-from .core_config import CoreConfig, dagster_type, derive
+from .derive import CoreConfig, dagster_type, derive
 from .datasets import dataset_specs
 
 SolutionEndChoice = dagster_type(SolutionEndName, "solution_end")
-_D = DemoConfig()  # run sizes and training recipes shared with the library demo (`gen-ssd demo`)
-_C = ComparisonConfig()
+DEMO_DEFAULTS = DemoConfig()  # run sizes and training recipes shared with the library demo (`gen-ssd demo`)
 
 _SOLUTION_END = (SolutionEndName | None, None,
                  'where a solution ends besides the end of turn: "eos", "answer_line" (`#### N`) or "boxed"; '
@@ -49,8 +48,8 @@ PostHocKnobs = _method(PostHocConfig)
 
 
 class _Limits(dg.Config):
-    max_problems: int | None = Field(default=_D.n_distill, description="train problems per partition; None = all")
-    offset: int = Field(default=_D.n_cold_start, description="train problems skipped first (the cold start's)")
+    max_problems: int | None = Field(default=DEMO_DEFAULTS.n_distill, description="train problems per partition; None = all")
+    offset: int = Field(default=DEMO_DEFAULTS.n_cold_start, description="train problems skipped first (the cold start's)")
     batch_size: int = Field(default=16, description="problems per generation batch (one DuckDB commit each)")
 
 
@@ -81,16 +80,16 @@ class PostHocRunConfig(PostHocKnobs, _Limits):
     """Post-hoc filtering: K full samples, keep the correct one of lowest student PPL."""
 
 
-ColdStartTrain = derive(TrainConfig, _D.cold_start_train, name="ColdStartTrain")
-DistillTrain = derive(TrainConfig, _D.distill_train, name="DistillTrain")
+ColdStartTrain = derive(TrainConfig, DEMO_DEFAULTS.cold_start_train, name="ColdStartTrain")
+DistillTrain = derive(TrainConfig, DEMO_DEFAULTS.distill_train, name="DistillTrain")
 _TRAIN_HELP = "how the student is fine-tuned (`TrainConfig`)"
 
 
-class ColdStartConfig(_method(StandardKDConfig, _D.cold_start, "ColdStartKnobs"), _Limits):
+class ColdStartConfig(_method(StandardKDConfig, DEMO_DEFAULTS.cold_start, "ColdStartKnobs"), _Limits):
     """The cold start: Standard-KD teacher samples of the first train problems teach the student the format."""
 
     dataset: str = Field(default="demo", description="train side of this dataset supplies the problems")
-    max_problems: int | None = Field(default=_D.n_cold_start, description="problems sampled for the cold start")
+    max_problems: int | None = Field(default=DEMO_DEFAULTS.n_cold_start, description="problems sampled for the cold start")
     offset: int = Field(default=0, description="train problems skipped first")
     train: ColdStartTrain = Field(default_factory=ColdStartTrain, description=_TRAIN_HELP)
 
@@ -130,7 +129,7 @@ class _ExperimentScope(dg.Config):
 
     dataset: str = Field(default="demo", description="its train side is the problem pool (stored by `problems`)")
     benchmark: str = Field(default="demo", description="its test side scores every arm (stored by `benchmarks`)")
-    pool_offset: int = Field(default=_D.n_cold_start, description="train problems skipped first (the cold start's)")
+    pool_offset: int = Field(default=DEMO_DEFAULTS.n_cold_start, description="train problems skipped first (the cold start's)")
     max_pool: int | None = Field(default=None, description="cap on the problem pool; None = every stored one")
     max_test: int | None = Field(default=None, description="test problems; None = all")
 

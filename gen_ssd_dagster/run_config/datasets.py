@@ -1,7 +1,8 @@
-"""The dataset partitions: the built-in datasets plus any declared in a datasets YAML.
+"""The datasets a run may name: the built-in datasets plus any declared in a datasets YAML (the
+dataset partitions, `defs/partitions.py`, are their names).
 
-A YAML file maps a dataset name to its sides, each a dict that `core.data.dataset_spec_from_dict`
-reads, e.g.::
+A YAML file maps a dataset name to its sides, each a dict that
+`core.data.benchmarks.dataset_spec_from_dict` reads, e.g.::
 
     mymath:
       train: {local_file: /data/mymath/train.jsonl, question_field: problem, answer_format: boxed}
@@ -17,7 +18,6 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-import dagster as dg
 import yaml
 
 from ..core.data import benchmarks as core_data
@@ -45,5 +45,3 @@ def dataset_specs() -> dict[str, dict]:
                            for side, d in (sides or {}).items()}
     return specs
 
-
-DATASETS = dg.StaticPartitionsDefinition(list(dataset_specs()))

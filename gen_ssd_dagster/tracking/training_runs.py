@@ -18,7 +18,7 @@ import dagster as dg
 from ..core.engines.models import ModelSpec, model_version
 from ..core.progress import Reporter
 from ..core.training.sft import TrainConfig, fine_tune
-from ..defs.resources import MLflowResource, StoreResource
+from .mlflow_client import MLflowSession
 
 DONE = "train_result.json"
 
@@ -37,19 +37,20 @@ class TrainedModel:
 
 
 def train_logged(context, name: str, base: ModelSpec, examples: list[tuple[str, str]], config: TrainConfig,
-                 store: StoreResource, mlflow: MLflowResource, lineage: dict,
+                 checkpoints: Path, session: MLflowSession, run_url: Callable[[str, str], str], lineage: dict,
                  attachments: Callable[[], list[Path]] = list) -> TrainedModel:
-    """Fine-tune `base` on `examples` (or reuse the same earlier run) and log it to MLflow as a
-    version of the registered model `gen-ssd-<name>` whose tags carry `lineage`. The files that
-    `attachments` returns (made only for a new run) are logged beside the model, under `trajectories/`."""
+    """Fine-tune `base` on `examples` (or reuse the same earlier run) into `checkpoints`/<name>/<key>
+    and log it to MLflow through `session` as a version of the registered model `gen-ssd-<name>` whose
+    tags carry `lineage`; `run_url(experiment_id, run_id)` is where the MLflow UI shows a run. The
+    files that `attachments` returns (made only for a new run) are logged beside the model, under
+    `trajectories/`."""
     base_version = model_version(base)
     # The lineage is part of the key: a model version's tags must name the teacher and data that
     # made it, so a new teacher gets a new model version even if its examples happen to be the same.
     blob = json.dumps([base_version, examples, dataclasses.asdict(config), lineage], sort_keys=True).encode()
     key = hashlib.sha256(blob).hexdigest()[:16]
-    out_dir = store.home_dir().checkpoints / name / key
+    out_dir = checkpoints / name / key
     registered = f"gen-ssd-{name.replace('_', '-')}"
-    session = mlflow.session()
     done = out_dir.parent / f"{key}.{DONE}"  # beside the checkpoint: inside it would change its fingerprint
     if done.is_file():
         saved = json.loads(done.read_text())
@@ -59,7 +60,7 @@ def train_logged(context, name: str, base: ModelSpec, examples: list[tuple[str, 
             spec = base.with_weights(out_dir)
             return TrainedModel(spec, model_version(spec), existing.run_id, registered, str(existing.version),
                                 saved["steps"], saved["final_loss"], reused=True,
-                                mlflow_url=mlflow.run_url(session.experiment_id, existing.run_id))
+                                mlflow_url=run_url(session.experiment_id, existing.run_id))
 
     tags = {"checkpoint_key": key, "base_version": base_version, "n_examples": len(examples),
             "dagster_run_id": context.run.run_id, **lineage}
@@ -88,7 +89,7 @@ def train_logged(context, name: str, base: ModelSpec, examples: list[tuple[str, 
             run.log_file(path, "trajectories")
         reg_version = run.register(registered, "model", tags={**tags, "model_version": version})
     return TrainedModel(spec, version, run.run_id, registered, reg_version, result.steps, result.final_loss,
-                        reused=False, mlflow_url=mlflow.run_url(session.experiment_id, run.run_id))
+                        reused=False, mlflow_url=run_url(session.experiment_id, run.run_id))
 
 
 def metadata(m: TrainedModel) -> dict:

@@ -13,8 +13,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter  # noqa: E402
 
-from ..core.experiments.comparison import ArmResult  # noqa: E402
-from ..core.experiments.comparison_table import LABELS, paired_vs_standard_kd, summarise  # noqa: E402
+from .core.experiments.comparison import ArmResult  # noqa: E402
+from .core.experiments.comparison_table import LABELS, paired_vs_standard_kd, summarise  # noqa: E402
 
 
 def _plain_log_ticks(ax) -> None:
@@ -60,7 +60,7 @@ def ppl_histogram(chosen: list[float], rejected: list[float], title: str, path: 
 
 def calibration_plot(ppls, record, title: str, path: Path | None = None) -> dg.MetadataValue:
     """The student's PPLs of the teacher's first lines and later-line ratios, with the thresholds read
-    from them (`core.calibration`)."""
+    from them (`core.method.calibration`)."""
     import numpy as np
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3))
