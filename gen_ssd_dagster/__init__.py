@@ -3,7 +3,9 @@
 What lives where, each part importing only from the parts listed before it:
 
     core/              the method as a plain library: no Dagster, DuckDB or MLflow import
-    store/             a run's home directory and its DuckDB tables (imports core)
+    store/             a run's home directory and its DuckDB tables (imports core's types)
+    generation.py      a method run over problems in committed batches, resuming from the store
+                       (imports core and store)
     viewer/            `gen-ssd view`: pages over a home's trajectories (imports core and store)
     run_config/        each asset's run config, derived from the core's config dataclasses, and the
                        datasets a run may name (imports core and store)

@@ -13,7 +13,8 @@ import pytest
 from gen_ssd_dagster.core.method.methods import METHODS
 from gen_ssd_dagster.core.method.config import GenSSDConfig
 from gen_ssd_dagster.core.types import Candidate, Problem, Step, Trajectory
-from gen_ssd_dagster.store import Home, Store, resumable
+from gen_ssd_dagster import generation
+from gen_ssd_dagster.store import Home, Store
 from gen_ssd_dagster.store.trajectories import WorkKey, done_problem_ids, latest_config_hash, write_batch
 
 
@@ -46,9 +47,9 @@ def test_a_bumped_method_version_is_new_work_beside_the_old(tmp_path, monkeypatc
         made.extend(p.problem_id for p in todo)
         return [_traj(p.problem_id) for p in todo]
 
-    monkeypatch.setattr(resumable, "run_method", fake_run_method)
+    monkeypatch.setattr(generation, "run_method", fake_run_method)
     v1 = _key("1")
-    resumable.run_resumable(store, v1, GenSSDConfig(), problems, None, None, batch_size=2)
+    generation.run_resumable(store, v1, GenSSDConfig(), problems, None, None, batch_size=2)
     assert done_problem_ids(store, v1) == {"p0", "p1", "p2"}
 
     # a fix in the selection loop bumps the version: the same problems are not done under it
@@ -57,7 +58,7 @@ def test_a_bumped_method_version_is_new_work_beside_the_old(tmp_path, monkeypatc
     assert v2.method_version == "2" and done_problem_ids(store, v2) == set()
     assert latest_config_hash(store, "demo", "gen_ssd", "t1", "s1") is None  # nothing for the students yet
     made.clear()
-    report = resumable.run_resumable(store, v2, GenSSDConfig(), problems, None, None, batch_size=2)
+    report = generation.run_resumable(store, v2, GenSSDConfig(), problems, None, None, batch_size=2)
     assert (report.reused, report.generated, made) == (0, 3, ["p0", "p1", "p2"])
     assert latest_config_hash(store, "demo", "gen_ssd", "t1", "s1") == "h1"
 

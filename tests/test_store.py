@@ -190,7 +190,7 @@ def test_foreign_lock_holder_is_waited_out(tmp_path):
 
 def test_crash_loses_at_most_one_batch_and_resume_redoes_nothing_finished(tmp_path, monkeypatch):
     from gen_ssd_dagster.core.method.config import GenSSDConfig
-    from gen_ssd_dagster.store import resumable
+    from gen_ssd_dagster import generation
 
     calls = []
 
@@ -200,16 +200,16 @@ def test_crash_loses_at_most_one_batch_and_resume_redoes_nothing_finished(tmp_pa
             raise RuntimeError("killed mid-run")
         return [_traj(p.dataset, p.problem_id) for p in problems]
 
-    monkeypatch.setattr(resumable, "run_method", fake_run_method)
+    monkeypatch.setattr(generation, "run_method", fake_run_method)
     store, key = Store(tmp_path / "db.duckdb"), _key()
     problems = [Problem("demo", f"p{i}", "q", "4") for i in range(10)]
     crash = True
     with pytest.raises(RuntimeError):
-        resumable.run_resumable(store, key, GenSSDConfig(), problems, None, None, batch_size=3)
+        generation.run_resumable(store, key, GenSSDConfig(), problems, None, None, batch_size=3)
     assert done_problem_ids(store, key) == {f"p{i}" for i in range(6)}  # two batches committed
     calls.clear()
     crash = False
-    report = resumable.run_resumable(store, key, GenSSDConfig(), problems, None, None, batch_size=3)
+    report = generation.run_resumable(store, key, GenSSDConfig(), problems, None, None, batch_size=3)
     assert calls == [["p6", "p7", "p8"], ["p9"]]
     assert (report.reused, report.generated) == (6, 4)
     assert store.query("SELECT count(*) FROM trajectories")[0][0] == 10

@@ -22,7 +22,7 @@ from ..core.method.methods import METHODS
 from ..core.method.versions import method_version
 from ..core.engines.models import ModelSpec
 from ..core.progress import Reporter
-from ..store.resumable import run_resumable
+from ..generation import run_resumable
 from ..store.trajectories import (WorkKey, candidate_ppls, partition_summary, read_problems,
                                   sample_trajectory)
 from ..viewer import export_partition

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ..core.experiments.comparison import ArmResult
+from ..core.types import ArmResult
 from .db import Store
 
 _FIELDS = set(ArmResult.__dataclass_fields__)

@@ -27,7 +27,7 @@ import random
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from gen_ssd_dagster.core.method.calibration import CALIBRATION_PROBLEMS, calibrate, calibrated, summary, validate_quantile
@@ -41,7 +41,7 @@ from gen_ssd_dagster.core.method.reselection import ANSWER_LIKELIHOOD, answer_li
 from gen_ssd_dagster.core.engines.models import ModelSpec
 from gen_ssd_dagster.core.progress import Reporter
 from gen_ssd_dagster.core.training.sft import TrainConfig, fine_tune
-from gen_ssd_dagster.core.types import Log, Problem, Trajectory, problems_digest
+from gen_ssd_dagster.core.types import ArmResult, Log, Problem, Trajectory, problems_digest
 
 # The methods of the table, then the selection only the comparison has (MoRSD-style answer likelihood).
 COMPARISON_METHODS = (*METHODS, ANSWER_LIKELIHOOD)
@@ -117,54 +117,6 @@ class BudgetedData:
     teacher_tokens: int  # spent on them (<= budget)
     pool_exhausted: bool  # every problem was used before the budget was: the arm spent less
     seconds: float
-
-
-@dataclass
-class ArmResult:
-    """One arm: what its data cost and looked like, and how well its student did."""
-
-    kind: str  # comparison | sweep | reference (base and cold-start students)
-    label: str  # the method, or "knob=value" in a sweep
-    method: str
-    seed: int | None
-    accuracy: float
-    n_test: int
-    n_correct: int
-    problems: int = 0
-    teacher_tokens: int = 0
-    trajectories: int = 0  # produced (selected or not)
-    selected: int = 0  # trained on
-    accepted_problems: int = 0  # problems with at least one selected trajectory
-    pruned: int = 0  # Gen-SSD paths ended by the suitability rule
-    mean_student_tokens: float | None = None  # of the selected trajectories
-    mean_ppl: float | None = None  # the cold-start student's PPL of the selected trajectories
-    pool_exhausted: bool = False
-    generate_seconds: float = 0.0
-    train_seconds: float = 0.0
-    eval_seconds: float = 0.0
-    checkpoint: str = ""
-    config: dict = field(default_factory=dict)
-    ppls: list[float] = field(default_factory=list)  # every selected trajectory's PPL (for plots)
-    graded: dict[str, list[bool]] = field(default_factory=dict)  # test problem_id -> each sample correct (paired stats)
-    evaluation: dict = field(default_factory=dict)  # the test set and settings the scores were made with
-
-    @property
-    def acceptance_rate(self) -> float | None:
-        return self.accepted_problems / self.problems if self.problems else None
-
-    @property
-    def prune_rate(self) -> float | None:
-        return self.pruned / self.problems if self.problems else None
-
-    @property
-    def tokens_per_accepted(self) -> float | None:
-        return self.teacher_tokens / self.selected if self.selected else None
-
-    def to_dict(self) -> dict:
-        out = dataclasses.asdict(self)
-        out.update(acceptance_rate=self.acceptance_rate, prune_rate=self.prune_rate,
-                   tokens_per_accepted=self.tokens_per_accepted)
-        return out
 
 
 def with_seed(config: MethodConfig, seed: int) -> MethodConfig:

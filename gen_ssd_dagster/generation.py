@@ -1,4 +1,5 @@
-"""Run a method over problems in batches, committing each batch, skipping what is already stored.
+"""Run a method over problems in batches, committing each batch, skipping what is already stored:
+the one place the core's algorithm meets the store (the store itself only reads and writes).
 
 A crash loses at most the batch in flight; re-running with the same key (dataset, method, teacher
 version, scorer version, config hash) redoes nothing that finished. Each batch keeps the seed it
@@ -11,12 +12,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ..core.method.config import MethodConfig, config_dict
-from ..core.errors import ConfigError, GenSSDError
-from ..core.method.registry import run_method
-from ..core.types import Problem, Progress
-from .db import Store
-from .trajectories import WorkKey, done_problem_ids, write_batch
+from .core.errors import ConfigError, GenSSDError
+from .core.method.config import MethodConfig, config_dict
+from .core.method.registry import run_method
+from .core.types import Problem, Progress
+from .store.db import Store
+from .store.trajectories import WorkKey, done_problem_ids, write_batch
 
 
 @dataclass
