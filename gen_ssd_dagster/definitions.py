@@ -5,22 +5,15 @@ from pathlib import Path
 
 import dagster as dg
 
-from .defs import calibration, checks, comparison, data, distillation, evaluation, models, trajectories
 from .defs.automation import with_teacher_automation
+from .defs.comparison import EXPERIMENT_ASSETS
 from .defs.resources import DataResource, MLflowResource, ModelsResource, StoreResource, resources_from_env
 
-# What `gen-ssd pipeline` materializes (the entry points run these without a daemon).
-ASSETS = [
-    models.teacher, models.base_student,
-    data.problems, data.benchmarks,
-    distillation.cold_start_student, calibration.pruning_thresholds,
-    *trajectories.trajectory_assets,
-    *distillation.distilled_students,
-    evaluation.evaluation_scores,
-]
-CHECKS = [checks.gen_ssd_not_worse_than_cold_start]
 # Experiments over the pipeline (tens of minutes): materialized on request, not by `gen-ssd pipeline`.
-EXPERIMENTS = comparison.EXPERIMENT_ASSETS
+EXPERIMENTS = dg.AssetSelection.assets(*EXPERIMENT_ASSETS)
+# What `gen-ssd pipeline` materializes (the entry points run these without a daemon): every asset
+# but the experiments (the observed teacher, a source asset, is observed, not materialized).
+PIPELINE = dg.AssetSelection.all() - EXPERIMENTS
 
 
 def resources(home: str = "", models_resource: ModelsResource | None = None, **overrides) -> dict:

@@ -1,7 +1,8 @@
 """Materialize the whole asset graph in-process on a persistent instance in the home directory.
 
-This is what `gen-ssd pipeline` runs: the same definitions `dagster dev` shows, executed with
-`dagster.materialize`, so the runs, lineage and asset checks are visible in the UI afterwards.
+This is what `gen-ssd pipeline` runs: the one `Definitions` that `dagster dev` shows
+(`definitions.pipeline_definitions`), its asset job executed in-process on a selection of it, so the
+runs, lineage and asset checks are visible in the UI afterwards.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import dagster as dg
 
 from .core.method.methods import METHODS
 from .defs.resources import resources_from_config
-from .definitions import ASSETS, CHECKS, EXPERIMENTS, resources
+from .definitions import PIPELINE, pipeline_definitions, resources
 from .instance import get_instance
 from .store import Home
 
@@ -26,20 +27,20 @@ def run_pipeline(home: Home, partition: str = "demo", run_config: dict | None = 
     partitioned assets on `partition`."""
     os.environ["GEN_SSD_HOME"] = str(home.root)  # child code (and datasets.yaml lookup) sees the same home
     instance = get_instance(home)
-    if selection is None:
-        selection = asset_names(ASSETS)
+    definitions = home_definitions(home, resource_overrides)
+    graph = definitions.resolve_asset_graph()
+    keys = dg.AssetSelection.from_coercible(PIPELINE if selection is None else selection).resolve(graph)
+    selection = sorted(key.to_user_string() for key in keys)
     run_config = dict(_only_selected(_partition_defaults(run_config or {}, partition), selection))
     run_config.setdefault("loggers", {"console": {"config": {"log_level": "INFO"}}})
     started = time.perf_counter()
-    result = dg.materialize(
-        [*ASSETS, *EXPERIMENTS, *CHECKS],
-        instance=instance,
-        resources=resources(str(home.root), **(resource_overrides or {})),
-        partition_key=partition if _any_partitioned(selection) else None,
+    result = definitions.resolve_implicit_global_asset_job_def().execute_in_process(
         run_config=run_config,
-        selection=selection,
+        instance=instance,
+        partition_key=partition if any(graph.get(k).partitions_def is not None for k in keys) else None,
         tags={"gen_ssd/home": str(home.root)},
         raise_on_error=False,
+        asset_selection=sorted(keys),
     )
     log(f"[pipeline] run {result.run_id} {'succeeded' if result.success else 'FAILED'} "
         f"in {time.perf_counter() - started:.0f}s (Dagster instance: {instance.root_directory})")
@@ -51,18 +52,9 @@ def run_pipeline(home: Home, partition: str = "demo", run_config: dict | None = 
     return result
 
 
-def _any_partitioned(selection) -> bool:
-    """Whether the run touches a partitioned asset (a run of unpartitioned ones takes no partition key)."""
-    if not isinstance(selection, (list, tuple)):
-        return True
-    chosen = {str(s) for s in selection}
-    return any(a.partitions_def is not None for a in [*ASSETS, *EXPERIMENTS]
-               if chosen & set(asset_names([a])))
-
-
-def asset_names(assets) -> list[str]:
-    """Selection strings ("distilled_students/gen_ssd") of the given asset definitions."""
-    return [key.to_user_string() for a in assets for key in a.keys]
+def home_definitions(home: Home, resource_overrides: dict | None = None) -> dg.Definitions:
+    """The code location's definitions (those of `dagster dev`) with resources rooted at `home`."""
+    return pipeline_definitions(resources(str(home.root), **(resource_overrides or {})))
 
 
 def _partition_defaults(run_config: dict, partition: str) -> dict:

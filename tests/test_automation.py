@@ -130,6 +130,28 @@ def test_definitions_register_the_automation():
         assert graph.get(key).automation_condition == automation.CONDITIONS.get(key), key
 
 
+def test_the_pipeline_and_dagster_dev_load_one_definitions(tmp_path):
+    """`gen-ssd pipeline` runs the code location's definitions: the same assets, deps, automation
+    conditions, checks, schedules and sensors; its default selection is every asset but the experiments."""
+    from gen_ssd_dagster.definitions import EXPERIMENTS, PIPELINE, defs
+    from gen_ssd_dagster.pipeline import home_definitions
+    from gen_ssd_dagster.store import Home
+
+    def shape(definitions: dg.Definitions):
+        graph = definitions.resolve_asset_graph()
+        assets = {k: (graph.get(k).parent_keys, graph.get(k).automation_condition, graph.get(k).code_version)
+                  for k in graph.get_all_asset_keys()}
+        return (assets, set(graph.asset_check_keys), {s.name for s in definitions.schedules or []},
+                {s.name for s in definitions.sensors or []}, {j.name for j in definitions.resolve_all_job_defs()},
+                sorted(definitions.resources))
+
+    cli, dev = home_definitions(Home.resolve(tmp_path / "home")), defs()
+    assert shape(cli) == shape(dev)
+    graph = cli.resolve_asset_graph()
+    assert {k.to_user_string() for k in EXPERIMENTS.resolve(graph)} == {"method_comparison", "gen_ssd_knob_sweep"}
+    assert PIPELINE.resolve(graph) == graph.materializable_asset_keys - EXPERIMENTS.resolve(graph)
+
+
 def test_the_teacher_check_cron_follows_the_environment():
     """$GEN_SSD_TEACHER_CHECK_CRON, read when the definitions load (a fresh process), sets the
     schedule; without it the schedule is the default."""

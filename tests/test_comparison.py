@@ -240,13 +240,15 @@ def test_shipped_configs_are_valid_run_config(name):
 
     from dagster._config import validate_config
 
-    from gen_ssd_dagster.definitions import ASSETS, EXPERIMENTS
+    from gen_ssd_dagster.definitions import defs
     from gen_ssd_dagster.pipeline import load_config
 
     run_config, overrides = load_config(str(Path(__file__).resolve().parents[1] / "configs" / name))
     assert "models" in overrides  # every shipped config sets the models (teacher, student or demo sizes)
     assert overrides["models"].demo.to_core().validate() is None
-    schemas = {a.op.name: a.op.config_schema.config_type for a in [*ASSETS, *EXPERIMENTS]}
+    definitions = defs()
+    assets = [definitions.resolve_assets_def(k) for k in definitions.resolve_asset_graph().materializable_asset_keys]
+    schemas = {a.op.name: a.op.config_schema.config_type for a in assets}
     for op, config in run_config.get("ops", {}).items():
         result = validate_config(schemas[op], config.get("config", {}))
         assert result.success, (op, [e.message for e in result.errors])

@@ -32,16 +32,15 @@ def trajectories_job():
     executor's step processes rebuild it from this module, with the models named in the env)."""
     import dagster as dg
 
-    from gen_ssd_dagster.definitions import ASSETS, resources
+    from gen_ssd_dagster.definitions import pipeline_definitions, resources
     from gen_ssd_dagster.defs.resources import DataResource, ModelsResource
 
     env = os.environ
-    defs = dg.Definitions(
-        assets=ASSETS,
-        resources=resources(env["GEN_SSD_HOME"],
-                            models=ModelsResource(teacher=env["TEST_TEACHER"], student=env["TEST_STUDENT"]),
-                            data=DataResource(demo_train=12, demo_test=4, data_dir=str(data_dir()))),
-        jobs=[dg.define_asset_job("trajectories", selection=METHODS)],
+    defs = dg.Definitions.merge(
+        pipeline_definitions(resources(env["GEN_SSD_HOME"],
+                                       models=ModelsResource(teacher=env["TEST_TEACHER"], student=env["TEST_STUDENT"]),
+                                       data=DataResource(demo_train=12, demo_test=4, data_dir=str(data_dir())))),
+        dg.Definitions(jobs=[dg.define_asset_job("trajectories", selection=METHODS)]),
     )
     return defs.resolve_job_def("trajectories")
 

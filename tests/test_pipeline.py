@@ -273,8 +273,10 @@ def test_a_failed_step_is_named(tmp_path, tiny_models):
 
 def test_every_model_running_asset_is_in_the_gpu_pool():
     """A deployment limits GPUs with one pool (deploy/dagster.yaml): no asset that loads a model may escape it."""
-    from gen_ssd_dagster.definitions import ASSETS, EXPERIMENTS
+    from gen_ssd_dagster.definitions import defs
 
-    pools = {key.to_user_string(): a.op.pool for a in [*ASSETS, *EXPERIMENTS] for key in a.keys}
+    definitions = defs()
+    pools = {key.to_user_string(): definitions.resolve_assets_def(key).op.pool
+             for key in definitions.resolve_asset_graph().materializable_asset_keys}
     light = {"teacher", "base_student", "problems", "benchmarks"}  # resolve paths and read data only
     assert {k for k, pool in pools.items() if pool != "gpu"} == light

@@ -98,11 +98,9 @@ def test_nested_sampling_and_train_reach_the_core():
 
 
 def _job(home):
-    from gen_ssd_dagster.definitions import ASSETS, CHECKS, EXPERIMENTS, resources
+    from gen_ssd_dagster.definitions import pipeline_definitions, resources
 
-    defs = dg.Definitions(assets=[*ASSETS, *EXPERIMENTS, *CHECKS], resources=resources(str(home)),
-                          jobs=[dg.define_asset_job("all", selection="*")])
-    return defs.resolve_job_def("all")
+    return pipeline_definitions(resources(str(home))).resolve_implicit_global_asset_job_def()
 
 
 @pytest.mark.parametrize("op, config, field", [
