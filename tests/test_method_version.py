@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 
 import duckdb
 import pytest
@@ -15,7 +16,7 @@ from gen_ssd_dagster.core.method.config import GenSSDConfig
 from gen_ssd_dagster.core.types import Candidate, Problem, Step, Trajectory
 from gen_ssd_dagster import generation
 from gen_ssd_dagster.store import Home, Store
-from gen_ssd_dagster.store.trajectories import WorkKey, done_problem_ids, latest_config_hash, write_batch
+from gen_ssd_dagster.store.trajectories import WorkKey, done_problem_ids, write_batch
 
 
 def _traj(pid: str, text: str = "c0\n#### 4") -> Trajectory:
@@ -56,11 +57,10 @@ def test_a_bumped_method_version_is_new_work_beside_the_old(tmp_path, monkeypatc
     _bump(monkeypatch, "gen_ssd")
     v2 = _key()
     assert v2.method_version == "2" and done_problem_ids(store, v2) == set()
-    assert latest_config_hash(store, "demo", "gen_ssd", "t1", "s1") is None  # nothing for the students yet
     made.clear()
     report = generation.run_resumable(store, v2, GenSSDConfig(), problems, None, None, batch_size=2)
     assert (report.reused, report.generated, made) == (0, 3, ["p0", "p1", "p2"])
-    assert latest_config_hash(store, "demo", "gen_ssd", "t1", "s1") == "h1"
+    assert done_problem_ids(store, v2) == {"p0", "p1", "p2"}
 
     rows = store.query("SELECT method_version, count(*) FROM trajectories GROUP BY ALL ORDER BY 1")
     assert rows == [("1", 3), ("2", 3)]  # the old rows stay beside the new ones
@@ -160,3 +160,22 @@ def test_an_unknown_method_has_no_version(method):
 
     with pytest.raises(ConfigError, match="nonsense"):
         WorkKey("demo", method, "t", "s", "h")
+
+
+def test_a_student_learns_only_from_the_current_keys_of_its_partitions(monkeypatch):
+    """The keys the trajectories asset output: each asked partition's, from this teacher, cold-start
+    student and method version; anything else says which trajectories to materialize."""
+    import dagster as dg
+
+    from gen_ssd_dagster.defs.distillation import received_keys
+
+    keys = {"demo": _key("1"), "gsm8k": WorkKey("gsm8k", "gen_ssd", "t1", "s1", "h2", method_version="1")}
+    assert received_keys("gen_ssd", keys, ["gsm8k", "demo"], "t1", "s1") == [keys["gsm8k"], keys["demo"]]
+    for partitions, teacher, student, why in ((["math500"], "t1", "s1", "none materialized"),
+                                              (["demo"], "t2", "s1", "teacher_version t1 (now t2)"),
+                                              (["demo"], "t1", "s2", "student_version s1 (now s2)")):
+        with pytest.raises(dg.Failure, match=rf"{re.escape(why)}.*gen_ssd_trajectories\[{partitions[0]}\]"):
+            received_keys("gen_ssd", keys, partitions, teacher, student)
+    _bump(monkeypatch, "gen_ssd")
+    with pytest.raises(dg.Failure, match=r"method_version 1 \(now 2\)"):
+        received_keys("gen_ssd", keys, ["demo"], "t1", "s1")

@@ -2,7 +2,8 @@
 
 cold_start_student: Standard-KD teacher samples of a few training problems, the correct ones,
 teach the base student the teacher's format; it then scores candidates for every method.
-distilled_students/<method>: the cold-start student fine-tuned on what that method selected.
+distilled_students/<method>: the cold-start student fine-tuned on what that method selected, in
+the partitions it is told (`partitions`), read under the work keys its trajectories asset output.
 """
 
 import dagster as dg
@@ -10,7 +11,7 @@ import dagster as dg
 from ..core.method.methods import METHODS
 from ..core.method.versions import FIRST_VERSION, method_version
 from ..core.engines.models import ModelSpec, model_version
-from ..store.trajectories import WorkKey, latest_config_hash, selected_examples
+from ..store.trajectories import WorkKey, selected_examples
 from .resources import GPU_POOL, MLflowResource, ModelsResource, StoreResource
 from ..run_config.asset_configs import ColdStartConfig, DistillConfig
 from .trajectories import generate, trajectories_asset_name, trajectory_page
@@ -59,38 +60,46 @@ def cold_start_student(context: dg.AssetExecutionContext, config: ColdStartConfi
                                "examples": len(examples), "teacher_tokens": summary["teacher_tokens"]})
 
 
+def received_keys(method: str, work_keys: dict[str, WorkKey], partitions: list[str], teacher_version: str,
+                  scorer_version: str) -> list[WorkKey]:
+    """The work keys of `partitions`, from the trajectories asset's latest materializations; each
+    must be this teacher's, this cold-start student's and the method's current version's."""
+    current = {"teacher_version": teacher_version, "student_version": scorer_version,
+               "method_version": method_version(method)}
+    keys = []
+    for dataset in partitions:
+        key = work_keys.get(dataset)
+        stale = key and [f"{f} {getattr(key, f)} (now {v})" for f, v in current.items() if getattr(key, f) != v]
+        if key is None or stale:
+            why = "none materialized" if key is None else "the latest is from " + ", ".join(stale)
+            raise dg.Failure(f"no {method} trajectories for partition {dataset!r} from this teacher, "
+                             f"cold-start student and method version {method_version(method)} ({why}): "
+                             f"materialize {trajectories_asset_name(method)}[{dataset}] first")
+        keys.append(key)
+    return keys
+
+
 def distilled_asset(method: str) -> dg.AssetsDefinition:
     trajectories = trajectories_asset_name(method)
 
     @dg.asset(name=method, key_prefix="distilled_students", group_name="distillation", pool=GPU_POOL,
-              kinds={"pytorch", "mlflow"}, deps=[trajectories],
+              kinds={"pytorch", "mlflow"}, ins={"work_keys": dg.AssetIn(trajectories)},
               description=f"The cold-start student fine-tuned on the {method} trajectories it selected.")
     def _asset(context: dg.AssetExecutionContext, config: DistillConfig, teacher: ModelSpec,
                cold_start_student: ModelSpec, models: ModelsResource, store: StoreResource,
-               mlflow: MLflowResource) -> dg.Output[ModelSpec]:
+               mlflow: MLflowResource, work_keys: dict[str, WorkKey]) -> dg.Output[ModelSpec]:
         db = store.store()
-        teacher_version = models.teacher_version(teacher)
-        scorer_version = model_version(cold_start_student)
-        examples, hashes = [], {}
-        for dataset in config.partitions:
-            h = latest_config_hash(db, dataset, method, teacher_version, scorer_version)
-            if h is None:
-                raise dg.Failure(f"no {method} trajectories for partition {dataset!r} from this teacher, "
-                                 f"cold-start student and method version {method_version(method)}: "
-                                 f"materialize {trajectories}[{dataset}] first")
-            hashes[dataset] = h
-            key = WorkKey(dataset, method, teacher_version, scorer_version, h)
-            examples += [(q, text) for _, q, text in selected_examples(db, key)]
+        keys = received_keys(method, work_keys, config.partitions, models.teacher_version(teacher),
+                             model_version(cold_start_student))
+        examples = [(q, text) for key in keys for _, q, text in selected_examples(db, key)]
         if not examples:
             raise dg.Failure(f"{method} selected no trajectory in {config.partitions}: nothing to learn from")
         lineage = {"method": method, "partitions": ",".join(config.partitions),
-                   "config_hash": ",".join(f"{d}:{h}" for d, h in hashes.items()),
-                   "teacher_version": teacher_version, "student_version": scorer_version,
+                   "config_hash": ",".join(f"{k.dataset}:{k.config_hash}" for k in keys),
+                   "teacher_version": keys[0].teacher_version, "student_version": keys[0].student_version,
                    "trajectories": len(examples), **version_tag(method)}
         def trajectory_pages():  # what the student learned from, step by step (docs/viewer.md)
-            return [trajectory_page(store.home_dir(), trajectories,
-                                    WorkKey(d, method, teacher_version, scorer_version, h), refresh=False)
-                    for d, h in hashes.items()]
+            return [trajectory_page(store.home_dir(), trajectories, k, refresh=False) for k in keys]
 
         model = train_logged(context, f"student_{method}", cold_start_student, examples, config.train.to_core(),
                              store.home_dir().checkpoints, mlflow.session(), mlflow.run_url, lineage,

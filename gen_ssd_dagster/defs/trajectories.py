@@ -5,7 +5,8 @@ student score, and write trajectories (and Gen-SSD's per-step candidates) to Duc
 keyed by (dataset, method, method version, teacher version, student version, config hash). An
 unchanged partition re-materializes without generating anything. Each asset's Dagster code version is
 its method's version (core/method/versions.py): bumping it shows the asset stale, and its next
-materialization is new work beside the old rows.
+materialization is new work beside the old rows. Each partition's value is that key (`WorkKey`,
+stored by defs/work_keys.py): the distilled students receive the keys of the partitions they learn from.
 """
 
 
@@ -30,6 +31,7 @@ from . import checks
 from .. import asset_metadata
 from .partitions import DATASETS
 from ..teacher_chain import check_same_teacher
+from .work_keys import WorkKeyIOManager
 from .resources import GPU_POOL, ModelsResource, StoreResource
 from ..run_config.asset_configs import GenSSDRunConfig, PostHocRunConfig, StandardKDRunConfig, method_config
 
@@ -98,8 +100,9 @@ def trajectory_page(home, name: str, key: WorkKey, refresh: bool = True) -> Path
 
 
 def _materialize(context, method: str, config, teacher: ModelSpec, cold_start_student: ModelSpec,
-                 models: ModelsResource, store: StoreResource, calibration: dict | None = None) -> dg.MaterializeResult:
-    """Generate (or reuse) one partition's trajectories; metadata with the summary, config and PPL plot."""
+                 models: ModelsResource, store: StoreResource, calibration: dict | None = None):
+    """Generate (or reuse) one partition's trajectories: its work key as the output, with the summary,
+    config and PPL plot as metadata (the key's fields are the IO manager's), then the checks' results."""
     name = trajectories_asset_name(method)
     dataset = context.partition_key
     key, s = generate(context, method, config, teacher, cold_start_student, models, store, dataset,
@@ -112,13 +115,12 @@ def _materialize(context, method: str, config, teacher: ModelSpec, cold_start_st
     viewer_page = trajectory_page(home, name, key)
     identity = f"{key}{key.version_suffix()}|{s['trajectories']}|{s['problems']}"
     version = hashlib.sha256(identity.encode()).hexdigest()[:16]
-    return dg.MaterializeResult(
+    yield dg.Output(
+        key,
         data_version=dg.DataVersion(version),
         metadata={
             "summary": summary_text(s),
             **asset_metadata.clean(s),
-            "dataset": dataset, "method": method, "method_version": key.method_version, "config_hash": key.config_hash,
-            "teacher_version": key.teacher_version, "student_version": key.student_version,
             "config": dg.MetadataValue.json(config_dict(calibrated_method_config(config, dataset, calibration))),
             "thresholds": "calibrated" if calibration else "hand-set",
             "sample_trajectory": asset_metadata.trajectory_markdown(sample_trajectory(store.store(), key)),
@@ -128,8 +130,9 @@ def _materialize(context, method: str, config, teacher: ModelSpec, cold_start_st
             "trajectory_viewer": dg.MetadataValue.path(str(viewer_page)),
             "viewer_command": f"gen-ssd --home {home.root} view",
         },
-        check_results=[checks.no_duplicates(s, name), checks.acceptance_not_zero(s, name)],
     )
+    yield checks.no_duplicates(s, name)
+    yield checks.acceptance_not_zero(s, name)
 
 
 def trajectory_asset(method: str) -> dg.AssetsDefinition:
@@ -149,12 +152,13 @@ def trajectory_asset(method: str) -> dg.AssetsDefinition:
     deps = [dg.AssetDep("problems"), *([dg.AssetDep("pruning_thresholds")] if method == "gen_ssd" else [])]
 
     @dg.asset(name=name, group_name="trajectories", pool=GPU_POOL, partitions_def=DATASETS, kinds={"duckdb"},
-              deps=deps, check_specs=check_specs, description=description, code_version=method_version(method))
+              deps=deps, check_specs=check_specs, description=description, code_version=method_version(method),
+              io_manager_def=WorkKeyIOManager())
     def _asset(context: dg.AssetExecutionContext, config: run_cls, teacher: ModelSpec,
-               cold_start_student: ModelSpec, models: ModelsResource, store: StoreResource) -> dg.MaterializeResult:
+               cold_start_student: ModelSpec, models: ModelsResource, store: StoreResource):
         use_calibration = getattr(config, "thresholds", "hand-set") == "calibrated"
         calibration = latest_calibration(context.instance, context.partition_key) if use_calibration else None
-        return _materialize(context, method, config, teacher, cold_start_student, models, store, calibration)
+        yield from _materialize(context, method, config, teacher, cold_start_student, models, store, calibration)
 
     return _asset
 

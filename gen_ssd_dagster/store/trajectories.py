@@ -182,15 +182,3 @@ def selected_examples(store: Store, key: WorkKey) -> list[tuple[str, str, str]]:
     return [tuple(r) for r in store.query(
         f"SELECT problem_id, question, text FROM trajectories WHERE {where} AND selected"
         " ORDER BY problem_id, sample_index", params)]
-
-
-def latest_config_hash(store: Store, dataset: str, method: str, teacher_version: str,
-                       student_version: str) -> str | None:
-    """The configuration most recently used for (dataset, method, teacher, scorer) by the method's
-    current code (its method version), if any."""
-    rows = store.query(
-        "SELECT config_hash FROM problem_runs WHERE dataset = ? AND method = ? AND teacher_version = ?"
-        " AND student_version = ? AND method_version = ? ORDER BY created_at DESC LIMIT 1",
-        [dataset, method, teacher_version, student_version, method_version(method)])
-    return rows[0][0] if rows else None
-
