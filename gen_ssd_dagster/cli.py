@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from gen_ssd_dagster.core.errors import GenSSDError
-from gen_ssd_dagster.store.home import default_home
+from gen_ssd_dagster.store.home import Home, default_home
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -32,12 +32,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
     """Materialize the Dagster asset graph (embedded demo by default), then print the scores."""
-    os.environ["GEN_SSD_HOME"] = str(Path(args.home).resolve())  # before the definitions load (datasets.yaml)
+    home = Home.resolve(args.home).export()  # before the definitions load (datasets.yaml)
     from gen_ssd_dagster.pipeline import load_config, run_pipeline
-    from gen_ssd_dagster.store import Home
 
     run_config, overrides = load_config(args.config)
-    home = Home.resolve(args.home)
     result = run_pipeline(home, partition=args.partition, run_config=run_config, resource_overrides=overrides)
     cmd_report(args)
     return 0 if result.success else 1
@@ -48,9 +46,8 @@ UPSTREAM = ["teacher", "base_student", "problems", "benchmarks", "cold_start_stu
 
 def _run_experiment(args: argparse.Namespace, asset: str, settings: dict) -> int:
     """Materialize one experiment asset (and the cached assets it reads) through Dagster, then report."""
-    os.environ["GEN_SSD_HOME"] = str(Path(args.home).resolve())
+    home = Home.resolve(args.home).export()  # before the definitions load (datasets.yaml)
     from gen_ssd_dagster.pipeline import load_config, run_pipeline
-    from gen_ssd_dagster.store import Home
 
     run_config, overrides = load_config(args.config)
     ops = run_config.setdefault("ops", {})
@@ -59,10 +56,10 @@ def _run_experiment(args: argparse.Namespace, asset: str, settings: dict) -> int
     if args.partition != "demo":
         config.setdefault("dataset", args.partition)
         config.setdefault("benchmark", args.partition)
-    result = run_pipeline(Home.resolve(args.home), partition=args.partition, run_config=run_config,
+    result = run_pipeline(home, partition=args.partition, run_config=run_config,
                           resource_overrides=overrides, selection=[*UPSTREAM, asset])
     if result.success:
-        print(_experiment_report(Home.resolve(args.home), "comparison" if asset == "method_comparison" else "sweep"))
+        print(_experiment_report(home, "comparison" if asset == "method_comparison" else "sweep"))
     return 0 if result.success else 1
 
 

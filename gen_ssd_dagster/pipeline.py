@@ -6,7 +6,6 @@ This is what `gen-ssd pipeline` runs: the same definitions `dagster dev` shows, 
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 
@@ -24,7 +23,7 @@ def run_pipeline(home: Home, partition: str = "demo", run_config: dict | None = 
                  selection=None) -> dg.ExecuteInProcessResult:
     """One run over every pipeline asset (or `selection`, which may name experiments too),
     partitioned assets on `partition`."""
-    os.environ["GEN_SSD_HOME"] = str(home.root)  # child code (and datasets.yaml lookup) sees the same home
+    home.export()  # child code (and datasets.yaml lookup) sees the same home
     instance = get_instance(home)
     if selection is None:
         selection = asset_names(ASSETS)
