@@ -18,6 +18,7 @@ from ..core.engines.models import ModelSpec, model_version
 from ..core.experiments.sweep import parse_knobs, run_sweep
 from ..store.experiments import find_arm, save_arm
 from ..store.trajectories import read_problems
+from ..core.types import questions_digest
 from .. import asset_metadata
 from .resources import GPU_POOL, MLflowResource, ModelsResource, StoreResource
 from ..run_config.asset_configs import ComparisonRunConfig, SweepRunConfig
@@ -39,8 +40,7 @@ def _inputs(config, store: StoreResource):
 def _context(teacher_version: str, scorer_version: str, pool) -> dict:
     """The inputs every arm's student shares, for the arm keys: change one and the arms are new work.
     (The test set is not one: arms are re-scored on another, see core.experiments.comparison.stored_or_rescored.)"""
-    digest = hashlib.sha256("\n".join(p.problem_id + p.question for p in pool).encode()).hexdigest()[:16]
-    return {"teacher": teacher_version, "scorer": scorer_version, "pool": digest}
+    return {"teacher": teacher_version, "scorer": scorer_version, "pool": questions_digest(pool)}
 
 
 def _persist(store: StoreResource, experiment: str, config, dagster_run_id: str, evaluation: dict):
