@@ -64,8 +64,19 @@ def _persist(store: StoreResource, experiment: str, config, dagster_run_id: str,
     return lookup, save
 
 
+# EvalSettings fields the comparison had no knob for before `eval:` was a section, at the value it used.
+_EVAL_ADDED = {"maj_k": None, "seed": 0}
+
+
 def _experiment_id(kind: str, config, context: dict) -> str:
-    blob = json.dumps({"config": config.model_dump(), **context}, sort_keys=True, default=str)
+    """The experiment's name: a hash of its run config and shared inputs. The `eval:` section is
+    hashed as the flat `eval_<field>` knobs it replaced (the added ones only when set), so an
+    experiment keeps its name and its stored arms stay listed in it."""
+    dump = config.model_dump()
+    for name, value in dump.pop("eval").items():
+        if _EVAL_ADDED.get(name, object()) != value:
+            dump[f"eval_{name}"] = value
+    blob = json.dumps({"config": dump, **context}, sort_keys=True, default=str)
     return f"{kind}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
