@@ -19,7 +19,7 @@ from gen_ssd_dagster.run_config.derive import CoreConfig, field_docs
 # Every run config class built on a core dataclass, with the core instance its defaults must equal.
 DEMO_DEFAULTS, COMPARISON_DEFAULTS = DemoConfig(), ComparisonConfig()
 DERIVED = [
-    (rc.GenSSDRunConfig, GenSSDConfig()), (rc.CalibrationRunConfig, GenSSDConfig()),
+    (rc.GenSSDRunConfig, GenSSDConfig()),
     (rc.StandardKDRunConfig, StandardKDConfig()), (rc.PostHocRunConfig, PostHocConfig()),
     (rc.ColdStartConfig, DEMO_DEFAULTS.cold_start), (rc.ColdStartTrain, DEMO_DEFAULTS.cold_start_train),
     (rc.DistillTrain, DEMO_DEFAULTS.distill_train), (rc.EvaluationConfig, EvalSettings()),

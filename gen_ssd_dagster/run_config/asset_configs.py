@@ -61,9 +61,10 @@ class GenSSDRunConfig(GenSSDKnobs, _Limits):
         "from the pruning_thresholds asset of the same dataset (recorded with every trajectory)")
 
 
-class CalibrationRunConfig(GenSSDKnobs):
+class CalibrationRunConfig(dg.Config):
     """Pruning thresholds from the cold-start student's PPLs of the teacher's lines on held-back problems.
-    The teacher samples as Gen-SSD's knobs say (keep them equal to gen_ssd_trajectories')."""
+    The teacher samples as Gen-SSD does: with the knobs of `gen_ssd_trajectories` in the same run
+    (`gen_ssd_of_run`), its defaults when the run has none."""
 
     quantile: float = Field(default=CALIBRATION_QUANTILE, description="max_ppl and ppl_ratio are this quantile of the student's "
                             "first-line PPLs and later-line PPL ratios")
@@ -155,6 +156,14 @@ class SweepRunConfig(_experiment(exclude=("seeds",)), _ExperimentScope):
 
 class ProblemsConfig(dg.Config):
     max_problems: int | None = Field(default=None, description="keep the first N problems; None = all")
+
+
+def gen_ssd_of_run(run_config: dict, dataset: str = "demo") -> GenSSDConfig:
+    """Gen-SSD's knobs as the run configures `gen_ssd_trajectories` (its defaults when it does not),
+    checked: what `pruning_thresholds` calibrates for, so the knobs are written once."""
+    ops = (run_config or {}).get("ops") or {}
+    knobs = (ops.get("gen_ssd_trajectories") or {}).get("config") or {}
+    return method_config(GenSSDRunConfig(**knobs), dataset)
 
 
 def solution_end_of(dataset: str, configured: str | None) -> str:
