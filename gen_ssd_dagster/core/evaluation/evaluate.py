@@ -20,6 +20,7 @@ from typing import Callable, Protocol
 from gen_ssd_dagster.core.engines.transformers_backend import TransformersTeacher
 from gen_ssd_dagster.core.errors import ConfigError
 from gen_ssd_dagster.core.data.grading import GRADER_VERSION, grade
+from gen_ssd_dagster.core.batching import batches
 from gen_ssd_dagster.core.engines.interfaces import check_sampling
 from gen_ssd_dagster.core.engines.models import ModelSpec
 from gen_ssd_dagster.core.data.solution_text import SolutionEnd
@@ -117,8 +118,7 @@ def evaluate(
     sampler = None  # loaded only when some batch is missing
     started = time.perf_counter()
     outputs, reused, answered = [], 0, 0
-    for start in range(0, len(problems), batch_size):
-        batch = problems[start : start + batch_size]
+    for _, batch, seed in batches(problems, batch_size, settings.seed):
         if all(len(done.get(p.problem_id, ())) == n for p in batch):
             outputs += [o for p in batch for o in done[p.problem_id]]
             reused += len(batch)
@@ -127,7 +127,7 @@ def evaluate(
         if sampler is None:  # decoding through a teacher backend: the same sampler the teacher uses
             sampler = (engine or TransformersTeacher)(spec)
         session = sampler.start([p.question for p in batch], temperature=settings.temperature,
-                                top_p=settings.top_p, seed=settings.seed + start)
+                                top_p=settings.top_p, seed=seed)
         proposals = session.propose(n, [settings.max_new_tokens] * len(batch), stop_at_newline=False)
         new = [_graded(problem, i, prop, solution_end)
                for problem, props in zip(batch, proposals) for i, prop in enumerate(props)]

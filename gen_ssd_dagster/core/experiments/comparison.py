@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gen_ssd_dagster.core.batching import batches
 from gen_ssd_dagster.core.method.calibration import CALIBRATION_PROBLEMS, calibrate, calibrated, summary, validate_quantile
 from gen_ssd_dagster.core.method.config import (GenSSDConfig, MethodConfig, PostHocConfig, SamplingConfig, StandardKDConfig,
                                                 config_dict)
@@ -177,10 +178,9 @@ def generate_within_budget(config: MethodConfig, problems: list[Problem], teache
     clock = time.perf_counter()
     kept: list[Trajectory] = []
     spent = used = 0
-    for start in range(0, len(problems), batch_size):
-        batch = problems[start:start + batch_size]
+    for _, batch, seed in batches(problems, batch_size, config.sampling.seed):
         # Each batch has its own seed, as in an uninterrupted run_method call over all problems.
-        trajectories = run_method(with_seed(config, config.sampling.seed + start), batch, teacher, scorer, batch_size)
+        trajectories = run_method(with_seed(config, seed), batch, teacher, scorer, batch_size)
         by_problem: dict[str, list[Trajectory]] = {}
         for t in trajectories:
             by_problem.setdefault(t.problem_id, []).append(t)
