@@ -6,13 +6,14 @@ One small function per subcommand; the work lives in the library.
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import os
 import sys
 from pathlib import Path
 
 from gen_ssd_dagster.core.errors import GenSSDError
-from gen_ssd_dagster.store.home import default_home
+from gen_ssd_dagster.store.home import Home, default_home
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -32,12 +33,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
     """Materialize the Dagster asset graph (embedded demo by default), then print the scores."""
-    os.environ["GEN_SSD_HOME"] = str(Path(args.home).resolve())  # before the definitions load (datasets.yaml)
+    home = Home.resolve(args.home).export()  # before the definitions load (datasets.yaml)
     from gen_ssd_dagster.pipeline import load_config, run_pipeline
-    from gen_ssd_dagster.store import Home
 
     run_config, overrides = load_config(args.config)
-    home = Home.resolve(args.home)
     result = run_pipeline(home, partition=args.partition, run_config=run_config, resource_overrides=overrides)
     cmd_report(args)
     return 0 if result.success else 1
@@ -48,21 +47,24 @@ UPSTREAM = ["teacher", "base_student", "problems", "benchmarks", "cold_start_stu
 
 def _run_experiment(args: argparse.Namespace, asset: str, settings: dict) -> int:
     """Materialize one experiment asset (and the cached assets it reads) through Dagster, then report."""
-    os.environ["GEN_SSD_HOME"] = str(Path(args.home).resolve())
+    home = Home.resolve(args.home).export()  # before the definitions load (datasets.yaml)
     from gen_ssd_dagster.pipeline import load_config, run_pipeline
-    from gen_ssd_dagster.store import Home
 
     run_config, overrides = load_config(args.config)
     ops = run_config.setdefault("ops", {})
     config = ops.setdefault(asset, {}).setdefault("config", {})
-    config.update({k: v for k, v in settings.items() if v is not None})
+    for name, value in settings.items():
+        if isinstance(value, dict):  # a section (eval:): the flags given replace their fields only
+            config.setdefault(name, {}).update({k: v for k, v in value.items() if v is not None})
+        elif value is not None:
+            config[name] = value
     if args.partition != "demo":
         config.setdefault("dataset", args.partition)
         config.setdefault("benchmark", args.partition)
-    result = run_pipeline(Home.resolve(args.home), partition=args.partition, run_config=run_config,
+    result = run_pipeline(home, partition=args.partition, run_config=run_config,
                           resource_overrides=overrides, selection=[*UPSTREAM, asset])
     if result.success:
-        print(_experiment_report(Home.resolve(args.home), "comparison" if asset == "method_comparison" else "sweep"))
+        print(_experiment_report(home, "comparison" if asset == "method_comparison" else "sweep"))
     return 0 if result.success else 1
 
 
@@ -81,7 +83,7 @@ def _experiment_report(home, kind: str) -> str:
 
 
 def _eval_flags(args: argparse.Namespace) -> dict:
-    return {"eval_samples": args.eval_samples, "eval_temperature": args.eval_temperature,
+    return {"eval": {"samples": args.eval_samples, "temperature": args.eval_temperature},
             "calibration_quantile": args.calibrate}
 
 
@@ -186,6 +188,39 @@ def cmd_view(args: argparse.Namespace) -> int:
     return 0
 
 
+class _LazyHelp(argparse.HelpFormatter):
+    """Help texts given as functions are read only when help is printed (`_field_help`)."""
+
+    def add_argument(self, action):
+        if callable(action.help):
+            action = copy.copy(action)
+            action.help = action.help()
+        super().add_argument(action)
+
+
+def _field_help(asset: str, field: str, lead: str = ""):
+    """The help of a flag that sets `field` of an experiment's run config (`asset`:
+    ComparisonRunConfig or SweepRunConfig; "eval.samples" for a field of a section): its
+    description and default as the config classes give them, read from the core's dataclasses.
+    Imported when help is printed, so `gen-ssd` starts without loading Dagster or torch."""
+
+    def text() -> str:
+        from gen_ssd_dagster.run_config import asset_configs
+
+        cls, *path = getattr(asset_configs, asset), *field.split(".")
+        for name in path[:-1]:
+            cls = cls.model_fields[name].annotation
+        info = cls.model_fields[path[-1]]
+        value = info.get_default(call_default_factory=True)
+        if isinstance(value, list):
+            value = ",".join(map(str, value))
+        elif isinstance(value, dict):
+            value = " ".join(f"{k}={','.join(map(str, v))}" for k, v in value.items())
+        return f"{lead}{info.description} (default: {value})".replace("%", "%%")
+
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gen-ssd", description=__doc__.splitlines()[0])
     parser.add_argument("--home", default=str(default_home()), help="state directory (default: $GEN_SSD_HOME or ./.gen_ssd_home)")
@@ -200,21 +235,24 @@ def build_parser() -> argparse.ArgumentParser:
                                "(default: $GEN_SSD_CONFIG, which `dagster dev` reads too)")
     pipeline.set_defaults(func=cmd_pipeline)
     config_help = "pipeline YAML (ops: ..., resources: ...), as for `pipeline` (default: $GEN_SSD_CONFIG)"
-    compare = sub.add_parser("compare", help="Gen-SSD vs Standard KD vs post-hoc at an equal teacher-token "
+    # The experiments' flags set fields of their run config; help and defaults are the config's.
+    compare = sub.add_parser("compare", formatter_class=_LazyHelp,
+                             help="Gen-SSD vs Standard KD vs post-hoc at an equal teacher-token "
                              "budget, over seeds (the method_comparison asset)")
-    compare.add_argument("--seeds", help="comma-separated seeds (default: 0,1,2,3,4)")
-    compare.add_argument("--budget", type=int, help="teacher tokens per arm (default: 100000)")
-    sweep = sub.add_parser("sweep", help="Gen-SSD at each value of each knob (the gen_ssd_knob_sweep asset)")
+    compare.add_argument("--seeds", help=_field_help("ComparisonRunConfig", "seeds"), metavar="S1,S2,...")
+    compare.add_argument("--budget", type=int, help=_field_help("ComparisonRunConfig", "teacher_token_budget"))
+    sweep = sub.add_parser("sweep", formatter_class=_LazyHelp,
+                           help="Gen-SSD at each value of each knob (the gen_ssd_knob_sweep asset)")
     sweep.add_argument("--knob", action="append", metavar="KNOB=V1,V2,...",
-                       help="repeatable, e.g. --knob chunk_tokens=8,16,32 --knob num_candidates=2,4 "
-                            "(default: chunk_tokens=4,8,16 num_candidates=2,4,8 ppl_ratio=2,5,20)")
-    sweep.add_argument("--seed", type=int, help="seed of every point (default: 0)")
-    sweep.add_argument("--budget", type=int, help="teacher tokens per point (default: 100000)")
-    for p, func in ((compare, cmd_compare), (sweep, cmd_sweep)):
+                       help=_field_help("SweepRunConfig", "knobs", "repeatable, e.g. --knob chunk_tokens=8,16,32 "
+                                        "--knob num_candidates=2,4; "))
+    sweep.add_argument("--seed", type=int, help=_field_help("SweepRunConfig", "seed"))
+    sweep.add_argument("--budget", type=int, help=_field_help("SweepRunConfig", "teacher_token_budget"))
+    for p, func, asset in ((compare, cmd_compare, "ComparisonRunConfig"), (sweep, cmd_sweep, "SweepRunConfig")):
         p.add_argument("--partition", default="demo", help="dataset: its train side is the pool, its test side the benchmark")
         p.add_argument("--config", default=os.environ.get("GEN_SSD_CONFIG"), help=config_help)
-        p.add_argument("--eval-samples", type=int, help="test answers per question (default: 1, greedy)")
-        p.add_argument("--eval-temperature", type=float, help="temperature of the test answers (0 = greedy)")
+        p.add_argument("--eval-samples", type=int, help=_field_help(asset, "eval.samples"))
+        p.add_argument("--eval-temperature", type=float, help=_field_help(asset, "eval.temperature"))
         p.add_argument("--calibrate", type=float, metavar="Q",
                        help="derive Gen-SSD's max_ppl and ppl_ratio from the Q-quantile of the cold-start "
                             "student's PPLs of the teacher's lines (e.g. 0.9; default: as configured)")

@@ -7,7 +7,6 @@ runs, lineage and asset checks are visible in the UI afterwards.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 
@@ -25,7 +24,7 @@ def run_pipeline(home: Home, partition: str = "demo", run_config: dict | None = 
                  selection=None) -> dg.ExecuteInProcessResult:
     """One run over every pipeline asset (or `selection`, which may name experiments too),
     partitioned assets on `partition`."""
-    os.environ["GEN_SSD_HOME"] = str(home.root)  # child code (and datasets.yaml lookup) sees the same home
+    home.export()  # child code (and datasets.yaml lookup) sees the same home
     instance = get_instance(home)
     definitions = home_definitions(home, resource_overrides)
     graph = definitions.resolve_asset_graph()

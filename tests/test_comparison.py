@@ -139,7 +139,7 @@ def test_comparison_and_sweep_assets(tmp_path, tiny_models, memorizing_teacher, 
     knobs = {"num_candidates": 2, "sampling": {"max_new_tokens": 96, "temperature": 0.3}}
     small = {**knobs, "batch_size": 4}
     experiment = {"pool_offset": 4, "teacher_token_budget": 400, "batch_size": 4, "train": {"epochs": 1},
-                  "eval_max_new_tokens": 96, "gen_ssd": {**knobs, "suitability": "none", "chunk_tokens": 16},
+                  "eval": {"max_new_tokens": 96}, "gen_ssd": {**knobs, "suitability": "none", "chunk_tokens": 16},
                   "standard_kd": knobs}
     rc = {"ops": {"cold_start_student": {"config": {**small, "max_problems": 4, "train": {"epochs": 2}}},
                   "method_comparison": {"config": {**experiment, "seeds": [0, 1]}},
@@ -206,7 +206,7 @@ def test_comparison_and_sweep_assets(tmp_path, tiny_models, memorizing_teacher, 
     assert again_by["gen_ssd"].config["chunk_tokens"] == 8 != first["gen_ssd"].config["chunk_tokens"]
 
     # Other evaluation settings re-score the kept students: nothing is generated or trained again.
-    rc["ops"]["method_comparison"]["config"].update(eval_samples=2, eval_temperature=1.0)
+    rc["ops"]["method_comparison"]["config"]["eval"] = {"max_new_tokens": 96, "samples": 2, "temperature": 1.0}
     assert run_pipeline(home, "demo", rc, resources, log=lambda _: None, selection=["method_comparison"]).success
     before = {(a.label, a.seed): a for a in second}
     third = experiment_arms(store, kind="comparison")

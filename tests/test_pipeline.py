@@ -155,7 +155,7 @@ def test_every_asset_on_demo(tmp_path, tiny_models, memorizing_teacher, capsys):
     small = {"batch_size": 4, "num_candidates": 2, "sampling": sampling}
     rc = {"ops": {
         "cold_start_student": {"config": {**small, "max_problems": 4, "train": {"epochs": 2}}},
-        "pruning_thresholds": {"config": {"max_problems": 4, "sampling": sampling}},
+        "pruning_thresholds": {"config": {"max_problems": 4}},  # sampling as gen_ssd_trajectories
         "gen_ssd_trajectories": {"config": {**small, "max_problems": 4, "offset": 4, "suitability": "none"}},
         "standard_kd_trajectories": {"config": {**small, "max_problems": 4, "offset": 4}},
         "posthoc_trajectories": {"config": {**small, "max_problems": 4, "offset": 4}},

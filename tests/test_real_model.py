@@ -31,7 +31,7 @@ if MISSING:
 SMALLER = {
     "problems": {"max_problems": 8}, "benchmarks": {"max_problems": 3},
     "cold_start_student": {"max_problems": 3, "sampling": {"max_new_tokens": 224}},
-    "pruning_thresholds": {"max_problems": 2, "sampling": {"max_new_tokens": 224}},
+    "pruning_thresholds": {"max_problems": 2},
     "gen_ssd_trajectories": {"max_problems": 3, "offset": 3, "sampling": {"max_new_tokens": 224}},
     "standard_kd_trajectories": {"max_problems": 3, "offset": 3, "sampling": {"max_new_tokens": 224}},
     "posthoc_trajectories": {"max_problems": 3, "offset": 3, "sampling": {"max_new_tokens": 224}},

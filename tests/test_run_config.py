@@ -19,8 +19,8 @@ from gen_ssd_dagster.run_config.derive import CoreConfig, field_docs
 # Every run config class built on a core dataclass, with the core instance its defaults must equal.
 DEMO_DEFAULTS, COMPARISON_DEFAULTS = DemoConfig(), ComparisonConfig()
 DERIVED = [
-    (rc.GenSSDRunConfig, GenSSDConfig()), (rc.CalibrationRunConfig, GenSSDConfig()),
-    (rc.StandardKDRunConfig, StandardKDConfig()), (rc.PostHocRunConfig, PostHocConfig()),
+    (rc.GenSSDTrajectoriesConfig, GenSSDConfig()),
+    (rc.StandardKDTrajectoriesConfig, StandardKDConfig()), (rc.PostHocTrajectoriesConfig, PostHocConfig()),
     (rc.ColdStartConfig, DEMO_DEFAULTS.cold_start), (rc.ColdStartTrain, DEMO_DEFAULTS.cold_start_train),
     (rc.DistillTrain, DEMO_DEFAULTS.distill_train), (rc.EvaluationConfig, EvalSettings()),
     (rc.ComparisonRunConfig, COMPARISON_DEFAULTS), (rc.SweepRunConfig, COMPARISON_DEFAULTS),
@@ -65,8 +65,8 @@ def test_every_core_knob_is_in_the_run_config_with_its_default(cls, core):
 
 def test_default_run_configs_convert_to_the_core_defaults():
     """The same core config (and so the same config hash of stored work) as the dataclasses' defaults."""
-    for cls, core in [(rc.GenSSDRunConfig, GenSSDConfig()), (rc.StandardKDRunConfig, StandardKDConfig()),
-                      (rc.PostHocRunConfig, PostHocConfig())]:
+    for cls, core in [(rc.GenSSDTrajectoriesConfig, GenSSDConfig()), (rc.StandardKDTrajectoriesConfig, StandardKDConfig()),
+                      (rc.PostHocTrajectoriesConfig, PostHocConfig())]:
         assert rc.method_config(cls(), "gsm8k") == core
         # An empty solution_end is the dataset's own: the demo world ends at its `#### N` line.
         assert rc.method_config(cls(), "demo").sampling.solution_end == "answer_line"
@@ -74,12 +74,12 @@ def test_default_run_configs_convert_to_the_core_defaults():
     assert rc.DistillConfig().train.to_core() == DEMO_DEFAULTS.distill_train
     assert rc.ColdStartConfig().train.to_core() == DEMO_DEFAULTS.cold_start_train
     assert rc.ComparisonRunConfig().core(list(COMPARISON_DEFAULTS.seeds)) == dataclasses.replace(
-        COMPARISON_DEFAULTS, gen_ssd=rc.method_config(rc.GenSSDRunConfig(), "demo"),
-        standard_kd=rc.method_config(rc.StandardKDRunConfig(), "demo"))
+        COMPARISON_DEFAULTS, gen_ssd=rc.method_config(rc.GenSSDTrajectoriesConfig(), "demo"),
+        standard_kd=rc.method_config(rc.StandardKDTrajectoriesConfig(), "demo"))
 
 
 def test_nested_sampling_and_train_reach_the_core():
-    config = rc.GenSSDRunConfig(chunk_tokens=5, suitability="absolute", ppl_normalisation="char",
+    config = rc.GenSSDTrajectoriesConfig(chunk_tokens=5, suitability="absolute", ppl_normalisation="char",
                                 sampling={"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 64, "seed": 3,
                                           "solution_end": "boxed", "stop_strings": ["\n\n"], "keep": "finished"})
     core = rc.method_config(config, "demo")
@@ -130,10 +130,10 @@ def test_bad_choice_fails_before_any_step_runs(tmp_path):
 
 
 def test_literal_choices_are_enums_of_the_core_values():
-    sampling = rc.GenSSDRunConfig.model_fields["sampling"].annotation
+    sampling = rc.GenSSDTrajectoriesConfig.model_fields["sampling"].annotation
     keep = typing.get_args(sampling.model_fields["keep"].annotation) or (sampling.model_fields["keep"].annotation,)
     assert {m.value for m in keep[0]} == {"correct", "finished"}
-    assert {m.value for m in rc.GenSSDRunConfig.model_fields["suitability"].annotation} == {"ratio", "absolute", "none"}
+    assert {m.value for m in rc.GenSSDTrajectoriesConfig.model_fields["suitability"].annotation} == {"ratio", "absolute", "none"}
 
 
 def test_run_configs_of_the_deployment_and_the_docs_are_valid(tmp_path):

@@ -74,7 +74,7 @@ def ui_home(tmp_path_factory, tiny_models, memorizing_teacher):
         "resources": {"models": {"teacher": str(memorizing_teacher), "student": str(tiny_models[1])},
                       "data": DEMO_SIZES, "mlflow": {"ui_url": MLFLOW_UI}},
         "ops": {"cold_start_student": {"config": {**SMALL, "max_problems": 4, "train": {"epochs": 2}}},
-                "pruning_thresholds": {"config": {"max_problems": 4, "sampling": SAMPLING}},
+                "pruning_thresholds": {"config": {"max_problems": 4}},
                 "gen_ssd_trajectories": GEN_SSD_CONFIG}}))
     run_config, overrides = load_config(str(config))
     home = Home.resolve(root / "home")

@@ -30,6 +30,13 @@ def problems_digest(problems: list[Problem]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def questions_digest(problems: list[Problem]) -> str:
+    """A short hash of a problem set's ids and questions, golds left out: the comparison's training
+    pool in its arm keys. It is older than `problems_digest` and keys stored arms, so it stays as it
+    was (a pool whose golds change gets no new key)."""
+    return hashlib.sha256("\n".join(p.problem_id + p.question for p in problems).encode()).hexdigest()[:16]
+
+
 @dataclass
 class Candidate:
     """One proposed continuation, with the student's view of it."""

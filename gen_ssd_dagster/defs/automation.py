@@ -41,7 +41,6 @@ version in DuckDB, and MLflow adds new model versions beside the old ones.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +48,7 @@ from pathlib import Path
 import dagster as dg
 
 from ..core.demo.models import MARKER
-from ..core.engines.models import model_version, resolve_hub_revision
+from ..core.engines.models import model_version, pinned_to_commit
 from ..core.method.methods import METHODS
 from ..store import Home
 from ..teacher_chain import (COLD_START, OBSERVED_TEACHER, TEACHER, chain_is_current,
@@ -87,8 +86,8 @@ def observe_teacher(models: ModelsResource, home: Home) -> TeacherObservation:
                                       "server", models.teacher_url)
         except Exception as exc:  # unreachable server: no verdict, never a re-run
             return TeacherObservation(None, "missing", f"teacher server {models.teacher_url}: {exc}")
-    if models.teacher == "demo":  # the layout of ModelsResource._demo_paths; never built here
-        path = home.root / "models" / "demo" / "teacher"
+    if models.teacher == "demo":  # where ModelsResource._demo_paths builds it; never built here
+        path = home.demo_models / "teacher"
         if not (path.parent / MARKER).is_file():
             return TeacherObservation(None, "missing", f"demo teacher not built yet in {path.parent}")
         return TeacherObservation(model_version(models.configured_spec("teacher", str(path))), "demo", str(path))
@@ -100,10 +99,9 @@ def observe_teacher(models: ModelsResource, home: Home) -> TeacherObservation:
         if not (path / weights).is_file():
             return TeacherObservation(None, "missing", f"teacher checkpoint {path} has no {weights}")
         return TeacherObservation(model_version(spec), "checkpoint", str(path))
-    commit, why = resolve_hub_revision(spec.name_or_path, spec.revision)
-    if commit:
-        return TeacherObservation(model_version(dataclasses.replace(spec, revision=commit)), "hub",
-                                  f"{spec.revision or 'main'} -> {commit}")
+    pinned, why = pinned_to_commit(spec)
+    if not why:
+        return TeacherObservation(model_version(pinned), "hub", f"{spec.revision or 'main'} -> {pinned.revision}")
     return TeacherObservation(model_version(spec), "hub-unresolved",
                               f"{why}: revision {spec.revision or 'main'!r} not resolved to a commit, "
                               "so a moved branch is not detected")

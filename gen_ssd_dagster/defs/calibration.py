@@ -1,8 +1,10 @@
 """pruning_thresholds: Gen-SSD's pruning thresholds, calibrated from the cold-start student, per dataset.
 
 The teacher solves held-back train problems; the cold-start student scores each line; max_ppl and
-ppl_ratio are a quantile of what it saw (core/method/calibration.py). gen_ssd_trajectories uses them when
-its `thresholds` is "calibrated", and records them with every trajectory.
+ppl_ratio are a quantile of what it saw (core/method/calibration.py). The teacher samples with the
+knobs of `gen_ssd_trajectories` in the same run, so the thresholds fit the paths they will prune;
+gen_ssd_trajectories uses them when its `thresholds` is "calibrated", and records them with every
+trajectory.
 """
 
 import dataclasses
@@ -17,7 +19,7 @@ from ..store.trajectories import read_problems
 from .. import asset_metadata
 from .partitions import DATASETS
 from .resources import GPU_POOL, MLflowResource, ModelsResource, StoreResource
-from ..run_config.asset_configs import CalibrationRunConfig, method_config
+from ..run_config.asset_configs import CalibrationRunConfig, gen_ssd_of_run
 
 
 @dg.asset(group_name="cold_start", pool=GPU_POOL, partitions_def=DATASETS, kinds={"mlflow"},
@@ -35,7 +37,7 @@ def pruning_thresholds(context: dg.AssetExecutionContext, config: CalibrationRun
     if not problems:
         raise dg.Failure(f"pruning_thresholds: dataset {dataset!r} has no train problems after offset "
                          f"{config.offset}; lower `offset` or store more problems")
-    gen_ssd = method_config(config, dataset)
+    gen_ssd = gen_ssd_of_run(context.run.run_config, dataset)
     teacher_backend, scorer = models.make_teacher(teacher), models.make_scorer(cold_start_student)
     context.log.info(f"calibrating on {len(problems)} held-back {dataset} problems at quantile {config.quantile}")
     record, ppls = calibrate(problems, teacher_backend, scorer, gen_ssd, config.quantile)

@@ -18,6 +18,7 @@ from ..core.engines.models import ModelSpec, model_version
 from ..core.experiments.sweep import parse_knobs, run_sweep
 from ..store.experiments import find_arm, save_arm
 from ..store.trajectories import read_problems
+from ..core.types import questions_digest
 from .. import asset_metadata
 from .resources import GPU_POOL, MLflowResource, ModelsResource, StoreResource
 from ..run_config.asset_configs import ComparisonRunConfig, SweepRunConfig
@@ -39,8 +40,7 @@ def _inputs(config, store: StoreResource):
 def _context(teacher_version: str, scorer_version: str, pool) -> dict:
     """The inputs every arm's student shares, for the arm keys: change one and the arms are new work.
     (The test set is not one: arms are re-scored on another, see core.experiments.comparison.stored_or_rescored.)"""
-    digest = hashlib.sha256("\n".join(p.problem_id + p.question for p in pool).encode()).hexdigest()[:16]
-    return {"teacher": teacher_version, "scorer": scorer_version, "pool": digest}
+    return {"teacher": teacher_version, "scorer": scorer_version, "pool": questions_digest(pool)}
 
 
 def _persist(store: StoreResource, experiment: str, config, dagster_run_id: str, evaluation: dict):
@@ -64,8 +64,19 @@ def _persist(store: StoreResource, experiment: str, config, dagster_run_id: str,
     return lookup, save
 
 
+# EvalSettings fields the comparison had no knob for before `eval:` was a section, at the value it used.
+_EVAL_ADDED = {"maj_k": None, "seed": 0}
+
+
 def _experiment_id(kind: str, config, context: dict) -> str:
-    blob = json.dumps({"config": config.model_dump(), **context}, sort_keys=True, default=str)
+    """The experiment's name: a hash of its run config and shared inputs. The `eval:` section is
+    hashed as the flat `eval_<field>` knobs it replaced (the added ones only when set), so an
+    experiment keeps its name and its stored arms stay listed in it."""
+    dump = config.model_dump()
+    for name, value in dump.pop("eval").items():
+        if _EVAL_ADDED.get(name, object()) != value:
+            dump[f"eval_{name}"] = value
+    blob = json.dumps({"config": dump, **context}, sort_keys=True, default=str)
     return f"{kind}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 

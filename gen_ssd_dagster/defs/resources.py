@@ -16,7 +16,7 @@ from pydantic import Field
 from ..core.engines.transformers_backend import TransformersScorer, TransformersTeacher
 from ..core.demo.run import DemoConfig
 from ..core.demo.models import DemoModelsConfig, build_demo_models
-from ..core.engines.models import PACKAGED_MODELS, ModelSpec, model_version, resolve_hub_revision
+from ..core.engines.models import PACKAGED_MODELS, ModelSpec, model_version, pinned_to_commit
 from ..core.progress import Reporter
 from ..store import Home, Store
 from ..run_config.derive import core_value, derive, fields_of
@@ -106,19 +106,16 @@ class ModelsResource(_ModelSpecSettings):
                                  api_key=os.environ.get(self.teacher_api_key_env) or None, spec=spec,
                                  max_retries=max_retries, url_setting="models.teacher_url",
                                  declared_version=self.teacher_declared_version, probe=self.teacher_probe)
-        if self.backend == "vllm":
-            from ..core.engines.vllm_backend import VLLMTeacher
-
-            return VLLMTeacher(spec)
-        return TransformersTeacher(spec)
+        return self.make_student_sampler(spec)
 
     def teacher_version(self, spec: ModelSpec) -> str:
         """What trajectories are keyed by: the server's report for a served teacher, else the weights."""
         return self.make_teacher(spec).version if self.teacher_url else model_version(spec)
 
     def make_student_sampler(self, spec: ModelSpec):
-        """What generates a student's answers in evaluation: the vLLM engine when `backend` is vllm
-        (a served teacher does not serve the students: they are trained here), else transformers."""
+        """A local sampler: the vLLM engine when `backend` is vllm, else transformers. It generates the
+        students' answers in evaluation (a served teacher does not serve the students: they are
+        trained here) and the teacher's candidates when no `teacher_url` is set."""
         if self.backend == "vllm":
             from ..core.engines.vllm_backend import VLLMTeacher
 
@@ -136,7 +133,7 @@ class ModelsResource(_ModelSpecSettings):
     def _demo_paths(self, home: Home, log=None):
         """Build the demo pair once: `teacher` and `base_student` may run in two processes at once."""
         report = Reporter("demo", log.info) if log else None  # "demo teacher: 1240/4500 steps (27.6%), ..."
-        out = home.root / "models" / "demo"
+        out = home.demo_models
         out.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(out) + ".lock"):
             return build_demo_models(out, self.demo.to_core(), report)
@@ -164,10 +161,9 @@ class ModelsResource(_ModelSpecSettings):
         # A hub branch is pinned to its commit when online: the version then names the weights, and
         # the teacher-change sensor (defs/automation.py) sees a moved branch as a new teacher.
         if not spec.is_local and not self.teacher_url:
-            commit, why = resolve_hub_revision(spec.name_or_path, spec.revision)
-            if log and not commit:
+            spec, why = pinned_to_commit(spec)
+            if log and why:
                 log.info(f"teacher {spec.name_or_path}@{spec.revision or 'main'} not pinned to a commit: {why}")
-            spec = dataclasses.replace(spec, revision=commit or spec.revision)
         return spec
 
     def student_spec(self, home: Home, log=None) -> ModelSpec:

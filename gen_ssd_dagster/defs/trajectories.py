@@ -33,10 +33,12 @@ from .partitions import DATASETS
 from ..teacher_chain import check_same_teacher
 from .work_keys import WorkKeyIOManager
 from .resources import GPU_POOL, ModelsResource, StoreResource
-from ..run_config.asset_configs import GenSSDRunConfig, PostHocRunConfig, StandardKDRunConfig, method_config
+from ..run_config.asset_configs import (GenSSDTrajectoriesConfig, PostHocTrajectoriesConfig, StandardKDTrajectoriesConfig,
+                                        method_config)
 
 # The Launchpad's form of each method's knobs (the methods themselves: core/method/methods.py).
-RUN_CONFIGS = {GenSSDConfig: GenSSDRunConfig, StandardKDConfig: StandardKDRunConfig, PostHocConfig: PostHocRunConfig}
+RUN_CONFIGS = {GenSSDConfig: GenSSDTrajectoriesConfig, StandardKDConfig: StandardKDTrajectoriesConfig,
+               PostHocConfig: PostHocTrajectoriesConfig}
 
 
 def trajectories_asset_name(method: str) -> str:

@@ -2,6 +2,12 @@
 names, types, defaults and docs come from the dataclasses, never retyped here), plus what only a
 run has: which problems, how many, in which batches.
 
+A method has its knobs once, in the core (`GenSSDConfig`, `StandardKDConfig`, `PostHocConfig`);
+here each is derived into the run config of its trajectories asset (`GenSSDTrajectoriesConfig`, ...),
+which adds which problems to run, and into the experiments' `gen_ssd:`/`standard_kd:` sections. The
+class names reach no stored data: run configs are written under op names, and Dagster keys their
+schemas by a hash of the fields.
+
 The nesting is the core's: `sampling:` under a method's knobs, `train:` for fine-tuning. Every
 class converts back with `to_core()` (`method_config()` for the methods, which fills an empty
 `solution_end` with the dataset's own and validates).
@@ -42,9 +48,6 @@ def _method(cls, defaults=None, name: str | None = None) -> type[CoreConfig]:
                   exclude=("calibration",) if cls is GenSSDConfig else ())
 
 
-GenSSDKnobs = _method(GenSSDConfig)
-StandardKDKnobs = _method(StandardKDConfig)
-PostHocKnobs = _method(PostHocConfig)
 
 
 class _Limits(dg.Config):
@@ -53,17 +56,19 @@ class _Limits(dg.Config):
     batch_size: int = Field(default=16, description="problems per generation batch (one DuckDB commit each)")
 
 
-class GenSSDRunConfig(GenSSDKnobs, _Limits):
-    """Gen-SSD: chunked teacher proposals, student (cold-start) perplexity selection."""
+class GenSSDTrajectoriesConfig(_method(GenSSDConfig), _Limits):
+    """The run config of `gen_ssd_trajectories`: Gen-SSD's knobs (the core's `GenSSDConfig`, `sampling:`
+    nested), which problems, and where the thresholds come from."""
 
     thresholds: Literal["hand-set", "calibrated"] = Field(
         default="hand-set", description='"hand-set": max_ppl and ppl_ratio as written here; "calibrated": both '
         "from the pruning_thresholds asset of the same dataset (recorded with every trajectory)")
 
 
-class CalibrationRunConfig(GenSSDKnobs):
+class CalibrationRunConfig(dg.Config):
     """Pruning thresholds from the cold-start student's PPLs of the teacher's lines on held-back problems.
-    The teacher samples as Gen-SSD's knobs say (keep them equal to gen_ssd_trajectories')."""
+    The teacher samples as Gen-SSD does: with the knobs of `gen_ssd_trajectories` in the same run
+    (`gen_ssd_of_run`), its defaults when the run has none."""
 
     quantile: float = Field(default=CALIBRATION_QUANTILE, description="max_ppl and ppl_ratio are this quantile of the student's "
                             "first-line PPLs and later-line PPL ratios")
@@ -72,12 +77,14 @@ class CalibrationRunConfig(GenSSDKnobs):
                                "last max_problems (the methods take theirs from the front)")
 
 
-class StandardKDRunConfig(StandardKDKnobs, _Limits):
-    """Standard KD: K full teacher samples per problem, keep the correct ones."""
+class StandardKDTrajectoriesConfig(_method(StandardKDConfig), _Limits):
+    """The run config of `standard_kd_trajectories`: Standard KD's knobs (the core's `StandardKDConfig`)
+    and which problems. Standard KD: K full teacher samples per problem, keep the correct ones."""
 
 
-class PostHocRunConfig(PostHocKnobs, _Limits):
-    """Post-hoc filtering: K full samples, keep the correct one of lowest student PPL."""
+class PostHocTrajectoriesConfig(_method(PostHocConfig), _Limits):
+    """The run config of `posthoc_trajectories`: post-hoc filtering's knobs (the core's `PostHocConfig`)
+    and which problems. Post-hoc: K full samples, keep the correct one of lowest student PPL."""
 
 
 ColdStartTrain = derive(TrainConfig, DEMO_DEFAULTS.cold_start_train, name="ColdStartTrain")
@@ -155,6 +162,14 @@ class SweepRunConfig(_experiment(exclude=("seeds",)), _ExperimentScope):
 
 class ProblemsConfig(dg.Config):
     max_problems: int | None = Field(default=None, description="keep the first N problems; None = all")
+
+
+def gen_ssd_of_run(run_config: dict, dataset: str = "demo") -> GenSSDConfig:
+    """Gen-SSD's knobs as the run configures `gen_ssd_trajectories` (its defaults when it does not),
+    checked: what `pruning_thresholds` calibrates for, so the knobs are written once."""
+    ops = (run_config or {}).get("ops") or {}
+    knobs = (ops.get("gen_ssd_trajectories") or {}).get("config") or {}
+    return method_config(GenSSDTrajectoriesConfig(**knobs), dataset)
 
 
 def solution_end_of(dataset: str, configured: str | None) -> str:

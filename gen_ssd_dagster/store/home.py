@@ -24,6 +24,12 @@ class Home:
     def resolve(cls, root: str | Path | None = None) -> "Home":
         return cls(Path(root).expanduser().resolve() if root else default_home())
 
+    def export(self) -> "Home":
+        """Make this the home of everything this process starts from now on: $GEN_SSD_HOME is set to
+        it, so code that reads the default (the definitions' datasets.yaml, child processes) agrees."""
+        os.environ[HOME_ENV] = str(self.root)
+        return self
+
     @property
     def db_path(self) -> Path:
         return self.root / "gen_ssd.duckdb"
@@ -47,6 +53,11 @@ class Home:
     @property
     def plots(self) -> Path:
         return self.root / "plots"
+
+    @property
+    def demo_models(self) -> Path:
+        """Where the embedded demo teacher and student are built (`core.demo.models.build_demo_models`)."""
+        return self.root / "models" / "demo"
 
     @property
     def dagster_home(self) -> Path:

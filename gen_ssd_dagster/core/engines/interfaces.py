@@ -14,6 +14,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from gen_ssd_dagster.core.errors import ConfigError
+
+
+def check_sampling(temperature: float, top_p: float, max_new_tokens: int, draws: int, draws_name: str,
+                   scope: str = "") -> None:
+    """The one check of how a backend samples, for the teacher (`method.config.SamplingConfig`:
+    `draws` = K candidates) and for the scored students (`evaluation.evaluate.EvalSettings`: `draws`
+    = answers per question). `scope` starts each message ("evaluation ")."""
+    if draws < 1:
+        raise ConfigError(f"{scope}{draws_name} must be >= 1, got {draws}")
+    if temperature < 0:
+        raise ConfigError(f"{scope}temperature must be >= 0 (0 = greedy), got {temperature}")
+    if not temperature > 0 and draws > 1:
+        raise ConfigError(f"{scope}{draws_name}={draws} with temperature {temperature}: greedy draws are all the "
+                          f"same; set temperature > 0 (e.g. 0.6) or {draws_name}: 1")
+    if not 0 < top_p <= 1:
+        raise ConfigError(f"{scope}top_p must be in (0, 1], got {top_p}")
+    if max_new_tokens < 1:
+        raise ConfigError(f"{scope}max_new_tokens must be >= 1, got {max_new_tokens}")
+
 
 @dataclass
 class Proposal:

@@ -242,3 +242,10 @@ def resolve_hub_revision(name: str, revision: str | None) -> tuple[str | None, s
         return HfApi().model_info(name, revision=revision, timeout=10).sha, ""
     except Exception as exc:  # no network, unknown repo, gated: the caller falls back to the revision name
         return None, f"hub not reachable ({type(exc).__name__})"
+
+
+def pinned_to_commit(spec: ModelSpec) -> tuple[ModelSpec, str]:
+    """(`spec` at its revision's commit, "") when the hub answers; (`spec` unchanged, why) when it
+    cannot be asked. A pinned spec's version names the weights, so a moved branch is a new model."""
+    commit, why = resolve_hub_revision(spec.name_or_path, spec.revision)
+    return (dataclasses.replace(spec, revision=commit), "") if commit else (spec, why)

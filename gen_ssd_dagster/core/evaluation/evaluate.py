@@ -20,6 +20,8 @@ from typing import Callable, Protocol
 from gen_ssd_dagster.core.engines.transformers_backend import TransformersTeacher
 from gen_ssd_dagster.core.errors import ConfigError
 from gen_ssd_dagster.core.data.grading import GRADER_VERSION, grade
+from gen_ssd_dagster.core.batching import batches
+from gen_ssd_dagster.core.engines.interfaces import check_sampling
 from gen_ssd_dagster.core.engines.models import ModelSpec
 from gen_ssd_dagster.core.data.solution_text import SolutionEnd
 from gen_ssd_dagster.core.types import Problem, Progress
@@ -49,17 +51,7 @@ class EvalSettings:
         return self.temperature == 0
 
     def validate(self) -> None:
-        if self.samples < 1:
-            raise ConfigError(f"evaluation samples must be >= 1, got {self.samples}")
-        if self.temperature < 0:
-            raise ConfigError(f"evaluation temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError(f"evaluation top_p must be in (0, 1], got {self.top_p}")
-        if self.max_new_tokens < 1:
-            raise ConfigError(f"evaluation max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.greedy and self.samples > 1:
-            raise ConfigError(f"evaluation samples={self.samples} with temperature 0: greedy answers are all the "
-                              "same; set temperature > 0 (e.g. 0.6) or samples: 1")
+        check_sampling(self.temperature, self.top_p, self.max_new_tokens, self.samples, "samples", "evaluation ")
         if self.maj_k is not None and not 1 <= self.maj_k <= self.samples:
             raise ConfigError(f"evaluation maj_k must be between 1 and samples ({self.samples}), got {self.maj_k}")
 
@@ -126,8 +118,7 @@ def evaluate(
     sampler = None  # loaded only when some batch is missing
     started = time.perf_counter()
     outputs, reused, answered = [], 0, 0
-    for start in range(0, len(problems), batch_size):
-        batch = problems[start : start + batch_size]
+    for _, batch, seed in batches(problems, batch_size, settings.seed):
         if all(len(done.get(p.problem_id, ())) == n for p in batch):
             outputs += [o for p in batch for o in done[p.problem_id]]
             reused += len(batch)
@@ -136,7 +127,7 @@ def evaluate(
         if sampler is None:  # decoding through a teacher backend: the same sampler the teacher uses
             sampler = (engine or TransformersTeacher)(spec)
         session = sampler.start([p.question for p in batch], temperature=settings.temperature,
-                                top_p=settings.top_p, seed=settings.seed + start)
+                                top_p=settings.top_p, seed=seed)
         proposals = session.propose(n, [settings.max_new_tokens] * len(batch), stop_at_newline=False)
         new = [_graded(problem, i, prop, solution_end)
                for problem, props in zip(batch, proposals) for i, prop in enumerate(props)]

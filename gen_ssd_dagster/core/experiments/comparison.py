@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from gen_ssd_dagster.core.batching import batches
 from gen_ssd_dagster.core.method.calibration import CALIBRATION_PROBLEMS, calibrate, calibrated, summary, validate_quantile
 from gen_ssd_dagster.core.method.config import (GenSSDConfig, MethodConfig, PostHocConfig, SamplingConfig, StandardKDConfig,
                                                 config_dict)
@@ -57,13 +58,14 @@ class ComparisonConfig:
     """An equal-budget comparison of Gen-SSD with Standard KD and post-hoc filtering.
 
     seeds: one arm per method per seed; results are reported as mean and spread over seeds.
-    teacher_token_budget: teacher tokens each arm may spend on its training data (see above).
+    teacher_token_budget: teacher tokens each arm may spend on its training data.
     batch_size: problems generated per batch.
     gen_ssd / standard_kd: the methods' knobs (the seed of their sampling is replaced by the arm's).
         Post-hoc filtering re-selects Standard KD's samples by their per-token PPL.
     train: how each arm's student is fine-tuned from the cold-start checkpoint (seed replaced).
-    eval_batch_size / eval_max_new_tokens / eval_samples / eval_temperature / eval_top_p: how each
-        student answers the test problems (`evaluation.EvalSettings`; default one greedy answer each).
+    eval: how each student answers the test problems (`evaluation.EvalSettings`; default one greedy
+        answer each).
+    eval_batch_size: test questions per generation batch.
     calibration_quantile: None keeps gen_ssd's hand-set max_ppl and ppl_ratio; a value in (0, 1)
         replaces them, once before the first arm, by that quantile of the cold-start student's PPLs
         of the teacher's lines on `calibration_problems` problems held back from the end of the pool
@@ -76,18 +78,10 @@ class ComparisonConfig:
     gen_ssd: GenSSDConfig = GenSSDConfig()
     standard_kd: StandardKDConfig = StandardKDConfig()
     train: TrainConfig = DISTILL_TRAIN
+    eval: EvalSettings = EvalSettings()
     eval_batch_size: int = 32
-    eval_max_new_tokens: int = 192
-    eval_samples: int = 1
-    eval_temperature: float = 0.0
-    eval_top_p: float = 1.0
     calibration_quantile: float | None = None
     calibration_problems: int = CALIBRATION_PROBLEMS
-
-    @property
-    def evaluation(self) -> EvalSettings:
-        return EvalSettings(samples=self.eval_samples, temperature=self.eval_temperature, top_p=self.eval_top_p,
-                            max_new_tokens=self.eval_max_new_tokens)
 
     def validate(self) -> None:
         if not self.seeds:
@@ -105,7 +99,7 @@ class ComparisonConfig:
             if self.calibration_problems < 1:
                 raise ConfigError(f"calibration_problems must be >= 1, got {self.calibration_problems}")
         self.train.validate()
-        self.evaluation.validate()
+        self.eval.validate()
 
 
 @dataclass(frozen=True)
@@ -136,10 +130,9 @@ def generate_within_budget(config: MethodConfig, problems: list[Problem], teache
     clock = time.perf_counter()
     kept: list[Trajectory] = []
     spent = used = 0
-    for start in range(0, len(problems), batch_size):
-        batch = problems[start:start + batch_size]
+    for _, batch, seed in batches(problems, batch_size, config.sampling.seed):
         # Each batch has its own seed, as in an uninterrupted run_method call over all problems.
-        trajectories = run_method(with_seed(config, config.sampling.seed + start), batch, teacher, scorer, batch_size)
+        trajectories = run_method(with_seed(config, seed), batch, teacher, scorer, batch_size)
         by_problem: dict[str, list[Trajectory]] = {}
         for t in trajectories:
             by_problem.setdefault(t.problem_id, []).append(t)
@@ -221,7 +214,7 @@ def arm_key(kind: str, label: str, seed: int, method_config: dict, config: Compa
 
 def evaluation_of(test: list[Problem], config: ComparisonConfig) -> dict:
     """What an arm's scores depend on besides its student: the test problems and how they are answered."""
-    return {"test": problems_digest(test), "n_test": len(test), "settings": config.evaluation.key()}
+    return {"test": problems_digest(test), "n_test": len(test), "settings": config.eval.key()}
 
 
 def stored_or_rescored(arm: ArmResult | None, key: str, cold_start: ModelSpec | Path, test: list[Problem],
@@ -319,7 +312,7 @@ def reference_arm(label: str, checkpoint: ModelSpec | Path, test: list[Problem],
 def _scores(checkpoint: ModelSpec, test: list[Problem], config: ComparisonConfig) -> dict:
     """The evaluation columns of `ArmResult`: pass@1 of `checkpoint` on `test`, and every answer's grade."""
     clock = time.perf_counter()
-    result = evaluate(checkpoint, test, config.evaluation, config.eval_batch_size,
+    result = evaluate(checkpoint, test, config.eval, config.eval_batch_size,
                       solution_end=config.gen_ssd.sampling.end_rule)
     graded: dict[str, list[bool]] = {}
     for o in result.outputs:  # in sample order per question

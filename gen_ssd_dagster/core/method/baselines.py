@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from gen_ssd_dagster.core.batching import batches
 from gen_ssd_dagster.core.engines.interfaces import Scorer, Teacher
 from gen_ssd_dagster.core.method.config import PostHocConfig, SamplingConfig, StandardKDConfig, config_dict
 from gen_ssd_dagster.core.data.grading import grade
@@ -30,10 +31,9 @@ def sample_full(
     s = config.sampling
     normalisation = getattr(config, "ppl_normalisation", "token")
     out: list[list[Trajectory]] = []
-    for start in range(0, len(problems), batch_size):
-        batch = problems[start : start + batch_size]
+    for _, batch, seed in batches(problems, batch_size, s.seed):
         questions = [p.question for p in batch]  # each model prompts them through its own format
-        session = teacher.start(questions, s.temperature, s.top_p, s.seed + start)
+        session = teacher.start(questions, s.temperature, s.top_p, seed)
         proposals = session.propose(config.num_candidates, [s.max_new_tokens] * len(batch), stop_at_newline=False)
         end_rule = s.end_rule
         texts = [[end_rule.cut(c.text) for c in props] for props in proposals]

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gen_ssd_dagster.core.batching import batches
 from gen_ssd_dagster.core.engines.interfaces import Scorer, Teacher
 from gen_ssd_dagster.core.method.config import Calibration, GenSSDConfig
 from gen_ssd_dagster.core.errors import ConfigError, DataError
@@ -26,6 +27,9 @@ from gen_ssd_dagster.core.types import Problem
 
 CALIBRATION_QUANTILE = 0.9  # ours, chosen before measuring (docs/reasoning-world.md)
 CALIBRATION_PROBLEMS = 64  # held-back problems the teacher solves for it
+# Added to the sampling seed, so that the held-back problems are not sampled as a method with the
+# same seed samples its first problems.
+CALIBRATION_SEED_OFFSET = 7919
 
 
 @dataclass(frozen=True)
@@ -95,9 +99,8 @@ def calibrate(problems: list[Problem], teacher: Teacher, scorer: Scorer, config:
         raise ConfigError("calibration needs held-back problems (got none)")
     s = config.sampling
     questions, texts = [], []
-    for start in range(0, len(problems), batch_size):
-        batch = problems[start:start + batch_size]
-        session = teacher.start([p.question for p in batch], s.temperature, s.top_p, s.seed + 7919 + start)
+    for _, batch, seed in batches(problems, batch_size, s.seed + CALIBRATION_SEED_OFFSET):
+        session = teacher.start([p.question for p in batch], s.temperature, s.top_p, seed)
         proposals = session.propose(1, [s.max_new_tokens] * len(batch), stop_at_newline=False)
         questions += [p.question for p in batch]
         texts += [s.end_rule.cut(props[0].text) for props in proposals]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from gen_ssd_dagster.core.errors import ConfigError
+from gen_ssd_dagster.core.engines.interfaces import check_sampling
 from gen_ssd_dagster.core.data.solution_text import SOLUTION_ENDS, SolutionEnd, SolutionEndName
 
 PPLNormalisation = Literal["token", "char"]
@@ -61,19 +62,7 @@ class SamplingConfig:
         return SolutionEnd(self.solution_end, tuple(self.stop_strings))
 
     def validate(self, num_candidates: int) -> None:
-        if num_candidates < 1:
-            raise ConfigError(f"num_candidates (K) must be >= 1, got {num_candidates}")
-        if not self.temperature > 0 and num_candidates > 1:
-            raise ConfigError(
-                f"temperature must be > 0 when num_candidates (K) > 1, got temperature={self.temperature}"
-                f" with K={num_candidates}: a greedy teacher proposes K identical candidates"
-            )
-        if self.temperature < 0:
-            raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.max_new_tokens < 1:
-            raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        check_sampling(self.temperature, self.top_p, self.max_new_tokens, num_candidates, "num_candidates")
         if self.solution_end not in SOLUTION_ENDS:
             raise ConfigError(f"solution_end must be one of {SOLUTION_ENDS}, got {self.solution_end!r}")
         if self.keep not in ("correct", "finished"):

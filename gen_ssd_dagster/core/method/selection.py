@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 
+from gen_ssd_dagster.core.batching import batches
 from gen_ssd_dagster.core.engines.interfaces import Proposal, Scorer, Teacher
 from gen_ssd_dagster.core.method.config import GenSSDConfig, config_dict
 from gen_ssd_dagster.core.data.grading import grade
@@ -64,9 +65,8 @@ def run_gen_ssd(
     """One selected trajectory per problem, in the order of `problems`."""
     config.validate()
     out: list[Trajectory] = []
-    for start in range(0, len(problems), batch_size):
-        batch = problems[start : start + batch_size]
-        out.extend(_run_batch(batch, teacher, scorer, config, seed=config.sampling.seed + start))
+    for _, batch, seed in batches(problems, batch_size, config.sampling.seed):
+        out.extend(_run_batch(batch, teacher, scorer, config, seed=seed))
         if progress:
             progress({"done": len(out), "total": len(problems), "method": config.method})
     return out
