@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from .core.batching import batches
 from .core.errors import ConfigError, GenSSDError
 from .core.method.config import MethodConfig, config_dict
 from .core.method.registry import run_method
@@ -46,11 +47,11 @@ def run_resumable(store: Store, key: WorkKey, config: MethodConfig, problems: li
     done = done_problem_ids(store, key)
     report = ResumeReport(total=len(problems), reused=sum(p.problem_id in done for p in problems),
                           generated=0, trajectories_written=0, batches=0)
-    for start in range(0, len(problems), batch_size):
-        todo = [p for p in problems[start:start + batch_size] if p.problem_id not in done]
+    for _, batch, seed in batches(problems, batch_size, config.sampling.seed):
+        todo = [p for p in batch if p.problem_id not in done]
         if not todo:
             continue
-        sampling = dataclasses.replace(config.sampling, seed=config.sampling.seed + start)
+        sampling = dataclasses.replace(config.sampling, seed=seed)
         try:
             trajectories = run_method(dataclasses.replace(config, sampling=sampling), todo, teacher, scorer,
                                       batch_size=batch_size)
