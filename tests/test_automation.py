@@ -218,6 +218,17 @@ def test_core_and_store_import_only_what_their_docstrings_allow():
         assert [p.relative_to(root).as_posix() for p in files if forbidden.search(p.read_text())] == []
 
 
+# One teacher change, tick by tick: the teacher and cold start, then every partition materialized
+# before (and no other), then the students and the evaluation once all their trajectories are re-done.
+CHAIN_TICKS = [
+    {"teacher": {None}, "cold_start_student": {None}},
+    {"pruning_thresholds": {"demo"}, "gen_ssd_trajectories": {"demo"}, "standard_kd_trajectories": {"demo"},
+     "posthoc_trajectories": {"demo", "gsm8k"}},
+    {"distilled_students/gen_ssd": {None}, "distilled_students/standard_kd": {None},
+     "distilled_students/posthoc": {None}, "evaluation_scores": {None}},
+]
+
+
 def test_teacher_change_reruns_in_order_over_materialized_partitions(tmp_path, monkeypatch, tiny_models):
     from gen_ssd_dagster.core.engines.models import model_version
     from gen_ssd_dagster.core.engines.models import ModelSpec
@@ -259,15 +270,7 @@ def test_teacher_change_reruns_in_order_over_materialized_partitions(tmp_path, m
     v2 = model_version(ModelSpec(str(teacher)))
     assert v2 != v1 and _observe(defs, instance) == v2
     ticks, cursor = _run_until_idle(defs, instance, cursor)
-    # the teacher and cold start, then every partition materialized before (and no other), then
-    # the students and the evaluation once all their trajectories are re-done
-    assert ticks == [
-        {"teacher": {None}, "cold_start_student": {None}},
-        {"pruning_thresholds": {"demo"}, "gen_ssd_trajectories": {"demo"}, "standard_kd_trajectories": {"demo"},
-         "posthoc_trajectories": {"demo", "gsm8k"}},
-        {"distilled_students/gen_ssd": {None}, "distilled_students/standard_kd": {None},
-         "distilled_students/posthoc": {None}, "evaluation_scores": {None}},
-    ]
+    assert ticks == CHAIN_TICKS
     assert automation.last_teacher_version(instance) == v2
     # the old teacher's materialization stays in the history beside the new one
     history = instance.fetch_materializations(automation.TEACHER, limit=10).records
@@ -289,13 +292,7 @@ def test_teacher_change_reruns_in_order_over_materialized_partitions(tmp_path, m
     v4 = _observe(defs, instance)
     assert len({v1, v2, v3, v4}) == 4
     ticks, cursor = _run_until_idle(defs, instance, cursor)
-    assert ticks == [
-        {"teacher": {None}, "cold_start_student": {None}},
-        {"pruning_thresholds": {"demo"}, "gen_ssd_trajectories": {"demo"}, "standard_kd_trajectories": {"demo"},
-         "posthoc_trajectories": {"demo", "gsm8k"}},
-        {"distilled_students/gen_ssd": {None}, "distilled_students/standard_kd": {None},
-         "distilled_students/posthoc": {None}, "evaluation_scores": {None}},
-    ]
+    assert ticks == CHAIN_TICKS
     assert automation.last_teacher_version(instance) == v4
 
 
