@@ -22,14 +22,18 @@ def _latest(instance: dg.DagsterInstance, key: dg.AssetKey):
     return records[0] if records and records[0].asset_materialization is not None else None
 
 
-def last_teacher_version(instance: dg.DagsterInstance) -> str | None:
-    """The version of the latest `teacher` materialization (its data version), if any."""
-    event = _latest(instance, TEACHER)
-    if event is None:
+def _teacher_version(record) -> str | None:
+    """The version a `teacher` materialization record holds (its data version)."""
+    if record is None:
         return None
-    mat = event.asset_materialization
+    mat = record.asset_materialization
     md = mat.metadata.get("model_version")
     return mat.tags.get("dagster/data_version") or (md.value if md is not None else None)
+
+
+def last_teacher_version(instance: dg.DagsterInstance) -> str | None:
+    """The version of the latest `teacher` materialization (its data version), if any."""
+    return _teacher_version(_latest(instance, TEACHER))
 
 
 def last_observed_version(instance: dg.DagsterInstance) -> str | None:
@@ -49,7 +53,7 @@ def cold_start_teacher_version(instance: dg.DagsterInstance) -> str | None:
     recorded = cold.asset_materialization.metadata.get("teacher_version")
     if recorded is not None:
         return recorded.value
-    return last_teacher_version(instance) if cold.storage_id > teacher.storage_id else None
+    return _teacher_version(teacher) if cold.storage_id > teacher.storage_id else None
 
 
 def chain_is_current(instance: dg.DagsterInstance) -> tuple[bool, str]:
