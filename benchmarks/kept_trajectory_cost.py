@@ -10,6 +10,9 @@ run, on the same problems:
   or the path is pruned, with the default knobs (hand-set thresholds);
 * each on the vLLM engine and on the transformers backends, and Gen-SSD once more with the vLLM
   teacher and the transformers scorer (scorer on vLLM ÷ on transformers);
+* Gen-SSD on vLLM with --slots paths in flight over all the questions, twice: path-level batching
+  (a path that ends gives its slot to the next question at once) and lockstep groups (the old
+  schedule: a group of --slots questions lasts as long as its longest path);
 * the CPU's (or GPU's) fp32 matmul FLOP/s, measured in the same process: the floor.
 
 For each it prints teacher tokens/s (over the teacher's own time and over the wall), student-scored
@@ -154,10 +157,10 @@ def plain(name, teacher, problems, k, sampling) -> Arm:
     return Arm(name, time.perf_counter() - started, metered.meter)
 
 
-def method(name, run, teacher, scorer, problems, config, batch: int) -> Arm:
-    t, s = MeteredTeacher(teacher), MeteredScorer(scorer)
+def method(name, run, teacher, scorer, problems, config, batch: int, **options) -> Arm:
+    t, s = MeteredTeacher(teacher, width=batch), MeteredScorer(scorer)
     started = time.perf_counter()
-    trajectories = run(problems, t, s, config, batch_size=batch)
+    trajectories = run(problems, t, s, config, batch_size=batch, **options)
     wall = time.perf_counter() - started
     return Arm(name, wall, t.meter, s.meter, kept=sum(x.selected for x in trajectories),
                correct=sum(bool(x.correct) for x in trajectories),
@@ -176,6 +179,8 @@ def main() -> None:
     parser.add_argument("--block-size", type=int, default=None,
                         help="the vLLM engines' KV block, the prefix cache's granularity (default: the backend's, 32 on CPU)")
     parser.add_argument("--kv-cache-gib", type=float, default=2.0, help="per vLLM engine, on CPU")
+    parser.add_argument("--slots", type=int, default=8,
+                        help="paths in flight for the path-batching arms (Gen-SSD continuous vs lockstep, vLLM)")
     parser.add_argument("--data-dir", default=os.environ.get("GEN_SSD_DATA_DIR"))
     args = parser.parse_args()
     engines = set(args.engines.split(","))
@@ -229,6 +234,11 @@ def main() -> None:
         arms.append(method("Gen-SSD, vLLM", run_gen_ssd, v_teacher, v_scorer, problems, gen_ssd, batch))
         waiting["Gen-SSD, vLLM"] = steps.waiting_cost(since)
         reread = (v_scorer.tokens_sent - sent, v_scorer.tokens_computed - computed)
+        # Path-level batching: `--slots` paths in flight over all the questions, refilled as paths end
+        # (the default) or in lockstep groups that wait for their longest path (the old schedule).
+        for label, lockstep in (("lockstep", True), ("paths", False)):
+            arms.append(method(f"Gen-SSD {args.slots} slots {label}, vLLM", run_gen_ssd, v_teacher, v_scorer,
+                               problems, gen_ssd, args.slots, lockstep=lockstep))
         if "transformers" in engines:
             arms.append(method("Gen-SSD, vLLM teacher + transformers scorer", run_gen_ssd, v_teacher, hf_scorer,
                                problems, gen_ssd, batch))
@@ -281,6 +291,13 @@ def main() -> None:
           lambda a, _: 2 * params * (a.teacher.tokens + a.student.tokens) / a.wall / floor, ">= 0.25")
     ratio("vLLM / transformers, Gen-SSD wall", "Gen-SSD, transformers", "Gen-SSD, vLLM",
           lambda a, b: a.wall / b.wall, "(speed-up)")
+    paths, lockstep = f"Gen-SSD {args.slots} slots paths, vLLM", f"Gen-SSD {args.slots} slots lockstep, vLLM"
+    ratio("wall per kept, path-level batching / lockstep (vLLM)", paths, lockstep,
+          lambda a, b: per_kept(a) / per_kept(b), "<= 0.75")
+    ratio("wall, path-level batching / lockstep (vLLM)", paths, lockstep, lambda a, b: a.wall / b.wall, "")
+    for name in (lockstep, paths):
+        ratio(f"idle decode slots of the batch's capacity, {name}", name, name,
+              lambda a, _: a.teacher.idle_of_capacity, "<= 0.10 (paths)")
 
 
 if __name__ == "__main__":

@@ -310,3 +310,15 @@ def test_sampled_evaluation_on_the_engine_draws_n_answers_per_question(engines):
     assert sorted((o["problem_id"], o["sample_index"]) for o in result.outputs) == sorted(
         (p.problem_id, i) for p in PROBLEMS for i in range(3))
     assert evaluate(teacher.spec, PROBLEMS, settings, engine=lambda spec: teacher).outputs == result.outputs
+
+
+# ---- path-level batching ---------------------------------------------------------------------------
+
+def test_engine_paths_join_as_slots_free_and_draw_what_they_draw_alone(engines):
+    """One slot, two slots, all at once: a path that ends gives its slot to the next problem (the
+    sessions' `add`), and each problem's trajectory is the same whatever ran beside it."""
+    teacher, scorer = engines
+    runs = [run_gen_ssd(PROBLEMS, teacher, scorer, _config(), batch_size=n) for n in (1, 2, len(PROBLEMS))]
+    for other in runs[1:]:
+        assert [t.text for t in other] == [t.text for t in runs[0]]
+        assert [[s.chosen for s in t.steps] for t in other] == [[s.chosen for s in t.steps] for t in runs[0]]
