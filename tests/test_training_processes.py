@@ -19,18 +19,12 @@ import torch
 from gen_ssd_dagster.core.errors import ConfigError, ModelLoadError
 from gen_ssd_dagster.core.training.parallel import micro_batches
 from gen_ssd_dagster.core.training.sft import STATE_FILE, TrainConfig, fine_tune, resume_dir
-from test_crash_resume import kill_when, start_child
+from test_crash_resume import _weights, kill_when, saved_training_step, start_child
 
 # 33 examples in batches of 8: the last batch has one example, so some ranks get empty shares.
 EXAMPLES = [(f"Question: what is {i} + {i % 7}?\nAnswer:\n", f"{i} + {i % 7} = {i + i % 7}\n#### {i + i % 7}")
             for i in range(33)]
 LOSS_TOL, WEIGHT_TOL = 1e-5, 1e-4
-
-
-def _weights(path: Path) -> dict:
-    from safetensors.torch import load_file
-
-    return load_file(str(path / "model.safetensors"))
 
 
 def _run(base, out: Path, **settings):
@@ -122,15 +116,9 @@ def test_sigkilled_two_process_run_resumes_exactly(tiny_models, tmp_path):
     out, clean = tmp_path / "killed" / "student", tmp_path / "clean" / "student"
     scratch = resume_dir(out)
 
-    def saved_step() -> int:
-        try:
-            return int(torch.load(scratch / STATE_FILE, weights_only=True)["step"])
-        except Exception:  # not there yet (or being replaced)
-            return 0
-
     proc = start_child(TRAIN, base, out, Path(__file__).parent)
-    kill_when(proc, lambda: saved_step() >= 10)
-    step_at_kill, mtime = saved_step(), (scratch / STATE_FILE).stat().st_mtime_ns
+    kill_when(proc, lambda: saved_training_step(scratch) >= 10)
+    step_at_kill, mtime = saved_training_step(scratch), (scratch / STATE_FILE).stat().st_mtime_ns
     time.sleep(3)  # the ranks died with torchrun: nothing trains on and overwrites the state
     assert (scratch / STATE_FILE).stat().st_mtime_ns == mtime and not out.exists()
 
