@@ -8,8 +8,6 @@ order (and pads each micro batch to its own longest row), so losses differ at ~1
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from pathlib import Path
 
@@ -131,3 +129,10 @@ def test_sigkilled_two_process_run_resumes_exactly(tiny_models, tmp_path):
     a, b = _weights(out), _weights(clean)
     assert all(torch.equal(a[k], b[k]) for k in a), "a resumed two-process run must end where an uninterrupted one does"
     assert resumed.final_loss == reference.final_loss
+
+
+def test_run_config_carries_the_layout():
+    from gen_ssd_dagster.run_config.asset_configs import DistillConfig
+
+    train = DistillConfig(train={"processes": 2, "batch_size": 16, "gradient_accumulation": 2}).train.to_core()
+    assert (train.processes, train.gradient_accumulation, train.micro_batch) == (2, 2, 4)
