@@ -1,5 +1,8 @@
-"""`fine_tune` in two processes (DDP over gloo, one torch thread each) against one process (two
-torch threads), same model, data and global batch, on this machine's CPU.
+"""`fine_tune` in two processes (DDP over gloo, one torch thread each) against one process
+(`--threads`, default 1), same model, data and global batch, on this machine's CPU.
+
+One thread by default: on the shared 2-core machine (load 9-14) one process with two threads took
+300 s for what two processes did in 18 s, a two-thread step waiting whenever a thread is descheduled.
 
 Printed per layout: the training loop's wall time (`TrainResult.seconds`: first step to saved
 checkpoint), the whole call's (two processes: torchrun, imports and model loading in each process
@@ -43,17 +46,19 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the one-process run")
     args = parser.parse_args()
 
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    torch.set_num_threads(2)  # one process gets both cores; two processes get one thread each (torchrun)
+    torch.set_num_threads(args.threads)  # two processes get one thread each (torchrun)
     work = Path(tempfile.mkdtemp(prefix="multi_process_training-"))
     try:
         examples = teacher_examples(DemoModelsConfig(n_teacher_problems=args.examples))
         tokenizer = train_tokenizer([format_prompt(q) + " " + s for q, s in examples], 512)
         init = init_model(tokenizer, args.hidden, args.layers, 4, 0, work / "init")
-        layouts = {"1 process, 2 threads": 1, "2 processes (gloo), 1 thread each": 2}
+        one = f"1 process, {args.threads} thread(s)"
+        layouts = {one: 1, "2 processes (gloo), 1 thread each": 2}
         best: dict[str, tuple] = {}
         for r in range(args.repeats):
             for name, n in layouts.items():
@@ -65,7 +70,7 @@ def main() -> None:
         steps = len(next(iter(best.values()))[2])
         print(f"torch {torch.__version__}, {os.cpu_count()} CPUs; Llama hidden {args.hidden}, {args.layers} layers; "
               f"{len(examples)} demo pairs, {steps} steps of {args.batch_size}, fp32; best of {args.repeats}\n")
-        base_loop, base_wall, base_losses = best["1 process, 2 threads"]
+        base_loop, base_wall, base_losses = best[one]
         print(f"{'':36} {'loop s':>8} {'x 1 proc':>8} {'call s':>8} {'x 1 proc':>8} {'last loss':>10} {'max |dloss|':>12}")
         for name, (loop, wall, losses) in best.items():
             diff = max(abs(a - b) for a, b in zip(losses, base_losses))
