@@ -150,3 +150,19 @@ def test_the_shared_gpu_check_runs_on_cuda(monkeypatch):
     with pytest.raises(ConfigError, match=r"models\.eval_engine\.tensor_parallel_size is 2"):
         ModelsResource(backend="vllm", eval_engine={"tensor_parallel_size": 2}).check_engines()
     ModelsResource(backend="transformers", teacher_engine={"gpu_memory_utilization": 0.9}).check_engines()
+
+
+def test_the_gpu_example_config_fits_two_gpus_and_not_one(monkeypatch):
+    """configs/gpu_7b_vllm.yaml: the teacher over 2 GPUs, its share and the scorer's fit GPU 0."""
+    from pathlib import Path
+
+    from gen_ssd_dagster.pipeline import load_config
+
+    path = str(Path(__file__).resolve().parents[1] / "configs" / "gpu_7b_vllm.yaml")
+    monkeypatch.setattr(resources, "_cuda_devices", lambda: 2)
+    models = load_config(path)[1]["models"]
+    teacher = models.engines()["teacher_engine"]
+    assert (teacher.tensor_parallel_size, teacher.enforce_eager, teacher.extra) == (2, False, {"max_num_seqs": 256})
+    monkeypatch.setattr(resources, "_cuda_devices", lambda: 1)
+    with pytest.raises(ConfigError, match=r"models\.teacher_engine\.tensor_parallel_size is 2 but this machine has 1"):
+        load_config(path)
