@@ -310,3 +310,44 @@ def test_sampled_evaluation_on_the_engine_draws_n_answers_per_question(engines):
     assert sorted((o["problem_id"], o["sample_index"]) for o in result.outputs) == sorted(
         (p.problem_id, i) for p in PROBLEMS for i in range(3))
     assert evaluate(teacher.spec, PROBLEMS, settings, engine=lambda spec: teacher).outputs == result.outputs
+
+
+def test_engine_settings_from_the_run_config_reach_the_engine(vllm_models):
+    """`models.teacher_engine` of a pipeline YAML reaches `vllm.LLM` through `make_teacher`: its
+    context, prefix caching off and an `extra` engine argument; a prompt past that context is the
+    DataError naming it."""
+    import torch
+
+    from gen_ssd_dagster.core.errors import DataError
+    from gen_ssd_dagster.defs.resources import resources_from_config
+
+    threads = torch.get_num_threads()
+    section = {"backend": "vllm", "teacher": str(vllm_models[0]),
+               "teacher_engine": {"max_model_len": 48, "enable_prefix_caching": False, "kv_cache_gib": 0.25,
+                                  "extra": {"max_num_seqs": 7}}}
+    models = resources_from_config({"models": section})["models"]
+    try:
+        teacher = models.make_teacher(models.configured_spec("teacher"))
+        config = teacher.llm.llm_engine.vllm_config
+        assert teacher.max_model_len == 48 and config.model_config.max_model_len == 48
+        assert config.cache_config.enable_prefix_caching is False
+        assert config.scheduler_config.max_num_seqs == 7
+        assert config.cache_config.block_size == 32  # the CPU default stays
+        with pytest.raises(DataError, match="more than the teacher's context of 48"):
+            teacher.start(["seven apples " * 40], temperature=0.0, top_p=1.0, seed=0)
+        proposals = teacher.start([PROBLEMS[0].question], temperature=0.0, top_p=1.0, seed=0).propose(
+            1, [8], stop_at_newline=False)
+        assert proposals[0][0].tokens > 0  # and it still samples
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_a_misspelt_engine_argument_fails_before_the_engine_starts(vllm_models):
+    """An `extra` key vLLM does not know is named with the closest argument, and no engine starts
+    (vLLM itself would refuse it only while starting one, with a TypeError)."""
+    from gen_ssd_dagster.core.engines.engine_settings import VLLMEngineSettings
+    from gen_ssd_dagster.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"engine\.extra\.max_num_seq is not a vLLM engine argument .*"
+                                          r"did you mean 'max_num_seqs'"):
+        VLLMTeacher(ModelSpec(str(vllm_models[0])), VLLMEngineSettings(extra={"max_num_seq": 8}))

@@ -125,6 +125,8 @@ def _materialize(context, method: str, config, teacher: ModelSpec, cold_start_st
             **asset_metadata.clean(s),
             "config": dg.MetadataValue.json(config_dict(calibrated_method_config(config, dataset, calibration))),
             "thresholds": "calibrated" if calibration else "hand-set",
+            # how the engines ran (not part of the key: only their quantization changes a version)
+            "engines": dg.MetadataValue.json(models.engine_record("teacher_engine", "scorer_engine")),
             "sample_trajectory": asset_metadata.trajectory_markdown(sample_trajectory(store.store(), key)),
             "ppl_chosen_vs_rejected": asset_metadata.ppl_histogram(chosen, rejected, f"{method} / {dataset}", plot_path),
             "ppl_plot_path": dg.MetadataValue.path(str(plot_path)),
