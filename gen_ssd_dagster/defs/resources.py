@@ -19,6 +19,7 @@ from ..core.demo.models import DemoModelsConfig, build_demo_models
 from ..core.engines.engine_settings import (EVAL_ENGINE, SCORER_ENGINE, TEACHER_ENGINE, VLLMEngineSettings,
                                             check_shared_gpu)
 from ..core.engines.models import PACKAGED_MODELS, ModelSpec, model_version, pinned_to_commit
+from ..core.engines.served_student import DEFAULT_TOLERANCE
 from ..core.progress import Reporter
 from ..store import Home, Store
 from ..run_config.derive import core_value, derive, fields_of
@@ -104,6 +105,19 @@ class ModelsResource(_ModelSpecSettings):
                     "read and make a hash of the answer part of that version, so new weights behind the same "
                     "model name and path are noticed; turn off for a server whose greedy answers vary "
                     "(docs/served-teacher-version.md)")
+    student_url: str = Field(
+        default="",
+        description="a vLLM server serving the cold-start student checkpoint (the scorer; overrides backend for "
+                    "scoring); it must serve that checkpoint's weights, checked at start (docs/served-scorer.md)")
+    student_api_key_env: str = Field(
+        default="GEN_SSD_STUDENT_API_KEY",
+        description="name of the environment variable holding the student server's API key (never in the config)")
+    student_served_name: str = Field(
+        default="", description="the served student's model id; empty = the one model the server serves")
+    student_probe_tolerance: float = Field(
+        default=DEFAULT_TOLERANCE,
+        description="how far the served student's log-prob of a token of a fixed text may be from the "
+                    "checkpoint's own (relative to 1 + its size) before the server counts as serving another model")
     demo: DemoModelsSettings = DemoModelsSettings()
     teacher_engine: TeacherEngineSettings = Field(
         default_factory=TeacherEngineSettings,
@@ -168,8 +182,9 @@ class ModelsResource(_ModelSpecSettings):
         return model_version(spec) + self._version_suffix("teacher_engine")
 
     def scorer_version(self, spec: ModelSpec) -> str:
-        """The cold-start student's version as its scorer reports it (the scorer engine's quantization too)."""
-        return model_version(spec) + self._version_suffix("scorer_engine")
+        """The cold-start student's version as its scorer reports it (the scorer engine's quantization
+        too; a served scorer is keyed by the checkpoint alone)."""
+        return model_version(spec) + ("" if self.student_url else self._version_suffix("scorer_engine"))
 
     def _version_suffix(self, section: str) -> str:
         return getattr(self, section).to_core().version_suffix() if self.backend == "vllm" else ""
@@ -188,8 +203,17 @@ class ModelsResource(_ModelSpecSettings):
             return VLLMTeacher(spec, getattr(self, section).to_core())
         return TransformersTeacher(spec)
 
-    def make_scorer(self, spec: ModelSpec):
-        """The student's perplexity scorer (always a local checkpoint: it is retrained in the run)."""
+    def make_scorer(self, spec: ModelSpec, served: bool = True):
+        """The student's perplexity scorer of the checkpoint `spec`: on `student_url` when set (and
+        `served`: the base student scoring the cold start's own samples is never served), checked to
+        serve `spec` and keyed by its `model_version`; else in this process."""
+        if self.student_url and served:
+            from ..core.engines.openai_backend import OpenAIScorer
+
+            return OpenAIScorer(self.student_url, self.student_served_name,
+                                api_key=os.environ.get(self.student_api_key_env) or None,
+                                url_setting="models.student_url", checkpoint=spec,
+                                probe_tolerance=self.student_probe_tolerance)
         if self.backend == "vllm":
             from ..core.engines.vllm_backend import VLLMScorer
 

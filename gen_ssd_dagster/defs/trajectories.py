@@ -61,7 +61,7 @@ def generate(context, method: str, run_config, teacher_spec: ModelSpec, scorer_s
     config = calibrated_method_config(run_config, dataset, calibration)
     if problems is None:
         problems = read_problems(store, dataset, "train", run_config.max_problems, run_config.offset)
-    teacher, scorer = models.make_teacher(teacher_spec), models.make_scorer(scorer_spec)
+    teacher, scorer = models.make_teacher(teacher_spec), models.make_scorer(scorer_spec, served=scored_by_cold_start)
     check_same_teacher(context, teacher.version, cold_start_too=scored_by_cold_start)
     key = WorkKey(dataset, method, teacher.version, scorer.version, config_hash(config))
     report = run_resumable(store, key, config, problems, teacher, scorer, run_config.batch_size,
