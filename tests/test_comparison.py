@@ -233,7 +233,7 @@ def test_sweep_cli_rejects_a_bad_knob_before_loading_anything(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("name", ["small.yaml", "hard_teacher.yaml", "reasoning_teacher.yaml", "easy_teacher.yaml",
-                                  "smollm2_gsm8k.yaml"])
+                                  "smollm2_gsm8k.yaml", "gpu_7b_vllm.yaml"])
 def test_shipped_configs_are_valid_run_config(name):
     """A shipped config loads, and Dagster accepts its ops' config for the assets they name."""
     from pathlib import Path

@@ -185,21 +185,30 @@ def _weights(path: Path) -> dict:
     return load_file(str(path / "model.safetensors"))
 
 
+def saved_training_step(scratch: Path) -> int:
+    """The step of the training state in `scratch`; 0 while there is none (or it is being replaced)."""
+    import torch
+
+    from gen_ssd_dagster.core.training.sft import STATE_FILE
+
+    try:
+        return int(torch.load(scratch / STATE_FILE, weights_only=True)["step"])
+    except Exception:
+        return 0
+
+
 @pytest.mark.slow
 def test_sigkill_mid_fine_tune_resumes_from_last_checkpoint(tmp_path, tiny_models, one_thread):
     import torch
 
-    from gen_ssd_dagster.core.training.sft import STATE_FILE, fine_tune, resume_dir
+    from gen_ssd_dagster.core.training.sft import fine_tune, resume_dir
 
     base = tiny_models[1]
     out, clean = tmp_path / "killed" / "student", tmp_path / "clean" / "student"
     scratch = resume_dir(out)
 
     def saved_step() -> int:
-        try:
-            return int(torch.load(scratch / STATE_FILE, weights_only=True)["step"])
-        except Exception:  # not there yet (or being replaced)
-            return 0
+        return saved_training_step(scratch)
 
     proc = start_child(TRAIN, base, out, 0.05, Path(__file__).parent)
     kill_when(proc, lambda: saved_step() >= 10)

@@ -90,7 +90,7 @@ def test_scorer_sums_prompt_logprobs_of_the_candidate_positions(tiny_models):
         prefixes = [[5, 6, 7], [8, 9], [1]]
         pieces = [[10, 11], [], [12, 13, 14]]
         got = scorer.nlls(prefixes, pieces)
-    body = [r["body"] for r in stub.requests if r["path"] == "/v1/completions"][0]
+    body = [r["body"] for r in stub.requests if r["path"] == "/v1/completions"][-1]  # the first: a probe
     assert body["prompt"] == [[5, 6, 7, 10, 11], [1, 12, 13, 14]]  # the empty piece is not sent
     assert body["prompt_logprobs"] == 0 and body["max_tokens"] == 1
     assert got[1] == 0.0

@@ -88,6 +88,7 @@ def test_trajectories_stored_and_reused(tmp_path, tiny_models):
     for key in ("finished", "pruned", "length_capped", "acceptance_rate", "teacher_tokens", "mean_chosen_ppl",
                 "mean_rejected_ppl", "sample_trajectory", "ppl_chosen_vs_rejected", "teacher_version"):
         assert key in md, key
+    assert md["engines"].value == {"backend": "transformers"}  # vLLM engine settings, when used (test_engine_settings)
     first = store.query("SELECT trajectory_key, created_at FROM trajectories ORDER BY 1")
 
     again = _materialize(home, teacher, student, "demo", TRAJ_ASSETS, _run_config())

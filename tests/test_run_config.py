@@ -12,7 +12,9 @@ from gen_ssd_dagster.core.evaluation.evaluate import EvalSettings
 from gen_ssd_dagster.core.experiments.comparison import ComparisonConfig
 from gen_ssd_dagster.core.method.config import GenSSDConfig, PostHocConfig, SamplingConfig, StandardKDConfig
 from gen_ssd_dagster.core.engines.models import ModelSpec
-from gen_ssd_dagster.defs.resources import DemoModelsSettings, ModelsResource
+from gen_ssd_dagster.core.engines.engine_settings import EVAL_ENGINE, SCORER_ENGINE, TEACHER_ENGINE
+from gen_ssd_dagster.defs.resources import (DemoModelsSettings, EvalEngineSettings, ModelsResource, ScorerEngineSettings,
+                                            TeacherEngineSettings)
 from gen_ssd_dagster.run_config import asset_configs as rc
 from gen_ssd_dagster.run_config.derive import CoreConfig, field_docs
 
@@ -24,7 +26,8 @@ DERIVED = [
     (rc.ColdStartConfig, DEMO_DEFAULTS.cold_start), (rc.ColdStartTrain, DEMO_DEFAULTS.cold_start_train),
     (rc.DistillTrain, DEMO_DEFAULTS.distill_train), (rc.EvaluationConfig, EvalSettings()),
     (rc.ComparisonRunConfig, COMPARISON_DEFAULTS), (rc.SweepRunConfig, COMPARISON_DEFAULTS),
-    (DemoModelsSettings, DEMO_DEFAULTS.models),
+    (DemoModelsSettings, DEMO_DEFAULTS.models), (TeacherEngineSettings, TEACHER_ENGINE),
+    (ScorerEngineSettings, SCORER_ENGINE), (EvalEngineSettings, EVAL_ENGINE),
 ]
 # Core fields a run config leaves out or sets otherwise, and why: anything else must be derived.
 LEFT_OUT = {(GenSSDConfig, "calibration"),  # the pipeline fills it from pruning_thresholds

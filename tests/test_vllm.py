@@ -56,6 +56,7 @@ pytestmark = pytest.mark.vllm
 # off-by-one position or wrong-token error (those move an NLL by > 0.1).
 NLL_TOL = dict(rel=1e-3, abs=2e-3)
 ENGINE = dict(max_model_len=512, kv_cache_gib=0.25)
+SERVED_BLOCK = 32  # the `server` fixture's KV block: what the prefix cache holds whole
 
 PROBLEMS = [
     Problem("demo", f"demo-{i}", q, g)
@@ -206,10 +207,11 @@ def test_gen_ssd_picks_the_same_candidates_with_either_scorer(engines, hf):
 
 @pytest.fixture(scope="module")
 def server(vllm_models, tmp_path_factory):
-    """`vllm serve` of the student model on 127.0.0.1 (tests/vllm_server.py), killed at teardown."""
+    """`vllm serve` of the student model on 127.0.0.1 (tests/vllm_server.py), killed at teardown; with
+    what a served scorer needs to read the prefix cache, and the CPU engine's smallest KV block (32)."""
     model = str(vllm_models[1])
     log = tmp_path_factory.mktemp("vllm_serve") / "serve.log"
-    proc, url = vllm_server.start(model, log)
+    proc, url = vllm_server.start(model, log, [*vllm_server.SCORER_FLAGS, "--block-size", str(SERVED_BLOCK)])
     try:
         vllm_server.wait_until_up(proc, url, log)
     except RuntimeError as exc:
@@ -310,6 +312,115 @@ def test_sampled_evaluation_on_the_engine_draws_n_answers_per_question(engines):
     assert sorted((o["problem_id"], o["sample_index"]) for o in result.outputs) == sorted(
         (p.problem_id, i) for p in PROBLEMS for i in range(3))
     assert evaluate(teacher.spec, PROBLEMS, settings, engine=lambda spec: teacher).outputs == result.outputs
+
+
+def test_engine_settings_from_the_run_config_reach_the_engine(vllm_models):
+    """`models.teacher_engine` of a pipeline YAML reaches `vllm.LLM` through `make_teacher`: its
+    context, prefix caching off and an `extra` engine argument; a prompt past that context is the
+    DataError naming it."""
+    import torch
+
+    from gen_ssd_dagster.core.errors import DataError
+    from gen_ssd_dagster.defs.resources import resources_from_config
+
+    threads = torch.get_num_threads()
+    section = {"backend": "vllm", "teacher": str(vllm_models[0]),
+               "teacher_engine": {"max_model_len": 48, "enable_prefix_caching": False, "kv_cache_gib": 0.25,
+                                  "extra": {"max_num_seqs": 7}}}
+    models = resources_from_config({"models": section})["models"]
+    try:
+        teacher = models.make_teacher(models.configured_spec("teacher"))
+        config = teacher.llm.llm_engine.vllm_config
+        assert teacher.max_model_len == 48 and config.model_config.max_model_len == 48
+        assert config.cache_config.enable_prefix_caching is False
+        assert config.scheduler_config.max_num_seqs == 7
+        assert config.cache_config.block_size == 32  # the CPU default stays
+        with pytest.raises(DataError, match="more than the teacher's context of 48"):
+            teacher.start(["seven apples " * 40], temperature=0.0, top_p=1.0, seed=0)
+        proposals = teacher.start([PROBLEMS[0].question], temperature=0.0, top_p=1.0, seed=0).propose(
+            1, [8], stop_at_newline=False)
+        assert proposals[0][0].tokens > 0  # and it still samples
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_a_misspelt_engine_argument_fails_before_the_engine_starts(vllm_models):
+    """An `extra` key vLLM does not know is named with the closest argument, and no engine starts
+    (vLLM itself would refuse it only while starting one, with a TypeError)."""
+    from gen_ssd_dagster.core.engines.engine_settings import VLLMEngineSettings
+    from gen_ssd_dagster.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"engine\.extra\.max_num_seq is not a vLLM engine argument .*"
+                                          r"did you mean 'max_num_seqs'"):
+        VLLMTeacher(ModelSpec(str(vllm_models[0])), VLLMEngineSettings(extra={"max_num_seq": 8}))
+
+
+# ---- the served student scorer: the pipeline's `models.student_url` ---------------------------
+
+def _computed(url: str) -> float:
+    """The prompt tokens the server computed so far (not read from its prefix cache), from its own /metrics."""
+    return vllm_server.metric(url, "vllm:prompt_tokens_by_source_total", source="local_compute")
+
+
+def test_served_scorer_reads_the_prefix_from_the_servers_cache(server, hf):
+    """A served scorer of the checkpoint gives the in-process scorer's NLLs and version (so they share
+    stored work), and from the second step on the server computes each row's candidate and the
+    prefix's tail after its last cached block, not the prefix: read from the server's own counters."""
+    url, model = server
+    scorer = OpenAIScorer(url, checkpoint=ModelSpec(model))
+    assert scorer.reads_prefix_cache and scorer.version == hf[1].version
+    prompts = [p.question for p in PROBLEMS[:2]]
+    ends = [[False] * 3, [False] * 3]
+    sessions = [scorer.start(prompts), hf[1].start(prompts)]
+    later_sent = later_computed = 0
+    for step in range(6):
+        texts = [f"{step} + {step + 1} = {2 * step + 1}\n", f"Step {step}: {7 * step} - 1 = {7 * step - 1}\n",
+                 f"#### {step}"]
+        before, sent, rescored = _computed(url), scorer.tokens_sent, scorer.rows_rescored
+        got, want = (s.score([texts, texts], ends) for s in sessions)
+        for g, w in zip(sum(got, []), sum(want, [])):
+            assert g.tokens == w.tokens and g.nll == pytest.approx(w.nll, **NLL_TOL)
+        computed = _computed(url) - before
+        pieces = sum(g.tokens for g in sum(got, []))
+        whole = scorer.tokens_sent - sent  # prefixes + candidates
+        # the candidates, each row's uncached tail (< one block), and whatever rows were scored again whole
+        bound = pieces + 6 * SERVED_BLOCK + (scorer.rows_rescored - rescored) * whole
+        assert computed <= bound, (step, computed, pieces, whole)
+        if step >= 3:
+            later_sent, later_computed = later_sent + whole, later_computed + computed
+        for s in sessions:
+            s.accept([1, 1])  # the longest: the prefix grows by ~14 tokens a step
+    assert later_computed < 0.5 * later_sent, (later_computed, later_sent)
+    # without the cache the same rows cost their whole length
+    scorer.reads_prefix_cache = False
+    before = _computed(url)
+    again = scorer.start(prompts).score([texts, texts], ends)
+    assert _computed(url) - before >= sum(len(scorer.prompter.ids(q)) for q in prompts) * 3
+    assert [g.nll for g in sum(again, [])] == pytest.approx(
+        [w.nll for w in sum(hf[1].start(prompts).score([texts, texts], ends), [])], **NLL_TOL)
+
+
+def test_pipeline_selects_the_served_scorer_and_names_a_wrong_served_model(server, vllm_models, tmp_path):
+    """`models.student_url` makes the scorers of the pipeline's assets served ones, checked to serve
+    the checkpoint they are keyed by; the base student scoring the cold start's samples stays local.
+    A retrained cold start (other weights, same tokenizer) or another model is a clear error."""
+    from conftest import build_tiny_model
+
+    from gen_ssd_dagster.core.engines.models import model_version
+    from gen_ssd_dagster.defs.resources import ModelsResource
+
+    url, model = server
+    models = ModelsResource(student_url=url)
+    scorer = models.make_scorer(ModelSpec(model))
+    assert isinstance(scorer, OpenAIScorer) and scorer.version == model_version(ModelSpec(model))
+    assert isinstance(models.make_scorer(ModelSpec(model), served=False), TransformersScorer)
+    retrained = build_tiny_model(tmp_path / "cold_start", vocab_size=270, hidden=128, layers=1, seed=2)
+    for wrong in (retrained, vllm_models[0]):
+        with pytest.raises(ServerModelMismatch) as err:
+            models.make_scorer(ModelSpec(str(wrong)))
+        message = str(err.value)
+        assert "models.student_url" in message and repr(model) in message and str(wrong) in message
+        assert f"--model {wrong}" in message  # what to serve instead
 
 
 # ---- path-level batching ---------------------------------------------------------------------------

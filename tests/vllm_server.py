@@ -18,6 +18,26 @@ import urllib.request
 from pathlib import Path
 
 
+# What a served student scorer needs to read the prefix from the prefix cache (OpenAIScorer): the
+# token-in endpoint that takes `skip_reading_prefix_cache`, and the cached tokens of each request.
+SCORER_FLAGS = ["--enable-scale-out", "--enable-prompt-tokens-details"]
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    """One counter of the server's Prometheus `/metrics` (e.g. `vllm:prompt_tokens_by_source_total`,
+    source="local_compute": the prompt tokens it computed), summed over the series whose labels match."""
+    total, found = 0.0, False
+    for line in urllib.request.urlopen(url + "/metrics", timeout=10).read().decode().splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        series, value = line.rsplit(" ", 1)
+        if all(f'{k}="{v}"' in series for k, v in labels.items()):
+            total, found = total + float(value), True
+    if not found:
+        raise KeyError(f"{name} {labels} not in {url}/metrics")
+    return total
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -15,3 +15,7 @@ class DataError(GenSSDError):
 
 class ModelLoadError(GenSSDError):
     """A model or tokenizer could not be loaded. The message names the path or hub id."""
+
+
+class TrainingError(RuntimeError):
+    """A process of a multi-process training run failed. The message names the rank and its error."""

@@ -90,7 +90,7 @@ def distilled_asset(method: str) -> dg.AssetsDefinition:
                mlflow: MLflowResource, work_keys: dict[str, WorkKey]) -> dg.Output[ModelSpec]:
         db = store.store()
         keys = received_keys(method, work_keys, config.partitions, models.teacher_version(teacher),
-                             model_version(cold_start_student))
+                             models.scorer_version(cold_start_student))
         examples = [(q, text) for key in keys for _, q, text in selected_examples(db, key)]
         if not examples:
             raise dg.Failure(f"{method} selected no trajectory in {config.partitions}: nothing to learn from")

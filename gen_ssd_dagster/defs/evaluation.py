@@ -8,6 +8,7 @@ import dagster as dg
 from ..core.experiments.comparison_table import markdown
 from ..core.evaluation.evaluate import evaluate
 from ..core.data.grading import GRADER_VERSION
+from ..core.engines.engine_settings import VLLMEngineSettings
 from ..core.engines.models import ModelSpec, model_version
 from ..core.method.methods import METHODS
 from ..core.progress import Reporter
@@ -52,6 +53,9 @@ def evaluation_scores(context: dg.AssetExecutionContext, config: EvaluationConfi
     settings = {"max_problems": config.max_problems, **eval_settings.key()}
     if config.solution_end or config.stop_strings:  # the defaults keep the hash stored work was made under
         settings.update(solution_end=config.solution_end, stop_strings=config.stop_strings)
+    quantized = models.engines().get("eval_engine", VLLMEngineSettings()).version_suffix()
+    if quantized:  # answers of a quantized student are other answers
+        settings["eval_engine"] = quantized
     benches, eval_hash = {}, {}
     for bench in config.benchmarks:
         benches[bench] = read_problems(db, bench, "test", config.max_problems)
@@ -85,6 +89,7 @@ def evaluation_scores(context: dg.AssetExecutionContext, config: EvaluationConfi
         run.log(metrics={f"accuracy.{s.student}.{s.benchmark}": s.accuracy for s in scores},
                 params={"benchmarks": ",".join(config.benchmarks), "max_problems": config.max_problems,
                         **{f"eval.{k}": v for k, v in eval_settings.record().items()},
+                        **{f"engine.{k}": v for k, v in models.engine_record("eval_engine").items()},
                         "grader_version": GRADER_VERSION},
                 tags={f"model_version.{s}": model_version(spec) for s, spec in students.items()})
         write_scores(db, scores)

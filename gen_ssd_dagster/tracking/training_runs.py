@@ -47,7 +47,8 @@ def train_logged(context, name: str, base: ModelSpec, examples: list[tuple[str, 
     base_version = model_version(base)
     # The lineage is part of the key: a model version's tags must name the teacher and data that
     # made it, so a new teacher gets a new model version even if its examples happen to be the same.
-    blob = json.dumps([base_version, examples, dataclasses.asdict(config), lineage], sort_keys=True).encode()
+    # The config's recipe only: the same run on 1 or 8 processes gives the same model (fp32 rounding aside).
+    blob = json.dumps([base_version, examples, config.recipe(), lineage], sort_keys=True).encode()
     key = hashlib.sha256(blob).hexdigest()[:16]
     out_dir = checkpoints / name / key
     registered = f"gen-ssd-{name.replace('_', '-')}"
@@ -72,6 +73,7 @@ def train_logged(context, name: str, base: ModelSpec, examples: list[tuple[str, 
             report(info)
             run.log(metrics={"train_loss": info["loss"]})
 
+        # config.processes > 1: torchrun processes; their logs reach the `...training.launch` logger
         result = fine_tune(base, examples, out_dir, config, progress)
         # Before the fingerprint (the marker is a file of the checkpoint directory, so the version
         # must include it); it is only trusted together with a registered MLflow version (above).
@@ -83,7 +85,8 @@ def train_logged(context, name: str, base: ModelSpec, examples: list[tuple[str, 
         version = model_version(spec)
         run.log(metrics={"final_loss": result.final_loss, "steps": result.steps,
                          "train_tokens": result.train_tokens, "train_seconds": result.seconds},
-                tags={"model_version": version, "precision": result.precision})
+                tags={"model_version": version, "precision": result.precision,
+                      "processes": result.processes})
         run.log_artifacts(result.path, "model")
         for path in attachments():
             run.log_file(path, "trajectories")

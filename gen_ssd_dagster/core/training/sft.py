@@ -5,19 +5,27 @@ or the plain format), and the solution is closed by the model's end-of-turn toke
 student is prompted when it scores candidates and when it is evaluated.
 
 Small on purpose: tokenize, shuffle, pad per batch, AdamW with linear warmup and cosine decay,
-optional bf16 autocast on CPU, and an atomic `save_pretrained` so a crash never leaves a
-half-written checkpoint where a finished one is expected.
+optional bf16 autocast (CUDA, or a CPU with native bf16), and an atomic `save_pretrained` so a
+crash never leaves a half-written checkpoint where a finished one is expected.
+
+Devices and processes: the model trains on its spec's device (CUDA when present by default).
+`TrainConfig.processes > 1` runs the same loop in that many processes through torchrun and
+`accelerate` (DDP, or FSDP with `fsdp`; `launch.py`): each global batch of `batch_size` examples
+is cut into processes x gradient_accumulation micro batches, and the loss scaling keeps the
+step's gradient that of the whole batch, so the loss curve is one process's (fp32 rounding aside).
 
 Resuming: every `checkpoint_every_steps` steps or `checkpoint_every_s` seconds, the run's state
-(model, optimizer, scheduler, torch RNG, step, token count, losses) is written atomically to a
-scratch directory beside the output, `.<out_dir name>.resume/`. Starting the same run again (same
-base model, examples and config, so the same fingerprint) continues from that state, and the
-result equals an uninterrupted run's; a state of another run or an unreadable one is discarded
-with a warning. The scratch directory is removed once the finished checkpoint is saved.
+(full model and optimizer state, scheduler, each rank's RNG, step, token count, losses) is written
+atomically by rank 0 to a scratch directory beside the output, `.<out_dir name>.resume/`, and read
+by every rank. Starting the same run again (same base model, examples and config recipe, so the
+same fingerprint; the process count may differ) continues from that state, and the result equals
+an uninterrupted run's with the same process count; a state of another run or an unreadable one
+is discarded with a warning. The scratch directory is removed once the finished checkpoint is saved.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -37,6 +45,7 @@ import torch.nn.functional as F
 from gen_ssd_dagster.core.errors import ConfigError, GenSSDError
 from gen_ssd_dagster.core.engines.models import ModelSpec, context_size, load_model, load_tokenizer
 from gen_ssd_dagster.core.engines.prompts import Prompter
+from gen_ssd_dagster.core.training import parallel
 from gen_ssd_dagster.core.types import Progress
 
 log = logging.getLogger(__name__)
@@ -55,10 +64,21 @@ class TrainConfig:
     weight_decay: AdamW weight decay.
     warmup_steps: steps of linear warmup from 0.
     seed: seeds the shuffling (and dropout, if the model has any).
-    bf16: bfloat16 autocast on CPU where the CPU computes bf16 natively (`native_bf16`: ~2x faster
-        on AVX-512 BF16 machines); elsewhere training runs in float32 (`TrainResult.precision`
-        says which), since emulated bf16 was ~11x slower. Weights stay float32.
+    bf16: bfloat16 autocast: on CUDA where the GPU has bf16, on the CPU where it computes bf16
+        natively (`native_bf16`: ~2x faster on AVX-512 BF16 machines); elsewhere training runs in
+        float32 (`TrainResult.precision` says which), since emulated bf16 was ~11x slower on a
+        CPU. Weights stay in the model spec's dtype.
     log_every: steps between progress reports.
+    processes: training processes (one per GPU; DDP, or FSDP with `fsdp`), started by torchrun
+        (`launch.py`); 1 = train in the calling process. The model goes on its spec's `device`.
+    gradient_accumulation: micro batches per process per optimizer step. processes x micro batch x
+        gradient_accumulation = batch_size: batch_size must divide by processes x gradient_accumulation.
+    gradient_checkpointing: recompute activations in the backward pass (less memory, ~1/3 slower).
+    fsdp: shard weights, gradients and optimizer state over the processes (FSDP2), for students
+        larger than one GPU; needs processes >= 2 and GPUs (on CPUs accelerate runs DDP instead).
+
+    The last four say how a run is executed, not what it computes: they are left out of the
+    run's fingerprint (`recipe`), so a run may resume with another process count.
     """
 
     epochs: float = 1.0
@@ -70,6 +90,21 @@ class TrainConfig:
     seed: int = 0
     bf16: bool = False
     log_every: int = 20
+    processes: int = 1
+    gradient_accumulation: int = 1
+    gradient_checkpointing: bool = False
+    fsdp: bool = False
+
+    def recipe(self) -> dict:
+        """The settings that decide the trained weights (all but how the run is executed)."""
+        from dataclasses import asdict
+
+        return {k: v for k, v in asdict(self).items() if k not in EXECUTION_SETTINGS}
+
+    @property
+    def micro_batch(self) -> int:
+        """Examples per forward pass of one process."""
+        return self.batch_size // (self.processes * self.gradient_accumulation)
 
     def validate(self) -> None:
         if not self.epochs > 0:
@@ -86,6 +121,18 @@ class TrainConfig:
             raise ConfigError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.log_every < 1:
             raise ConfigError(f"log_every must be >= 1, got {self.log_every}")
+        if self.processes < 1:
+            raise ConfigError(f"processes must be >= 1, got {self.processes}")
+        if self.gradient_accumulation < 1:
+            raise ConfigError(f"gradient_accumulation must be >= 1, got {self.gradient_accumulation}")
+        if self.batch_size % (self.processes * self.gradient_accumulation):
+            raise ConfigError(f"batch_size ({self.batch_size}) must divide by processes ({self.processes}) x "
+                              f"gradient_accumulation ({self.gradient_accumulation}): it is the global batch")
+        if self.fsdp and self.processes < 2:
+            raise ConfigError(f"fsdp shards over several processes: it needs processes >= 2, got {self.processes}")
+
+
+EXECUTION_SETTINGS = ("processes", "gradient_accumulation", "gradient_checkpointing", "fsdp")
 
 
 @dataclass(frozen=True)
@@ -98,9 +145,11 @@ class TrainResult:
     resumed_from_step: int = 0  # 0 = started from the base model
     spec: ModelSpec | None = None  # the saved checkpoint with the base's dtype and prompt settings
     precision: str = "fp32"  # what the forward pass ran in: "bf16" (autocast) or "fp32"
+    processes: int = 1
 
 
 STATE_FILE = "state.pt"
+STATE_FORMAT = 2  # 2: full state dicts of torch.distributed.checkpoint (optimizer keyed by parameter name), RNG per rank
 
 
 @functools.lru_cache(maxsize=1)
@@ -122,12 +171,11 @@ def resume_dir(out_dir: str | Path) -> Path:
 
 
 def _fingerprint(spec: ModelSpec, examples: list[tuple[str, str]], config: TrainConfig) -> str:
-    """What makes two runs the same run: the base weights, the examples and the config."""
-    from dataclasses import asdict
-
+    """What makes two runs the same run: the base weights, the examples and the config's recipe
+    (not its process count: a state resumes with another)."""
     from gen_ssd_dagster.core.engines.models import model_version
 
-    blob = json.dumps([model_version(spec), spec.revision, examples, asdict(config)], sort_keys=True)
+    blob = json.dumps([model_version(spec), spec.revision, examples, config.recipe()], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -159,6 +207,9 @@ def _load_state(scratch: Path, fingerprint: str) -> dict | None:
         return None
     if not isinstance(state, dict) or state.get("fingerprint") != fingerprint:
         log.warning("ignoring training state %s of another run (different base, examples or config)", path)
+        return None
+    if state.get("format") != STATE_FORMAT:
+        log.warning("ignoring training state %s written by an older version of fine_tune", path)
         return None
     return state
 
@@ -236,6 +287,8 @@ def fine_tune(
     An existing `out_dir` is replaced only once the new checkpoint is completely written.
     Mid-run state is saved every `checkpoint_every_steps` steps (0 = not by steps) and every
     `checkpoint_every_s` seconds (0 = not by time) and resumed by the same run (module docstring).
+    With `config.processes > 1` the run is handed to `config.processes` processes (`launch.py`);
+    inside such a run (torchrun's WORLD_SIZE), every process calls this and rank 0 saves.
     """
     config.validate()
     if checkpoint_every_steps < 0 or checkpoint_every_s < 0:
@@ -244,21 +297,51 @@ def fine_tune(
     if not examples:
         raise GenSSDError("fine_tune got no training examples: nothing to learn from")
     spec = base if isinstance(base, ModelSpec) else ModelSpec(str(base))
+    world = parallel.world_size()
+    if config.processes > 1 and world == 1:
+        from gen_ssd_dagster.core.training.launch import train_in_processes
+
+        return train_in_processes(spec, examples, out_dir, config, progress, checkpoint_every_steps, checkpoint_every_s)
+    if world != config.processes:
+        raise ConfigError(f"TrainConfig.processes is {config.processes} but this run has {world} processes "
+                          "(WORLD_SIZE): set processes to the launcher's process count")
+    device = parallel.training_device(spec)
+    accelerator = parallel.make_accelerator(device, config.fsdp)
+    try:
+        return _fine_tune(accelerator, spec, examples, out_dir, config, progress, checkpoint_every_steps,
+                          checkpoint_every_s)
+    finally:
+        parallel.release_accelerator(accelerator)
+
+
+def _fine_tune(accelerator, spec: ModelSpec, examples, out_dir, config: TrainConfig, progress,
+               checkpoint_every_steps: int, checkpoint_every_s: float) -> TrainResult:
+    """`fine_tune` in one process of the run (the only one, or one rank of several)."""
+    from accelerate.utils import gather_object
+
+    rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
+    main = accelerator.is_main_process
     tokenizer, model = load_tokenizer(spec), load_model(spec)
     max_length = config.max_length
     context = context_size(model)
     if context and max_length > context:
-        log.warning("max_length %d is past the model's context of %d tokens: using %d", max_length, context, context)
+        if main:
+            log.warning("max_length %d is past the model's context of %d tokens: using %d", max_length, context, context)
         max_length = context
     rows = encode_examples(Prompter(tokenizer, spec.prompt_settings, "student"), examples, max_length)
     if not rows:
         raise GenSSDError(f"every example's completion lies beyond max_length={max_length}")
 
-    use_bf16 = config.bf16 and native_bf16()
-    if config.bf16 and not use_bf16:
-        log.info("bf16 asked for, but this CPU has no native bf16 (avx512_bf16/amx_bf16): training in float32")
-    torch.manual_seed(config.seed)
-    gen = torch.Generator().manual_seed(config.seed)
+    native = torch.cuda.is_bf16_supported() if device.type == "cuda" else native_bf16()
+    use_bf16 = config.bf16 and native
+    if config.bf16 and not use_bf16 and main:
+        log.info("bf16 asked for, but this %s has no native bf16: training in float32",
+                 "GPU" if device.type == "cuda" else "CPU (no avx512_bf16/amx_bf16)")
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    torch.manual_seed(config.seed + rank)  # dropout differs per rank, as its examples do
+    gen = torch.Generator().manual_seed(config.seed)  # the same batches on every rank
     total = max(1, math.ceil(config.epochs * len(rows) / config.batch_size))
     # Every completion token weighs the same, whatever batch it lands in: the summed loss is divided
     # by the mean label count of a full batch, not by this batch's count. (A per-batch mean would
@@ -268,52 +351,83 @@ def fine_tune(
     passes = range(math.ceil(config.epochs) + 1)  # whole passes, enough for fractional epochs
     batches = [b for _ in passes for b in _length_grouped_batches(rows, config.batch_size, gen)]
     optim = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: _schedule(s, total, config.warmup_steps))
+    model, optim = accelerator.prepare(model, optim)
+    sched = torch.optim.lr_scheduler.LambdaLR(optim.optimizer, lambda s: _schedule(s, total, config.warmup_steps))
 
     scratch, fingerprint = resume_dir(out_dir), _fingerprint(spec, examples, config)
     tokens = window_tokens = 0
     losses: list[float] = []
     first = 0
     state = _load_state(scratch, fingerprint)
-    if state is not None:  # the scheduler first: its constructor already moved the learning rate
-        model.load_state_dict(state["model"])
-        optim.load_state_dict(state["optimizer"])
+    if state is not None:  # the scheduler after the optimizer: its constructor already moved the learning rate
+        parallel.load_full_state(model, optim.optimizer, state["model"], state["optimizer"])
         sched.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
+        rngs = state["rng"]
+        if len(rngs) == world:
+            parallel.set_rng_state(rngs[rank], device)
+        elif main:  # the loss curve is the same; only dropout (if any) draws other numbers
+            log.warning("resuming a %d-process state with %d processes: RNG states not restored", len(rngs), world)
         first, tokens, losses = int(state["step"]), int(state["tokens"]), [float(x) for x in state["losses"]]
-        log.info("resuming training from step %d/%d (%s)", first, total, scratch)
-    elif scratch.exists():
+        if main:
+            log.info("resuming training from step %d/%d (%s)", first, total, scratch)
+    elif main and scratch.exists():
         shutil.rmtree(scratch, ignore_errors=True)
+    accelerator.wait_for_everyone()  # no rank reads the scratch dir while rank 0 clears it
 
     def checkpoint(done_steps: int) -> None:
-        try:
-            _save_state(scratch, {
-                "fingerprint": fingerprint, "step": done_steps, "tokens": tokens, "losses": losses,
-                "model": model.state_dict(), "optimizer": optim.state_dict(), "scheduler": sched.state_dict(),
-                "torch_rng": torch.get_rng_state()})
-        except OSError as exc:  # a full disk costs resumability, not the run: the previous state stays
-            log.warning("could not save training state at step %d to %s: %s", done_steps, scratch, exc)
-            return
-        log.info("saved training state at step %d/%d to %s", done_steps, total, scratch)
+        model_state, optim_state = parallel.full_state(model, optim.optimizer)  # collective: all ranks
+        rngs = gather_object([parallel.rng_state(device)])
+        if main:
+            try:
+                _save_state(scratch, {
+                    "format": STATE_FORMAT, "fingerprint": fingerprint, "step": done_steps, "tokens": tokens,
+                    "losses": losses, "model": model_state, "optimizer": optim_state,
+                    "scheduler": sched.state_dict(), "rng": rngs, "processes": world})
+            except OSError as exc:  # a full disk costs resumability, not the run: the previous state stays
+                log.warning("could not save training state at step %d to %s: %s", done_steps, scratch, exc)
+            else:
+                log.info("saved training state at step %d/%d to %s", done_steps, total, scratch)
+        accelerator.wait_for_everyone()
 
     model.train()
+    parts = world * config.gradient_accumulation
     start = window_start = last_save = time.perf_counter()
     for step in range(first, total):
-        batch = _batch([rows[i] for i in batches[step]], tokenizer.pad_token_id)
-        labels = batch.pop("labels")[:, 1:]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-            logits = model(**batch).logits[:, :-1]
-        nll = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum")
-        (nll / per_batch).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        step_rows = [rows[i] for i in batches[step]]
+        mine = parallel.micro_batches(list(range(len(step_rows))), parts)[rank * config.gradient_accumulation:][
+            : config.gradient_accumulation]
+        sums = torch.zeros(4, dtype=torch.float64)  # summed NLL, labels, tokens, rank 0's "save now"
+        for k, part in enumerate(mine):
+            # A rank whose share of a short last batch is empty still runs a pass, weighted 0: DDP and
+            # FSDP need every rank in every gradient exchange.
+            batch = _batch([step_rows[i] for i in part] or step_rows[:1], tokenizer.pad_token_id)
+            labels = batch.pop("labels")[:, 1:].to(device)
+            batch = {key: v.to(device) for key, v in batch.items()}
+            sync = k + 1 == len(mine)
+            with (contextlib.nullcontext() if sync else accelerator.no_sync(model)):
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                    logits = model(**batch).logits[:, :-1]
+                nll = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE,
+                                      reduction="sum")
+                # DDP and FSDP average the ranks' gradients: x world undoes the mean, so the step's
+                # gradient is the global batch's summed NLL over `per_batch`, as in one process.
+                accelerator.backward(nll * (world / per_batch if part else 0.0))
+            if part:
+                sums += torch.tensor([nll.item(), int((labels != IGNORE).sum()), int(batch["attention_mask"].sum()), 0],
+                                     dtype=torch.float64)
+        accelerator.clip_grad_norm_(model.parameters(), 1.0)
         optim.step()
         sched.step()
         optim.zero_grad(set_to_none=True)
 
-        n = int(batch["attention_mask"].sum())
+        due = bool(checkpoint_every_s and time.perf_counter() - last_save >= checkpoint_every_s)
+        sums[3] = float(main and due)  # rank 0's clock decides for all: the save is a collective
+        if world > 1:
+            sums = accelerator.reduce(sums.to(device), "sum").cpu()
+        nll_sum, n_labels, n = float(sums[0]), int(sums[1]), int(sums[2])
         tokens, window_tokens = tokens + n, window_tokens + n
-        losses.append(nll.item() / max(1, int((labels != IGNORE).sum())))  # mean per token
-        if (step + 1) % config.log_every == 0 or step + 1 == total:
+        losses.append(nll_sum / max(1, n_labels))  # mean per token
+        if main and ((step + 1) % config.log_every == 0 or step + 1 == total):
             now = time.perf_counter()
             recent = losses[-config.log_every :]
             info = {"step": step + 1, "total_steps": total, "loss": sum(recent) / len(recent),
@@ -322,28 +436,31 @@ def fine_tune(
             if progress:
                 progress(info)
             window_start, window_tokens = now, 0
-        if step + 1 < total and (
-                (checkpoint_every_steps and (step + 1) % checkpoint_every_steps == 0)
-                or (checkpoint_every_s and time.perf_counter() - last_save >= checkpoint_every_s)):
+        if step + 1 < total and ((checkpoint_every_steps and (step + 1) % checkpoint_every_steps == 0) or sums[3] > 0):
             checkpoint(step + 1)
             last_save = time.perf_counter()
 
     model.eval()
-    path = save_atomically(model, tokenizer, out_dir)
-    shutil.rmtree(scratch, ignore_errors=True)  # the finished checkpoint supersedes the mid-run state
+    weights = parallel.full_model_state(model)  # collective: all ranks
+    path = Path(out_dir).resolve()
+    if main:
+        save_atomically(accelerator.unwrap_model(model), tokenizer, out_dir, weights)
+        shutil.rmtree(scratch, ignore_errors=True)  # the finished checkpoint supersedes the mid-run state
+    accelerator.wait_for_everyone()
     tail = losses[-config.log_every :]
     return TrainResult(path, total, sum(tail) / len(tail), tokens, time.perf_counter() - start, first,
-                       spec.with_weights(path), "bf16" if use_bf16 else "fp32")
+                       spec.with_weights(path), "bf16" if use_bf16 else "fp32", world)
 
 
-def save_atomically(model, tokenizer, out_dir: str | Path) -> Path:
-    """`save_pretrained` into a temp dir beside `out_dir`, then rename it into place."""
+def save_atomically(model, tokenizer, out_dir: str | Path, state_dict: dict | None = None) -> Path:
+    """`save_pretrained` (of `state_dict` when given: an FSDP model's gathered weights) into a temp
+    dir beside `out_dir`, then rename it into place."""
     out_dir = Path(out_dir).resolve()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     old = None
     try:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, **({} if state_dict is None else {"state_dict": state_dict}))
         tokenizer.save_pretrained(tmp)
         if out_dir.exists():  # move the old one aside first: rename cannot replace a non-empty dir
             old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}-{time.time_ns()}"
