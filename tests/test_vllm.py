@@ -241,6 +241,9 @@ def test_server_teacher_runs_gen_ssd(server, hf):
     for t in trajectories:
         assert t.text == "".join(s.candidates[s.chosen].text for s in t.steps)
         assert all(1 <= c.teacher_tokens <= 6 for s in t.steps for c in s.candidates)
+    # Two slots: the third problem joins the served session when a path ends, and draws the same.
+    assert [t.text for t in run_gen_ssd(PROBLEMS, teacher, hf[1], _config(), batch_size=2)] == [
+        t.text for t in trajectories]
 
 
 def test_new_weights_at_the_same_path_are_a_new_served_teacher(tmp_path):
