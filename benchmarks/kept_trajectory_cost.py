@@ -10,6 +10,9 @@ run, on the same problems:
   or the path is pruned, with the default knobs (hand-set thresholds);
 * each on the vLLM engine and on the transformers backends, and Gen-SSD once more with the vLLM
   teacher and the transformers scorer (scorer on vLLM ÷ on transformers);
+* Gen-SSD on vLLM with --slots paths in flight over all the questions, twice: path-level batching
+  (a path that ends gives its slot to the next question at once) and lockstep groups (the old
+  schedule: a group of --slots questions lasts as long as its longest path);
 * the CPU's (or GPU's) fp32 matmul FLOP/s, measured in the same process: the floor.
 
 For each it prints teacher tokens/s (over the teacher's own time and over the wall), student-scored
@@ -154,10 +157,10 @@ def plain(name, teacher, problems, k, sampling) -> Arm:
     return Arm(name, time.perf_counter() - started, metered.meter)
 
 
-def method(name, run, teacher, scorer, problems, config, batch: int) -> Arm:
-    t, s = MeteredTeacher(teacher), MeteredScorer(scorer)
+def method(name, run, teacher, scorer, problems, config, batch: int, **options) -> Arm:
+    t, s = MeteredTeacher(teacher, width=batch), MeteredScorer(scorer)
     started = time.perf_counter()
-    trajectories = run(problems, t, s, config, batch_size=batch)
+    trajectories = run(problems, t, s, config, batch_size=batch, **options)
     wall = time.perf_counter() - started
     return Arm(name, wall, t.meter, s.meter, kept=sum(x.selected for x in trajectories),
                correct=sum(bool(x.correct) for x in trajectories),
@@ -176,6 +179,10 @@ def main() -> None:
     parser.add_argument("--block-size", type=int, default=None,
                         help="the vLLM engines' KV block, the prefix cache's granularity (default: the backend's, 32 on CPU)")
     parser.add_argument("--kv-cache-gib", type=float, default=2.0, help="per vLLM engine, on CPU")
+    parser.add_argument("--only-path-batching", action="store_true",
+                        help="run only the two path-batching arms (vLLM engines)")
+    parser.add_argument("--slots", type=int, default=8,
+                        help="paths in flight for the path-batching arms (Gen-SSD continuous vs lockstep, vLLM)")
     parser.add_argument("--data-dir", default=os.environ.get("GEN_SSD_DATA_DIR"))
     args = parser.parse_args()
     engines = set(args.engines.split(","))
@@ -200,7 +207,7 @@ def main() -> None:
     arms: list[Arm] = []
     waiting: dict[str, str] = {}  # the vLLM teacher's step profile, per arm
     params = checkpoint_parameters(spec.name_or_path)
-    if "transformers" in engines:  # first: building a vLLM engine changes torch's thread settings
+    if "transformers" in engines and not args.only_path_batching:  # first: vLLM changes torch's thread settings
         teacher, scorer = TransformersTeacher(spec), TransformersScorer(spec)
         for backend in (teacher, scorer):
             backend.model.to(args.device)
@@ -222,14 +229,22 @@ def main() -> None:
               f"{v_scorer.reads_prefix_cache}")
         plain("warm-up", v_teacher, problems[:2], 2, SamplingConfig(max_new_tokens=8))
         steps = StepLog(v_teacher.llm)
-        arms.append(plain("plain n=K, vLLM", v_teacher, problems, args.k, sampling))
-        waiting["plain n=K, vLLM"] = steps.waiting_cost(0)
-        arms.append(method("Standard KD, vLLM", run_standard_kd, v_teacher, v_scorer, problems, skd, batch))
-        sent, computed, since = v_scorer.tokens_sent, v_scorer.tokens_computed, len(steps.calls)
-        arms.append(method("Gen-SSD, vLLM", run_gen_ssd, v_teacher, v_scorer, problems, gen_ssd, batch))
-        waiting["Gen-SSD, vLLM"] = steps.waiting_cost(since)
-        reread = (v_scorer.tokens_sent - sent, v_scorer.tokens_computed - computed)
-        if "transformers" in engines:
+        if not args.only_path_batching:
+            arms.append(plain("plain n=K, vLLM", v_teacher, problems, args.k, sampling))
+            waiting["plain n=K, vLLM"] = steps.waiting_cost(0)
+            arms.append(method("Standard KD, vLLM", run_standard_kd, v_teacher, v_scorer, problems, skd, batch))
+            sent, computed, since = v_scorer.tokens_sent, v_scorer.tokens_computed, len(steps.calls)
+            arms.append(method("Gen-SSD, vLLM", run_gen_ssd, v_teacher, v_scorer, problems, gen_ssd, batch))
+            waiting["Gen-SSD, vLLM"] = steps.waiting_cost(since)
+            reread = (v_scorer.tokens_sent - sent, v_scorer.tokens_computed - computed)
+        # Path-level batching: `--slots` paths in flight over all the questions, refilled as paths end
+        # (the default) or in lockstep groups that wait for their longest path (the old schedule).
+        for label, lockstep in (("lockstep", True), ("paths", False)):
+            for engine in (v_teacher.llm, v_scorer.llm):  # the same seeds draw the same paths: no head start
+                engine.reset_prefix_cache()
+            arms.append(method(f"Gen-SSD {args.slots} slots {label}, vLLM", run_gen_ssd, v_teacher, v_scorer,
+                               problems, gen_ssd, args.slots, lockstep=lockstep))
+        if "transformers" in engines and not args.only_path_batching:
             arms.append(method("Gen-SSD, vLLM teacher + transformers scorer", run_gen_ssd, v_teacher, hf_scorer,
                                problems, gen_ssd, batch))
 
@@ -244,7 +259,7 @@ def main() -> None:
     print("t.tok: teacher tokens; t.tok/s over the teacher's own time, t/s wall over the arm's wall; s.tok: student "
           "tokens scored; kept: kept/trajectories; ok: correct; cut: pruned; idle: decode slots waiting for the "
           "slowest sequence of a call; teach/stud/loop: share of the wall; floor: useful FLOP/s / matmul FLOP/s")
-    if "vllm" in engines:
+    if "vllm" in engines and not args.only_path_batching:
         for name, line in waiting.items():
             print(f"vLLM teacher engine, {name}: {line}")
         scored = by_name["Gen-SSD, vLLM"].student
@@ -281,6 +296,13 @@ def main() -> None:
           lambda a, _: 2 * params * (a.teacher.tokens + a.student.tokens) / a.wall / floor, ">= 0.25")
     ratio("vLLM / transformers, Gen-SSD wall", "Gen-SSD, transformers", "Gen-SSD, vLLM",
           lambda a, b: a.wall / b.wall, "(speed-up)")
+    paths, lockstep = f"Gen-SSD {args.slots} slots paths, vLLM", f"Gen-SSD {args.slots} slots lockstep, vLLM"
+    ratio("wall per kept, path-level batching / lockstep (vLLM)", paths, lockstep,
+          lambda a, b: per_kept(a) / per_kept(b), "<= 0.75")
+    ratio("wall, path-level batching / lockstep (vLLM)", paths, lockstep, lambda a, b: a.wall / b.wall, "")
+    for name in (lockstep, paths):
+        ratio(f"idle decode slots of the batch's capacity, {name}", name, name,
+              lambda a, _: a.teacher.idle_of_capacity, "<= 0.10 (paths)")
 
 
 if __name__ == "__main__":

@@ -1,22 +1,21 @@
-"""Run a method over problems in batches, committing each batch, skipping what is already stored:
-the one place the core's algorithm meets the store (the store itself only reads and writes).
+"""Run a method over problems, committing finished problems in groups, skipping what is already
+stored: the one place the core's algorithm meets the store (the store itself only reads and writes).
 
-A crash loses at most the batch in flight; re-running with the same key (dataset, method, teacher
-version, scorer version, config hash) redoes nothing that finished. Each batch keeps the seed it
-would have had in one uninterrupted `run_method` call (seed + offset of the batch), so a resumed
-run draws the same samples as a clean one.
+Problems are committed `batch_size` at a time as they finish (Gen-SSD's paths finish in any order:
+a path that ends gives its slot to the next problem at once). A crash loses at most the problems
+in flight and those finished since the last commit; re-running with the same key (dataset, method,
+teacher version, scorer version, config hash) redoes nothing that was committed. Every problem is
+seeded by its own id (`seeding.problem_seed`), so a resumed run draws what a clean one does.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
-from .core.batching import batches
 from .core.errors import ConfigError, GenSSDError
 from .core.method.config import MethodConfig, config_dict
-from .core.method.registry import run_method
-from .core.types import Problem, Progress
+from .core.method.registry import stream_method
+from .core.types import Problem, Progress, Trajectory
 from .store.db import Store
 from .store.trajectories import WorkKey, done_problem_ids, write_batch
 
@@ -27,7 +26,7 @@ class ResumeReport:
     reused: int  # already stored under the same key
     generated: int  # problems generated now
     trajectories_written: int
-    batches: int
+    batches: int  # commits
 
 
 def prompt_records(teacher, scorer) -> dict:
@@ -40,31 +39,44 @@ def prompt_records(teacher, scorer) -> dict:
 def run_resumable(store: Store, key: WorkKey, config: MethodConfig, problems: list[Problem], teacher, scorer,
                   batch_size: int = 16, run_id: str | None = None,
                   progress: Progress | None = None) -> ResumeReport:
-    """Run `config`'s method on the problems not stored under `key`, one committed batch at a time.
-    `progress` gets {"done", "total"} (problems stored, reused ones included) after each batch."""
+    """Run `config`'s method on the problems not stored under `key`, `batch_size` in flight, committed
+    `batch_size` at a time. `progress` gets {"done", "total"} (problems stored, reused ones
+    included) after each commit."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     done = done_problem_ids(store, key)
-    report = ResumeReport(total=len(problems), reused=sum(p.problem_id in done for p in problems),
-                          generated=0, trajectories_written=0, batches=0)
-    for _, batch, seed in batches(problems, batch_size, config.sampling.seed):
-        todo = [p for p in batch if p.problem_id not in done]
-        if not todo:
-            continue
-        sampling = dataclasses.replace(config.sampling, seed=seed)
-        try:
-            trajectories = run_method(dataclasses.replace(config, sampling=sampling), todo, teacher, scorer,
-                                      batch_size=batch_size)
-        except GenSSDError as exc:  # bad input in this batch: say which problems (earlier batches are kept)
-            ids = ", ".join(p.problem_id for p in todo)
-            raise type(exc)(f"{key.method}/{key.dataset}, batch of problems [{ids}]: {exc}") from exc
-        # Stored under the key of the run's config (its seed is the base seed, not the batch's), with
-        # how each model was prompted (the instruction's text; its hash is in the versions of the key).
-        stored = {**config_dict(config), "prompts": prompt_records(teacher, scorer)}
-        report.trajectories_written += write_batch(store, key, [p.problem_id for p in todo], trajectories,
-                                                   stored, run_id)
-        report.generated += len(todo)
+    todo = [p for p in problems if p.problem_id not in done]
+    report = ResumeReport(total=len(problems), reused=len(problems) - len(todo), generated=0,
+                          trajectories_written=0, batches=0)
+    # Stored under the key of the run's config, with how each model was prompted (the instruction's
+    # text; its hash is in the versions of the key).
+    stored = {**config_dict(config), "prompts": prompt_records(teacher, scorer)}
+    finished: list[tuple[Problem, list[Trajectory]]] = []
+
+    def commit() -> None:
+        report.trajectories_written += write_batch(store, key, [p.problem_id for p, _ in finished],
+                                                   [t for _, ts in finished for t in ts], stored, run_id)
+        report.generated += len(finished)
         report.batches += 1
+        finished.clear()
         if progress:
             progress({"done": report.generated + report.reused, "total": len(problems)})
+
+    stream = stream_method(config, todo, teacher, scorer, batch_size)
+    while True:
+        try:
+            item = next(stream, None)
+        except BaseException as exc:  # what finished before the failure is kept (an interrupt too)
+            if finished:
+                commit()
+            if isinstance(exc, GenSSDError):  # bad input: say where
+                raise type(exc)(f"{key.method}/{key.dataset}, {exc}") from exc
+            raise
+        if item is None:
+            break
+        finished.append(item)
+        if len(finished) >= batch_size:
+            commit()
+    if finished:
+        commit()
     return report

@@ -79,6 +79,16 @@ def tiny_models(tmp_path_factory) -> tuple[Path, Path]:
     return teacher, student
 
 
+@pytest.fixture(scope="module")
+def backends(tiny_models):
+    """(teacher, scorer): the tiny models on the transformers backends."""
+    from gen_ssd_dagster.core.engines.models import ModelSpec
+    from gen_ssd_dagster.core.engines.transformers_backend import TransformersScorer, TransformersTeacher
+
+    teacher_dir, student_dir = tiny_models
+    return TransformersTeacher(ModelSpec(str(teacher_dir))), TransformersScorer(ModelSpec(str(student_dir)))
+
+
 DEMO_SIZES = {"demo_train": 12, "demo_test": 4, "demo_seed": 0}
 
 

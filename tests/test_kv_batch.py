@@ -42,3 +42,31 @@ def test_padded_cached_batch_matches_plain_forward(tiny_models):
         want = _plain_logprobs(model, full, len(second[r]))
         assert torch.allclose(got[r, : len(second[r])], want, atol=1e-4), (r, got[r], want)
         assert torch.all(got[r, len(second[r]):] == 0)
+
+
+def _right_padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(map(len, rows))
+    ids, mask = torch.full((len(rows), width), pad_id), torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        ids[r, : len(row)], mask[r, : len(row)] = torch.tensor(row), 1
+    return ids, mask
+
+
+def test_merged_and_compacted_batch_computes_what_a_plain_forward_pass_does(tiny_models):
+    """A path leaves (its columns go) and a new one joins with a longer prompt (`merge`): the cache
+    is never wider than its longest live row, and both rows compute what they compute alone."""
+    spec = ModelSpec(str(tiny_models[0]))
+    model, tok = load_model(spec), load_tokenizer(spec)
+    ids = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    batch = KVBatch(model, [ids("Question: Mia has 7 apples."), ids("Tom")], tok.pad_token_id)
+    batch.extend(*_right_padded([ids("12 - 3 = 9\n")[:4], []], tok.pad_token_id))
+    batch.select([1])  # the first path ends
+    assert batch.mask.shape[1] == len(ids("Tom"))
+    joining = "What is 8 * 2? Tom has 12 pears."
+    batch.merge(KVBatch(model, [ids(joining)], tok.pad_token_id))
+    assert batch.mask.shape[1] == len(ids(joining))
+    tail = [ids(" has 3 pens"), ids(" = 16")]
+    got = batch.next_token_logprobs(*_right_padded(tail, tok.pad_token_id))
+    for r, prefix in enumerate(["Tom", joining]):
+        want = _plain_logprobs(model, ids(prefix) + tail[r], len(tail[r]))
+        assert torch.allclose(got[r, : len(tail[r])], want, atol=1e-4), (r, got[r], want)

@@ -44,11 +44,12 @@ def test_a_bumped_method_version_is_new_work_beside_the_old(tmp_path, monkeypatc
     problems = [Problem("demo", f"p{i}", "q?", "4") for i in range(3)]
     made = []
 
-    def fake_run_method(config, todo, teacher, scorer, batch_size):
-        made.extend(p.problem_id for p in todo)
-        return [_traj(p.problem_id) for p in todo]
+    def fake_stream(config, todo, teacher, scorer, batch_size):  # a stand-in for the model loop
+        for p in todo:
+            made.append(p.problem_id)
+            yield p, [_traj(p.problem_id)]
 
-    monkeypatch.setattr(generation, "run_method", fake_run_method)
+    monkeypatch.setattr(generation, "stream_method", fake_stream)
     v1 = _key("1")
     generation.run_resumable(store, v1, GenSSDConfig(), problems, None, None, batch_size=2)
     assert done_problem_ids(store, v1) == {"p0", "p1", "p2"}

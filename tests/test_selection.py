@@ -21,12 +21,6 @@ PROBLEMS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def backends(tiny_models):
-    teacher_dir, student_dir = tiny_models
-    return TransformersTeacher(ModelSpec(str(teacher_dir))), TransformersScorer(ModelSpec(str(student_dir)))
-
-
 def _config(**kw) -> GenSSDConfig:
     sampling = SamplingConfig(temperature=1.0, top_p=0.9, max_new_tokens=24, seed=3)
     return GenSSDConfig(chunk_tokens=6, num_candidates=3, sampling=sampling, **kw)

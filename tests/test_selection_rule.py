@@ -58,6 +58,10 @@ class ScriptedTeacherSession:
             self.step[q] += 1
         self.live = [q for q, c in zip(self.live, chosen) if c is not None]
 
+    def add(self, questions, seeds):
+        self.live += questions
+        self.step.update({q: 0 for q in questions})
+
 
 class FixedScorer:
     """The student: candidate text -> (summed NLL, student tokens), as chosen by the test."""
@@ -87,6 +91,9 @@ class FixedScorerSession:
         assert len(chosen) == self.n_paths
         self.accepted.append(list(chosen))
         self.n_paths = sum(c is not None for c in chosen)
+
+    def add(self, questions):
+        self.n_paths += len(questions)
 
 
 def _problem(question: str, gold: str = "7") -> Problem:

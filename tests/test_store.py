@@ -194,24 +194,28 @@ def test_crash_loses_at_most_one_batch_and_resume_redoes_nothing_finished(tmp_pa
 
     calls = []
 
-    def fake_run_method(config, problems, teacher, scorer, batch_size):
+    def fake_stream(config, problems, teacher, scorer, batch_size):
+        # A stand-in for the model loop (the loop itself is tested in test_selection.py): problems
+        # finish one by one; with `crash`, the process dies while the 8th is in flight.
         calls.append([p.problem_id for p in problems])
-        if len(calls) == 3 and crash:
-            raise RuntimeError("killed mid-run")
-        return [_traj(p.dataset, p.problem_id) for p in problems]
+        for i, p in enumerate(problems):
+            if crash and i == 7:
+                raise KeyboardInterrupt("killed mid-run")
+            yield p, [_traj(p.dataset, p.problem_id)]
 
-    monkeypatch.setattr(generation, "run_method", fake_run_method)
+    monkeypatch.setattr(generation, "stream_method", fake_stream)
     store, key = Store(tmp_path / "db.duckdb"), _key()
     problems = [Problem("demo", f"p{i}", "q", "4") for i in range(10)]
     crash = True
-    with pytest.raises(RuntimeError):
+    with pytest.raises(KeyboardInterrupt):
         generation.run_resumable(store, key, GenSSDConfig(), problems, None, None, batch_size=3)
-    assert done_problem_ids(store, key) == {f"p{i}" for i in range(6)}  # two batches committed
+    # two full commits, then the one finished since is committed on the way out
+    assert done_problem_ids(store, key) == {f"p{i}" for i in range(7)}
     calls.clear()
     crash = False
     report = generation.run_resumable(store, key, GenSSDConfig(), problems, None, None, batch_size=3)
-    assert calls == [["p6", "p7", "p8"], ["p9"]]
-    assert (report.reused, report.generated) == (6, 4)
+    assert calls == [["p7", "p8", "p9"]]
+    assert (report.reused, report.generated, report.batches) == (7, 3, 1)
     assert store.query("SELECT count(*) FROM trajectories")[0][0] == 10
 
 

@@ -241,6 +241,9 @@ def test_server_teacher_runs_gen_ssd(server, hf):
     for t in trajectories:
         assert t.text == "".join(s.candidates[s.chosen].text for s in t.steps)
         assert all(1 <= c.teacher_tokens <= 6 for s in t.steps for c in s.candidates)
+    # Two slots: the third problem joins the served session when a path ends, and draws the same.
+    assert [t.text for t in run_gen_ssd(PROBLEMS, teacher, hf[1], _config(), batch_size=2)] == [
+        t.text for t in trajectories]
 
 
 def test_new_weights_at_the_same_path_are_a_new_served_teacher(tmp_path):
@@ -421,3 +424,15 @@ def test_pipeline_selects_the_served_scorer_and_names_a_wrong_served_model(serve
         message = str(err.value)
         assert "models.student_url" in message and repr(model) in message and str(wrong) in message
         assert f"--model {wrong}" in message  # what to serve instead
+
+
+# ---- path-level batching ---------------------------------------------------------------------------
+
+def test_engine_paths_join_as_slots_free_and_draw_what_they_draw_alone(engines):
+    """One slot, two slots, all at once: a path that ends gives its slot to the next problem (the
+    sessions' `add`), and each problem's trajectory is the same whatever ran beside it."""
+    teacher, scorer = engines
+    runs = [run_gen_ssd(PROBLEMS, teacher, scorer, _config(), batch_size=n) for n in (1, 2, len(PROBLEMS))]
+    for other in runs[1:]:
+        assert [t.text for t in other] == [t.text for t in runs[0]]
+        assert [[s.chosen for s in t.steps] for t in other] == [[s.chosen for s in t.steps] for t in runs[0]]

@@ -1,5 +1,5 @@
-"""Problems in batches, each batch with its own seed, the same way everywhere they are sampled
-(the methods, calibration, the comparison's budgeted arms, evaluation, the resumable runner).
+"""Problems in batches, each batch with its own seed, where a session is seeded per batch
+(calibration, evaluation). The methods seed each problem by its id instead (`seeding.problem_seed`).
 
 A batch's seed is the base seed plus the index of its first item: the seed it has in one
 uninterrupted pass over all the items. A run resumed after a crash, or one that redoes only some

@@ -53,7 +53,8 @@ def _method(cls, defaults=None, name: str | None = None) -> type[CoreConfig]:
 class _Limits(dg.Config):
     max_problems: int | None = Field(default=DEMO_DEFAULTS.n_distill, description="train problems per partition; None = all")
     offset: int = Field(default=DEMO_DEFAULTS.n_cold_start, description="train problems skipped first (the cold start's)")
-    batch_size: int = Field(default=16, description="problems per generation batch (one DuckDB commit each)")
+    batch_size: int = Field(default=16, description="paths in flight (a path that ends gives its slot to the next "
+                            "problem), and finished problems per DuckDB commit")
 
 
 class GenSSDTrajectoriesConfig(_method(GenSSDConfig), _Limits):

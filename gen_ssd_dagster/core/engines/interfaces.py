@@ -1,7 +1,8 @@
 """The interfaces the method talks to, and the values that cross them: no backend, no torch.
 
 * a teacher `start(prompts)`s a session; each step it `propose`s K continuations per live path and
-  is told which one was `accept`ed (or that the path was dropped);
+  is told which one was `accept`ed (or that the path was dropped); new paths can join a session at
+  any step (`add`), so a path that ends gives its place to the next problem at once;
 * a student scorer does the same with `score`, returning the summed NLL and token count of each
   candidate under the student's OWN tokenizer, and scores whole texts with `score_texts`. Only
   text crosses between them, so teacher and student need not share a vocabulary.
@@ -52,17 +53,23 @@ class Score:
 class TeacherSession(Protocol):
     def propose(self, k: int, max_tokens: list[int], stop_at_newline: bool) -> list[list[Proposal]]: ...
     def accept(self, chosen: list[int | None]) -> None: ...
+    # New paths after the live ones, each with its own seed (`seeding.problem_seed`).
+    def add(self, questions: list[str], seeds: list[int]) -> None: ...
 
 
 class ScorerSession(Protocol):
     def score(self, candidates: list[list[str]], ends: list[list[bool]]) -> list[list[Score]]: ...
     def accept(self, chosen: list[int | None]) -> None: ...
+    def add(self, questions: list[str]) -> None: ...
 
 
 class Teacher(Protocol):
     version: str
 
-    def start(self, questions: list[str], temperature: float, top_p: float, seed: int) -> TeacherSession: ...
+    # `seed`: one seed for the session (path i draws from the stream (seed, i)), or one per question
+    # (`seeding.path_streams`).
+    def start(self, questions: list[str], temperature: float, top_p: float,
+              seed: int | list[int]) -> TeacherSession: ...
 
 
 class Scorer(Protocol):

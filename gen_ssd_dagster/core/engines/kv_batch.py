@@ -7,7 +7,9 @@ anywhere in a row: it is masked out (attention mask 0) and position ids are coun
 tokens only, which makes a padded row compute exactly what the unpadded sequence would.
 
 `select(rows)` re-indexes the batch: repeating rows fans a prefix out into K candidates without
-re-encoding it, and picking rows keeps the accepted candidate's cache as the next prefix.
+re-encoding it, and picking rows keeps the accepted candidate's cache as the next prefix. `merge`
+appends the rows of a newly encoded batch (a problem taking the slot of a path that ended), and
+columns no row attends to any more are dropped, so memory follows the live paths.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ class KVBatch:
         self.mask = self.mask.index_select(0, index)
         self.next_pos = self.next_pos.index_select(0, index)
         self.last_logits = self.last_logits.index_select(0, index)
+        self.compact()  # the columns only dropped rows attended to
 
     def next_token_logprobs(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Append `ids` and return log p(ids[t] | everything before) per token [rows, T], 0 at padding."""
@@ -82,3 +85,43 @@ class KVBatch:
         predictors = torch.cat([previous[:, None, :], logits[:, :-1, :]], dim=1)
         logprobs = torch.log_softmax(predictors, dim=-1).gather(2, ids.to(self.device)[:, :, None]).squeeze(2)
         return logprobs * mask.to(self.device)
+
+    # ---- paths joining and leaving (continuous batching) ----
+
+    def merge(self, other: "KVBatch") -> None:
+        """Append `other`'s rows after these (a new problem taking a free slot). Both are aligned on
+        their last column, the narrower padded on the left; keys were rotated at their own positions
+        when computed, so moving them to other columns changes nothing."""
+        width = max(self.mask.shape[1], other.mask.shape[1])
+        mine, theirs = self._layers(), other._layers()
+        for layer, (k, v), (k2, v2) in zip(self.cache.layers, mine, theirs):
+            layer.keys = torch.cat([_left_pad(k, width, 2), _left_pad(k2, width, 2)])
+            layer.values = torch.cat([_left_pad(v, width, 2), _left_pad(v2, width, 2)])
+        self.mask = torch.cat([_left_pad(self.mask, width, 1), _left_pad(other.mask, width, 1)])
+        self.next_pos = torch.cat([self.next_pos, other.next_pos])
+        self.last_logits = torch.cat([self.last_logits, other.last_logits])
+        self.compact()
+
+    def compact(self) -> None:
+        """Drop the columns no row attends to (those of paths that left): without it the cache of a
+        long session would grow with every path that ever ran in it, not with the live ones."""
+        keep = self.mask.bool().any(0)
+        if bool(keep.all()):
+            return
+        columns = torch.nonzero(keep).squeeze(1)
+        for layer, (k, v) in zip(self.cache.layers, self._layers()):
+            layer.keys, layer.values = k.index_select(2, columns), v.index_select(2, columns)
+        self.mask = self.mask.index_select(1, columns)
+
+    def _layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(layer.keys, layer.values) for layer in self.cache.layers]
+
+
+def _left_pad(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    """`t` padded with zeros on the left of `dim` to `width`."""
+    missing = width - t.shape[dim]
+    if missing <= 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([t.new_zeros(shape), t], dim=dim)

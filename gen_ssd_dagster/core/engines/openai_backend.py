@@ -61,7 +61,7 @@ from gen_ssd_dagster.core.errors import ConfigError, ModelLoadError
 from gen_ssd_dagster.core.engines.models import ModelSpec, load_tokenizer, model_version
 from gen_ssd_dagster.core.engines.prefix_scoring import PrefixScorerSession, student_pieces
 from gen_ssd_dagster.core.engines.prompts import Prompter, format_prompt, plain_prompt
-from gen_ssd_dagster.core.engines.seeding import step_seed
+from gen_ssd_dagster.core.engines.seeding import PathSeeds
 from gen_ssd_dagster.core.engines.served_student import (DEFAULT_TOLERANCE, checkpoint_logprobs, largest_difference,
                                                          probe_ids)
 from gen_ssd_dagster.core.engines.urls import redact
@@ -232,10 +232,13 @@ class OpenAITeacher:
         answer = json.dumps([choice.get("text") or "", choice.get("finish_reason")])
         return hashlib.sha256(answer.encode()).hexdigest()[:10]
 
-    def start(self, questions: list[str], temperature: float, top_p: float, seed: int) -> "_OpenAITeacherSession":
+    def start(self, questions: list[str], temperature: float, top_p: float,
+              seed: int | list[int]) -> "_OpenAITeacherSession":
         """A session over `questions`, prompted through the teacher's chat template (rendered here,
         from the teacher's tokenizer: the completions API continues raw text)."""
-        return _OpenAITeacherSession(self, [self.prompt_text(q) for q in questions], temperature, top_p, seed)
+        session = _OpenAITeacherSession(self, temperature, top_p)
+        session.add(questions, seed)
+        return session
 
     def complete(self, body: dict) -> dict:
         return self.client.completions({"model": self.model, **body})
@@ -270,12 +273,16 @@ def _prompt_renderer(spec: ModelSpec | None):
 
 
 class _OpenAITeacherSession:
-    def __init__(self, teacher: OpenAITeacher, prompts: list[str], temperature: float, top_p: float, seed: int):
-        self.teacher, self.texts = teacher, list(prompts)  # texts[i] = prompt + accepted chunks
-        self.temperature, self.top_p, self.seed = temperature, top_p, seed
-        self.origin = list(range(len(prompts)))
-        self.step = 0
+    def __init__(self, teacher: OpenAITeacher, temperature: float, top_p: float):
+        self.teacher, self.temperature, self.top_p = teacher, temperature, top_p
+        self.texts: list[str] = []  # texts[i] = prompt + accepted chunks
+        self.seeds = PathSeeds()
         self.pending: list[list[Proposal]] = []
+
+    def add(self, questions: list[str], seed: int | list[int]) -> None:
+        """New paths after the live ones: one seed per question, or one for all (`seeding.path_streams`)."""
+        self.texts += [self.teacher.prompt_text(q) for q in questions]
+        self.seeds.join(seed, len(questions))
 
     def propose(self, k: int, max_tokens: list[int], stop_at_newline: bool) -> list[list[Proposal]]:
         greedy = self.temperature <= 0
@@ -289,7 +296,7 @@ class _OpenAITeacherSession:
                 "logprobs": 0,  # one entry per generated token: the per-candidate token count
             }
             if not greedy:
-                body["seed"] = step_seed(self.seed, self.step, self.origin[i])
+                body["seed"] = self.seeds.seed(i)
             if stop_at_newline:
                 body.update(stop=["\n"], include_stop_str_in_output=True)
             choices = sorted(self.teacher.complete(body)["choices"], key=lambda c: c["index"])
@@ -298,14 +305,14 @@ class _OpenAITeacherSession:
         workers = max(1, min(self.teacher.max_concurrency, len(self.texts)))
         with ThreadPoolExecutor(workers) as pool:
             proposals = list(pool.map(one, range(len(self.texts))))
-        self.step += 1
+        self.seeds.stepped()
         self.pending = proposals
         return proposals
 
     def accept(self, chosen: list[int | None]) -> None:
         keep = [(i, c) for i, c in enumerate(chosen) if c is not None]
         self.texts = [self.texts[i] + self.pending[i][c].text for i, c in keep]
-        self.origin = [self.origin[i] for i, _ in keep]
+        self.seeds.keep([i for i, _ in keep])
         self.pending = []
 
 

@@ -37,3 +37,7 @@ class PrefixScorerSession:
         keep = [(i, c) for i, c in enumerate(chosen) if c is not None]
         self.paths = [self.paths[i] + self.pending[i][c] for i, c in keep]
         self.pending = []
+
+    def add(self, questions: list[str]) -> None:
+        """New paths after the live ones, prompted through the student's own format."""
+        self.paths += [self.scorer.prompter.ids(q) for q in questions]

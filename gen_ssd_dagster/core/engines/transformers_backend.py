@@ -68,23 +68,57 @@ class TransformersTeacher:
         newline_ids = [i for i, piece in enumerate(vocab) if piece and ("\n" in piece or "Ċ" in piece)]
         self.newline_ids = set(newline_ids)
 
-    def start(self, questions: list[str], temperature: float, top_p: float, seed: int) -> "_TeacherSession":
+    def start(self, questions: list[str], temperature: float, top_p: float,
+              seed: int | list[int]) -> "_TeacherSession":
         """A session over `questions`, each prompted through the teacher's own format."""
         return self.start_prompts([self.prompter.text(q) for q in questions], temperature, top_p, seed)
 
-    def start_prompts(self, prompts: list[str], temperature: float, top_p: float, seed: int) -> "_TeacherSession":
+    def start_prompts(self, prompts: list[str], temperature: float, top_p: float,
+                      seed: int | list[int]) -> "_TeacherSession":
         """A session over prompts already written out (a server that receives raw text)."""
+        session = _TeacherSession(self, self.encode(prompts), temperature, top_p)
+        session.gens = _generators(seed, len(prompts), session.batch.device)
+        return session
+
+    def encode(self, prompts: list[str]) -> KVBatch:
         ids = [self.prompter.tokenize(p) for p in prompts]
         check_prompt_lengths(self.model, ids, prompts, "teacher")
-        return _TeacherSession(self, KVBatch(self.model, ids, self.tokenizer.pad_token_id), temperature, top_p, seed)
+        return KVBatch(self.model, ids, self.tokenizer.pad_token_id)
+
+
+def _generators(seed: int | list[int], n: int, device) -> list[torch.Generator]:
+    """One generator per path. A shared seed gives every path the SAME generator, drawn from in one
+    call for the whole batch (as sessions always sampled); one seed per path gives each its own, so
+    its draws do not depend on the paths beside it."""
+    if isinstance(seed, int):
+        return [torch.Generator(device=device).manual_seed(seed)] * n
+    return [torch.Generator(device=device).manual_seed(int(s)) for s in seed]
 
 
 class _TeacherSession:
-    def __init__(self, teacher: TransformersTeacher, batch: KVBatch, temperature: float, top_p: float, seed: int):
+    def __init__(self, teacher: TransformersTeacher, batch: KVBatch, temperature: float, top_p: float):
         self.teacher, self.batch = teacher, batch
         self.temperature, self.top_p = temperature, top_p
-        self.gen = torch.Generator(device=batch.device).manual_seed(seed)  # sampling runs where the logits are
+        self.gens: list[torch.Generator] = []  # per path; sampling runs where the logits are
         self.k = 1
+
+    def add(self, questions: list[str], seeds: list[int]) -> None:
+        """New paths after the live ones, each drawing from its own seed."""
+        self.batch.merge(self.teacher.encode([self.teacher.prompter.text(q) for q in questions]))
+        self.gens += _generators(list(seeds), len(questions), self.batch.device)
+
+    def _sample(self, live: torch.Tensor) -> torch.Tensor:
+        """The next token of every row [paths x K]. Rows of a path draw from the path's generator,
+        and only while one of them is live: its stream never depends on how long other paths run."""
+        logits, k = self.batch.last_logits, self.k
+        if self.temperature <= 0 or all(g is self.gens[0] for g in self.gens):
+            return _sample(logits, self.temperature, self.top_p, self.gens[0] if self.gens else None).cpu()
+        token = torch.zeros(len(live), dtype=torch.long)
+        for i, gen in enumerate(self.gens):
+            rows = slice(i * k, (i + 1) * k)
+            if live[rows].any():
+                token[rows] = _sample(logits[rows], self.temperature, self.top_p, gen).cpu()
+        return token
 
     @torch.no_grad()
     def propose(self, k: int, max_tokens: list[int], stop_at_newline: bool) -> list[list[Proposal]]:
@@ -108,7 +142,7 @@ class _TeacherSession:
         for _ in range(int(budget.max()) if rows else 0):
             if not live.any():
                 break
-            token = _sample(self.batch.last_logits, self.temperature, self.top_p, self.gen).cpu()  # the loop's side
+            token = self._sample(live)  # on the loop's side (CPU)
             token = torch.where(live, token, torch.full_like(token, tok.pad_token_id))
             mask = live.long()
             self.batch.extend(token[:, None], mask[:, None])
@@ -129,6 +163,7 @@ class _TeacherSession:
 
     def accept(self, chosen: list[int | None]) -> None:
         self.batch.select(_accept_rows(chosen, self.k))
+        self.gens = [g for g, c in zip(self.gens, chosen) if c is not None]
         self.k = 1
 
 
@@ -144,14 +179,21 @@ class TransformersScorer(ScoresWholeTexts):
 
     def start(self, questions: list[str]) -> "_ScorerSession":
         """A session over `questions`, each prompted through the student's own format."""
+        return _ScorerSession(self, self.encode(questions))
+
+    def encode(self, questions: list[str]) -> KVBatch:
         ids = [self.prompter.ids(q) for q in questions]
         check_prompt_lengths(self.model, ids, questions, "student")
-        return _ScorerSession(self, KVBatch(self.model, ids, self.tokenizer.pad_token_id))
+        return KVBatch(self.model, ids, self.tokenizer.pad_token_id)
 
 
 class _ScorerSession:
     def __init__(self, scorer: TransformersScorer, batch: KVBatch):
         self.scorer, self.batch, self.k = scorer, batch, 1
+
+    def add(self, questions: list[str]) -> None:
+        """New paths after the live ones."""
+        self.batch.merge(self.scorer.encode(questions))
 
     @torch.no_grad()
     def score(self, candidates: list[list[str]], ends: list[list[bool]]) -> list[list[Score]]:

