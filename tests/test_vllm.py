@@ -317,6 +317,20 @@ def test_sampled_evaluation_on_the_engine_draws_n_answers_per_question(engines):
     assert evaluate(teacher.spec, PROBLEMS, settings, engine=lambda spec: teacher).outputs == result.outputs
 
 
+# ---- path-level batching ---------------------------------------------------------------------------
+
+def test_engine_paths_join_as_slots_free_and_draw_what_they_draw_alone(engines):
+    """One slot, two slots, all at once: a path that ends gives its slot to the next problem (the
+    sessions' `add`), and each problem's trajectory is the same whatever ran beside it. (Before the
+    tests below that build engines of their own: tearing those down leaves vLLM's process-wide
+    parallel state unusable for the module's `engines`.)"""
+    teacher, scorer = engines
+    runs = [run_gen_ssd(PROBLEMS, teacher, scorer, _config(), batch_size=n) for n in (1, 2, len(PROBLEMS))]
+    for other in runs[1:]:
+        assert [t.text for t in other] == [t.text for t in runs[0]]
+        assert [[s.chosen for s in t.steps] for t in other] == [[s.chosen for s in t.steps] for t in runs[0]]
+
+
 def test_engine_settings_from_the_run_config_reach_the_engine(vllm_models):
     """`models.teacher_engine` of a pipeline YAML reaches `vllm.LLM` through `make_teacher`: its
     context, prefix caching off and an `extra` engine argument; a prompt past that context is the
@@ -424,15 +438,3 @@ def test_pipeline_selects_the_served_scorer_and_names_a_wrong_served_model(serve
         message = str(err.value)
         assert "models.student_url" in message and repr(model) in message and str(wrong) in message
         assert f"--model {wrong}" in message  # what to serve instead
-
-
-# ---- path-level batching ---------------------------------------------------------------------------
-
-def test_engine_paths_join_as_slots_free_and_draw_what_they_draw_alone(engines):
-    """One slot, two slots, all at once: a path that ends gives its slot to the next problem (the
-    sessions' `add`), and each problem's trajectory is the same whatever ran beside it."""
-    teacher, scorer = engines
-    runs = [run_gen_ssd(PROBLEMS, teacher, scorer, _config(), batch_size=n) for n in (1, 2, len(PROBLEMS))]
-    for other in runs[1:]:
-        assert [t.text for t in other] == [t.text for t in runs[0]]
-        assert [[s.chosen for s in t.steps] for t in other] == [[s.chosen for s in t.steps] for t in runs[0]]
