@@ -3,10 +3,13 @@
 One step = the student scores K candidates of --chunk tokens after a path's prefix and the first
 is accepted (transformers scorer, vLLM scorer), or the teacher proposes K chunks of --chunk tokens
 and the first is accepted (transformers teacher). The prefix is the session's prompt: a long
-question of about N tokens (the prefill is not timed); --warmup steps run first (they fill vLLM's
-prefix cache), then --steps steps are timed and the median is reported with its ratio to the
-shortest prefix, measured in the same run. Memory: the session's KV cache (transformers: bytes of
-the tensors its cache holds) and the process's resident / peak RSS after each prefix.
+question of about N tokens (the prefill is not timed). One session per prefix length, all open at
+once; --warmup steps each (they fill vLLM's prefix cache), then --steps rounds in which every
+session takes one timed step, so the machine's changing load touches every length alike; the
+median step is reported with its ratio to the shortest prefix. Memory: each session's KV cache
+(transformers: bytes of the storages its cache holds, spare room included) and the process's
+resident / peak RSS after each part. On a busy shared machine, OMP_NUM_THREADS=1 keeps torch's
+threads from spinning on each other (2 threads under load made steps 10x slower and erratic).
 
 Model: random weights in SmolLM2-135M's shape (--shape smollm2: 30 layers, 576 wide, 9 heads,
 3 KV heads, vocab 49152) with an 8k context (max_position_embeddings=8192), saved with
@@ -28,6 +31,7 @@ import gc
 import os
 import resource
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -117,57 +121,57 @@ def cache_mib(session) -> float | None:
     return sum(seen.values()) / (1 << 20)
 
 
-def time_steps(step, warmup: int, steps: int) -> float:
-    for i in range(warmup):
-        step(i)
-    times = []
-    for i in range(warmup, warmup + steps):
-        started = time.perf_counter()
-        step(i)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
-
-
-def scorer_steps(scorer, texts: Texts, prefix: int, k: int, warmup: int, steps: int):
+def scorer_session(scorer, texts: "Texts", prefix: int, k: int):
     session = scorer.start([texts.question(prefix)])
 
     def step(i):
         session.score([texts.candidates(i, k)], [[False] * k])
         session.accept([0])
 
-    return time_steps(step, warmup, steps), session
+    return session, step
 
 
-def teacher_steps(teacher, texts: Texts, prefix: int, k: int, chunk: int, warmup: int, steps: int):
+def teacher_session(teacher, texts: "Texts", prefix: int, k: int, chunk: int):
     session = teacher.start([texts.question(prefix)], temperature=1.0, top_p=1.0, seed=0)
 
     def step(i):
         session.propose(k, [chunk], stop_at_newline=False)
         session.accept([0])
 
-    return time_steps(step, warmup, steps), session
+    return session, step
 
 
-def report(name: str, rows: list[tuple[int, float, float | None, float, float]]) -> None:
-    base = rows[0][1]
-    print(f"\n{name}")
-    print(f"  {'prefix':>7} {'step s':>8} {'ratio':>6} {'KV MiB':>8} {'RSS MiB':>8} {'peak MiB':>8}")
-    for prefix, seconds, kv, resident, peak in rows:
+def report(name: str, rows: list[tuple[int, list[float], float | None]]) -> None:
+    base = statistics.median(rows[0][1])
+    resident, peak = rss_mib()
+    print(f"\n{name} (process RSS {resident:.0f} MiB, peak {peak:.0f} MiB)")
+    print(f"  {'prefix':>7} {'median s':>9} {'ratio':>6} {'min s':>7} {'max s':>7} {'KV MiB':>8}")
+    for prefix, times, kv in rows:
         kv_text = f"{kv:8.1f}" if kv is not None else f"{'-':>8}"
-        print(f"  {prefix:>7} {seconds:8.3f} {seconds / base:6.2f} {kv_text} {resident:8.0f} {peak:8.0f}")
+        med = statistics.median(times)
+        print(f"  {prefix:>7} {med:9.3f} {med / base:6.2f} {min(times):7.3f} {max(times):7.3f} {kv_text}")
+    sys.stdout.flush()
 
 
-def run_part(name: str, make_session_steps, prefixes: list[int]) -> None:
-    rows = []
+def run_part(name: str, open_session, prefixes: list[int], warmup: int, steps: int) -> None:
+    """Sessions at every prefix length open side by side; timed steps go round-robin over them, so
+    a change in the machine's load (it is shared) touches every prefix length alike."""
+    sessions = {}
     for prefix in prefixes:
-        seconds, session = make_session_steps(prefix)
-        kv = cache_mib(session)
-        resident, peak = rss_mib()
-        rows.append((prefix, seconds, kv, resident, peak))
-        print(f"  [{name}] prefix {prefix}: {seconds:.3f} s/step", flush=True)
-        del session
-        gc.collect()
-    report(name, rows)
+        sessions[prefix] = open_session(prefix)
+        for i in range(warmup):
+            sessions[prefix][1](i)
+    times = {p: [] for p in prefixes}
+    for i in range(warmup, warmup + steps):
+        for prefix in prefixes:
+            started = time.perf_counter()
+            sessions[prefix][1](i)
+            times[prefix].append(time.perf_counter() - started)
+        print(f"  [{name}] round {i - warmup + 1}: " + ", ".join(f"{p}: {times[p][-1]:.3f} s" for p in prefixes),
+              flush=True)
+    report(name, [(p, times[p], cache_mib(sessions[p][0])) for p in prefixes])
+    sessions.clear()
+    gc.collect()
 
 
 def main() -> None:
@@ -177,7 +181,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--chunk", type=int, default=24)
     ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--parts", default="scorer,vllm,teacher", help="any of scorer, vllm, teacher")
     ap.add_argument("--attn", choices=["eager", "sdpa"], default=None,
                     help="attention of the transformers models (default: what models.load_model picks)")
@@ -207,8 +211,8 @@ def main() -> None:
 
             scorer = loaded(TransformersScorer(spec))
             texts = Texts(scorer.tokenizer, args.chunk)
-            run_part("transformers scorer", lambda n: scorer_steps(scorer, texts, n, args.k, args.warmup, args.steps),
-                     prefixes)
+            run_part("transformers scorer", lambda n: scorer_session(scorer, texts, n, args.k), prefixes,
+                     args.warmup, args.steps)
             del scorer
             gc.collect()
         if "teacher" in parts:
@@ -216,8 +220,8 @@ def main() -> None:
 
             teacher = loaded(TransformersTeacher(spec))
             texts = Texts(teacher.tokenizer, args.chunk)
-            run_part("transformers teacher", lambda n: teacher_steps(teacher, texts, n, args.k, args.chunk,
-                                                                     args.warmup, args.steps), prefixes)
+            run_part("transformers teacher", lambda n: teacher_session(teacher, texts, n, args.k, args.chunk),
+                     prefixes, args.warmup, args.steps)
             del teacher
             gc.collect()
         if "vllm" in parts:
@@ -231,15 +235,11 @@ def main() -> None:
             scorer = VLLMScorer(spec, kv_cache_gib=2.0, max_model_len=8192)
             texts = Texts(scorer.tokenizer, args.chunk)
 
-            def vllm_steps(n):
-                before = (scorer.tokens_sent, scorer.tokens_computed)
-                seconds, session = scorer_steps(scorer, texts, n, args.k, args.warmup, args.steps)
-                sent, computed = scorer.tokens_sent - before[0], scorer.tokens_computed - before[1]
-                print(f"  [vLLM] prefix {n}: prompt tokens sent {sent}, computed {computed} "
-                      f"({args.warmup + args.steps} steps, warm-up included)")
-                return seconds, session
-
-            run_part("vLLM scorer", vllm_steps, prefixes)
+            before = (scorer.tokens_sent, scorer.tokens_computed)
+            run_part("vLLM scorer", lambda n: scorer_session(scorer, texts, n, args.k), prefixes,
+                     args.warmup, args.steps)
+            print(f"  prompt tokens sent {scorer.tokens_sent - before[0]}, computed "
+                  f"{scorer.tokens_computed - before[1]} (all prefixes and steps, warm-up included)")
 
 
 if __name__ == "__main__":
