@@ -53,11 +53,13 @@ def _plain_branch_logprobs(model, prefix: list[int], branch: list[int]) -> torch
     return _plain_logprobs(model, prefix + branch, len(branch)) if branch else torch.zeros(0)
 
 
-def test_branches_scored_in_one_row_match_plain_forward(tiny_models):
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_branches_scored_in_one_row_match_plain_forward(tiny_models, attention):
     """K candidates side by side in one row (tree mask) give each candidate's plain-forward log-probs,
-    step after step, with an empty candidate, uneven rows, and a dropped row."""
+    step after step, with an empty candidate, uneven rows, and a dropped row; on either attention."""
     spec = ModelSpec(str(tiny_models[0]))
     model, tok = load_model(spec), load_tokenizer(spec)
+    model.set_attn_implementation(attention)
     prompts = [tok("Question: Mia has 7 apples.")["input_ids"], tok("Tom")["input_ids"], tok("x y")["input_ids"]]
     batch = KVBatch(model, prompts, tok.pad_token_id)
     paths = [list(p) for p in prompts]

@@ -274,6 +274,8 @@ class KVBatch:
         (None drops the row); the other branches' keys and values are dropped."""
         if self.branches is None:
             raise RuntimeError("keep_branches needs a score_branches call first (and nothing in between)")
+        if len(chosen) != len(self):
+            raise ValueError(f"keep_branches got {len(chosen)} choices for a batch of {len(self)} rows")
         b, self.branches = self.branches, None
         kept = [c if c is not None else 0 for c in chosen]
         firsts = [sum(row[:c]) for row, c in zip(b.lengths, kept)]
