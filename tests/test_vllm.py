@@ -162,7 +162,7 @@ def test_engine_scorer_nlls_match_transformers(engines, hf):
 def test_engine_scorer_reads_the_prefix_from_its_cache(engines):
     """A step computes the candidates and the prefix's tail after its last cached block, not the
     whole path, and gives the NLLs of scoring without the cache, also where the cached blocks end
-    exactly at the candidate (its first log-prob cannot come from the cache: scored again)."""
+    exactly at the candidate (its first log-prob cannot come from the cache: asked for on its own)."""
     _, scorer = engines
     assert scorer.reads_prefix_cache
     block = scorer.llm.llm_engine.vllm_config.cache_config.block_size
@@ -184,8 +184,13 @@ def test_engine_scorer_reads_the_prefix_from_its_cache(engines):
         assert new_sent == 3 * len(p) + sum(map(len, candidates))
         if p is prefix:  # only the 5 tokens after the cached blocks are read again, with each candidate
             assert new_computed == 3 * 5 + sum(map(len, candidates))
-        else:  # every row was scored twice: once from the cache (its first log-prob missing), once whole
-            assert new_computed >= 3 * len(p)
+        else:  # the first log-prob is asked for alone: the last cached block is read again, not the prefix
+            assert new_computed <= sum(map(len, candidates)) + 3 * block
+            assert scorer.rows_rescored == 0
+    # A chunk proposed twice is scored once, and both rows get its NLL.
+    sent = scorer.tokens_sent
+    twice = scorer.nlls([prefix] * 3, [candidates[0], candidates[1], candidates[0]])
+    assert twice[0] == twice[2] and scorer.tokens_sent - sent == 2 * len(prefix) + 7
 
 
 def test_gen_ssd_picks_the_same_candidates_with_either_scorer(engines, hf):

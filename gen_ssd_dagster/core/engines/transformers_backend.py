@@ -10,7 +10,7 @@ import torch
 
 from gen_ssd_dagster.core.errors import DataError
 from gen_ssd_dagster.core.engines.interfaces import Proposal, Score, ScoresWholeTexts
-from gen_ssd_dagster.core.engines.kv_batch import KVBatch
+from gen_ssd_dagster.core.engines.kv_batch import KVBatch, full_attention_only
 from gen_ssd_dagster.core.engines.models import ModelSpec, context_size, load_model, load_tokenizer, model_version
 from gen_ssd_dagster.core.engines.prefix_scoring import student_pieces
 from gen_ssd_dagster.core.engines.prompts import Prompter
@@ -188,8 +188,13 @@ class TransformersScorer(ScoresWholeTexts):
 
 
 class _ScorerSession:
+    """Each path is one cache row; its K candidates are scored in that row side by side
+    (`KVBatch.score_branches`), so a step costs the candidates, not K copies of the prefix. Models
+    with sliding-window layers fan each path out into K rows instead (`KVBatch.select`)."""
+
     def __init__(self, scorer: TransformersScorer, batch: KVBatch):
         self.scorer, self.batch, self.k = scorer, batch, 1
+        self.in_one_row = full_attention_only(scorer.model)
 
     def add(self, questions: list[str]) -> None:
         """New paths after the live ones."""
@@ -197,15 +202,21 @@ class _ScorerSession:
 
     @torch.no_grad()
     def score(self, candidates: list[list[str]], ends: list[list[bool]]) -> list[list[Score]]:
-        tok = self.scorer.tokenizer
-        n_paths, k = len(candidates), len(candidates[0])
+        pieces = [[student_pieces(self.scorer.prompter, text, end) for text, end in zip(texts, text_ends)]
+                  for texts, text_ends in zip(candidates, ends)]
+        self._check_context(pieces)
+        if self.in_one_row:
+            logprobs = self.batch.score_branches(pieces)
+            return [[Score(float(-lp.sum()), len(lp)) for lp in row] for row in logprobs]
+        return self._score_fanned_out(pieces)
+
+    def _score_fanned_out(self, pieces: list[list[list[int]]]) -> list[list[Score]]:
+        n_paths, k = len(pieces), len(pieces[0])
         self.k = k
         self.batch.select(torch.arange(n_paths).repeat_interleave(k))
-        ids = [student_pieces(self.scorer.prompter, text, end) for texts, text_ends in zip(candidates, ends)
-               for text, end in zip(texts, text_ends)]
-        self._check_context(ids)
+        ids = [p for row in pieces for p in row]
         width = max(1, max(len(t) for t in ids))
-        padded = torch.full((len(ids), width), tok.pad_token_id, dtype=torch.long)
+        padded = torch.full((len(ids), width), self.scorer.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(padded)
         for r, t in enumerate(ids):
             padded[r, : len(t)] = torch.tensor(t, dtype=torch.long)
@@ -215,16 +226,20 @@ class _ScorerSession:
         return [flat[i * k:(i + 1) * k] for i in range(n_paths)]
 
     def accept(self, chosen: list[int | None]) -> None:
+        if self.in_one_row:
+            self.batch.keep_branches(chosen)
+            return
         self.batch.select(_accept_rows(chosen, self.k))
         self.k = 1
 
-    def _check_context(self, ids: list[list[int]]) -> None:
+    def _check_context(self, pieces: list[list[list[int]]]) -> None:
         """A path that outgrows the student's context is a setting to change, not a kernel error."""
         limit = context_size(self.scorer.model)
         if not limit:
             return
-        lengths = self.batch.next_pos.cpu() + torch.tensor([len(t) for t in ids])
-        if int(lengths.max()) > limit:
+        longest = torch.tensor([max([len(t) for t in row] + [0]) for row in pieces])
+        lengths = self.batch.next_pos.cpu() + longest
+        if len(lengths) and int(lengths.max()) > limit:
             raise DataError(
                 f"a trajectory reached {int(lengths.max())} student tokens (prompt + solution), more than the "
                 f"student's context of {limit} (max_position_embeddings): lower max_new_tokens (the teacher's "
