@@ -16,6 +16,7 @@ from pydantic import Field
 from ..core.engines.transformers_backend import TransformersScorer, TransformersTeacher
 from ..core.demo.run import DemoConfig
 from ..core.demo.models import DemoModelsConfig, build_demo_models
+from ..core.engines.devices import resolve_device
 from ..core.engines.models import PACKAGED_MODELS, ModelSpec, model_version, pinned_to_commit
 from ..core.progress import Reporter
 from ..store import Home, Store
@@ -73,7 +74,9 @@ class ModelsResource(_ModelSpecSettings):
     """The teacher and the base student: "demo" builds the embedded pair into the home directory;
     anything else is a hub id or a local save_pretrained checkpoint (or a directory holding a GGUF
     file). Each has every `core.engines.models.ModelSpec` setting under its own prefix (`teacher_…`,
-    `student_…`); the trained students keep the base student's dtype and prompt settings."""
+    `student_…`); the trained students keep the base student's dtype, device and prompt settings.
+    `teacher_device` / `student_device` are checked where each model is used (`placed`), so a
+    daemon without the GPU can still read versions from these settings."""
 
     dtype: str = Field(default=ModelSpec("demo").dtype,
                        description="dtype of both models unless teacher_dtype/student_dtype say otherwise")
@@ -96,6 +99,13 @@ class ModelsResource(_ModelSpecSettings):
                     "(docs/served-teacher-version.md)")
     demo: DemoModelsSettings = DemoModelsSettings()
 
+    def placed(self, spec: ModelSpec, who: str) -> ModelSpec:
+        """`spec` on the device configured now for `who` (`teacher_device` / `student_device`),
+        checked: a spec stored by an earlier run may come from a machine with other devices."""
+        setting = getattr(self, f"{who}_device")
+        resolve_device(setting, f"models.{who}_device")
+        return dataclasses.replace(spec, device=setting)
+
     def make_teacher(self, spec: ModelSpec, max_retries: int = 3):
         """The sampling backend of the teacher: where its candidates come from. `max_retries` is a
         served teacher's (the teacher check tries once)."""
@@ -106,7 +116,7 @@ class ModelsResource(_ModelSpecSettings):
                                  api_key=os.environ.get(self.teacher_api_key_env) or None, spec=spec,
                                  max_retries=max_retries, url_setting="models.teacher_url",
                                  declared_version=self.teacher_declared_version, probe=self.teacher_probe)
-        return self.make_student_sampler(spec)
+        return self._local_sampler(self.placed(spec, "teacher"))
 
     def teacher_version(self, spec: ModelSpec) -> str:
         """What trajectories are keyed by: the server's report for a served teacher, else the weights."""
@@ -116,6 +126,9 @@ class ModelsResource(_ModelSpecSettings):
         """A local sampler: the vLLM engine when `backend` is vllm, else transformers. It generates the
         students' answers in evaluation (a served teacher does not serve the students: they are
         trained here) and the teacher's candidates when no `teacher_url` is set."""
+        return self._local_sampler(self.placed(spec, "student"))
+
+    def _local_sampler(self, spec: ModelSpec):
         if self.backend == "vllm":
             from ..core.engines.vllm_backend import VLLMTeacher
 
@@ -124,6 +137,7 @@ class ModelsResource(_ModelSpecSettings):
 
     def make_scorer(self, spec: ModelSpec):
         """The student's perplexity scorer (always a local checkpoint: it is retrained in the run)."""
+        spec = self.placed(spec, "student")
         if self.backend == "vllm":
             from ..core.engines.vllm_backend import VLLMScorer
 
@@ -155,6 +169,7 @@ class ModelsResource(_ModelSpecSettings):
         return spec
 
     def teacher_spec(self, home: Home, log=None) -> ModelSpec:
+        self.placed(ModelSpec(self.teacher), "teacher")  # a device this machine lacks fails here, before any build
         if self.teacher == "demo":
             return self.configured_spec("teacher", str(self._demo_paths(home, log).teacher))
         spec = self.configured_spec("teacher")
@@ -167,6 +182,7 @@ class ModelsResource(_ModelSpecSettings):
         return spec
 
     def student_spec(self, home: Home, log=None) -> ModelSpec:
+        self.placed(ModelSpec(self.student), "student")
         if self.student == "demo":
             return self.configured_spec("student", str(self._demo_paths(home, log).student))
         return self.configured_spec("student")
