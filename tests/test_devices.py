@@ -89,3 +89,52 @@ def test_auto_map_loads_through_accelerate_and_scores_the_same(tiny_models):
     plain, _ = padded_two_step_logprobs(load_model(spec), tok)
     got, _ = padded_two_step_logprobs(mapped, tok)
     assert torch.allclose(got.cpu(), plain, atol=1e-5)
+
+
+def test_gpu_check_runs_without_cuda_and_imports_no_pipeline_package(tmp_path):
+    """benchmarks/gpu_check.py --quick, as its own process (sys.modules starts empty there)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "check.md"
+    args = [sys.executable, "-X", "importtime", str(repo / "benchmarks" / "gpu_check.py"), "--quick", "--out", str(out)]
+    if torch.cuda.is_available():
+        args.append("--cpu-only")
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in done.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "torch" in imported and not imported & {"dagster", "duckdb", "mlflow", "vllm"}
+    table = out.read_text()
+    assert table in done.stdout
+    assert "no CUDA: GPU columns not measured" in table
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in table.splitlines() if line.startswith("| ")}
+    for measure in ("teacher tokens/s (float32)", "scorer tokens/s (float32)",
+                    "training tokens/s (float32 weights; CUDA: bf16 autocast)"):
+        cpu, of_matmul, cuda = (c.strip() for c in rows[measure][:3])
+        assert float(cpu.replace(",", "")) > 0 and of_matmul.endswith("%") and cuda == "not measured", rows[measure]
+
+
+@no_cuda
+@pytest.mark.parametrize("expect", [None, "1"])
+def test_gpu_tests_skip_with_the_reason_and_fail_when_a_gpu_is_expected(expect):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k != "GEN_SSD_EXPECT_GPU"}
+    if expect:
+        env["GEN_SSD_EXPECT_GPU"] = expect
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", "tests/test_gpu.py",
+                          "-k", "beyond_the_count"], cwd=Path(__file__).resolve().parents[1], env=env,
+                         capture_output=True, text=True, timeout=300)
+    if expect:
+        assert run.returncode != 0 and "GEN_SSD_EXPECT_GPU=1 but this test needs a CUDA GPU" in run.stdout, run.stdout
+    else:
+        assert run.returncode == 0 and "1 skipped" in run.stdout, run.stdout
+        assert "needs a CUDA GPU: torch.cuda.is_available() is False" in run.stdout
