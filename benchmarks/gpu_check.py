@@ -163,13 +163,18 @@ def training_rate(spec: ModelSpec, sizes: Sizes) -> float:
 def matmul_rate(device: torch.device, n: int) -> float:
     """FLOP/s of an n x n matmul: bf16 on CUDA (what the tensor cores are rated for), fp32 on CPU."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    a @ b
+    a, b, c = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(3))
+
+    def run(reps):
+        for _ in range(reps):
+            torch.matmul(a, b, out=c)  # into one buffer: hundreds of results would not fit on the GPU
+
+    run(1)
     reps, seconds = 1, 0.0
     while seconds < 0.5:  # enough repetitions to time
-        _, seconds = timed(device, lambda: [a @ b for _ in range(reps)])
         reps *= 2
-    return 2 * n ** 3 * (reps // 2) / seconds
+        _, seconds = timed(device, lambda: run(reps))
+    return 2 * n ** 3 * reps / seconds
 
 
 def measure(device: torch.device, path: Path, n_params: int, questions, solutions, sizes: Sizes) -> dict:
