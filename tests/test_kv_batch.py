@@ -14,9 +14,9 @@ def _plain_logprobs(model, ids: list[int], n_last: int) -> torch.Tensor:
     return logprobs[-n_last:]
 
 
-def test_padded_cached_batch_matches_plain_forward(tiny_models):
-    spec = ModelSpec(str(tiny_models[0]))
-    model, tok = load_model(spec), load_tokenizer(spec)
+def padded_two_step_logprobs(model, tok) -> tuple[torch.Tensor, list]:
+    """Log-probs of a second chunk after a K=2 fan-out and a pick, padding inside every row (as in
+    Gen-SSD's loop), and per row (its full unpadded ids, the chunk's length) to check them against."""
     prompts = [tok("Question: Mia has 7 apples.")["input_ids"], tok("Tom")["input_ids"]]
     chunks = [["7 + 5 = 12\n", "12 - 3"], ["x", "8 * 2 = 16\n#### 16"]]
     batch = KVBatch(model, prompts, tok.pad_token_id)
@@ -37,12 +37,52 @@ def test_padded_cached_batch_matches_plain_forward(tiny_models):
     for r, c in enumerate(second):
         ids[r, : len(c)], mask[r, : len(c)] = torch.tensor(c), 1
     got = batch.next_token_logprobs(ids, mask)
-    for r in range(2):
-        first = tok(chunks[r][0], add_special_tokens=False)["input_ids"]
-        full = prompts[r] + first + second[r]
-        want = _plain_logprobs(model, full, len(second[r]))
-        assert torch.allclose(got[r, : len(second[r])], want, atol=1e-4), (r, got[r], want)
-        assert torch.all(got[r, len(second[r]):] == 0)
+    rows = [(prompts[r] + tok(chunks[r][0], add_special_tokens=False)["input_ids"] + second[r], len(second[r]))
+            for r in range(2)]
+    return got, rows
+
+
+def test_padded_cached_batch_matches_plain_forward(tiny_models):
+    spec = ModelSpec(str(tiny_models[0]))
+    model, tok = load_model(spec), load_tokenizer(spec)
+    assert model.config._attn_implementation == "sdpa"  # the default kernel, off CUDA
+    got, rows = padded_two_step_logprobs(model, tok)
+    for r, (full, n) in enumerate(rows):
+        want = _plain_logprobs(model, full, n)
+        assert torch.allclose(got[r, :n], want, atol=1e-4), (r, got[r], want)
+        assert torch.all(got[r, n:] == 0)
+
+
+def test_sdpa_equals_eager_with_padding_inside_rows(tiny_models):
+    """Why eager was forced is not recorded (it came with the first loader); SDPA's masking of
+    padding in the middle of a row, with explicit position ids, gives eager's numbers: measured
+    max |diff| ~5e-7 on CPU float32."""
+    spec = ModelSpec(str(tiny_models[0]))
+    tok = load_tokenizer(spec)
+    sdpa, _ = padded_two_step_logprobs(load_model(spec), tok)
+    eager, _ = padded_two_step_logprobs(load_model(spec, attn_implementation="eager"), tok)
+    assert torch.allclose(sdpa, eager, atol=1e-5), (sdpa - eager).abs().max()
+
+
+def test_sdpa_scorer_selects_what_eager_selects(tiny_models):
+    from gen_ssd_dagster.core.engines.transformers_backend import TransformersScorer, TransformersTeacher
+    from gen_ssd_dagster.core.method.config import GenSSDConfig, SamplingConfig
+    from gen_ssd_dagster.core.method.registry import run_method
+    from gen_ssd_dagster.core.types import Problem
+
+    problems = [Problem("demo", f"d{i}", q, "12") for i, q in enumerate(["Mia has 7 apples.", "Tom has 12 pears."])]
+    config = GenSSDConfig(chunk_tokens=6, num_candidates=3, suitability="none",
+                          sampling=SamplingConfig(temperature=1.0, max_new_tokens=24, seed=5))
+    teacher, scorer = TransformersTeacher(ModelSpec(str(tiny_models[0]))), TransformersScorer(ModelSpec(str(tiny_models[1])))
+    runs = {}
+    for kernel in ("sdpa", "eager"):
+        scorer.model = load_model(scorer.spec, attn_implementation=kernel)
+        runs[kernel] = run_method(config, problems, teacher, scorer)
+    for a, b in zip(runs["sdpa"], runs["eager"]):
+        assert [s.chosen for s in a.steps] == [s.chosen for s in b.steps] and a.text == b.text
+        nlls = [[c.nll for s in t.steps for c in s.candidates] for t in (a, b)]
+        assert nlls[0] == pytest.approx(nlls[1], rel=1e-5)
+    assert sum(len(t.steps) for t in runs["sdpa"]) >= 4  # several steps of K=3 were compared
 
 
 def _ids(tok, text: str) -> list[int]:

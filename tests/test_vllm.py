@@ -51,7 +51,7 @@ import vllm_server  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 
-# fp32 on both sides; the kernels differ (vLLM's CPU attention vs eager torch), so sums of ~10
+# fp32 on both sides; the kernels differ (vLLM's CPU attention vs torch SDPA), so sums of ~10
 # log-probs agree to ~1e-5 in practice. The tolerance leaves a wide margin and still catches any
 # off-by-one position or wrong-token error (those move an NLL by > 0.1).
 NLL_TOL = dict(rel=1e-3, abs=2e-3)

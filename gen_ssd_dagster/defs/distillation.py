@@ -53,8 +53,8 @@ def cold_start_student(context: dg.AssetExecutionContext, config: ColdStartConfi
     examples = [(q, text) for _, q, text in rows]
     lineage = {"method": "standard_kd", "partitions": config.dataset, "config_hash": key.config_hash,
                "teacher_version": key.teacher_version, "trajectories": len(examples), **version_tag("standard_kd")}
-    model = train_logged(context, "cold_start_student", base_student, examples, config.train.to_core(),
-                         store.home_dir().checkpoints, mlflow.session(), mlflow.run_url, lineage)
+    model = train_logged(context, "cold_start_student", models.placed(base_student, "student"), examples,
+                         config.train.to_core(), store.home_dir().checkpoints, mlflow.session(), mlflow.run_url, lineage)
     return dg.Output(model.spec, data_version=dg.DataVersion(model.version),
                      metadata={**metadata(model), **lineage, "teacher_samples": summary["trajectories"],
                                "examples": len(examples), "teacher_tokens": summary["teacher_tokens"]})
@@ -101,8 +101,8 @@ def distilled_asset(method: str) -> dg.AssetsDefinition:
         def trajectory_pages():  # what the student learned from, step by step (docs/viewer.md)
             return [trajectory_page(store.home_dir(), trajectories, k, refresh=False) for k in keys]
 
-        model = train_logged(context, f"student_{method}", cold_start_student, examples, config.train.to_core(),
-                             store.home_dir().checkpoints, mlflow.session(), mlflow.run_url, lineage,
+        model = train_logged(context, f"student_{method}", models.placed(cold_start_student, "student"), examples,
+                             config.train.to_core(), store.home_dir().checkpoints, mlflow.session(), mlflow.run_url, lineage,
                              trajectory_pages)
         return dg.Output(model.spec, data_version=dg.DataVersion(model.version),
                          metadata={**metadata(model), **lineage})

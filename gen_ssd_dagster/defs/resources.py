@@ -18,6 +18,7 @@ from ..core.demo.run import DemoConfig
 from ..core.demo.models import DemoModelsConfig, build_demo_models
 from ..core.engines.engine_settings import (EVAL_ENGINE, SCORER_ENGINE, TEACHER_ENGINE, VLLMEngineSettings,
                                             check_shared_gpu)
+from ..core.engines.devices import resolve_device
 from ..core.engines.models import PACKAGED_MODELS, ModelSpec, model_version, pinned_to_commit
 from ..core.engines.served_student import DEFAULT_TOLERANCE
 from ..core.progress import Reporter
@@ -84,7 +85,9 @@ class ModelsResource(_ModelSpecSettings):
     """The teacher and the base student: "demo" builds the embedded pair into the home directory;
     anything else is a hub id or a local save_pretrained checkpoint (or a directory holding a GGUF
     file). Each has every `core.engines.models.ModelSpec` setting under its own prefix (`teacher_…`,
-    `student_…`); the trained students keep the base student's dtype and prompt settings."""
+    `student_…`); the trained students keep the base student's dtype, device and prompt settings.
+    `teacher_device` / `student_device` are checked where each model is used (`placed`), so a
+    daemon without the GPU can still read versions from these settings."""
 
     dtype: str = Field(default=ModelSpec("demo").dtype,
                        description="dtype of both models unless teacher_dtype/student_dtype say otherwise")
@@ -162,6 +165,13 @@ class ModelsResource(_ModelSpecSettings):
                                             if not sections or name in sections
                                             for k, v in engine.record().items()}}
 
+    def placed(self, spec: ModelSpec, who: str) -> ModelSpec:
+        """`spec` on the device configured now for `who` (`teacher_device` / `student_device`),
+        checked: a spec stored by an earlier run may come from a machine with other devices."""
+        setting = getattr(self, f"{who}_device")
+        resolve_device(setting, f"models.{who}_device")
+        return dataclasses.replace(spec, device=setting)
+
     def make_teacher(self, spec: ModelSpec, max_retries: int = 3):
         """The sampling backend of the teacher: where its candidates come from. `max_retries` is a
         served teacher's (the teacher check tries once)."""
@@ -172,7 +182,7 @@ class ModelsResource(_ModelSpecSettings):
                                  api_key=os.environ.get(self.teacher_api_key_env) or None, spec=spec,
                                  max_retries=max_retries, url_setting="models.teacher_url",
                                  declared_version=self.teacher_declared_version, probe=self.teacher_probe)
-        return self._local_sampler(spec, "teacher_engine")
+        return self._local_sampler(self.placed(spec, "teacher"), "teacher_engine")
 
     def teacher_version(self, spec: ModelSpec) -> str:
         """What trajectories are keyed by: the server's report for a served teacher, else the weights
@@ -193,7 +203,7 @@ class ModelsResource(_ModelSpecSettings):
         """A local sampler: the vLLM engine (`eval_engine`) when `backend` is vllm, else transformers.
         It generates the students' answers in evaluation (a served teacher does not serve the students:
         they are trained here)."""
-        return self._local_sampler(spec, "eval_engine")
+        return self._local_sampler(self.placed(spec, "student"), "eval_engine")
 
     def _local_sampler(self, spec: ModelSpec, section: str):
         """The teacher's candidates (no `teacher_url`) or the students' answers, on the engine of `section`."""
@@ -207,6 +217,7 @@ class ModelsResource(_ModelSpecSettings):
         """The student's perplexity scorer of the checkpoint `spec`: on `student_url` when set (and
         `served`: the base student scoring the cold start's own samples is never served), checked to
         serve `spec` and keyed by its `model_version`; else in this process."""
+        spec = self.placed(spec, "student")
         if self.student_url and served:
             from ..core.engines.openai_backend import OpenAIScorer
 
@@ -245,6 +256,7 @@ class ModelsResource(_ModelSpecSettings):
         return spec
 
     def teacher_spec(self, home: Home, log=None) -> ModelSpec:
+        self.placed(ModelSpec(self.teacher), "teacher")  # a device this machine lacks fails here, before any build
         if self.teacher == "demo":
             return self.configured_spec("teacher", str(self._demo_paths(home, log).teacher))
         spec = self.configured_spec("teacher")
@@ -257,6 +269,7 @@ class ModelsResource(_ModelSpecSettings):
         return spec
 
     def student_spec(self, home: Home, log=None) -> ModelSpec:
+        self.placed(ModelSpec(self.student), "student")
         if self.student == "demo":
             return self.configured_spec("student", str(self._demo_paths(home, log).student))
         return self.configured_spec("student")
