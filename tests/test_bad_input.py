@@ -126,6 +126,33 @@ def test_enormous_question_fails_its_batch_and_keeps_the_others(stored, tiny_mod
     assert _run(home, data, tiny_models, ["problems"])[0].success  # leave the partition as it was
 
 
+@pytest.mark.slow
+def test_on_bad_row_skip_stores_the_good_rows_and_names_the_bad_ones(tmp_path, tiny_models):
+    """The same bad rows with `on_bad_row: skip`: the partition keeps the good rows, and the
+    materialization's metadata and the log name each bad one (file, line, why). A home of its own:
+    the problems table upserts, so rows stored earlier under a skipped id would stay."""
+    home, data = tmp_path / "home", tmp_path / "data"
+    rows = [GOOD[0], '{"question": "oops", "answer": ', GOOD[1], {"question": "What is 1+1?", "answer": "two"},
+            GOOD[2], {"question": "Who?", "answer": 7}, GOOD[3]]
+    _write(data / "gsm8k" / "train.jsonl", rows)
+    assert not _run(home, data, tiny_models, ["problems"])[0].success  # "error", the default, refuses the file
+    result, lines = _run(home, data, tiny_models, ["problems"], {"problems": {"config": {"on_bad_row": "skip"}}})
+    assert result.success, lines
+    assert [r[0] for r in _rows(home, PROBLEMS_SQL)] == ["gsm8k-0", "gsm8k-2", "gsm8k-4", "gsm8k-6"]
+    meta = result.asset_materializations_for_node("problems")[0].metadata
+    assert meta["n_skipped_rows"].value == 3 and meta["n_problems"].value == 4
+    table = meta["skipped_rows"].value
+    for needle in ("gsm8k/train.jsonl, line 2 | malformed JSON", "line 4 | field 'answer' (setting answer_field)",
+                   "line 6 | field 'answer' is a number but a string"):
+        assert needle in table, table
+    from gen_ssd_dagster.instance import get_instance
+    from gen_ssd_dagster.store import Home
+
+    logs = get_instance(Home.resolve(home)).all_logs(result.run_id)
+    logged = [e.user_message for e in logs if "on_bad_row=skip: 3 bad row(s)" in e.user_message]
+    assert logged and "gsm8k/train.jsonl, line 6" in logged[0], logged
+
+
 BAD_SETTINGS = [
     ({"batch_size": 0}, "batch_size"),
     ({"offset": -2}, "offset"),

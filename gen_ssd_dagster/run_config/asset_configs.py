@@ -163,6 +163,9 @@ class SweepRunConfig(_experiment(exclude=("seeds",)), _ExperimentScope):
 
 class ProblemsConfig(dg.Config):
     max_problems: int | None = Field(default=None, description="keep the first N problems; None = all")
+    on_bad_row: Literal["error", "skip"] = Field(
+        default="error", description='"error": one unreadable row refuses the dataset; "skip": such rows are left '
+        "out, counted and named (file, line, why) in the materialization's metadata and the run's log")
 
 
 def gen_ssd_of_run(run_config: dict, dataset: str = "demo") -> GenSSDConfig:
