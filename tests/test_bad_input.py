@@ -153,6 +153,25 @@ def test_on_bad_row_skip_stores_the_good_rows_and_names_the_bad_ones(tmp_path, t
     assert logged and "gsm8k/train.jsonl, line 6" in logged[0], logged
 
 
+@pytest.mark.slow
+def test_enormous_question_with_on_bad_row_skip_is_left_out_before_generation(stored, tiny_models):
+    home, data, _, _ = stored
+    rows = [*GOOD[:2], {"question": "How many? " + "Tom has 3 pens. " * 20000, "answer": "#### 3"}, *GOOD[3:]]
+    _write(data / "gsm8k" / "train.jsonl", rows)
+    ops = {"gen_ssd_trajectories": {"config": {**SMALL, "sampling": {"max_new_tokens": 10}, "on_bad_row": "skip"}}}
+    result, lines = _run(home, data, tiny_models, ["problems", "gen_ssd_trajectories"], ops)
+    assert result.success, lines
+    meta = result.asset_materializations_for_node("gen_ssd_trajectories")[0].metadata
+    assert meta["n_skipped_too_long"].value == 1
+    assert "| gsm8k-2 |" in meta["skipped_too_long"].value and "teacher tokens, more than the teacher's context" \
+        in meta["skipped_too_long"].value, meta["skipped_too_long"].value
+    done = _rows(home, "SELECT problem_id FROM problem_runs WHERE config_hash = (SELECT config_hash FROM"
+                       " problem_runs ORDER BY created_at DESC LIMIT 1) ORDER BY 1")
+    assert done == [("gsm8k-0",), ("gsm8k-1",), ("gsm8k-3",)]  # max_problems 4: the one left out is not run
+    _write(data / "gsm8k" / "train.jsonl", GOOD)
+    assert _run(home, data, tiny_models, ["problems"])[0].success  # leave the partition as it was
+
+
 BAD_SETTINGS = [
     ({"batch_size": 0}, "batch_size"),
     ({"offset": -2}, "offset"),
