@@ -111,3 +111,19 @@ def test_schema_check_names_unknown_fields_wrong_types_and_missing_required_fiel
         f"{bad} #2 Service s: spec.ports[0]: Invalid value for `port`, must not be `None`",
         f"{bad} #3 Deploymnet None: no Deploymnet in v1 in the Kubernetes API",
     ], errors
+
+
+def test_k8s_executor_of_the_code_location_takes_the_execution_config_of_deploy_pipeline_yaml(location, monkeypatch):
+    import yaml
+
+    text = (DEPLOY.parent / "pipeline.yaml").read_text()
+    block = text[text.index("# execution:"):]
+    execution = yaml.safe_load("\n".join(line.removeprefix("# ") for line in block.splitlines()))["execution"]
+    monkeypatch.setenv("GEN_SSD_EXECUTOR", "k8s")
+    executor = location.executor_from_env(location.defs)
+    assert executor.name == "k8s"
+    mapped = executor.apply_config_mapping(execution)
+    assert mapped.success, mapped.errors
+    per_step = mapped.value["config"]["per_step_k8s_config"]
+    assert per_step["evaluation_scores"]["container_config"]["resources"]["limits"] == {"nvidia.com/gpu": 2}
+    assert per_step["gen_ssd_trajectories"]["pod_template_spec_metadata"]["labels"] == {POOL_LABEL: GPU_POOL}
