@@ -11,7 +11,7 @@ executor chosen by the environment (see docs/scale-out.md and deploy/).
   `dagster-celery worker start -A dagster_celery.app -y deploy/celery.yaml`; each runs one step
   at a time unless given `-- --concurrency N`.
 * `k8s`: every step a Kubernetes Job (`dagster_k8s.k8s_job_executor`; the `k8s` extra), configured
-  by run config `execution: {config: {...}}`; steps of the GPU pool request a GPU (k8s_steps.py).
+  by run config `execution: {config: {...}}`; steps of the GPU pool request a GPU (defs/k8s_steps.py).
 
 Every process that loads this module (code server, run worker, Celery workers, step pods) must see
 the same `GEN_SSD_EXECUTOR`, the same Dagster instance (`DAGSTER_HOME`: Postgres storage across
@@ -31,7 +31,7 @@ import dagster as dg
 
 from . import definitions as laptop  # not `import defs`: one Definitions at module scope
 from .defs.partitions import DATASETS
-from .k8s_steps import k8s_executor
+from .defs.k8s_steps import k8s_executor
 
 EXECUTORS = ("multiprocess", "celery", "k8s")
 TEACHER_TAG = "gen_ssd/teacher"
@@ -75,6 +75,11 @@ generate_trajectories = dg.define_asset_job(
                 "must be materialized).",
 )
 
-_pipeline = laptop.defs()
-defs = dg.Definitions.merge(_pipeline, dg.Definitions(jobs=[generate_trajectories],
-                                                      executor=executor_from_env(_pipeline)))
+def _deployment() -> dg.Definitions:
+    # One Definitions at module scope: `dagster ... -m gen_ssd_dagster.scale_out` refuses two.
+    pipeline = laptop.defs()
+    return dg.Definitions.merge(pipeline, dg.Definitions(jobs=[generate_trajectories],
+                                                         executor=executor_from_env(pipeline)))
+
+
+defs = _deployment()

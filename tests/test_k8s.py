@@ -27,7 +27,7 @@ from kubernetes.client import ApiClient
 
 from gen_ssd_dagster.defs.resources import GPU_POOL
 from gen_ssd_dagster.k8s_manifests import file_errors, manifest_errors
-from gen_ssd_dagster.k8s_steps import POOL_LABEL, gpu_ops, k8s_executor
+from gen_ssd_dagster.defs.k8s_steps import POOL_LABEL, gpu_ops, k8s_executor
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "k8s"
 RUN_CONFIG = {"job_namespace": "gen-ssd", "job_image": "registry.example/gen-ssd:1",

@@ -13,7 +13,7 @@ from typing import Any, Iterable, Mapping
 
 import dagster as dg
 
-from .defs.resources import GPU_POOL
+from .resources import GPU_POOL
 
 POOL_LABEL = "gen-ssd/pool"
 GPU_STEP_K8S_CONFIG: dict[str, Any] = {
