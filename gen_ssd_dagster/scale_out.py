@@ -10,8 +10,8 @@ executor chosen by the environment (see docs/scale-out.md and deploy/).
   `redis://host:6379/0` and `/1`). Needs the `celery` extra. Start workers with
   `dagster-celery worker start -A dagster_celery.app -y deploy/celery.yaml`; each runs one step
   at a time unless given `-- --concurrency N`.
-* `k8s`: every step a Kubernetes Job (`dagster_k8s.k8s_job_executor`; install `dagster-k8s` of
-  Dagster's release in the image), configured by run config `execution: {config: {...}}`.
+* `k8s`: every step a Kubernetes Job (`dagster_k8s.k8s_job_executor`; the `k8s` extra), configured
+  by run config `execution: {config: {...}}`; steps of the GPU pool request a GPU (defs/k8s_steps.py).
 
 Every process that loads this module (code server, run worker, Celery workers, step pods) must see
 the same `GEN_SSD_EXECUTOR`, the same Dagster instance (`DAGSTER_HOME`: Postgres storage across
@@ -31,12 +31,13 @@ import dagster as dg
 
 from . import definitions as laptop  # not `import defs`: one Definitions at module scope
 from .defs.partitions import DATASETS
+from .defs.k8s_steps import k8s_executor
 
 EXECUTORS = ("multiprocess", "celery", "k8s")
 TEACHER_TAG = "gen_ssd/teacher"
 
 
-def executor_from_env() -> dg.ExecutorDefinition:
+def executor_from_env(pipeline: dg.Definitions) -> dg.ExecutorDefinition:
     """The executor `GEN_SSD_EXECUTOR` names; an unknown name or a missing package says what to do."""
     name = os.environ.get("GEN_SSD_EXECUTOR", "multiprocess").strip().lower()
     if name == "multiprocess":
@@ -58,10 +59,9 @@ def executor_from_env() -> dg.ExecutorDefinition:
         )
     if name == "k8s":
         try:
-            from dagster_k8s import k8s_job_executor
+            return k8s_executor(pipeline)
         except ImportError as exc:
-            raise ImportError("GEN_SSD_EXECUTOR=k8s needs dagster-k8s (the release matching dagster)") from exc
-        return k8s_job_executor
+            raise ImportError("GEN_SSD_EXECUTOR=k8s needs dagster-k8s: pip install 'gen-ssd-dagster[k8s]'") from exc
     raise ValueError(f"GEN_SSD_EXECUTOR={name!r}: expected one of {', '.join(EXECUTORS)}")
 
 
@@ -75,4 +75,11 @@ generate_trajectories = dg.define_asset_job(
                 "must be materialized).",
 )
 
-defs = dg.Definitions.merge(laptop.defs(), dg.Definitions(jobs=[generate_trajectories], executor=executor_from_env()))
+def _deployment() -> dg.Definitions:
+    # One Definitions at module scope: `dagster ... -m gen_ssd_dagster.scale_out` refuses two.
+    pipeline = laptop.defs()
+    return dg.Definitions.merge(pipeline, dg.Definitions(jobs=[generate_trajectories],
+                                                         executor=executor_from_env(pipeline)))
+
+
+defs = _deployment()

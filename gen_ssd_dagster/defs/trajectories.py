@@ -22,6 +22,7 @@ from ..core.method.config import Calibration, GenSSDConfig, PostHocConfig, Stand
 from ..core.method.methods import METHODS
 from ..core.method.versions import method_version
 from ..core.engines.models import ModelSpec
+from .too_long import without_too_long
 from ..core.progress import Reporter
 from ..generation import run_resumable
 from ..store.trajectories import (WorkKey, candidate_ppls, partition_summary, read_problems,
@@ -63,11 +64,13 @@ def generate(context, method: str, run_config, teacher_spec: ModelSpec, scorer_s
         problems = read_problems(store, dataset, "train", run_config.max_problems, run_config.offset)
     teacher, scorer = models.make_teacher(teacher_spec), models.make_scorer(scorer_spec, served=scored_by_cold_start)
     check_same_teacher(context, teacher.version, cold_start_too=scored_by_cold_start)
+    problems, too_long = without_too_long(context, problems, teacher, scorer, run_config.on_bad_row)
     key = WorkKey(dataset, method, teacher.version, scorer.version, config_hash(config))
     report = run_resumable(store, key, config, problems, teacher, scorer, run_config.batch_size,
                            context.run.run_id, Reporter(f"{method}/{dataset}", context.log.info, unit="problems"))
     summary = partition_summary(store, key)
-    summary.update(new_problems=report.generated, reused_problems=report.reused, asked_problems=report.total)
+    summary.update(new_problems=report.generated, reused_problems=report.reused, asked_problems=report.total,
+                   **too_long)
     return key, summary
 
 

@@ -13,18 +13,16 @@ from gen_ssd_dagster.core.engines.interfaces import Proposal, Score, ScoresWhole
 from gen_ssd_dagster.core.engines.kv_batch import KVBatch, full_attention_only
 from gen_ssd_dagster.core.engines.models import ModelSpec, context_size, load_model, load_tokenizer, model_version
 from gen_ssd_dagster.core.engines.prefix_scoring import student_pieces
+from gen_ssd_dagster.core.engines.prompt_fit import prompt_overflows
 from gen_ssd_dagster.core.engines.prompts import Prompter
 
 
 def check_prompt_lengths(model, ids: list[list[int]], prompts: list[str], who: str) -> None:
     """A prompt longer than the model's context is bad input, not a reason to run out of memory:
     say which one (its start) and how long it is, before anything is computed."""
-    limit = context_size(model)
-    for i, row in enumerate(ids):
-        if limit and len(row) >= limit:
-            raise DataError(
-                f"prompt {i + 1} of the batch is {len(row)} {who} tokens, more than the {who}'s context of {limit}"
-                f" (max_position_embeddings): {prompts[i][:80]!r}... Shorten or drop that question.")
+    for i, why in prompt_overflows(ids, context_size(model), who).items():
+        raise DataError(f"prompt {i + 1} of the batch is {why} (max_position_embeddings): {prompts[i][:80]!r}..."
+                        " Shorten or drop that question.")
 
 
 def _sample(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator) -> torch.Tensor:
@@ -79,6 +77,11 @@ class TransformersTeacher:
         session = _TeacherSession(self, self.encode(prompts), temperature, top_p)
         session.gens = _generators(seed, len(prompts), session.batch.device)
         return session
+
+    def too_long(self, questions: list[str]) -> dict[int, str]:
+        """Index -> why, for each question whose prompt does not fit the teacher's context."""
+        return prompt_overflows([self.prompter.tokenize(self.prompter.text(q)) for q in questions],
+                                context_size(self.model), "teacher")
 
     def encode(self, prompts: list[str]) -> KVBatch:
         ids = [self.prompter.tokenize(p) for p in prompts]
@@ -180,6 +183,10 @@ class TransformersScorer(ScoresWholeTexts):
     def start(self, questions: list[str]) -> "_ScorerSession":
         """A session over `questions`, each prompted through the student's own format."""
         return _ScorerSession(self, self.encode(questions))
+
+    def too_long(self, questions: list[str]) -> dict[int, str]:
+        """Index -> why, for each question whose prompt does not fit the student's context."""
+        return prompt_overflows([self.prompter.ids(q) for q in questions], context_size(self.model), "student")
 
     def encode(self, questions: list[str]) -> KVBatch:
         ids = [self.prompter.ids(q) for q in questions]

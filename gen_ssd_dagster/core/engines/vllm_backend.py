@@ -57,6 +57,7 @@ from typing import Any
 
 from gen_ssd_dagster.core.engines.engine_settings import SCORER_ENGINE, TEACHER_ENGINE, VLLMEngineSettings
 from gen_ssd_dagster.core.engines.interfaces import Proposal, ScoresWholeTexts
+from gen_ssd_dagster.core.engines.prompt_fit import prompt_overflows
 from gen_ssd_dagster.core.errors import DataError
 from gen_ssd_dagster.core.engines.models import ModelSpec, dequantized_checkpoint, load_tokenizer, model_version
 from gen_ssd_dagster.core.engines.prefix_scoring import PrefixScorerSession, student_pieces
@@ -170,12 +171,14 @@ class VLLMTeacher:
         session.add(questions, seed)
         return session
 
+    def too_long(self, questions: list[str]) -> dict[int, str]:
+        """Index -> why, for each question whose prompt does not fit the engine's max_model_len."""
+        return prompt_overflows([self.prompter.ids(q) for q in questions], self.max_model_len, "teacher")
+
     def prompt_ids(self, questions: list[str]) -> list[list[int]]:
         ids = [self.prompter.ids(q) for q in questions]
-        for i, row in enumerate(ids):
-            if self.max_model_len and len(row) >= self.max_model_len:
-                raise DataError(f"prompt {i + 1} of the batch is {len(row)} teacher tokens, more than the teacher's "
-                                f"context of {self.max_model_len}: {questions[i][:80]!r}...")
+        for i, why in prompt_overflows(ids, self.max_model_len, "teacher").items():
+            raise DataError(f"prompt {i + 1} of the batch is {why}: {questions[i][:80]!r}...")
         return ids
 
 
