@@ -144,3 +144,19 @@ def test_shards_make_the_unsharded_run_and_resharding_reuses_it(tmp_path, tiny_m
     reused = [r["metadata"]["gen_ssd_trajectories"]["reused_problems"] for r in eight]
     assert new == [0] * 8 and sum(reused) == 8
     assert _trajectories(home) == sharded
+
+    # lineage and the viewer name the shards of today's count
+    from gen_ssd_dagster.store import Home, lineage
+    from gen_ssd_dagster.viewer.queries import Reader
+
+    info = lineage.dataset_lineage(Home.resolve(home), "demo", shards=8)
+    [work] = [t for t in info["trajectories"] if t["method"] == "gen_ssd"]
+    assert work["problems_by_shard"] == [sum(shard_of(i, 8) == s for i in ids) for s in range(8)]
+    assert "problems per shard (of 8): 0-of-8:" in lineage.format_dataset(info)
+    os.environ["GEN_SSD_SHARDS"] = "8"
+    try:
+        with Reader(Home.resolve(home)).session() as reader:
+            t = reader.trajectory(sharded[0][2])
+    finally:
+        del os.environ["GEN_SSD_SHARDS"]
+    assert t["shard"] == f"shard {shard_of(sharded[0][0], 8)}-of-8"

@@ -175,7 +175,7 @@ def dataset_lineage(home: Home, dataset: str, tracking_uri: str | None = None, s
                     "trajectories": mv.tags.get("trajectories"), "model_version": mv.tags.get("model_version"),
                     "created": mv.creation_timestamp})
     models.sort(key=lambda m: (m["registered_model"], int(m["version"])))
-    return {"dataset": dataset, "shards": shards, "models": models, "trajectories": trajectories}
+    return {"dataset": dataset, "models": models, "trajectories": trajectories, **({"shards": shards} if shards > 1 else {})}
 
 
 def format_model(info: dict) -> str:
