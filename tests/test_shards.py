@@ -160,3 +160,24 @@ def test_shards_make_the_unsharded_run_and_resharding_reuses_it(tmp_path, tiny_m
     finally:
         del os.environ["GEN_SSD_SHARDS"]
     assert t["shard"] == f"shard {shard_of(sharded[0][0], 8)}-of-8"
+
+
+def test_gen_ssd_pipeline_says_how_to_run_a_sharded_selection():
+    import dagster as dg
+
+    from gen_ssd_dagster.core.errors import ConfigError
+    from gen_ssd_dagster.defs.partitions import DATASETS, trajectory_partitions
+    from gen_ssd_dagster.pipeline import _one_partitioning
+
+    @dg.asset(partitions_def=DATASETS)
+    def upstream():
+        return 1
+
+    @dg.asset(partitions_def=trajectory_partitions(4), deps=[upstream])
+    def shard():
+        return 1
+
+    graph = dg.Definitions(assets=[upstream, shard]).resolve_asset_graph()
+    with pytest.raises(ConfigError, match="GEN_SSD_SHARDS"):
+        _one_partitioning(graph, graph.get_all_asset_keys())
+    _one_partitioning(graph, [dg.AssetKey("shard")])  # one partitioning: fine
