@@ -56,7 +56,7 @@ def test_shard_of_is_stable_and_covers_every_problem():
 @pytest.mark.parametrize("bad", ["0", "-2", "four", "2.5"])
 def test_a_bad_shard_count_is_named(bad, monkeypatch):
     from gen_ssd_dagster.core.errors import ConfigError
-    from gen_ssd_dagster.run_config.datasets import shard_count
+    from gen_ssd_dagster.core.data.sharding import shard_count
 
     monkeypatch.setenv("GEN_SSD_SHARDS", bad)
     with pytest.raises(ConfigError, match="GEN_SSD_SHARDS"):

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import dagster as dg
 
-from ..run_config.datasets import dataset_specs, shard_count
+from ..core.data.sharding import shard_count
+from ..run_config.datasets import dataset_specs
 
 DATASETS = dg.StaticPartitionsDefinition(list(dataset_specs()))
 SHARDS = shard_count()

@@ -11,8 +11,8 @@ A YAML file maps a dataset name to its sides, each a dict that
 It is read from $GEN_SSD_DATASETS, else <home>/datasets.yaml, else the package's datasets.yaml.
 Adding a dataset there adds a partition the next time the definitions load.
 
-`GEN_SSD_SHARDS` (default 1) cuts every dataset's trajectories into that many shards
-(defs/partitions.py, docs/scale-out.md); like the datasets, it is read when the definitions load.
+`GEN_SSD_SHARDS` (default 1, core/data/sharding.py) cuts every dataset's trajectories into that many
+shards (defs/partitions.py, docs/scale-out.md); like the datasets, it is read when the definitions load.
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ from pathlib import Path
 import yaml
 
 from ..core.data import benchmarks as core_data
-from ..core.data.sharding import check_shards
-from ..core.errors import ConfigError
 from ..store import Home
 
 PACKAGE_YAML = Path(__file__).resolve().parent.parent / "datasets.yaml"
@@ -49,19 +47,3 @@ def dataset_specs() -> dict[str, dict]:
             specs[name] = {side: core_data.dataset_spec_from_dict({"name": name, "split": side, **d})
                            for side, d in (sides or {}).items()}
     return specs
-
-
-
-SHARDS_ENV = "GEN_SSD_SHARDS"
-
-
-def shard_count() -> int:
-    """How many shards each dataset's trajectories are cut into: $GEN_SSD_SHARDS, default 1."""
-    raw = os.environ.get(SHARDS_ENV, "").strip()
-    if not raw:
-        return 1
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{SHARDS_ENV} must be a positive integer, got {raw!r}") from None
-    return check_shards(value, SHARDS_ENV)

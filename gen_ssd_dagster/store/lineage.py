@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 
-from ..core.data.sharding import shard_of
+from ..core.data.sharding import shard_count, shard_of
 from ..core.errors import GenSSDError
 from ..core.method.versions import FIRST_VERSION
 from .db import Store
@@ -139,8 +139,6 @@ def dataset_lineage(home: Home, dataset: str, tracking_uri: str | None = None, s
     """Which model versions learned from a dataset partition, and whose trajectories of it are stored
     (with `shards` > 1, default $GEN_SSD_SHARDS: how many stored problems fall in each shard)."""
     if shards is None:
-        from ..run_config.datasets import shard_count
-
         shards = shard_count()
     store = _store(home)
     trajectories = [] if store is None else [

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from urllib.parse import urlencode
 
-from ..core.data.sharding import shard_of
+from ..core.data.sharding import shard_count, shard_of
 from ..core.errors import GenSSDError
 from ..store import Home, Store
 
@@ -20,10 +20,10 @@ PAGE_SIZE = 50
 def shard_label(problem_id: str) -> str:
     """Which trajectories partition generated a problem under $GEN_SSD_SHARDS ("" with one shard):
     the work is stored by problem, so this is the shard of today's count."""
-    from ..run_config.datasets import shard_count
-
     shards = shard_count()
     return f"shard {shard_of(problem_id, shards)}-of-{shards}" if shards > 1 else ""
+
+
 SORTS = {"created": "created_at", "ppl": "ppl", "length": "student_tokens", "steps": "n_steps"}
 END_REASONS = ("finished", "pruned", "length_cap")
 FACETS = ("dataset", "method", "method_version", "teacher_version", "config_hash")

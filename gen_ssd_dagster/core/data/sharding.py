@@ -8,6 +8,7 @@ the count re-groups problems without invalidating anything already generated."""
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterable
 
 from ..errors import ConfigError
@@ -34,3 +35,19 @@ def shard_problems(problems: Iterable[Problem], shard: int, shards: int) -> list
     if isinstance(shard, bool) or not isinstance(shard, int) or not 0 <= shard < shards:
         raise ConfigError(f"shard must be in 0..{shards - 1}, got {shard!r}")
     return [p for p in problems if shard_of(p.problem_id, shards) == shard]
+
+
+SHARDS_ENV = "GEN_SSD_SHARDS"
+
+
+def shard_count() -> int:
+    """How many shards each dataset's trajectories are cut into: $GEN_SSD_SHARDS, default 1 (the
+    Dagster layer reads it when its definitions load: defs/partitions.py)."""
+    raw = os.environ.get(SHARDS_ENV, "").strip()
+    if not raw:
+        return 1
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{SHARDS_ENV} must be a positive integer, got {raw!r}") from None
+    return check_shards(value, SHARDS_ENV)
