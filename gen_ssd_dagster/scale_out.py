@@ -18,7 +18,8 @@ the same `GEN_SSD_EXECUTOR`, the same Dagster instance (`DAGSTER_HOME`: Postgres
 machines) and the same `GEN_SSD_HOME` (a shared filesystem: DuckDB file, checkpoints, asset
 outputs).
 
-The job `generate_trajectories` runs the three trajectory assets of one dataset partition; it is
+The job `generate_trajectories` runs the three trajectory assets of one dataset partition (one
+shard of it with $GEN_SSD_SHARDS > 1: a backfill over the shards runs them in parallel); it is
 tagged `gen_ssd/teacher: generate` so that a run-queue limit on that tag bounds how many partitions
 share the teacher at once (deploy/dagster.yaml).
 """
@@ -30,8 +31,8 @@ import os
 import dagster as dg
 
 from . import definitions as laptop  # not `import defs`: one Definitions at module scope
-from .defs.partitions import DATASETS
 from .defs.k8s_steps import k8s_executor
+from .defs.partitions import TRAJECTORIES
 
 EXECUTORS = ("multiprocess", "celery", "k8s")
 TEACHER_TAG = "gen_ssd/teacher"
@@ -69,7 +70,7 @@ generate_trajectories = dg.define_asset_job(
     "generate_trajectories",
     selection=dg.AssetSelection.assets("gen_ssd_trajectories", "standard_kd_trajectories",
                                        "posthoc_trajectories"),
-    partitions_def=DATASETS,
+    partitions_def=TRAJECTORIES,
     tags={TEACHER_TAG: "generate"},
     description="Teacher trajectories of one dataset partition, all three methods (upstream assets "
                 "must be materialized).",
