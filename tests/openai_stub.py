@@ -64,6 +64,7 @@ class OpenAIStub(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     server: OpenAIStub
+    protocol_version = "HTTP/1.1"  # keep-alive, as vLLM's server: a connection per request would be the bottleneck
 
     def log_message(self, *args):
         pass
