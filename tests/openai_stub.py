@@ -2,6 +2,8 @@
 
 Standard library only (http.server). It answers `/v1/models`, vLLM's `/version` and
 `/v1/completions` in the shape vLLM gives them (`stop_reason`, `prompt_logprobs` when asked), and can
+with `generate=True` vLLM's `/inference/v1/generate` (token ids in, prompt log-probs out, nothing
+cached), and can
 misbehave on purpose: fail the first N requests with a status (503 by default), answer the first N
 late (a timeout), fail every request from the Nth on (a server that dies mid-run), want a Bearer key
 and echo a wrong one back as some servers do. Every request is recorded (path, headers, JSON body,
@@ -32,13 +34,14 @@ class OpenAIStub(ThreadingHTTPServer):
     def __init__(self, model: str = "stub-model", root: str | None = "/weights/stub", texts: list[str] | None = None,
                  fail_first: int = 0, fail_status: int = 503, delay_first: int = 0, delay_s: float = 0.0,
                  api_key: str | None = None, retry_after_ms: int | None = 20, server_version: str | None = "0.0.stub",
-                 weights: str = "w1", latency_s: float = 0.0, fail_from: int | None = None, seeded: bool = False):
+                 weights: str = "w1", latency_s: float = 0.0, fail_from: int | None = None, seeded: bool = False,
+                 generate: bool = False):
         self.model, self.root, self.server_version, self.weights = model, root, server_version, weights
         self.texts = texts or ["3 + 4 = 7\n", "#### 7"]  # candidate i of a request is texts[i % len]
         self.fail_first, self.fail_status, self.retry_after_ms = fail_first, fail_status, retry_after_ms
         self.delay_first, self.delay_s = delay_first, delay_s
         self.api_key = api_key
-        self.latency_s, self.fail_from, self.seeded = latency_s, fail_from, seeded
+        self.latency_s, self.fail_from, self.seeded, self.generate = latency_s, fail_from, seeded, generate
         self.requests: list[dict] = []
         self.open = self.peak = 0  # completions being answered now, and the most at once
         self.lock = threading.Lock()
@@ -124,7 +127,7 @@ class _Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
         if not self._arrive(body):
             return
-        if self.path != "/v1/completions":
+        if self.path not in ("/v1/completions", "/inference/v1/generate" if self.server.generate else None):
             self._send(404, {"error": {"message": f"no route {self.path}"}})
             return
         stub = self.server
@@ -133,7 +136,14 @@ class _Handler(BaseHTTPRequestHandler):
             stub.peak = max(stub.peak, stub.open)
         try:
             time.sleep(stub.latency_s)
-            self._send(200, _scored(body) if body.get("prompt_logprobs") is not None else _sampled(stub, body))
+            if self.path == "/inference/v1/generate":  # vLLM's token-in endpoint: one prompt, nothing cached
+                answer = _scored({"prompt": [body["token_ids"]]})["choices"][0]
+                answer["usage"] = {"prompt_tokens": len(body["token_ids"]), "prompt_tokens_details": {"cached_tokens": 0}}
+            elif body.get("prompt_logprobs") is not None:
+                answer = _scored(body)
+            else:
+                answer = _sampled(stub, body)
+            self._send(200, answer)
         finally:
             with stub.lock:
                 stub.open -= 1

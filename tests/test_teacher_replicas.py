@@ -13,14 +13,14 @@ from collections import defaultdict
 import pytest
 
 from gen_ssd_dagster.core.engines.models import ModelSpec
-from gen_ssd_dagster.core.engines.openai_backend import OpenAITeacher, ServerUnavailable
+from gen_ssd_dagster.core.engines.openai_backend import OpenAIScorer, OpenAITeacher, ServerUnavailable
 from gen_ssd_dagster.core.engines.transformers_backend import TransformersScorer
 from gen_ssd_dagster.core.errors import ConfigError
 from gen_ssd_dagster.core.method.config import GenSSDConfig, SamplingConfig
 from gen_ssd_dagster.core.method.selection import run_gen_ssd
 from gen_ssd_dagster.core.types import Problem
 from gen_ssd_dagster.defs.resources import ModelsResource
-from openai_stub import OpenAIStub
+from openai_stub import OpenAIStub, nll_of
 
 TEXTS = ["3 + 4 = 7\n", "#### 7", "so 3 plus 4 is seven\n", "then 7 - 1 = 6\n", "#### 6", "and 2 more\n"]
 PROBLEMS = [Problem("demo", f"demo-{i}", f"Question number {i}?", "7") for i in range(8)]
@@ -57,6 +57,16 @@ def test_the_stub_sees_as_many_requests_at_once_as_the_in_flight_setting(limit):
         session = teacher.start([p.question for p in PROBLEMS[:6]] * 2, 1.0, 1.0, seed=1)
         session.propose(2, [4] * 12, stop_at_newline=True)
     assert len(_sampled(stub)) == 12 and stub.peak == limit
+
+
+def test_the_served_scorer_keeps_its_in_flight_setting_open(tiny_models):
+    with OpenAIStub(model="student", latency_s=0.2, generate=True) as stub:
+        scorer = OpenAIScorer(stub.url, "student", tokenizer=str(tiny_models[1]), max_in_flight=3)
+        assert scorer.reads_prefix_cache  # one /inference/v1/generate request per row
+        got = scorer.nlls([[5, 6, 7]] * 9, [[10, 11]] * 9)
+    rows = [r for r in stub.requests if r["path"] == "/inference/v1/generate"]
+    assert len(rows) == 1 + 9 and stub.peak == 3
+    assert got == [pytest.approx(nll_of(10, 3) + nll_of(11, 4))] * 9
 
 
 def test_an_in_flight_limit_below_one_names_its_setting():
