@@ -7,14 +7,21 @@ implements it can propose candidates; the student scorer uses vLLM's `prompt_log
 so vLLM's fields beyond the OpenAI API (`stop_reason`, `prompt_logprobs`) are kept.
 
 * Teacher: one request per live path per step (`n=K`, `max_tokens`, `temperature`, `top_p`,
-  `seed`, `stop=["\\n"]` with vLLM's `include_stop_str_in_output`), sent concurrently so the server
-  batches them; each path gets its own seed per step, so identical prompts still draw different
-  samples and a rerun draws the same. The session keeps each path's text (prompt + accepted
+  `seed`, `stop=["\\n"]` with vLLM's `include_stop_str_in_output`), `max_in_flight` at once
+  (threads: measured against asyncio, docs/scale-out.md) so the server batches them; each path gets
+  its own seed per step, so identical prompts still draw different samples and a rerun draws the
+  same, on any server.
+  The session keeps each path's text (prompt + accepted
   chunks) and re-sends it; the server's prefix cache does the reuse. Token counts come from
   `logprobs=0` (one entry per generated token, EOS included); vLLM's `stop_reason` tells EOS (None)
   from the newline stop.
   Unlike the in-process engine backend, the prefix crosses steps as TEXT: the server re-tokenizes
   it, which can differ from the sampled tokens at a chunk boundary (harmless for selection).
+* Replicas: several URLs serving the same model (the same version, probe included, checked at
+  start). Each path sticks to one server (replicas.Router: least-loaded at join) so its prefix stays
+  in that server's cache; a server that fails after its retries is marked down, the failed request
+  is re-sent to another (each server at most once), and its paths move there. Accepted chunks live
+  here, not on a server, so nothing is generated twice.
 * Scorer: the student's token ids (its own tokenizer, loaded locally: `tokenizer=` path or hub id,
   default the served model id, which `vllm serve PATH` reports as PATH) are sent as token-id
   prompts with `prompt_logprobs=0` and `max_tokens=1`; the candidate's positions are summed.
