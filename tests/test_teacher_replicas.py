@@ -128,3 +128,11 @@ def test_when_every_server_fails_the_run_says_so(scorer):
         teacher = OpenAITeacher([a.url, b.url], "stub-model", max_retries=0)
         with pytest.raises(ServerUnavailable, match=r"every teacher server failed; the last: cannot reach teacher"):
             run_gen_ssd(PROBLEMS[:2], teacher, scorer, _config())
+
+
+def test_a_repeated_or_empty_teacher_url_names_its_setting():
+    with pytest.raises(ConfigError, match=r"models\.teacher_urls\[0\] repeats the teacher server http://h:8/v1 of "
+                                          r"models\.teacher_url"):
+        ModelsResource(teacher_url="http://h:8", teacher_urls=["http://h:8/v1"]).teacher_servers()
+    with pytest.raises(ConfigError, match=r"models\.teacher_urls\[1\] is empty"):
+        ModelsResource(teacher_urls=["http://h:8", ""]).teacher_servers()
