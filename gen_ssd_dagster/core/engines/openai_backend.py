@@ -10,11 +10,9 @@ so vLLM's fields beyond the OpenAI API (`stop_reason`, `prompt_logprobs`) are ke
   `seed`, `stop=["\\n"]` with vLLM's `include_stop_str_in_output`), `max_in_flight` at once
   (threads: measured against asyncio, docs/scale-out.md) so the server batches them; each path gets
   its own seed per step, so identical prompts still draw different samples and a rerun draws the
-  same, on any server.
-  The session keeps each path's text (prompt + accepted
-  chunks) and re-sends it; the server's prefix cache does the reuse. Token counts come from
-  `logprobs=0` (one entry per generated token, EOS included); vLLM's `stop_reason` tells EOS (None)
-  from the newline stop.
+  same, on any server. The session keeps each path's text (prompt + accepted chunks) and re-sends
+  it; the server's prefix cache does the reuse. Token counts come from `logprobs=0` (one entry per
+  generated token, EOS included); vLLM's `stop_reason` tells EOS (None) from the newline stop.
   Unlike the in-process engine backend, the prefix crosses steps as TEXT: the server re-tokenizes
   it, which can differ from the sampled tokens at a chunk boundary (harmless for selection).
 * Replicas: several URLs serving the same model (the same version, probe included, checked at
