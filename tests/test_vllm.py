@@ -443,3 +443,28 @@ def test_pipeline_selects_the_served_scorer_and_names_a_wrong_served_model(serve
         message = str(err.value)
         assert "models.student_url" in message and repr(model) in message and str(wrong) in message
         assert f"--model {wrong}" in message  # what to serve instead
+
+
+# ---- several teacher servers -----------------------------------------------------------------------
+
+def test_one_run_spreads_over_two_served_replicas_and_draws_what_one_server_draws(server, hf, tmp_path):
+    """A second `vllm serve` of the same model beside the `server` fixture's: both report the same
+    version (probe included), the run's paths are spread over both (each server's own count of
+    finished requests grows), and every trajectory is the one a single server gives (same seeds)."""
+    url, model = server
+    log = tmp_path / "replica.log"
+    proc, other = vllm_server.start(model, log, [*vllm_server.SCORER_FLAGS, "--block-size", str(SERVED_BLOCK)])
+    try:
+        vllm_server.wait_until_up(proc, other, log)
+        single = run_gen_ssd(PROBLEMS, OpenAITeacher(url, model), hf[1], _config())
+        teacher = OpenAITeacher([url, other], model, max_in_flight=4)
+        assert teacher.version == OpenAITeacher(url, model).version
+        before = [vllm_server.metric(u, "vllm:request_success_total") for u in (url, other)]
+        spread = run_gen_ssd(PROBLEMS, teacher, hf[1], _config())
+        served = [vllm_server.metric(u, "vllm:request_success_total") - b for u, b in zip((url, other), before)]
+    finally:
+        vllm_server.stop(proc)
+    assert all(n > 0 for n in served), served
+    assert teacher.router.load == [0, 0] and not teacher.router.down
+    assert [t.text for t in spread] == [t.text for t in single]
+    assert [[s.chosen for s in t.steps] for t in spread] == [[s.chosen for s in t.steps] for t in single]

