@@ -286,7 +286,7 @@ class KVBatch:
         index = torch.tensor(firsts, dtype=torch.long)[:, None] + torch.arange(width)
         index = index.clamp(max=max(self.mask.shape[1] - b.start - 1, 0)).to(self.device)
         for layer in self.cache.layers:
-            _keep_columns(layer, b.start, index)
+            layer.keep_columns(b.start, index)  # a GrowingLayer: branches need a full-attention model
         real = (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).to(self.mask)
         self.mask = torch.cat([self.mask[:, : b.start], real.to(self.device)], dim=1)
         for r, c in enumerate(kept):
@@ -340,21 +340,10 @@ def _left_pad(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
     shape[dim] = missing
     return torch.cat([t.new_zeros(shape), t], dim=dim)
 
+
 class _Branches:
     """Where `score_branches` put each row's branches: they start at column `start`, one after
     another; `last[i]` = the logits after branch i (flat over rows, then branches)."""
 
     def __init__(self, start: int, lengths: list[list[int]], last: torch.Tensor | None):
         self.start, self.lengths, self.last = start, lengths, last
-
-
-def _keep_columns(layer, start: int, index: torch.Tensor) -> None:
-    """`GrowingLayer.keep_columns` for any cache layer (others copy the prefix: a fallback)."""
-    if isinstance(layer, GrowingLayer):
-        layer.keep_columns(start, index)
-        return
-    moved = []
-    for t in (layer.keys, layer.values):
-        gather = index[:, None, :, None].expand(t.shape[0], t.shape[1], index.shape[1], t.shape[3])
-        moved.append(torch.cat([t[:, :, :start], t[:, :, start:].gather(2, gather)], dim=2))
-    layer.keys, layer.values = moved

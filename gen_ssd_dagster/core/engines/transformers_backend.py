@@ -74,9 +74,8 @@ class TransformersTeacher:
     def start_prompts(self, prompts: list[str], temperature: float, top_p: float,
                       seed: int | list[int]) -> "_TeacherSession":
         """A session over prompts already written out (a server that receives raw text)."""
-        session = _TeacherSession(self, self.encode(prompts), temperature, top_p)
-        session.gens = _generators(seed, len(prompts), session.batch.device)
-        return session
+        batch = self.encode(prompts)
+        return _TeacherSession(self, batch, temperature, top_p, _generators(seed, len(prompts), batch.device))
 
     def too_long(self, questions: list[str]) -> dict[int, str]:
         """Index -> why, for each question whose prompt does not fit the teacher's context."""
@@ -99,10 +98,11 @@ def _generators(seed: int | list[int], n: int, device) -> list[torch.Generator]:
 
 
 class _TeacherSession:
-    def __init__(self, teacher: TransformersTeacher, batch: KVBatch, temperature: float, top_p: float):
+    def __init__(self, teacher: TransformersTeacher, batch: KVBatch, temperature: float, top_p: float,
+                 gens: list[torch.Generator]):
         self.teacher, self.batch = teacher, batch
         self.temperature, self.top_p = temperature, top_p
-        self.gens: list[torch.Generator] = []  # per path; sampling runs where the logits are
+        self.gens = gens  # one per path; sampling runs where the logits are
         self.k = 1
 
     def add(self, questions: list[str], seeds: list[int]) -> None:
