@@ -10,13 +10,14 @@ fine-tuned on what each kept. One seed, so its intervals are over test questions
 from __future__ import annotations
 
 import os
+import textwrap
 
 from .core.method.methods import METHODS
 from .defs.trajectories import trajectories_asset_name
 
 # Teacher tokens per method. Scaled so the whole tour fits 10 minutes from a fresh clone on a
 # 2-core CPU (venv included); `gen-ssd compare` spends 100,000 per arm (docs/comparison.md).
-TOUR_BUDGET = 40_000
+TOUR_BUDGET = 30_000
 # How long the tour took, and where (measured with `time gen-ssd pipeline` from a fresh home).
 MEASURED = "about 7 min from a fresh home on 2 CPU cores (Xeon, AVX-512 with AMX, no GPU; measured 2026-12-07)"
 
@@ -48,20 +49,21 @@ def header(run_config: dict) -> str:
               "generated counts: rejected candidates and pruned paths too), taking the demo's train problems in "
               "seed 0's order as `make compare` does" if len(spent) == 1 and None not in spent
               else "budgets as the run config sets them: " + ", ".join(f"{m} {b}" for m, b in budgets(run_config).items()))
-    cores = os.cpu_count()
-    return "\n".join([
-        "gen-ssd pipeline: the tour of Gen-SSD on the embedded demo world (a synthetic arithmetic task), one seed.",
-        "  Runs the whole Dagster asset graph once: demo teacher and base student (built and trained here), problems,",
-        "  benchmarks, cold_start_student, pruning_thresholds, the trajectories of each method, one distilled student",
-        "  per method, evaluation_scores (1,000 test questions, greedy).",
-        f"  Methods: {labels}; {budget}. Each student is the cold-start student fine-tuned on what its method kept.",
-        f"  Takes {MEASURED}; this machine has {cores} CPU cores.",
-        "  What one seed shows: each score's 95% interval and each paired difference are over test questions, with",
-        "  the trained students held fixed. It is not an interval over training runs: retraining with another seed",
-        "  moves a student on this world by up to 10 points. `make compare` trains 5 seeds per method at 100,000",
-        "  teacher tokens each and gives the interval over seeds and questions (docs/comparison.md).",
-        "",
-    ])
+    paragraphs = [
+        "Runs the whole Dagster asset graph once: the demo teacher and base student (built and trained here), "
+        "problems, benchmarks, cold_start_student, pruning_thresholds, the trajectories of each method, one "
+        "distilled student per method, evaluation_scores (the demo's test split, greedy).",
+        f"Methods: {labels}; {budget}. Each student is the cold-start student fine-tuned on what its method kept.",
+        f"Takes {MEASURED}; this machine has {os.cpu_count()} CPU cores.",
+        "What one seed shows: each score's 95% interval and each paired difference are over test questions, with "
+        "the trained students held fixed. It is not an interval over training runs: retraining with another seed "
+        "moves a student on this world by up to 10 points. `make compare` trains 5 seeds per method at 100,000 "
+        "teacher tokens each and gives the interval over seeds and questions (docs/comparison.md).",
+    ]
+    lines = ["gen-ssd pipeline: the tour of Gen-SSD on the embedded demo world (a synthetic arithmetic task), one seed."]
+    for text in paragraphs:
+        lines += textwrap.wrap(text, 100, initial_indent="  ", subsequent_indent="    ", break_on_hyphens=False)
+    return "\n".join(lines) + "\n"
 
 
 def arms_table(result, store) -> str:
