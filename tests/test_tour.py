@@ -100,7 +100,8 @@ def test_the_tour_says_what_it_runs_and_what_one_seed_shows():
     assert first.startswith("gen-ssd pipeline: the tour") and "one seed" in first
     for said in ("Gen-SSD, Standard KD, post-hoc filtering", f"{tour.TOUR_BUDGET:,} tokens", "seed 0's order",
                  "evaluation_scores", tour.MEASURED, "not an interval over training runs", "`make compare`"):
-        assert said in text, said
+        assert said in " ".join(text.split()), said  # wrapped at 100 columns
+    assert max(map(len, text.splitlines())) <= 110
     assert "budgets as the run config sets them" in tour.header(rc)
 
 
