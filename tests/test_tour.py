@@ -124,3 +124,38 @@ def test_gen_ssd_pipeline_prints_the_header_first_and_the_arms_last(tmp_path, ti
     assert code == 1  # nothing was learnable, as said
     assert out.startswith(tour.header(tour.with_tour_defaults(rc)).splitlines()[0])
     assert "The tour's arms" in out and "| student | teacher tokens spent / budget |" in out
+
+
+def test_the_arms_table_gives_spend_accuracy_and_the_paired_difference(tmp_path):
+    """The last table from stored scores and graded answers, and the run's trajectories metadata."""
+    import types
+
+    from gen_ssd_dagster import tour
+    from gen_ssd_dagster.core.types import Problem
+    from gen_ssd_dagster.store import Store
+    from gen_ssd_dagster.store.eval_outputs import EvalLedger
+    from gen_ssd_dagster.store.scores import EvaluationScore, write_scores
+
+    store = Store(tmp_path / "gen_ssd.duckdb")
+    problems = [Problem("demo", f"q{i}", "1+1?", "2") for i in range(40)]
+    right = {"standard_kd": 10, "gen_ssd": 30}  # questions answered right, of 40
+    for student, n_right in right.items():
+        EvalLedger(store, f"{student}@v", "demo", "g1", "h").record(problems, [
+            {"problem_id": p.problem_id, "completion": "", "predicted": "2" if i < n_right else "3", "gold": "2",
+             "correct": i < n_right} for i, p in enumerate(problems)])
+        write_scores(store, [EvaluationScore(student, f"{student}@v", "demo", 40, n_right, n_right / 40, "g1", "h")])
+
+    def materialization(method, tokens, problems_taken, selected):
+        metadata = {k: types.SimpleNamespace(value=v) for k, v in dict(
+            teacher_tokens=tokens, teacher_token_budget=1000, problems=problems_taken, selected=selected).items()}
+        return types.SimpleNamespace(asset_key=types.SimpleNamespace(to_user_string=lambda: f"{method}_trajectories"),
+                                     step_materialization_data=types.SimpleNamespace(
+                                         materialization=types.SimpleNamespace(metadata=metadata)))
+
+    result = types.SimpleNamespace(get_asset_materialization_events=lambda: [
+        materialization("standard_kd", 990, 12, 15), materialization("gen_ssd", 998, 21, 16)])
+    lines = tour.arms_table(result, store).splitlines()
+    kd, gen = (next(line for line in lines if line.startswith(f"| {label} |")) for label in ("Standard KD", "Gen-SSD"))
+    assert kd.startswith("| Standard KD | 990 / 1,000 | 12 | 15 | 25.0 ± ") and kd.endswith("|  |")
+    assert gen.startswith("| Gen-SSD | 998 / 1,000 | 21 | 16 | 75.0 ± ") and "| +50.0 ± " in gen
+    assert "within noise" not in gen
