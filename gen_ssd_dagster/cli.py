@@ -32,13 +32,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
-    """Materialize the Dagster asset graph (embedded demo by default), then print the scores."""
+    """Materialize the Dagster asset graph (embedded demo by default), then print the scores. On
+    the demo partition this is the tour (gen_ssd_dagster/tour.py): every method at the tour's
+    teacher-token budget, said first, with a table of what each arm spent and scored last."""
     home = Home.resolve(args.home).export()  # before the definitions load (datasets.yaml)
+    from gen_ssd_dagster import tour
     from gen_ssd_dagster.pipeline import load_config, run_pipeline
+    from gen_ssd_dagster.store import Store
 
     run_config, overrides = load_config(args.config)
+    if args.partition == "demo":
+        run_config = tour.with_tour_defaults(run_config)
+        print(tour.header(run_config), flush=True)
     result = run_pipeline(home, partition=args.partition, run_config=run_config, resource_overrides=overrides)
     cmd_report(args)
+    if args.partition == "demo" and home.db_path.exists():
+        print(f"\nThe tour's arms (one seed; intervals over the test questions):\n\n{tour.arms_table(result, Store(home.db_path))}")
     return 0 if result.success else 1
 
 

@@ -13,11 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .core.errors import ConfigError, GenSSDError
+from .core.experiments.budget import BudgetMeter
 from .core.method.config import MethodConfig, config_dict
 from .core.method.registry import stream_method
 from .core.types import Problem, Progress, Trajectory
 from .store.db import Store
-from .store.trajectories import WorkKey, done_problem_ids, write_batch
+from .store.trajectories import WorkKey, done_problem_ids, problem_costs, write_batch
 
 
 @dataclass
@@ -80,3 +81,52 @@ def run_resumable(store: Store, key: WorkKey, config: MethodConfig, problems: li
     if finished:
         commit()
     return report
+
+
+@dataclass
+class BudgetReport:
+    """What a teacher-token budget bought (`run_within_budget`)."""
+
+    budget: int
+    spent: int  # teacher tokens of the problems within the budget
+    problem_ids: list[str]  # those problems, in the stream's order
+    pool_exhausted: bool  # every problem fit: the budget was not reached
+    resume: ResumeReport  # problems generated now (the last slice's overshoot too) and stored ones counted
+
+
+def run_within_budget(store: Store, key: WorkKey, config: MethodConfig, stream: list[Problem], teacher, scorer,
+                      budget: int, batch_size: int = 16, run_id: str | None = None,
+                      progress: Progress | None = None, log=None) -> BudgetReport:
+    """`run_resumable` over `stream` (problems in the seed's order) a slice at a time, until the
+    problems within `budget` teacher tokens are known (the rule of core/experiments/budget.py).
+    Each slice is what the rest of the budget buys at the mean cost so far, so generation stops
+    at most about one slice's spread past the budget; stored problems cost nothing to count."""
+    meter = BudgetMeter(budget)
+    total = ResumeReport(total=0, reused=0, generated=0, trajectories_written=0, batches=0)
+    stored_before = set(problem_costs(store, key))
+    taken: list[str] = []
+    position, generated_at = 0, None  # stream[:position] is metered
+    while position < len(stream) and not meter.closed:
+        costs = problem_costs(store, key)
+        if generated_at == position and stream[position].problem_id not in costs:
+            raise GenSSDError(f"{key.method}/{key.dataset}: problem {stream[position].problem_id} was generated "
+                              "but is not stored under the work key")
+        while position < len(stream) and stream[position].problem_id in costs:
+            pid = stream[position].problem_id
+            if not meter.take(costs[pid]):
+                break
+            taken.append(pid)
+            position += 1
+        if meter.closed or position == len(stream):
+            break
+        part, generated_at = stream[position:position + meter.problems_left(batch_size)], position
+        report = run_resumable(store, key, config, part, teacher, scorer, batch_size, run_id, progress)
+        for name in ("generated", "trajectories_written", "batches"):
+            setattr(total, name, getattr(total, name) + getattr(report, name))
+        if log:
+            log(f"{key.method}/{key.dataset}: {meter.taken} problems within the budget so far, "
+                f"{meter.spent}/{budget} teacher tokens")
+    # reused: the stored problems the meter counted (the one that closed the budget too)
+    total.reused = len(stored_before.intersection(p.problem_id for p in stream[:position + meter.closed]))
+    total.total = total.reused + total.generated
+    return BudgetReport(budget, meter.spent, taken, not meter.closed, total)

@@ -29,7 +29,9 @@ from ..core.method.versions import method_version
 from ..core.engines.models import ModelSpec
 from .too_long import without_too_long
 from ..core.progress import Reporter
-from ..generation import run_resumable
+from ..core.errors import ConfigError
+from ..core.experiments.budget import BudgetMeter, seed_order
+from ..generation import run_resumable, run_within_budget
 from ..store.trajectories import (WorkKey, candidate_ppls, partition_summary, read_problems,
                                   sample_trajectory)
 from ..viewer import export_partition
@@ -65,6 +67,13 @@ def generate(context, method: str, run_config, teacher_spec: ModelSpec, scorer_s
     """Generate (or reuse) the trajectories of one method on one dataset (of its `shard` = (index,
     count) only); returns key and summary (of everything stored under the key).
     `scored_by_cold_start`: False for the cold start's own samples (scored by the base student)."""
+    budget = getattr(run_config, "teacher_token_budget", None)
+    if budget is not None:
+        BudgetMeter(budget)  # a bad value fails here, before any model loads
+        if shard[1] > 1:
+            raise ConfigError(f"{trajectories_asset_name(method)}: teacher_token_budget takes a prefix of the whole "
+                              f"dataset's problem stream, which a shard ($GEN_SSD_SHARDS={shard[1]}) does not have: "
+                              "set it to null (max_problems then bounds the work) or run unsharded")
     store = store_res.store()
     config = calibrated_method_config(run_config, dataset, calibration)
     if problems is None:
@@ -75,11 +84,19 @@ def generate(context, method: str, run_config, teacher_spec: ModelSpec, scorer_s
     check_same_teacher(context, teacher.version, cold_start_too=scored_by_cold_start)
     problems, too_long = without_too_long(context, problems, teacher, scorer, run_config.on_bad_row)
     key = WorkKey(dataset, method, teacher.version, scorer.version, config_hash(config))
-    report = run_resumable(store, key, config, problems, teacher, scorer, run_config.batch_size,
-                           context.run.run_id, Reporter(f"{method}/{dataset}", context.log.info, unit="problems"))
+    progress = Reporter(f"{method}/{dataset}", context.log.info, unit="problems")
+    if budget is None:
+        report, spending = run_resumable(store, key, config, problems, teacher, scorer, run_config.batch_size,
+                                         context.run.run_id, progress), {}
+    else:
+        bought = run_within_budget(store, key, config, seed_order(problems, config.sampling.seed), teacher, scorer,
+                                   budget, run_config.batch_size, context.run.run_id, progress, context.log.info)
+        key = dataclasses.replace(key, budget_problems=tuple(bought.problem_ids))
+        # the summary below is of these problems: its teacher_tokens is what the budget bought
+        report, spending = bought.resume, {"teacher_token_budget": budget, "budget_pool_exhausted": bought.pool_exhausted}
     summary = partition_summary(store, key)
     summary.update(new_problems=report.generated, reused_problems=report.reused, asked_problems=report.total,
-                   **too_long)
+                   **too_long, **spending)
     return key, summary
 
 
@@ -88,7 +105,10 @@ def summary_text(s: dict) -> str:
     return (f"{s['problems']} problems -> {s['trajectories']} trajectories: {s['finished']} finished, "
             f"{s['pruned']} pruned, {s['length_capped']} length-capped; {s['selected']} selected for training "
             f"({s['correct']} correct in all); {s['teacher_tokens']} teacher tokens. This run generated "
-            f"{s['new_problems']} problems and reused {s['reused_problems']} stored ones.")
+            f"{s['new_problems']} problems and reused {s['reused_problems']} stored ones."
+            + (f" Teacher-token budget {s['teacher_token_budget']}: the problems above are the seed's first that fit"
+               + (" (every problem fit: the pool ran out first)." if s["budget_pool_exhausted"] else ".")
+               if "teacher_token_budget" in s else ""))
 
 
 def latest_calibration(instance: dg.DagsterInstance, dataset: str) -> dict:
@@ -130,7 +150,8 @@ def _materialize(context, method: str, config, teacher: ModelSpec, cold_start_st
     viewer_page = trajectory_page(home, name, key)
     # The shards of a dataset share its key (and summary); each is its own partition's data.
     sharding = f"|shard={shard}/{shards}" if shards > 1 else ""
-    identity = f"{key}{key.version_suffix()}|{s['trajectories']}|{s['problems']}{sharding}"
+    budget = f"|budget={s['teacher_token_budget']}" if "teacher_token_budget" in s else ""
+    identity = f"{key}{key.version_suffix()}|{s['trajectories']}|{s['problems']}{sharding}{budget}"
     version = hashlib.sha256(identity.encode()).hexdigest()[:16]
     yield dg.Output(
         key,

@@ -25,7 +25,9 @@ class WorkKeyIOManager(dg.ConfigurableIOManager):
     def handle_output(self, context: dg.OutputContext, obj: WorkKey) -> None:
         if not isinstance(obj, WorkKey):
             raise TypeError(f"{context.asset_key.to_user_string()} outputs a WorkKey, got {type(obj).__name__}")
-        context.add_output_metadata({f: getattr(obj, f) for f in FIELDS})
+        # budget_problems: only where a budget chose them, as a JSON list
+        context.add_output_metadata({f: list(v) if isinstance(v, tuple) else v
+                                     for f in FIELDS if (v := getattr(obj, f)) is not None})
 
     def load_input(self, context: dg.InputContext) -> dict[str, WorkKey]:
         keys = {}

@@ -60,7 +60,15 @@ class _Limits(dg.Config):
         'batch; "skip" leaves it out before generation, named in the metadata and the log')
 
 
-class GenSSDTrajectoriesConfig(_method(GenSSDConfig), _Limits):
+class _Budget(dg.Config):
+    teacher_token_budget: int | None = Field(
+        default=None, description="teacher tokens the partition's data may cost (rejected candidates and pruned paths "
+        "count): problems are taken in the order of `sampling.seed` (the comparison's seed order) while their cost "
+        "fits, as `gen-ssd compare` does; None = every problem up to max_problems, in the dataset's order. "
+        "`gen-ssd pipeline` on demo sets the tour's (gen_ssd_dagster/tour.py)")
+
+
+class GenSSDTrajectoriesConfig(_method(GenSSDConfig), _Limits, _Budget):
     """The run config of `gen_ssd_trajectories`: Gen-SSD's knobs (the core's `GenSSDConfig`, `sampling:`
     nested), which problems, and where the thresholds come from."""
 
@@ -81,12 +89,12 @@ class CalibrationRunConfig(dg.Config):
                                "last max_problems (the methods take theirs from the front)")
 
 
-class StandardKDTrajectoriesConfig(_method(StandardKDConfig), _Limits):
+class StandardKDTrajectoriesConfig(_method(StandardKDConfig), _Limits, _Budget):
     """The run config of `standard_kd_trajectories`: Standard KD's knobs (the core's `StandardKDConfig`)
     and which problems. Standard KD: K full teacher samples per problem, keep the correct ones."""
 
 
-class PostHocTrajectoriesConfig(_method(PostHocConfig), _Limits):
+class PostHocTrajectoriesConfig(_method(PostHocConfig), _Limits, _Budget):
     """The run config of `posthoc_trajectories`: post-hoc filtering's knobs (the core's `PostHocConfig`)
     and which problems. Post-hoc: K full samples, keep the correct one of lowest student PPL."""
 

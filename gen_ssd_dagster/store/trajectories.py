@@ -23,10 +23,15 @@ class WorkKey:
     config_hash: str
     # The version of the method's code (core/method/versions.py); empty = the current one.
     method_version: str = field(default="", repr=False)
+    # Not where rows are stored but which of them are the partition's data: the problems a
+    # teacher-token budget took (core/experiments/budget.py); None = every problem under the key.
+    budget_problems: tuple[str, ...] | None = field(default=None, repr=False)
 
     def __post_init__(self):
         if not self.method_version:
             object.__setattr__(self, "method_version", method_version(self.method))
+        if self.budget_problems is not None:  # read back from metadata as a list
+            object.__setattr__(self, "budget_problems", tuple(self.budget_problems))
 
     def version_suffix(self) -> str:
         """What the method version adds to a hashed identity: nothing for the first version, so
@@ -124,16 +129,26 @@ def _where(key: WorkKey, alias: str = "") -> tuple[str, list]:
             [key.dataset, key.method, key.teacher_version, key.student_version, key.config_hash, key.method_version])
 
 
+def _data_where(key: WorkKey, alias: str = "") -> tuple[str, list]:
+    """`_where`, narrowed to the key's `budget_problems` when a budget chose them: the partition's data,
+    where `_where` is the work stored (reused whatever the budget)."""
+    where, params = _where(key, alias)
+    if key.budget_problems is None:
+        return where, params
+    return f"{where} AND list_contains(?, {alias + '.' if alias else ''}problem_id)", [*params, list(key.budget_problems)]
+
+
 def partition_summary(store: Store, key: WorkKey) -> dict:
-    """The numbers a trajectory asset reports about everything stored under its key."""
-    where, params = _where(key)
+    """The numbers a trajectory asset reports about everything stored under its key (its
+    `budget_problems` only, when a budget chose them)."""
+    where, params = _data_where(key)
     row = store.query(
         "SELECT count(*), count(DISTINCT problem_id),"
         " count(*) FILTER (end_reason = 'finished'), count(*) FILTER (end_reason = 'pruned'),"
         " count(*) FILTER (end_reason = 'length_cap'), count(*) FILTER (selected),"
         " count(*) FILTER (correct), coalesce(sum(teacher_tokens), 0), avg(student_tokens), avg(ppl),"
         f" count(*) - count(DISTINCT (problem_id, sample_index)) FROM trajectories WHERE {where}", params)[0]
-    cwhere, cparams = _where(key, "t")
+    cwhere, cparams = _data_where(key, "t")
     cand = store.query(
         "SELECT avg(c.ppl) FILTER (c.chosen), avg(c.ppl) FILTER (NOT c.chosen),"
         " count(*) FILTER (c.chosen), count(*) FILTER (c.passed), count(*)"
@@ -158,7 +173,7 @@ def partition_summary(store: Store, key: WorkKey) -> dict:
 def candidate_ppls(store: Store, key: WorkKey) -> tuple[list[float], list[float]]:
     """Student PPLs of chosen and of rejected candidates under a key (for the plot); for the
     baselines, which have no steps, of selected and of not-selected whole samples."""
-    where, params = _where(key, "t")
+    where, params = _data_where(key, "t")
     rows = store.query(
         f"SELECT c.ppl, c.chosen FROM candidates c JOIN trajectories t USING (trajectory_key)"
         f" WHERE {where} AND c.ppl IS NOT NULL", params)
@@ -169,7 +184,7 @@ def candidate_ppls(store: Store, key: WorkKey) -> tuple[list[float], list[float]
 
 def sample_trajectory(store: Store, key: WorkKey) -> dict | None:
     """One selected (else any) trajectory under a key, for a readable example."""
-    where, params = _where(key)
+    where, params = _data_where(key)
     df = store.query_df(
         f"SELECT problem_id, question, gold, text, end_reason, ppl, correct, selected FROM trajectories"
         f" WHERE {where} ORDER BY selected DESC, problem_id, sample_index LIMIT 1", params)
@@ -177,8 +192,19 @@ def sample_trajectory(store: Store, key: WorkKey) -> dict | None:
 
 
 def selected_examples(store: Store, key: WorkKey) -> list[tuple[str, str, str]]:
-    """(problem_id, question, text) of the trajectories the method kept as training data."""
-    where, params = _where(key)
+    """(problem_id, question, text) of the trajectories the method kept as training data (of the
+    key's `budget_problems` only, when a budget chose them)."""
+    where, params = _data_where(key)
     return [tuple(r) for r in store.query(
         f"SELECT problem_id, question, text FROM trajectories WHERE {where} AND selected"
         " ORDER BY problem_id, sample_index", params)]
+
+
+def problem_costs(store: Store, key: WorkKey) -> dict[str, int]:
+    """Teacher tokens spent on each problem finished under the key (rejected candidates and pruned
+    paths included), for the teacher-token budget."""
+    where, params = _where(key, "r")
+    twhere, _ = _where(key, "t")
+    return dict(store.query(
+        f"SELECT r.problem_id, coalesce(sum(t.teacher_tokens), 0) FROM problem_runs r LEFT JOIN trajectories t"
+        f" ON t.problem_id = r.problem_id AND {twhere} WHERE {where} GROUP BY r.problem_id", params + params))

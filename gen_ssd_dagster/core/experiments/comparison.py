@@ -7,7 +7,8 @@ fine-tune the cold-start student on the selected ones, and evaluate it greedily 
 How the budget is matched: problems are taken in the seed's order, a batch at a time. After
 generating, the arm keeps the longest prefix of problems whose teacher tokens (every token the
 teacher generated for them: rejected candidates and pruned paths included) sum to at most the
-budget; the rest of the last batch is dropped. So every arm's training data cost at most the
+budget; the rest of the last batch is dropped (the rule of `budget.BudgetMeter`, which the
+pipeline's trajectory assets share). So every arm's training data cost at most the
 budget, and at least the budget minus one problem's cost. Post-hoc filtering and the
 answer-likelihood selection (MoRSD-style) select among the very same samples as Standard KD (per
 problem, the lowest-PPL correct sample, or the correct sample whose answer the student finds
@@ -23,13 +24,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import random
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from gen_ssd_dagster.core.experiments.budget import BudgetMeter, seed_order
 from gen_ssd_dagster.core.method.calibration import CALIBRATION_PROBLEMS, calibrate, calibrated, summary, validate_quantile
 from gen_ssd_dagster.core.method.config import (GenSSDConfig, MethodConfig, PostHocConfig, SamplingConfig, StandardKDConfig,
                                                 config_dict)
@@ -116,19 +117,12 @@ def with_seed(config: MethodConfig, seed: int) -> MethodConfig:
     return dataclasses.replace(config, sampling=dataclasses.replace(config.sampling, seed=seed))
 
 
-def seed_order(problems: list[Problem], seed: int) -> list[Problem]:
-    """The seed's problem stream: the pool in a seed-determined order."""
-    order = list(problems)
-    random.Random(f"comparison-{seed}").shuffle(order)
-    return order
-
-
 def generate_within_budget(config: MethodConfig, problems: list[Problem], teacher, scorer, budget: int,
                            batch_size: int = 32, log: Log | None = None) -> BudgetedData:
     """Run `config` over `problems` in order until `budget` teacher tokens are spent (see module doc)."""
     clock = time.perf_counter()
     kept: list[Trajectory] = []
-    spent = used = 0
+    meter = BudgetMeter(budget)
     for start in range(0, len(problems), batch_size):
         batch = problems[start:start + batch_size]
         trajectories = run_method(config, batch, teacher, scorer, batch_size)  # each problem seeded by its id
@@ -137,15 +131,12 @@ def generate_within_budget(config: MethodConfig, problems: list[Problem], teache
             by_problem.setdefault(t.problem_id, []).append(t)
         for problem in batch:
             mine = by_problem.get(problem.problem_id, [])
-            cost = sum(t.teacher_tokens for t in mine)
-            if spent + cost > budget:
-                return BudgetedData(kept, used, spent, False, time.perf_counter() - clock)
+            if not meter.take(sum(t.teacher_tokens for t in mine)):
+                return BudgetedData(kept, meter.taken, meter.spent, False, time.perf_counter() - clock)
             kept.extend(mine)
-            spent += cost
-            used += 1
         if log:
-            log(f"{config.method}: {used} problems, {spent}/{budget} teacher tokens")
-    return BudgetedData(kept, used, spent, True, time.perf_counter() - clock)
+            log(f"{config.method}: {meter.taken} problems, {meter.spent}/{budget} teacher tokens")
+    return BudgetedData(kept, meter.taken, meter.spent, True, time.perf_counter() - clock)
 
 
 def posthoc_from(kd: BudgetedData, keeps: Callable[[Trajectory], bool] = SamplingConfig().keeps) -> BudgetedData:
