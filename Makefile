@@ -54,9 +54,14 @@ sweep: $(STAMP)
 library-demo: $(STAMP)
 	$(BIN)/gen-ssd demo
 
-# The Dagster UI on 127.0.0.1:3000, on the instance `make demo` writes to.
+# The Dagster UI on 127.0.0.1:$(UI_PORT), on the instance `make demo` writes to: <home>/dagster of
+# the home ($$GEN_SSD_HOME, default .gen_ssd_home), whose dagster.yaml gen-ssd writes
+# (gen_ssd_dagster/instance.py): runs, event logs, compute logs and asset outputs all stay in the home.
+UI_PORT ?= 3000
+INSTANCE_DIR = $(BIN)/python -c 'from gen_ssd_dagster.instance import dagster_home; from gen_ssd_dagster.store import Home; print(dagster_home(Home.resolve()))'
 ui: $(STAMP)
-	DAGSTER_HOME=$(CURDIR) $(BIN)/dagster dev -h 127.0.0.1 -p 3000
+	instance="$$($(INSTANCE_DIR))" && GEN_SSD_HOME="$$(dirname "$$instance")" DAGSTER_HOME="$$instance" \
+	  $(BIN)/dagster dev -h 127.0.0.1 -p $(UI_PORT)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
