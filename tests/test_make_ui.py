@@ -5,23 +5,17 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
+from test_ui import _free_port, _serving
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _instance_info(url: str) -> str:
@@ -43,15 +37,7 @@ def test_make_ui_keeps_the_instance_under_gen_ssd_home(tmp_path):
                             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 300
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/server_info", timeout=5):
-                    break
-            except OSError:
-                pass
-            assert proc.poll() is None and time.time() < deadline, (tmp_path / "make_ui.log").read_text()[-3000:]
-            time.sleep(1)
+        assert _serving(url, proc, 300), (tmp_path / "make_ui.log").read_text()[-3000:]
         info = _instance_info(url)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # make, webserver, daemon, code server
