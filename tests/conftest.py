@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from skip_groups import pytest_terminal_summary  # noqa: F401  (a hook: one line per skipped group at the end)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # Checkpoint digests (core/engines/fingerprint.py) memoised for this test session only, never in ~/.cache.

@@ -62,6 +62,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _serving(url: str, proc: subprocess.Popen, timeout_s: float) -> bool:
+    """Wait until the Dagster webserver at `url` answers; False once `proc` died or time is up."""
+    deadline = time.time() + timeout_s
+    while proc.poll() is None and time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/server_info", timeout=5) as r:
+                if r.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(1)
+    return False
+
+
 @pytest.fixture(scope="module")
 def ui_home(tmp_path_factory, tiny_models, memorizing_teacher):
     """A home whose upstream assets are materialized, and the pipeline YAML that describes it."""
@@ -104,17 +118,8 @@ def dagster_ui(ui_home):
                             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 240
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/server_info", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                pytest.fail(f"dagster dev did not answer on {url}; log: {home.root / 'dagster_dev.log'}")
-            time.sleep(1)
+        if not _serving(url, proc, 240):
+            pytest.fail(f"dagster dev did not answer on {url}; log: {home.root / 'dagster_dev.log'}")
         yield url, home
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # webserver, daemon, code server and any run worker

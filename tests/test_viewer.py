@@ -195,3 +195,23 @@ def test_a_person_finds_a_pruned_path_and_its_standard_kd_twin(server, home, tmp
         assert page.locator(".accepted").inner_text().strip() == kd_text.strip()
         page.screenshot(path=str(shots / "viewer_standard_kd.png"), full_page=True)
         browser.close()
+
+
+@pytest.mark.timeout(600)
+def test_screenshot_script_on_a_home(home, tmp_path):
+    """scripts/screenshots.py on this home: the lineage (every upstream asset named) and the viewer
+    pages at 1600x1000, with the pruned path; the script itself refuses a page that shows the home's path."""
+    from test_ui import _chromium
+
+    _chromium()  # skips (or fails under CI=true) without Chromium
+    pytest.importorskip("playwright", reason="the playwright package is not installed (pip install -e '.[test]')")
+    from PIL import Image
+
+    out = tmp_path / "images"
+    run = subprocess.run([sys.executable, "scripts/screenshots.py", "--home", str(home.root), "--out", str(out)],
+                         cwd=REPO, capture_output=True, text=True, timeout=540)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    shots = {p.name: Image.open(p).size for p in out.glob("*.png")}
+    assert set(shots) == {"ui_lineage.png", "viewer_list.png", "viewer_trajectory.png"}, shots
+    assert shots["ui_lineage.png"] == shots["viewer_list.png"] == (3200, 2000)  # 1600x1000 at 2x
+    assert shots["viewer_trajectory.png"][0] == 3200

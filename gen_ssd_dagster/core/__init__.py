@@ -37,8 +37,9 @@ _PUBLIC = {
     "OpenAITeacher": "engines.openai_backend", "OpenAIScorer": "engines.openai_backend",
     "PromptSettings": "engines.prompts", "Prompter": "engines.prompts",
     # data, training, evaluation
-    "DatasetSpec": "data.benchmarks", "load_problems": "data.benchmarks", "grade": "data.grading",
-    "fine_tune": "training.sft", "EvalSettings": "evaluation.evaluate", "evaluate": "evaluation.evaluate",
+    "DatasetSpec": "data.benchmarks", "BUILTIN_DATASETS": "data.benchmarks", "load_problems": "data.benchmarks",
+    "grade": "data.grading", "fine_tune": "training.sft", "TrainConfig": "training.sft",
+    "EvalSettings": "evaluation.evaluate", "evaluate": "evaluation.evaluate",
     "pass_at_1": "evaluation.statistics", "paired_difference": "evaluation.statistics",
     # the demo
     "run_demo": "demo.run", "DemoConfig": "demo.run",
