@@ -17,7 +17,7 @@ speed-up; 2.0 would be linear). Both arms run once per torch-thread setting of -
 ("1": OMP_NUM_THREADS=1 in every worker; "default": unset, torch takes one thread per core, so two
 workers on 2 cores ask for 4).
 
-    .venv/bin/python benchmarks/two_shards_two_workers.py [--problems 32] [--threads 1 default]
+    .venv/bin/python benchmarks/two_shards_two_workers.py [--problems 48] [--threads 1 default]
 """
 
 from __future__ import annotations
@@ -69,20 +69,26 @@ def run_config(args, teacher: Path, student: Path) -> dict:
                                               "data_dir": str(data_dir())}}}}
 
 
-def step_span(dagster_home: str) -> tuple[float, list[float]]:
-    """(first STEP_START to last STEP_SUCCESS, each step's own seconds) of the trajectory runs."""
-    from dagster import DagsterEventType, DagsterInstance
+def step_times(dagster_home: str) -> dict:
+    """Of the trajectory runs: first STEP_START to last STEP_SUCCESS ("steps_s"), and per run its
+    worker, its own step seconds and the seconds from RUN_START to STEP_START (the run's start in
+    the worker: task queued, job loaded there)."""
+    from dagster import DagsterEventType as E, DagsterInstance
 
     instance = DagsterInstance.from_config(dagster_home)
-    starts, ends = [], []
+    runs = []
     for run in instance.get_runs():
         if "gen_ssd_trajectories" not in {k.to_user_string() for k in run.asset_selection or ()}:
             continue
-        times = {e.dagster_event.event_type: e.timestamp for e in instance.all_logs(run.run_id)
-                 if e.dagster_event and e.dagster_event.step_key == "gen_ssd_trajectories"}
-        starts.append(times[DagsterEventType.STEP_START])
-        ends.append(times[DagsterEventType.STEP_SUCCESS])
-    return max(ends) - min(starts), [e - s for s, e in zip(starts, ends)]
+        events = [e for e in instance.all_logs(run.run_id) if e.dagster_event]
+        t = {e.dagster_event.event_type: e.timestamp for e in events}
+        [node] = [e.dagster_event.engine_event_data.metadata["Celery worker"].value.split("@")[0] for e in events
+                  if "in celery worker" in (e.dagster_event.message or "")]
+        runs.append({"worker": node, "start": t[E.STEP_START], "end": t[E.STEP_SUCCESS],
+                     "to_step_s": t[E.STEP_START] - t[E.RUN_START]})
+    return {"steps_s": max(r["end"] for r in runs) - min(r["start"] for r in runs),
+            "each": [{"worker": r["worker"], "step_s": r["end"] - r["start"], "to_step_s": r["to_step_s"]}
+                     for r in runs]}
 
 
 def arm(args, tmp: Path, name: str, shards: int, threads: str, models: tuple[Path, Path]) -> dict:
@@ -105,19 +111,19 @@ def arm(args, tmp: Path, name: str, shards: int, threads: str, models: tuple[Pat
     finally:
         stop_workers(workers, logs)
         _stop(redis_proc)
-    span, each = step_span(env["DAGSTER_HOME"])
+    times = step_times(env["DAGSTER_HOME"])
     from gen_ssd_dagster.store import Home, Store
 
     [(problems, trajectories)] = Store(Home.resolve(work / "home").db_path).query(
         "SELECT count(DISTINCT problem_id), count(*) FROM trajectories WHERE method = 'gen_ssd'")
-    return {"wall_s": wall, "steps_s": span, "each_step_s": each, "problems": problems, "trajectories": trajectories}
+    return {"wall_s": wall, **times, "problems": problems, "trajectories": trajectories}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--problems", type=int, default=32, help="demo train problems (32: shards of 15 and 17)")
+    parser.add_argument("--problems", type=int, default=48, help="demo train problems (48: shards of 23 and 25)")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--threads", nargs="+", default=["1", "default"])
     args = parser.parse_args()
     from gen_ssd_dagster.core.data.sharding import shard_of
@@ -136,11 +142,16 @@ def main() -> None:
             if (one["problems"], one["trajectories"]) != (two["problems"], two["trajectories"]):
                 raise RuntimeError(f"the arms stored different work: {one} vs {two}")
             results[threads] = {"one": one, "two": two}
+            if len({r["worker"] for r in two["each"]}) != 2:
+                raise RuntimeError(f"the two shards did not run on two workers: {two['each']}")
             print(f"threads per worker {threads}: one shard on one worker {one['wall_s']:.1f}s wall, "
                   f"{one['steps_s']:.1f}s step | two shards on two workers {two['wall_s']:.1f}s wall, "
-                  f"{two['steps_s']:.1f}s steps (each {', '.join(f'{s:.1f}' for s in two['each_step_s'])}s) | "
-                  f"speed-up wall {one['wall_s'] / two['wall_s']:.2f}x, steps {one['steps_s'] / two['steps_s']:.2f}x "
-                  f"(load {os.getloadavg()[0]:.2f})", flush=True)
+                  f"{two['steps_s']:.1f}s steps | speed-up wall {one['wall_s'] / two['wall_s']:.2f}x, "
+                  f"steps {one['steps_s'] / two['steps_s']:.2f}x (load {os.getloadavg()[0]:.2f})", flush=True)
+            for arm_name, r in (("one", one), ("two", two)):
+                print("  " + arm_name + ": " + "; ".join(
+                    f"{e['worker']}: run start to step {e['to_step_s']:.1f}s, step {e['step_s']:.1f}s"
+                    for e in r["each"]), flush=True)
         print("RESULT " + json.dumps(results))
 
 
