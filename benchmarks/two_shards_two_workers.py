@@ -69,10 +69,11 @@ def run_config(args, teacher: Path, student: Path) -> dict:
                                               "data_dir": str(data_dir())}}}}
 
 
-def step_times(dagster_home: str) -> dict:
+def step_times(dagster_home: str, launched: float) -> dict:
     """Of the trajectory runs: first STEP_START to last STEP_SUCCESS ("steps_s"), and per run its
-    worker, its own step seconds and the seconds from RUN_START to STEP_START (the run's start in
-    the worker: task queued, job loaded there)."""
+    worker, its own step seconds, the seconds from `launched` (time.time()) to RUN_START (the
+    `dagster` process starting and loading the code location) and from RUN_START to STEP_START
+    (the task queued, the job loaded in the worker)."""
     from dagster import DagsterEventType as E, DagsterInstance
 
     instance = DagsterInstance.from_config(dagster_home)
@@ -85,10 +86,10 @@ def step_times(dagster_home: str) -> dict:
         [node] = [e.dagster_event.engine_event_data.metadata["Celery worker"].value.split("@")[0] for e in events
                   if "in celery worker" in (e.dagster_event.message or "")]
         runs.append({"worker": node, "start": t[E.STEP_START], "end": t[E.STEP_SUCCESS],
-                     "to_step_s": t[E.STEP_START] - t[E.RUN_START]})
+                     "to_run_s": t[E.RUN_START] - launched, "to_step_s": t[E.STEP_START] - t[E.RUN_START]})
     return {"steps_s": max(r["end"] for r in runs) - min(r["start"] for r in runs),
-            "each": [{"worker": r["worker"], "step_s": r["end"] - r["start"], "to_step_s": r["to_step_s"]}
-                     for r in runs]}
+            "each": [{"worker": r["worker"], "step_s": r["end"] - r["start"], "to_run_s": r["to_run_s"],
+                      "to_step_s": r["to_step_s"]} for r in runs]}
 
 
 def arm(args, tmp: Path, name: str, shards: int, threads: str, models: tuple[Path, Path]) -> dict:
@@ -107,11 +108,12 @@ def arm(args, tmp: Path, name: str, shards: int, threads: str, models: tuple[Pat
     try:
         traj = run_upstream(env, work, config)
         partitions = ["demo"] if shards == 1 else [f"demo|{s}-of-{shards}" for s in range(shards)]
+        launched = time.time()
         wall = run_at_once(env, work, partitions, traj, timeout=1800)
     finally:
         stop_workers(workers, logs)
         _stop(redis_proc)
-    times = step_times(env["DAGSTER_HOME"])
+    times = step_times(env["DAGSTER_HOME"], launched)
     from gen_ssd_dagster.store import Home, Store
 
     [(problems, trajectories)] = Store(Home.resolve(work / "home").db_path).query(
@@ -150,7 +152,8 @@ def main() -> None:
                   f"steps {one['steps_s'] / two['steps_s']:.2f}x (load {os.getloadavg()[0]:.2f})", flush=True)
             for arm_name, r in (("one", one), ("two", two)):
                 print("  " + arm_name + ": " + "; ".join(
-                    f"{e['worker']}: run start to step {e['to_step_s']:.1f}s, step {e['step_s']:.1f}s"
+                    f"{e['worker']}: launch to run start {e['to_run_s']:.1f}s, to step {e['to_step_s']:.1f}s, "
+                    f"step {e['step_s']:.1f}s"
                     for e in r["each"]), flush=True)
         print("RESULT " + json.dumps(results))
 
