@@ -130,27 +130,26 @@ def test_a_worker_killed_mid_shard_loses_nothing_and_redoes_nothing(tmp_path, ti
         victim.wait(10)
         kept = _committed_rows(store, run_id)  # nothing can commit for it any more
 
-        others = [r for s, r in runs.items() if s != shard]
-        outs = {s: runs[s].communicate(timeout=400)[0] for s in runs if s != shard}
+        outs = {s: r.communicate(timeout=400)[0] for s, r in runs.items() if s != shard}
         nodes = {s: steps.node(rid) for s, rid in steps.runs().items()}
         # Its task died with the worker (acknowledged when it started): the run would wait forever.
         runs[shard].kill()
         runs[shard].wait(10)
-        for s, r in zip([s for s in runs if s != shard], others):
-            assert r.returncode == 0, outs[s][-3000:]
+        for s, out in outs.items():
+            assert runs[s].returncode == 0, out[-3000:]
 
         rerun = materialize(env, tmp_path, "gen_ssd_trajectories", _partition(shard), shard_config)
         out = rerun.communicate(timeout=300)[0]
         assert rerun.returncode == 0, out[-3000:]
+    except BaseException:
+        reference.kill()  # not needed any more
+        raise
     finally:
         for r in runs.values():
             if r.poll() is None:
                 r.kill()
                 r.wait(10)
         stop_workers(workers, logs)
-        if killed is None:  # failed before the kill: the reference is not needed
-            reference.kill()
-            reference.wait(10)
 
     assert set(nodes.values()) == set(WORKERS), nodes  # the backfill ran shards on both workers
     n_kept = len({row[0] for row in kept})
