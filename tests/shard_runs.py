@@ -17,7 +17,7 @@ def main(spec: dict) -> list[dict]:
     from gen_ssd_dagster.store import Home
 
     overrides = {"models": ModelsResource(teacher=spec["teacher"], student=spec["student"]),
-                 "data": DataResource(demo_train=12, demo_test=4, data_dir=spec["data_dir"])}
+                 "data": DataResource(demo_train=spec.get("demo_train", 12), demo_test=4, data_dir=spec["data_dir"])}
     out = []
     for run in spec["runs"]:
         lines = []

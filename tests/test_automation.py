@@ -465,3 +465,26 @@ def test_teacher_change_reruns_everything_and_lineage_tells_versions_apart(tmp_p
     assert cli.main(["--home", str(home.root), "lineage", "--model", "gen-ssd-student-gen-ssd", "--version", "2"]) == 0
     text = capsys.readouterr().out
     assert v2 in text and "demo" in text
+
+
+def test_teacher_change_requests_every_shard_of_a_dataset(tmp_path, tiny_models):
+    """With GEN_SSD_SHARDS=4 (a process of its own: tests/sharded_automation.py), a changed teacher
+    re-runs every shard of the dataset, in one tick, before the students."""
+    teacher = tmp_path / "teacher"
+    shutil.copytree(tiny_models[0], teacher)
+    spec = {"home": str(tmp_path / "home"), "teacher": str(teacher), "student": str(tiny_models[1])}
+    tests = Path(__file__).resolve().parent
+    env = {**os.environ, "GEN_SSD_SHARDS": "4", "GEN_SSD_HOME": spec["home"], "PYTHONPATH": str(tests.parent)}
+    done = subprocess.run([sys.executable, str(tests / "sharded_automation.py"), json.dumps(spec)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))[len("RESULT "):])
+    shards = [f"demo|{s}-of-4" for s in range(4)]
+    assert result["before"] == []  # the first observation repeats the materialized teacher
+    assert result["after"] == [
+        {"teacher": [None], "cold_start_student": [None]},
+        {"pruning_thresholds": ["demo"], "gen_ssd_trajectories": shards, "standard_kd_trajectories": shards,
+         "posthoc_trajectories": shards},
+        {"distilled_students/gen_ssd": [None], "distilled_students/standard_kd": [None],
+         "distilled_students/posthoc": [None], "evaluation_scores": [None]},
+    ], result["after"]

@@ -77,16 +77,26 @@ def test_partition_keys():
 
 # ---------------------------------------------------------------- real runs
 
-def _runs(shards: int, home: Path, tiny_models, runs: list[tuple[str, list[str]]]) -> list[dict]:
+def start_runs(shards: int, home: Path, tiny_models, runs: list[tuple[str, list[str]]],
+               run_config: dict = RUN_CONFIG, demo_train: int = 12) -> subprocess.Popen:
+    """tests/shard_runs.py started on `runs` (partition, assets) in `home`; `finish_runs` reads its result."""
     spec = {"home": str(home), "teacher": str(tiny_models[0]), "student": str(tiny_models[1]),
-            "data_dir": str(data_dir()), "run_config": RUN_CONFIG,
+            "data_dir": str(data_dir()), "run_config": run_config, "demo_train": demo_train,
             "runs": [{"partition": p, "assets": a} for p, a in runs]}
     env = {**os.environ, "GEN_SSD_SHARDS": str(shards), "PYTHONPATH": str(HERE.parent)}
-    done = subprocess.run([sys.executable, str(HERE / "shard_runs.py"), json.dumps(spec)], env=env,
-                          capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
+    return subprocess.Popen([sys.executable, str(HERE / "shard_runs.py"), json.dumps(spec)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish_runs(proc: subprocess.Popen) -> list[dict]:
+    out, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err[-3000:]
+    line = next(x for x in out.splitlines() if x.startswith("RESULT "))
     return json.loads(line[len("RESULT "):])
+
+
+def _runs(shards: int, home: Path, tiny_models, runs: list[tuple[str, list[str]]]) -> list[dict]:
+    return finish_runs(start_runs(shards, home, tiny_models, runs))
 
 
 def _trajectories(home: Path) -> list[tuple]:

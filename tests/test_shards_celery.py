@@ -20,11 +20,61 @@ SHARDS = 2
 UPSTREAM = "teacher,base_student,problems,cold_start_student"
 
 
-def _materialize(env, cwd, select: str, partition: str, run_config: dict) -> subprocess.Popen:
+WORKERS = ("shard-worker-a", "shard-worker-b")
+
+
+def start_workers(env: dict, cwd: Path, names) -> tuple[list[subprocess.Popen], list]:
+    """One `dagster-celery worker` per name, each in a session (process group) of its own, running one
+    step at a time; returns the processes and their open log files (cwd/<name>.log)."""
+    repo = Path(__file__).resolve().parents[1]
+    workers, logs = [], []
+    for name in names:
+        logs.append(open(cwd / f"{name}.log", "w"))
+        workers.append(subprocess.Popen(
+            [str(BIN / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app",
+             "-y", str(repo / "deploy" / "celery.yaml"), "-n", name, "--loglevel", "WARNING",
+             "--", "--pool=solo", "--prefetch-multiplier=1"],
+            env=env, cwd=cwd, stdout=logs[-1], stderr=subprocess.STDOUT, start_new_session=True))
+    return workers, logs
+
+
+def materialize(env, cwd, select: str, partition: str, run_config: dict) -> subprocess.Popen:
     return subprocess.Popen(
         [str(BIN / "dagster"), "asset", "materialize", "-m", "gen_ssd_dagster.scale_out", "--select", select,
          "--partition", partition, "--config-json", json.dumps(run_config)],
         env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def run_upstream(env: dict, cwd: Path, run_config: dict) -> dict:
+    """Materialize the upstream assets of `demo` (with `run_config` but its trajectories' config);
+    returns the run config of the trajectories alone, for the shard runs."""
+    ops = run_config["ops"]
+    upstream = materialize(env, cwd, UPSTREAM, "demo",
+                           {**run_config, "ops": {k: v for k, v in ops.items() if k != "gen_ssd_trajectories"}})
+    out = upstream.communicate(timeout=900)[0]
+    if upstream.returncode:
+        raise AssertionError(f"the upstream run failed:\n{out[-3000:]}")
+    return {**run_config, "ops": {"gen_ssd_trajectories": ops["gen_ssd_trajectories"]}}
+
+
+def run_at_once(env: dict, cwd: Path, partitions: list[str], shard_config: dict, timeout: float = 400) -> float:
+    """The trajectories of `partitions`, one run each, all launched at the same moment (as a
+    backfill launches them); seconds until every run exited. A failed run raises with its output."""
+    started = time.time()
+    runs = [materialize(env, cwd, "gen_ssd_trajectories", p, shard_config) for p in partitions]
+    outs = [r.communicate(timeout=timeout)[0] for r in runs]
+    elapsed = time.time() - started
+    for p, r, o in zip(partitions, runs, outs):
+        if r.returncode:
+            raise AssertionError(f"the run of {p} failed:\n{o[-3000:]}")
+    return elapsed
+
+
+def stop_workers(workers: list[subprocess.Popen], logs: list) -> None:
+    for w in workers:
+        _stop(w)
+    for f in logs:
+        f.close()
 
 
 @pytest.mark.slow  # Redis, two Celery workers and three Dagster runs over real (tiny) models
@@ -37,15 +87,7 @@ def test_two_celery_workers_run_the_shards_in_parallel(tmp_path, tiny_models, re
     teacher, student = tiny_models
     home = tmp_path / "home"
     env = {**_env(home, redis_url), "GEN_SSD_SHARDS": str(SHARDS)}
-    repo = Path(__file__).resolve().parents[1]
-    workers, logs = [], []
-    for name in ("shard-worker-a", "shard-worker-b"):
-        logs.append(open(tmp_path / f"{name}.log", "w"))
-        workers.append(subprocess.Popen(
-            [str(BIN / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app",
-             "-y", str(repo / "deploy" / "celery.yaml"), "-n", name, "--loglevel", "WARNING",
-             "--", "--pool=solo", "--prefetch-multiplier=1"],
-            env=env, cwd=tmp_path, stdout=logs[-1], stderr=subprocess.STDOUT, start_new_session=True))
+    workers, logs = start_workers(env, tmp_path, WORKERS)
     run_config = {
         "ops": {"problems": {"config": {"max_problems": 8}},
                 "cold_start_student": {"config": {"max_problems": 0}},
@@ -56,23 +98,10 @@ def test_two_celery_workers_run_the_shards_in_parallel(tmp_path, tiny_models, re
                       "data": {"config": {"demo_train": 8, "demo_test": 4, "data_dir": str(data_dir())}}},
     }
     try:
-        upstream = _materialize(env, tmp_path, UPSTREAM, "demo", {**run_config, "ops": {
-            k: v for k, v in run_config["ops"].items() if k != "gen_ssd_trajectories"}})
-        out = upstream.communicate(timeout=300)[0]
-        assert upstream.returncode == 0, out[-3000:]
-        shard_config = {**run_config, "ops": {"gen_ssd_trajectories": run_config["ops"]["gen_ssd_trajectories"]}}
-        started = time.time()
-        runs = [_materialize(env, tmp_path, "gen_ssd_trajectories", f"demo|{s}-of-{SHARDS}", shard_config)
-                for s in range(SHARDS)]
-        outs = [r.communicate(timeout=400)[0] for r in runs]
-        elapsed = time.time() - started
+        shard_config = run_upstream(env, tmp_path, run_config)
+        elapsed = run_at_once(env, tmp_path, [f"demo|{s}-of-{SHARDS}" for s in range(SHARDS)], shard_config)
     finally:
-        for w in workers:
-            _stop(w)
-        for f in logs:
-            f.close()
-    for r, o in zip(runs, outs):
-        assert r.returncode == 0, o[-3000:]
+        stop_workers(workers, logs)
 
     instance = DagsterInstance.from_config(env["DAGSTER_HOME"])
     shard_runs = [r for r in instance.get_runs() if "|" in r.tags.get("dagster/partition", "")]
