@@ -1,5 +1,10 @@
 """Short-lived DuckDB connections that many processes can share.
 
+The trajectory tables (problem_runs, trajectories, candidates) are not in the file: they are
+Parquet batches beside it (`segments.py`), written without any lock and read through temp views
+of the same names that every connection here gets, so queries read them as tables. What follows
+is about the other tables (problems, evaluation outputs and scores, experiments).
+
 DuckDB lets one process hold a database file for writing. Partitions materialized in parallel
 (Dagster's multiprocess executor, or two `gen-ssd` commands) each run in their own process, so no
 connection is ever kept open: every read or write opens the file, does its work in one
@@ -19,6 +24,7 @@ from pathlib import Path
 import duckdb
 from filelock import FileLock
 
+from . import segments
 from .schema import DDL, KEY_CHANGES, MIGRATIONS, SCHEMA_VERSION
 
 
@@ -39,6 +45,11 @@ class Store:
         self.timeout_s = timeout_s
         self._lock = FileLock(str(self.path) + ".lock", timeout=timeout_s)
         self._ready = False
+
+    @property
+    def segments(self) -> Path:
+        """The folder of the trajectory tables' Parquet batches."""
+        return segments.root_of(self.path)
 
     @contextmanager
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -62,9 +73,39 @@ class Store:
         with self._lock:
             con = self._open(read_only)
             try:
+                segments.create_views(con, self.segments, con.execute("SELECT current_database()").fetchone()[0])
                 yield con
             finally:
                 con.close()
+
+    @contextmanager
+    def trajectory_reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection to the trajectory tables alone that takes no lock and never waits for a
+        writer: an in-memory DuckDB over the Parquet batches. A home whose old DuckDB tables are not
+        migrated yet is read from the file as it is, under the lock."""
+        if self.path.is_file() and not (self.segments / segments.MIGRATED_MARKER).exists():
+            with self.reader() as con:
+                yield con
+            return
+        con = duckdb.connect()
+        try:
+            segments.create_views(con, self.segments)
+            yield con
+        finally:
+            con.close()
+
+    def trajectory_query(self, sql: str, params: list | None = None) -> list[tuple]:
+        """`query` over the trajectory tables only, without the lock (`trajectory_reader`)."""
+        with self.trajectory_reader() as con:
+            return con.execute(sql, params or []).fetchall()
+
+    def compact(self, min_batches: int = 64) -> str | None:
+        """Merge the trajectory tables' batches (`segments.compact`); one process at a time."""
+        con = duckdb.connect()
+        try:
+            return segments.compact(con, self.segments, min_batches)
+        finally:
+            con.close()
 
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -96,9 +137,26 @@ class Store:
                         con.execute("COMMIT")
                 if not con.execute("SELECT count(*) FROM schema_info").fetchone()[0]:
                     con.execute("INSERT INTO schema_info VALUES (?)", [SCHEMA_VERSION])
+                self._migrate_trajectories(con)
             finally:
                 con.close()
         self._ready = True
+
+    def _migrate_trajectories(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Move an old home's trajectory rows out of the file into one batch (LEGACY_COMMIT, which
+        sorts before every commit), then empty the tables. Redone from the start after a crash:
+        the batch is written once, and readers skip the tables as soon as it exists."""
+        marker = self.segments / segments.MIGRATED_MARKER
+        if marker.exists():
+            return
+        db = con.execute("SELECT current_database()").fetchone()[0]
+        selects = {t: segments.legacy_select(con, db, t) for t in segments.TABLES}
+        segments.commit(con, self.segments, selects, segments.LEGACY_COMMIT)
+        con.execute("BEGIN TRANSACTION")
+        for table in reversed(segments.TABLES):
+            con.execute(f"DELETE FROM {table}")
+        con.execute("COMMIT")
+        marker.touch()
 
     def query_df(self, sql: str, params: list | None = None):
         """Run one read query and return a pandas DataFrame."""
