@@ -1,0 +1,195 @@
+"""The trajectory tables as Parquet batches (store/segments.py): many writers without a lock, readers
+that never wait, a killed writer that leaves no partial batch, exactly once per key and problem."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+
+import duckdb
+import pytest
+
+from conftest import run_processes
+from gen_ssd_dagster.core.types import Candidate, Step, Trajectory
+from gen_ssd_dagster.store import Store, segments
+from gen_ssd_dagster.store.trajectories import (WorkKey, candidate_ppl_histogram, candidate_ppls,
+                                                done_problem_ids, write_batch)
+
+BATCH = 4
+CONSISTENT = ("SELECT (SELECT count(*) FROM problem_runs), (SELECT count(*) FROM trajectories),"
+              " (SELECT count(*) FROM candidates),"
+              " (SELECT count(*) FROM candidates ANTI JOIN trajectories USING (trajectory_key))")
+
+
+def _traj(pid: str, text: str = "c0\n#### 4", ppls=(2.0, 5.0)) -> Trajectory:
+    cands = [Candidate(text=f"c{i}", teacher_tokens=3, student_tokens=3, nll=1.0, ppl=p, passed=True)
+             for i, p in enumerate(ppls)]
+    return Trajectory(dataset="demo", problem_id=pid, method="gen_ssd", sample_index=0, question="q?", gold="4",
+                      text=text, end_reason="finished", teacher_tokens=6, student_tokens=3, ppl=2.0, predicted="4",
+                      correct=True, selected=True, steps=[Step(cands, 0)])
+
+
+def _key(dataset: str = "demo") -> WorkKey:
+    return WorkKey(dataset=dataset, method="gen_ssd", teacher_version="t1", student_version="s1", config_hash="h1")
+
+
+def _write(path: str, prefix: str, batches: int, text: str = "c0\n#### 4") -> None:
+    store = Store(path)
+    for b in range(batches):
+        pids = [f"{prefix}{b * BATCH + i}" for i in range(BATCH)]
+        write_batch(store, _key(), pids, [_traj(p, text) for p in pids], {})
+
+
+def _read_while(path: str, stop, out) -> None:
+    """Query the trajectory tables over and over; record each answer (it must be whole batches)."""
+    store = Store(path)
+    seen = []
+    while not stop.is_set():
+        seen.append(store.trajectory_query(CONSISTENT)[0])
+    out.put(seen)
+
+
+def test_two_writers_and_a_reader_while_the_file_lock_is_held(tmp_path):
+    """The DuckDB file's lock is held by this process the whole time: trajectory writers and the
+    reader go on anyway, so neither ever waits for the lock (nor for each other)."""
+    path = str(tmp_path / "db.duckdb")
+    store = Store(path)
+    store.init()
+    ctx = mp.get_context("spawn")
+    stop, out = ctx.Event(), ctx.Queue()
+    reader = ctx.Process(target=_read_while, args=(path, stop, out))
+    with store._lock:  # every other table's writer would wait here
+        reader.start()
+        assert run_processes(_write, [(path, "a", 15), (path, "b", 15)], 240) == [0, 0]
+        stop.set()
+        seen = out.get(timeout=120)
+        reader.join(60)
+    assert reader.exitcode == 0 and len(seen) > 1
+    for runs, trajectories, candidates, orphans in seen:  # only whole batches were ever visible
+        assert runs % BATCH == 0 and trajectories == runs and candidates == 2 * runs and orphans == 0
+    assert [s[0] for s in seen] == sorted(s[0] for s in seen)
+    assert store.trajectory_query(CONSISTENT)[0] == (120, 120, 240, 0)
+    assert len(done_problem_ids(store, _key())) == 120
+
+
+def _die_at_commit(path: str, batches: int) -> None:
+    """Write `batches` batches, then be SIGKILLed in the middle of the next commit: its files written
+    and fsynced, not yet renamed into place."""
+    real = os.rename
+    calls = []
+
+    def rename(src, dst):
+        calls.append(dst)
+        if len(calls) > batches:
+            os.kill(os.getpid(), signal.SIGKILL)
+        real(src, dst)
+
+    segments.os.rename = rename
+    _write(path, "p", batches + 1)
+
+
+def test_a_writer_killed_mid_commit_leaves_no_partial_batch(tmp_path):
+    path = str(tmp_path / "db.duckdb")
+    assert run_processes(_die_at_commit, [(path, 3)], 120) == [-signal.SIGKILL]
+    store = Store(path)
+    # the dead commit's files are there, but only under tmp/, which no reader reads
+    leftovers = list((store.segments / "tmp").iterdir())
+    assert len(leftovers) == 1 and {p.name for p in leftovers[0].iterdir()} == {
+        "problem_runs.parquet", "trajectories.parquet", "candidates.parquet"}
+    assert store.trajectory_query(CONSISTENT)[0] == (3 * BATCH, 3 * BATCH, 6 * BATCH, 0)
+    assert done_problem_ids(store, _key()) == {f"p{i}" for i in range(3 * BATCH)}
+    # a resumed writer commits the lost batch; the leftover changes nothing
+    _write(path, "p", 4)
+    assert store.trajectory_query(CONSISTENT)[0] == (4 * BATCH, 4 * BATCH, 8 * BATCH, 0)
+
+
+def test_racing_writers_on_the_same_problems_count_once_and_the_first_commit_wins(tmp_path):
+    path = str(tmp_path / "db.duckdb")
+    assert run_processes(_write, [(path, "p", 10, "from A"), (path, "p", 10, "from B")], 240) == [0, 0]
+    store = Store(path)
+    assert len(list((store.segments / "batches").iterdir())) == 20  # both wrote every problem
+    assert store.trajectory_query(CONSISTENT)[0] == (40, 40, 80, 0)
+    assert store.trajectory_query("SELECT count(*) - count(DISTINCT problem_id) FROM trajectories")[0][0] == 0
+    # each problem's rows are the ones of its earliest commit, whoever wrote it
+    with store.trajectory_reader() as con:
+        won = con.execute("SELECT t.problem_id, t.text FROM _trajectories_won t ORDER BY 1").fetchall()
+        first = con.execute("SELECT problem_id, arg_min(text, commit_id) FROM _trajectories_all GROUP BY 1"
+                            " ORDER BY 1").fetchall()
+    assert won == first
+    assert store.query("SELECT count(*) FROM trajectories")[0][0] == 40  # the locked path agrees
+
+
+def test_an_old_home_is_read_as_it_is_then_migrated(tmp_path):
+    """A file with the trajectory tables inside (an earlier version's): a reader reads them without
+    changing anything; the next writer moves them into one batch, and nothing is counted twice."""
+    path = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(path))
+    from gen_ssd_dagster.store.schema import DDL
+
+    con.execute(DDL)
+    con.execute("INSERT INTO problem_runs VALUES ('demo', 'old0', 'gen_ssd', 'v1', 't1', 's1', 'h1', 1, NULL,"
+                " current_timestamp)")
+    con.execute("INSERT INTO trajectories (trajectory_key, dataset, problem_id, method, method_version, sample_index,"
+                " teacher_version, student_version, config_hash, end_reason, selected, text) VALUES"
+                " ('k0', 'demo', 'old0', 'gen_ssd', 'v1', 0, 't1', 's1', 'h1', 'finished', true, 'old text')")
+    con.execute("INSERT INTO candidates (trajectory_key, step, candidate_index, text, ppl, chosen) VALUES"
+                " ('k0', 0, 0, 'c', 3.0, true)")
+    con.close()
+    store = Store(path)
+    before = path.stat().st_mtime_ns
+    assert store.trajectory_query(CONSISTENT)[0] == (1, 1, 1, 0)
+    assert path.stat().st_mtime_ns == before and not store.segments.exists()
+    old_key = WorkKey("demo", "gen_ssd", "t1", "s1", "h1", method_version="v1")
+    write_batch(store, old_key, ["new0"], [_traj("new0")], {})
+    assert store.trajectory_query(CONSISTENT)[0] == (2, 2, 3, 0)  # not migrated yet: the file's rows and the batch
+    store.init()
+    assert (store.segments / "batches" / segments.LEGACY_COMMIT).is_dir()
+    assert (store.segments / segments.MIGRATED_MARKER).exists()
+    assert store.trajectory_query(CONSISTENT)[0] == (2, 2, 3, 0)
+    assert store.query(CONSISTENT)[0] == (2, 2, 3, 0)
+    assert done_problem_ids(store, old_key) == {"old0", "new0"}
+    raw = duckdb.connect(str(path), read_only=True)
+    assert raw.execute("SELECT count(*) FROM main.trajectories").fetchone()[0] == 0
+    raw.close()
+    Store(path).init()  # again: nothing moves twice
+    assert store.trajectory_query(CONSISTENT)[0] == (2, 2, 3, 0)
+
+
+def test_compaction_keeps_every_answer_and_deletes_its_sources_later(tmp_path, monkeypatch):
+    path = str(tmp_path / "db.duckdb")
+    _write(path, "p", 6)
+    _write(path, "p", 2, "a second writer, too late")  # loses p0..p7 to the first
+    store = Store(path)
+    query = "SELECT problem_id, text FROM trajectories ORDER BY 1"
+    before, counts = store.trajectory_query(query), store.trajectory_query(CONSISTENT)
+    assert store.compact(min_batches=100) is None  # too few batches to bother
+    merged = store.compact(min_batches=2)
+    assert merged and store.trajectory_query(query) == before and store.trajectory_query(CONSISTENT) == counts
+    assert [b.name for b in segments.live_batches(store.segments)] == [merged]
+    assert len(list((store.segments / "batches").iterdir())) == 9  # sources stay a while for readers
+    _write(path, "q", 1)
+    monkeypatch.setattr(segments, "DELETE_AFTER_S", 0.0)
+    second = store.compact(min_batches=2)  # deletes the first compaction's sources, then merges again
+    assert len(list((store.segments / "batches").iterdir())) == 3
+    assert store.compact(min_batches=2) is None  # one live batch: nothing to merge, the sources go
+    assert [b.name for b in (store.segments / "batches").iterdir()] == [second]
+    assert [b.name for b in segments.live_batches(store.segments)] == [second]
+    assert store.trajectory_query(CONSISTENT)[0] == (counts[0][0] + BATCH, counts[0][1] + BATCH,
+                                                     counts[0][2] + 2 * BATCH, 0)
+
+
+def test_the_ppl_histogram_is_counted_in_sql(tmp_path):
+    store = Store(tmp_path / "db.duckdb")
+    trajs = [_traj(f"p{i}", ppls=(1.5 + i, 10.0 + 3 * i, 40.0)) for i in range(10)]
+    write_batch(store, _key(), [t.problem_id for t in trajs], trajs, {})
+    chosen, rejected = candidate_ppls(store, _key())
+    assert chosen == [1.5 + i for i in range(10)] and len(rejected) == 20
+    h = candidate_ppl_histogram(store, _key(), bins=5)
+    assert sum(h["chosen"]) == 10 and sum(h["rejected"]) == 20 and len(h["edges"]) == 6
+    assert h["edges"][0] == pytest.approx(1.5) and h["edges"][-1] == pytest.approx(40.0)
+    for side, values in (("chosen", chosen), ("rejected", rejected)):
+        assert h[side] == [sum(1 for v in values if lo <= v < hi or (i == 4 and v == hi))
+                           for i, (lo, hi) in enumerate(zip(h["edges"], h["edges"][1:]))]
+    assert candidate_ppls(store, _key(), limit=3)[1] == sorted(candidate_ppls(store, _key(), limit=3)[1])
+    assert len(candidate_ppls(store, _key(), limit=3)[1]) == 3
