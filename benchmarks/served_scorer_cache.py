@@ -63,7 +63,7 @@ def main() -> None:
                                                    "--max-model-len", "1024", "--dtype", "float32"])
         try:
             vllm_server.wait_until_up(proc, url, log)
-            scorer = OpenAIScorer(url, checkpoint=ModelSpec(str(model)), max_concurrency=args.concurrency)
+            scorer = OpenAIScorer(url, checkpoint=ModelSpec(str(model)), max_in_flight=args.concurrency)
             assert scorer.reads_prefix_cache, "the server does not let the scorer read its cache"
             questions = [" ".join(rng.choices(WORDS, k=20)) for _ in range(args.paths)]
             prefixes = [scorer.prompter.ids(q) for q in questions]

@@ -84,7 +84,7 @@ def trl_run(init: Path, rows, config: TrainConfig, total: int, out: Path, stop_a
 
     start = time.perf_counter()
     spec = ModelSpec(str(init))
-    tokenizer, model = load_tokenizer(spec), load_model(spec)  # eager attention, float32: as fine_tune loads it
+    tokenizer, model = load_tokenizer(spec), load_model(spec)  # SDPA attention, float32: as fine_tune loads it
     data = Dataset.from_list([{"input_ids": ids, "completion_mask": [int(y != IGNORE) for y in labels]}
                               for ids, labels in rows])
     args = SFTConfig(

@@ -23,7 +23,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from gen_ssd_dagster.core.demo.run import DemoConfig, run_demo
 
     started = time.perf_counter()
-    result = run_demo(Path(args.home) / "library_demo", DemoConfig(seed=args.seed))
+    result = run_demo(Path(args.home) / "library_demo", DemoConfig(seed=args.seed, device=args.device))
     print(f"\nAccuracy on the demo test split ({time.perf_counter() - started:.0f}s in all):")
     width = max(map(len, result.accuracy))
     for name, acc in result.accuracy.items():
@@ -227,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run the library demo end to end and print accuracies")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--device", default="auto", help="where the models run: auto (a GPU if torch sees one), cpu, cuda, cuda:N")
     demo.set_defaults(func=cmd_demo)
     pipeline = sub.add_parser("pipeline", help="materialize the Dagster asset graph in-process and print the scores")
     pipeline.add_argument("--partition", default="demo", help="dataset partition of the trajectory assets (default: demo)")

@@ -29,6 +29,7 @@ def run_pipeline(home: Home, partition: str = "demo", run_config: dict | None = 
     definitions = home_definitions(home, resource_overrides)
     graph = definitions.resolve_asset_graph()
     keys = dg.AssetSelection.from_coercible(PIPELINE if selection is None else selection).resolve(graph)
+    _one_partitioning(graph, keys)
     selection = sorted(key.to_user_string() for key in keys)
     run_config = dict(_only_selected(_partition_defaults(run_config or {}, partition), selection))
     run_config.setdefault("loggers", {"console": {"config": {"log_level": "INFO"}}})
@@ -49,6 +50,19 @@ def run_pipeline(home: Home, partition: str = "demo", run_config: dict | None = 
             cause = error.cause or error
             log(f"[pipeline]   {event.step_key} failed: {cause.message.strip().splitlines()[-1]}")
     return result
+
+
+def _one_partitioning(graph, keys) -> None:
+    """One run materializes one partition: a selection mixing the datasets and the dataset x shard
+    partitions ($GEN_SSD_SHARDS > 1) cannot run as one, so say how to run it instead."""
+    defs = {tuple(d.get_partition_keys()) for k in keys if (d := graph.get(k).partitions_def) is not None}
+    if len(defs) > 1:
+        from .core.errors import ConfigError
+
+        raise ConfigError("the selection mixes dataset partitions and the trajectories' dataset x shard "
+                          "partitions (GEN_SSD_SHARDS > 1): run the upstream assets on the dataset ('demo'), "
+                          "then each trajectories shard ('demo|0-of-N', ...) or a backfill of them "
+                          "(docs/scale-out.md)")
 
 
 def home_definitions(home: Home, resource_overrides: dict | None = None) -> dg.Definitions:

@@ -10,15 +10,16 @@ executor chosen by the environment (see docs/scale-out.md and deploy/).
   `redis://host:6379/0` and `/1`). Needs the `celery` extra. Start workers with
   `dagster-celery worker start -A dagster_celery.app -y deploy/celery.yaml`; each runs one step
   at a time unless given `-- --concurrency N`.
-* `k8s`: every step a Kubernetes Job (`dagster_k8s.k8s_job_executor`; install `dagster-k8s` of
-  Dagster's release in the image), configured by run config `execution: {config: {...}}`.
+* `k8s`: every step a Kubernetes Job (`dagster_k8s.k8s_job_executor`; the `k8s` extra), configured
+  by run config `execution: {config: {...}}`; steps of the GPU pool request a GPU (defs/k8s_steps.py).
 
 Every process that loads this module (code server, run worker, Celery workers, step pods) must see
 the same `GEN_SSD_EXECUTOR`, the same Dagster instance (`DAGSTER_HOME`: Postgres storage across
 machines) and the same `GEN_SSD_HOME` (a shared filesystem: DuckDB file, checkpoints, asset
 outputs).
 
-The job `generate_trajectories` runs the three trajectory assets of one dataset partition; it is
+The job `generate_trajectories` runs the three trajectory assets of one dataset partition (one
+shard of it with $GEN_SSD_SHARDS > 1: a backfill over the shards runs them in parallel); it is
 tagged `gen_ssd/teacher: generate` so that a run-queue limit on that tag bounds how many partitions
 share the teacher at once (deploy/dagster.yaml).
 """
@@ -30,13 +31,14 @@ import os
 import dagster as dg
 
 from . import definitions as laptop  # not `import defs`: one Definitions at module scope
-from .defs.partitions import DATASETS
+from .defs.k8s_steps import k8s_executor
+from .defs.partitions import TRAJECTORIES
 
 EXECUTORS = ("multiprocess", "celery", "k8s")
 TEACHER_TAG = "gen_ssd/teacher"
 
 
-def executor_from_env() -> dg.ExecutorDefinition:
+def executor_from_env(pipeline: dg.Definitions) -> dg.ExecutorDefinition:
     """The executor `GEN_SSD_EXECUTOR` names; an unknown name or a missing package says what to do."""
     name = os.environ.get("GEN_SSD_EXECUTOR", "multiprocess").strip().lower()
     if name == "multiprocess":
@@ -58,10 +60,9 @@ def executor_from_env() -> dg.ExecutorDefinition:
         )
     if name == "k8s":
         try:
-            from dagster_k8s import k8s_job_executor
+            return k8s_executor(pipeline)
         except ImportError as exc:
-            raise ImportError("GEN_SSD_EXECUTOR=k8s needs dagster-k8s (the release matching dagster)") from exc
-        return k8s_job_executor
+            raise ImportError("GEN_SSD_EXECUTOR=k8s needs dagster-k8s: pip install 'gen-ssd-dagster[k8s]'") from exc
     raise ValueError(f"GEN_SSD_EXECUTOR={name!r}: expected one of {', '.join(EXECUTORS)}")
 
 
@@ -69,10 +70,17 @@ generate_trajectories = dg.define_asset_job(
     "generate_trajectories",
     selection=dg.AssetSelection.assets("gen_ssd_trajectories", "standard_kd_trajectories",
                                        "posthoc_trajectories"),
-    partitions_def=DATASETS,
+    partitions_def=TRAJECTORIES,
     tags={TEACHER_TAG: "generate"},
     description="Teacher trajectories of one dataset partition, all three methods (upstream assets "
                 "must be materialized).",
 )
 
-defs = dg.Definitions.merge(laptop.defs(), dg.Definitions(jobs=[generate_trajectories], executor=executor_from_env()))
+def _deployment() -> dg.Definitions:
+    # One Definitions at module scope: `dagster ... -m gen_ssd_dagster.scale_out` refuses two.
+    pipeline = laptop.defs()
+    return dg.Definitions.merge(pipeline, dg.Definitions(jobs=[generate_trajectories],
+                                                         executor=executor_from_env(pipeline)))
+
+
+defs = _deployment()

@@ -40,6 +40,37 @@ def data_dir() -> Path:
     return path
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def pytest_runtest_setup(item):
+    """`gpu` tests skip, saying why, where torch sees no CUDA device; under GEN_SSD_EXPECT_GPU=1
+    (a GPU runner) that is a failure instead, so a broken CUDA install cannot pass as skips."""
+    if not item.get_closest_marker("gpu") or _cuda_available():
+        return
+    import torch
+
+    why = f"needs a CUDA GPU: torch.cuda.is_available() is False (torch {torch.__version__})"
+    if os.environ.get("GEN_SSD_EXPECT_GPU") == "1":
+        pytest.fail(f"GEN_SSD_EXPECT_GPU=1 but this test {why}", pytrace=False)
+    pytest.skip(why)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under CI=true on a machine with CUDA, a `gpu` test that skips itself fails: the GPU is
+    there, so a skip could only hide a test that did not run."""
+    report = yield
+    if (report.skipped and item.get_closest_marker("gpu") and os.environ.get("CI") == "true"
+            and _cuda_available()):
+        report.outcome = "failed"
+        report.longrepr = f"{item.nodeid}: a gpu test skipped under CI=true although CUDA is present"
+    return report
+
+
 def build_tiny_model(out: Path, vocab_size: int, hidden: int, layers: int, seed: int) -> Path:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

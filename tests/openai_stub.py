@@ -2,9 +2,14 @@
 
 Standard library only (http.server). It answers `/v1/models`, vLLM's `/version` and
 `/v1/completions` in the shape vLLM gives them (`stop_reason`, `prompt_logprobs` when asked), and can
+with `generate=True` vLLM's `/inference/v1/generate` (token ids in, prompt log-probs out, nothing
+cached), and can
 misbehave on purpose: fail the first N requests with a status (503 by default), answer the first N
-late (a timeout), want a Bearer key and echo a wrong one back as some servers do. Every request is
-recorded (path, headers, JSON body, arrival time) for the test to look at.
+late (a timeout), fail every request from the Nth on (a server that dies mid-run), want a Bearer key
+and echo a wrong one back as some servers do. Every request is recorded (path, headers, JSON body,
+arrival time, the answer's status) for the test to look at; `latency_s` holds each completion that
+long, and `peak` is the most completions it held open at once. `seeded`: a sampled candidate depends
+on the request's seed (texts[(seed + i) % len]), so the same seed draws the same on any stub.
 
 Its `weights` stand for what it loaded: a greedy request (temperature 0) is answered from them, so
 swapping `weights` is serving new weights under the same model id, root and server version.
@@ -29,15 +34,20 @@ class OpenAIStub(ThreadingHTTPServer):
     def __init__(self, model: str = "stub-model", root: str | None = "/weights/stub", texts: list[str] | None = None,
                  fail_first: int = 0, fail_status: int = 503, delay_first: int = 0, delay_s: float = 0.0,
                  api_key: str | None = None, retry_after_ms: int | None = 20, server_version: str | None = "0.0.stub",
-                 weights: str = "w1"):
+                 weights: str = "w1", latency_s: float = 0.0, fail_from: int | None = None, seeded: bool = False,
+                 generate: bool = False):
         self.model, self.root, self.server_version, self.weights = model, root, server_version, weights
         self.texts = texts or ["3 + 4 = 7\n", "#### 7"]  # candidate i of a request is texts[i % len]
         self.fail_first, self.fail_status, self.retry_after_ms = fail_first, fail_status, retry_after_ms
         self.delay_first, self.delay_s = delay_first, delay_s
         self.api_key = api_key
+        self.latency_s, self.fail_from, self.seeded, self.generate = latency_s, fail_from, seeded, generate
         self.requests: list[dict] = []
+        self.open = self.peak = 0  # completions being answered now, and the most at once
         self.lock = threading.Lock()
         super().__init__(("127.0.0.1", 0), _Handler)
+
+    request_queue_size = 256  # connections waiting to be accepted: many requests arrive at once
 
     @property
     def url(self) -> str:
@@ -57,6 +67,7 @@ class OpenAIStub(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     server: OpenAIStub
+    protocol_version = "HTTP/1.1"  # keep-alive, as vLLM's server: a connection per request would be the bottleneck
 
     def log_message(self, *args):
         pass
@@ -79,11 +90,13 @@ class _Handler(BaseHTTPRequestHandler):
         stub = self.server
         with stub.lock:
             n = len(stub.requests)
-            stub.requests.append({"path": self.path, "headers": dict(self.headers), "body": body,
-                                  "arrived": time.monotonic()})
+            self.record = {"path": self.path, "headers": dict(self.headers), "body": body,
+                           "arrived": time.monotonic(), "status": 200}
+            stub.requests.append(self.record)
         if n < stub.delay_first:
             time.sleep(stub.delay_s)
-        if n < stub.fail_first:
+        if n < stub.fail_first or (stub.fail_from is not None and n >= stub.fail_from):
+            self.record["status"] = stub.fail_status
             extra = {"retry-after-ms": str(stub.retry_after_ms)} if stub.retry_after_ms is not None else {}
             self._send(stub.fail_status, {"error": {"message": f"stub failure {n + 1}", "code": stub.fail_status}},
                        extra)
@@ -91,6 +104,7 @@ class _Handler(BaseHTTPRequestHandler):
         if stub.api_key is not None:
             got = self.headers.get("Authorization", "")
             if got != f"Bearer {stub.api_key}":
+                self.record["status"] = 401
                 self._send(401, {"error": {"message": f"invalid api key: {got}"}})
                 return False
         return True
@@ -113,12 +127,26 @@ class _Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
         if not self._arrive(body):
             return
-        if self.path != "/v1/completions":
+        if self.path not in ("/v1/completions", "/inference/v1/generate" if self.server.generate else None):
             self._send(404, {"error": {"message": f"no route {self.path}"}})
-        elif body.get("prompt_logprobs") is not None:
-            self._send(200, _scored(body))
-        else:
-            self._send(200, _sampled(self.server, body))
+            return
+        stub = self.server
+        with stub.lock:
+            stub.open += 1
+            stub.peak = max(stub.peak, stub.open)
+        try:
+            time.sleep(stub.latency_s)
+            if self.path == "/inference/v1/generate":  # vLLM's token-in endpoint: one prompt, nothing cached
+                answer = _scored({"prompt": [body["token_ids"]]})["choices"][0]
+                answer["usage"] = {"prompt_tokens": len(body["token_ids"]), "prompt_tokens_details": {"cached_tokens": 0}}
+            elif body.get("prompt_logprobs") is not None:
+                answer = _scored(body)
+            else:
+                answer = _sampled(stub, body)
+            self._send(200, answer)
+        finally:
+            with stub.lock:
+                stub.open -= 1
 
 
 def _sampled(stub: OpenAIStub, body: dict) -> dict:
@@ -127,7 +155,8 @@ def _sampled(stub: OpenAIStub, body: dict) -> dict:
     choices = []
     greedy = f"42 by {stub.weights} for {len(body['prompt'])} chars"
     for i in range(body.get("n", 1)):
-        words = (greedy if body.get("temperature") == 0 else stub.texts[i % len(stub.texts)]).split(" ")
+        pick = (body.get("seed", 0) + i if stub.seeded else i) % len(stub.texts)
+        words = (greedy if body.get("temperature") == 0 else stub.texts[pick]).split(" ")
         cut = words[: body["max_tokens"]]
         text = " ".join(cut)
         if cut != words:

@@ -126,6 +126,52 @@ def test_enormous_question_fails_its_batch_and_keeps_the_others(stored, tiny_mod
     assert _run(home, data, tiny_models, ["problems"])[0].success  # leave the partition as it was
 
 
+@pytest.mark.slow
+def test_on_bad_row_skip_stores_the_good_rows_and_names_the_bad_ones(tmp_path, tiny_models):
+    """The same bad rows with `on_bad_row: skip`: the partition keeps the good rows, and the
+    materialization's metadata and the log name each bad one (file, line, why). A home of its own:
+    the problems table upserts, so rows stored earlier under a skipped id would stay."""
+    home, data = tmp_path / "home", tmp_path / "data"
+    rows = [GOOD[0], '{"question": "oops", "answer": ', GOOD[1], {"question": "What is 1+1?", "answer": "two"},
+            GOOD[2], {"question": "Who?", "answer": 7}, GOOD[3]]
+    _write(data / "gsm8k" / "train.jsonl", rows)
+    assert not _run(home, data, tiny_models, ["problems"])[0].success  # "error", the default, refuses the file
+    result, lines = _run(home, data, tiny_models, ["problems"], {"problems": {"config": {"on_bad_row": "skip"}}})
+    assert result.success, lines
+    assert [r[0] for r in _rows(home, PROBLEMS_SQL)] == ["gsm8k-0", "gsm8k-2", "gsm8k-4", "gsm8k-6"]
+    meta = result.asset_materializations_for_node("problems")[0].metadata
+    assert meta["n_skipped_rows"].value == 3 and meta["n_problems"].value == 4
+    table = meta["skipped_rows"].value
+    for needle in ("gsm8k/train.jsonl, line 2 | malformed JSON", "line 4 | field 'answer' (setting answer_field)",
+                   "line 6 | field 'answer' is a number but a string"):
+        assert needle in table, table
+    from gen_ssd_dagster.instance import get_instance
+    from gen_ssd_dagster.store import Home
+
+    logs = get_instance(Home.resolve(home)).all_logs(result.run_id)
+    logged = [e.user_message for e in logs if "on_bad_row=skip: 3 bad row(s)" in e.user_message]
+    assert logged and "gsm8k/train.jsonl, line 6" in logged[0], logged
+
+
+@pytest.mark.slow
+def test_enormous_question_with_on_bad_row_skip_is_left_out_before_generation(stored, tiny_models):
+    home, data, _, _ = stored
+    rows = [*GOOD[:2], {"question": "How many? " + "Tom has 3 pens. " * 20000, "answer": "#### 3"}, *GOOD[3:]]
+    _write(data / "gsm8k" / "train.jsonl", rows)
+    ops = {"gen_ssd_trajectories": {"config": {**SMALL, "sampling": {"max_new_tokens": 10}, "on_bad_row": "skip"}}}
+    result, lines = _run(home, data, tiny_models, ["problems", "gen_ssd_trajectories"], ops)
+    assert result.success, lines
+    meta = result.asset_materializations_for_node("gen_ssd_trajectories")[0].metadata
+    assert meta["n_skipped_too_long"].value == 1
+    assert "| gsm8k-2 |" in meta["skipped_too_long"].value and "teacher tokens, more than the teacher's context" \
+        in meta["skipped_too_long"].value, meta["skipped_too_long"].value
+    done = _rows(home, "SELECT problem_id FROM problem_runs WHERE config_hash = (SELECT config_hash FROM"
+                       " problem_runs ORDER BY created_at DESC LIMIT 1) ORDER BY 1")
+    assert done == [("gsm8k-0",), ("gsm8k-1",), ("gsm8k-3",)]  # max_problems 4: the one left out is not run
+    _write(data / "gsm8k" / "train.jsonl", GOOD)
+    assert _run(home, data, tiny_models, ["problems"])[0].success  # leave the partition as it was
+
+
 BAD_SETTINGS = [
     ({"batch_size": 0}, "batch_size"),
     ({"offset": -2}, "offset"),

@@ -16,8 +16,10 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 from gen_ssd_dagster.core.data.benchmarks import (  # noqa: E402
     BUILTIN_DATASETS,
     DatasetSpec,
+    SkippedRow,
     dataset_spec_from_dict,
     load_problems,
+    load_problems_checked,
 )
 from gen_ssd_dagster.core.errors import ConfigError, DataError  # noqa: E402
 from gen_ssd_dagster.core.data.grading import extract_answer, is_correct  # noqa: E402
@@ -245,3 +247,43 @@ def test_solution_end_of_a_dataset(tmp_path):
     assert BUILTIN_DATASETS["gsm8k"]["test"].solution_end == "eos"  # no `#### N` outside the demo world
     with pytest.raises(ConfigError, match="solution_end must be one of"):
         dataset_spec_from_dict({"name": "x", "local_file": "f.jsonl", "question_field": "q", "solution_end": "dot"})
+
+
+# ---------------------------------------------------------------- on_bad_row
+
+
+ASDIV = dataset_spec_from_dict({"name": "asdiv", "local_file": "asdiv.jsonl", "question_field": "q",
+                                "answer_field": "a", "answer_format": "number"})
+
+
+def test_on_bad_row_skip_leaves_out_and_names_each_bad_row(tmp_path):
+    """ASDiv-style: numeric golds with one name ("Mrs. Hilt") among them, plus a broken line, a
+    gold that is not a number and a repeated id: "error" refuses the file at the first, "skip"
+    keeps the rest and names each bad row with its line and reason."""
+    path = _write(tmp_path / "asdiv.jsonl", [
+        {"q": "a", "a": 3}, {"q": "Who has more?", "a": "Mrs. Hilt"}, {"q": "c", "a": 5.0}, '{"q": "d", "a":',
+        {"q": "e", "a": 7}, {"q": "f"}, {"q": "g", "a": 9},
+    ])
+    with pytest.raises(DataError, match=r"asdiv.jsonl, line 4: malformed JSON"):
+        load_problems_checked(ASDIV, tmp_path)
+    with pytest.raises(ConfigError, match="on_bad_row"):
+        load_problems_checked(ASDIV, tmp_path, on_bad_row="ignore")
+    loaded = load_problems_checked(ASDIV, tmp_path, on_bad_row="skip")
+    assert [(p.problem_id, p.gold) for p in loaded.problems] == [
+        ("asdiv-0", "3"), ("asdiv-2", "5"), ("asdiv-4", "7"), ("asdiv-6", "9")]  # ids stay those of the rows
+    assert [s.where for s in loaded.skipped] == [f"{path}, line {n}" for n in (4, 2, 6)]
+    assert "malformed JSON" in loaded.skipped[0].reason
+    assert "field 'a' is a string but a number on line 1 and most rows" in loaded.skipped[1].reason
+    assert "missing field 'a' (setting answer_field)" in loaded.skipped[2].reason
+    assert load_problems_checked(ASDIV, tmp_path, limit=2, on_bad_row="skip").problems == loaded.problems[:2]
+
+
+def test_on_bad_row_skip_keeps_the_majority_kind_and_refuses_a_file_of_bad_rows(tmp_path):
+    _write(tmp_path / "asdiv.jsonl", [{"q": "a", "a": "Mrs. Hilt"}, {"q": "b", "a": 1}, {"q": "c", "a": 2}])
+    loaded = load_problems_checked(ASDIV, tmp_path, on_bad_row="skip")
+    assert [p.gold for p in loaded.problems] == ["1", "2"]
+    assert loaded.skipped == [SkippedRow(f"{tmp_path / 'asdiv.jsonl'}, line 1", "field 'a' is a string but a number"
+                                         " on line 2 and most rows; a field must have one type in every row")]
+    _write(tmp_path / "asdiv.jsonl", [{"q": "a", "a": "Mrs. Hilt"}, {"q": "b", "a": "Mr. Tan"}])
+    with pytest.raises(DataError, match=r"asdiv.jsonl: every row is bad \(2\); the first, .*line 1: field 'a'"):
+        load_problems_checked(ASDIV, tmp_path, on_bad_row="skip")

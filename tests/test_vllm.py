@@ -51,7 +51,7 @@ import vllm_server  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 
-# fp32 on both sides; the kernels differ (vLLM's CPU attention vs eager torch), so sums of ~10
+# fp32 on both sides; the kernels differ (vLLM's CPU attention vs torch SDPA), so sums of ~10
 # log-probs agree to ~1e-5 in practice. The tolerance leaves a wide margin and still catches any
 # off-by-one position or wrong-token error (those move an NLL by > 0.1).
 NLL_TOL = dict(rel=1e-3, abs=2e-3)
@@ -162,7 +162,7 @@ def test_engine_scorer_nlls_match_transformers(engines, hf):
 def test_engine_scorer_reads_the_prefix_from_its_cache(engines):
     """A step computes the candidates and the prefix's tail after its last cached block, not the
     whole path, and gives the NLLs of scoring without the cache, also where the cached blocks end
-    exactly at the candidate (its first log-prob cannot come from the cache: scored again)."""
+    exactly at the candidate (its first log-prob cannot come from the cache: asked for on its own)."""
     _, scorer = engines
     assert scorer.reads_prefix_cache
     block = scorer.llm.llm_engine.vllm_config.cache_config.block_size
@@ -184,8 +184,13 @@ def test_engine_scorer_reads_the_prefix_from_its_cache(engines):
         assert new_sent == 3 * len(p) + sum(map(len, candidates))
         if p is prefix:  # only the 5 tokens after the cached blocks are read again, with each candidate
             assert new_computed == 3 * 5 + sum(map(len, candidates))
-        else:  # every row was scored twice: once from the cache (its first log-prob missing), once whole
-            assert new_computed >= 3 * len(p)
+        else:  # the first log-prob is asked for alone: the last cached block is read again, not the prefix
+            assert new_computed <= sum(map(len, candidates)) + 3 * block
+            assert scorer.rows_rescored == 0
+    # A chunk proposed twice is scored once, and both rows get its NLL.
+    sent = scorer.tokens_sent
+    twice = scorer.nlls([prefix] * 3, [candidates[0], candidates[1], candidates[0]])
+    assert twice[0] == twice[2] and scorer.tokens_sent - sent == 2 * len(prefix) + 7
 
 
 def test_gen_ssd_picks_the_same_candidates_with_either_scorer(engines, hf):
@@ -317,6 +322,20 @@ def test_sampled_evaluation_on_the_engine_draws_n_answers_per_question(engines):
     assert evaluate(teacher.spec, PROBLEMS, settings, engine=lambda spec: teacher).outputs == result.outputs
 
 
+# ---- path-level batching ---------------------------------------------------------------------------
+
+def test_engine_paths_join_as_slots_free_and_draw_what_they_draw_alone(engines):
+    """One slot, two slots, all at once: a path that ends gives its slot to the next problem (the
+    sessions' `add`), and each problem's trajectory is the same whatever ran beside it. (Before the
+    tests below that build engines of their own: tearing those down leaves vLLM's process-wide
+    parallel state unusable for the module's `engines`.)"""
+    teacher, scorer = engines
+    runs = [run_gen_ssd(PROBLEMS, teacher, scorer, _config(), batch_size=n) for n in (1, 2, len(PROBLEMS))]
+    for other in runs[1:]:
+        assert [t.text for t in other] == [t.text for t in runs[0]]
+        assert [[s.chosen for s in t.steps] for t in other] == [[s.chosen for s in t.steps] for t in runs[0]]
+
+
 def test_engine_settings_from_the_run_config_reach_the_engine(vllm_models):
     """`models.teacher_engine` of a pipeline YAML reaches `vllm.LLM` through `make_teacher`: its
     context, prefix caching off and an `extra` engine argument; a prompt past that context is the
@@ -426,13 +445,26 @@ def test_pipeline_selects_the_served_scorer_and_names_a_wrong_served_model(serve
         assert f"--model {wrong}" in message  # what to serve instead
 
 
-# ---- path-level batching ---------------------------------------------------------------------------
+# ---- several teacher servers -----------------------------------------------------------------------
 
-def test_engine_paths_join_as_slots_free_and_draw_what_they_draw_alone(engines):
-    """One slot, two slots, all at once: a path that ends gives its slot to the next problem (the
-    sessions' `add`), and each problem's trajectory is the same whatever ran beside it."""
-    teacher, scorer = engines
-    runs = [run_gen_ssd(PROBLEMS, teacher, scorer, _config(), batch_size=n) for n in (1, 2, len(PROBLEMS))]
-    for other in runs[1:]:
-        assert [t.text for t in other] == [t.text for t in runs[0]]
-        assert [[s.chosen for s in t.steps] for t in other] == [[s.chosen for s in t.steps] for t in runs[0]]
+def test_one_run_spreads_over_two_served_replicas_and_draws_what_one_server_draws(server, hf, tmp_path):
+    """A second `vllm serve` of the same model beside the `server` fixture's: both report the same
+    version (probe included), the run's paths are spread over both (each server's own count of
+    finished requests grows), and every trajectory is the one a single server gives (same seeds)."""
+    url, model = server
+    log = tmp_path / "replica.log"
+    proc, other = vllm_server.start(model, log, [*vllm_server.SCORER_FLAGS, "--block-size", str(SERVED_BLOCK)])
+    try:
+        vllm_server.wait_until_up(proc, other, log)
+        single = run_gen_ssd(PROBLEMS, OpenAITeacher(url, model), hf[1], _config())
+        teacher = OpenAITeacher([url, other], model, max_in_flight=4)
+        assert teacher.version == OpenAITeacher(url, model).version
+        before = [vllm_server.metric(u, "vllm:request_success_total") for u in (url, other)]
+        spread = run_gen_ssd(PROBLEMS, teacher, hf[1], _config())
+        served = [vllm_server.metric(u, "vllm:request_success_total") - b for u, b in zip((url, other), before)]
+    finally:
+        vllm_server.stop(proc)
+    assert all(n > 0 for n in served), served
+    assert teacher.router.load == [0, 0] and not teacher.router.down
+    assert [t.text for t in spread] == [t.text for t in single]
+    assert [[s.chosen for s in t.steps] for t in spread] == [[s.chosen for s in t.steps] for t in single]

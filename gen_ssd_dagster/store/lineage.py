@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 
+from ..core.data.sharding import shard_count, shard_of
 from ..core.errors import GenSSDError
 from ..core.method.versions import FIRST_VERSION
 from .db import Store
@@ -134,8 +135,11 @@ def model_lineage(home: Home, model: str | None = None, version: str | None = No
     }
 
 
-def dataset_lineage(home: Home, dataset: str, tracking_uri: str | None = None) -> dict:
-    """Which model versions learned from a dataset partition, and whose trajectories of it are stored."""
+def dataset_lineage(home: Home, dataset: str, tracking_uri: str | None = None, shards: int | None = None) -> dict:
+    """Which model versions learned from a dataset partition, and whose trajectories of it are stored
+    (with `shards` > 1, default $GEN_SSD_SHARDS: how many stored problems fall in each shard)."""
+    if shards is None:
+        shards = shard_count()
     store = _store(home)
     trajectories = [] if store is None else [
         {"teacher_version": t, "student_version": s, "method": m, "method_version": v, "config_hash": h,
@@ -144,6 +148,16 @@ def dataset_lineage(home: Home, dataset: str, tracking_uri: str | None = None) -
             "SELECT teacher_version, student_version, method, method_version, config_hash, count(*),"
             " count(*) FILTER (selected), min(created_at) FROM trajectories WHERE dataset = ? GROUP BY ALL"
             " ORDER BY 8, 3", [dataset])]
+    if store is not None and shards > 1:  # the stored problems of each shard of today's count
+        for t in trajectories:
+            ids = store.query(
+                "SELECT DISTINCT problem_id FROM trajectories WHERE dataset = ? AND teacher_version = ?"
+                " AND student_version = ? AND method = ? AND method_version = ? AND config_hash = ?",
+                [dataset, t["teacher_version"], t["student_version"], t["method"], t["method_version"],
+                 t["config_hash"]])
+            t["problems_by_shard"] = [0] * shards
+            for (pid,) in ids:
+                t["problems_by_shard"][shard_of(pid, shards)] += 1
     models = []
     if (home.root / "mlflow.db").exists() or tracking_uri:
         client = _client(home, tracking_uri)
@@ -159,7 +173,7 @@ def dataset_lineage(home: Home, dataset: str, tracking_uri: str | None = None) -
                     "trajectories": mv.tags.get("trajectories"), "model_version": mv.tags.get("model_version"),
                     "created": mv.creation_timestamp})
     models.sort(key=lambda m: (m["registered_model"], int(m["version"])))
-    return {"dataset": dataset, "models": models, "trajectories": trajectories}
+    return {"dataset": dataset, "models": models, "trajectories": trajectories, **({"shards": shards} if shards > 1 else {})}
 
 
 def format_model(info: dict) -> str:
@@ -196,6 +210,9 @@ def format_dataset(info: dict) -> str:
         lines.append(f"  teacher {t['teacher_version']}  {t['method']:<12} method version {t['method_version']}"
                      f"  config {t['config_hash']}  "
                      f"{t['selected']}/{t['trajectories']} selected  (since {t['created_at']})")
+        if t.get("problems_by_shard"):
+            lines.append(f"    problems per shard (of {info['shards']}): "
+                         + "  ".join(f"{i}-of-{info['shards']}: {n}" for i, n in enumerate(t["problems_by_shard"])))
     if not info["trajectories"]:
         lines.append("  (none)")
     return "\n".join(lines)

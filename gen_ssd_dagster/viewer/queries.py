@@ -11,10 +11,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from urllib.parse import urlencode
 
+from ..core.data.sharding import shard_count, shard_of
 from ..core.errors import GenSSDError
 from ..store import Home, Store
 
 PAGE_SIZE = 50
+
+
+def shard_label(problem_id: str) -> str:
+    """Which trajectories partition generated a problem under $GEN_SSD_SHARDS ("" with one shard):
+    the work is stored by problem, so this is the shard of today's count."""
+    shards = shard_count()
+    return f"shard {shard_of(problem_id, shards)}-of-{shards}" if shards > 1 else ""
+
+
 SORTS = {"created": "created_at", "ppl": "ppl", "length": "student_tokens", "steps": "n_steps"}
 END_REASONS = ("finished", "pruned", "length_cap")
 FACETS = ("dataset", "method", "method_version", "teacher_version", "config_hash")
@@ -154,7 +164,7 @@ class Reader:
         rows = self._rows("SELECT * FROM trajectories WHERE trajectory_key = ?", [key])
         if not rows:
             raise ViewerError(f"no trajectory has the key {key!r} in {self.home.db_path}", 404)
-        return rows[0]
+        return {**rows[0], "shard": shard_label(rows[0]["problem_id"])}
 
     def steps(self, key: str) -> list[list[dict]]:
         """Every step's candidates in order (empty for methods that sample whole solutions)."""

@@ -178,38 +178,85 @@ def _json_kind(v: Any) -> str:
     )
 
 
-def _check_jsonl(path: Path) -> list[int]:
-    """Check a JSON Lines file before `datasets` reads it; return the 1-based line of each row."""
+ON_BAD_ROW = ("error", "skip")
+
+
+@dataclass(frozen=True)
+class SkippedRow:
+    """A row left out under `on_bad_row: skip`: where it is (file and line, or hub row) and why."""
+
+    where: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class LoadedProblems:
+    problems: list[Problem]
+    skipped: list[SkippedRow]
+
+
+def _bad(where: str, reason: str, skip: bool, skipped: list[SkippedRow]) -> None:
+    if not skip:
+        raise DataError(f"{where}: {reason}")
+    skipped.append(SkippedRow(where, reason))
+
+
+def _parse_line(raw: bytes) -> dict | str | None:
+    """The row of one line, None for a blank line, or why it is not a row."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return f"not UTF-8 text ({e.reason} at byte {e.start})"
+    if not text.strip():
+        return None  # blank lines (e.g. the final newline) are not rows
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError as e:
+        return f"malformed JSON ({e.msg} at column {e.colno})"
+    return row if isinstance(row, dict) else f"a row must be a JSON object, got {_json_kind(row)}"
+
+
+def _check_jsonl(path: Path, skip: bool = False, skipped: list[SkippedRow] | None = None) -> list[tuple[int, int]]:
+    """Check a JSON Lines file before `datasets` reads it; return the 1-based line and the 0-based
+    row index (non-blank lines before it, bad ones included: ids stay put) of each good row.
+
+    A field must have one JSON kind in every row (Arrow's column type): when rows are skipped, the
+    kind most rows have wins, so one odd row (a name among numbers) is the one left out."""
     if not path.is_file():
         raise DataError(f"{path}: file not found (setting local_file)")
-    lines: list[int] = []
-    kinds: dict[str, tuple[str, int]] = {}  # field -> (JSON kind, first line having it)
+    skipped = skipped if skipped is not None else []
+    rows: list[tuple[int, dict]] = []
+    index: dict[int, int] = {}  # line -> row index
     for n, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise DataError(f"{path}, line {n}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-        if not text.strip():
-            continue  # blank lines (e.g. the final newline) are not rows
-        try:
-            row = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}, line {n}: malformed JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{path}, line {n}: a row must be a JSON object, got {_json_kind(row)}")
+        row = _parse_line(raw)
+        if row is not None:
+            index[n] = len(index)
+        if isinstance(row, str):
+            _bad(f"{path}, line {n}", row, skip, skipped)
+        elif row is not None:
+            rows.append((n, row))
+    kinds: dict[str, dict[str, int]] = {}  # field -> JSON kind -> first line having it
+    for n, row in rows:
         for k, v in row.items():
-            kind = _json_kind(v)
-            if kind == "null":
-                continue
-            first = kinds.setdefault(k, (kind, n))
-            if first[0] != kind:
-                raise DataError(
-                    f"{path}, line {n}: field {k!r} is a {kind} but a {first[0]} on line {first[1]};"
-                    " a field must have one type in every row"
-                )
-        lines.append(n)
+            if (kind := _json_kind(v)) != "null":
+                kinds.setdefault(k, {}).setdefault(kind, n)
+    if skip:
+        counts = {k: {kind: sum(_json_kind(r.get(k)) == kind for _, r in rows) for kind in ks} for k, ks in kinds.items()}
+        want = {k: max(c, key=c.get) for k, c in counts.items()}
+    else:
+        want = {k: next(iter(ks)) for k, ks in kinds.items()}
+    lines: list[tuple[int, int]] = []
+    for n, row in rows:
+        odd = [(k, kind) for k, v in row.items() if (kind := _json_kind(v)) not in ("null", want[k])]
+        if odd:
+            k, kind = odd[0]
+            _bad(f"{path}, line {n}", f"field {k!r} is a {kind} but a {want[k]} on line {kinds[k][want[k]]}"
+                 + (" and most rows;" if skip else ";") + " a field must have one type in every row", skip, skipped)
+        else:
+            lines.append((n, index[n]))
     if not lines:
-        raise DataError(f"{path}: the file has no rows (setting local_file)")
+        raise DataError(f"{path}: the file has no rows (setting local_file)"
+                        + (f"; all {len(skipped)} were bad, the first: {skipped[0].reason}" if skipped else ""))
     return lines
 
 
@@ -307,31 +354,56 @@ def _problem(spec: DatasetSpec, row: dict, index: int, where: str) -> Problem:
     return Problem(dataset=spec.name, problem_id=pid, question=question, gold=gold, solution=solution)
 
 
-def _to_problems(spec: DatasetSpec, rows: Iterable[dict], labels: list[str]) -> list[Problem]:
+def _to_problems(spec: DatasetSpec, rows: Iterable[dict], labels: list[str], skip: bool = False,
+                 skipped: list[SkippedRow] | None = None, indices: list[int] | None = None) -> list[Problem]:
     problems, seen = [], {}
-    for i, (row, where) in enumerate(zip(rows, labels)):
-        p = _problem(spec, row, i, where)
+    skipped = skipped if skipped is not None else []
+    for j, (row, where) in enumerate(zip(rows, labels)):
+        i = indices[j] if indices is not None else j
+        try:
+            p = _problem(spec, row, i, where)
+        except DataError as e:
+            if not skip:
+                raise
+            skipped.append(SkippedRow(where, str(e).removeprefix(f"{where}: ")))
+            continue
         if p.problem_id in seen:
-            raise DataError(f"{where}: problem_id {p.problem_id!r} repeats {seen[p.problem_id]} (setting id_field)")
+            _bad(where, f"problem_id {p.problem_id!r} repeats {seen[p.problem_id]} (setting id_field)", skip, skipped)
+            continue
         seen[p.problem_id] = where
         problems.append(p)
+    if not problems and skipped:
+        raise DataError(f"{labels[0].rsplit(',', 1)[0]}: every row is bad ({len(skipped)}); the first,"
+                        f" {skipped[0].where}: {skipped[0].reason}")
     return problems
 
 
-def _load_local(spec: DatasetSpec, path: Path) -> list[Problem]:
-    lines = _check_jsonl(path)
+def _load_local(spec: DatasetSpec, path: Path, skip: bool, skipped: list[SkippedRow]) -> list[Problem]:
+    lines = _check_jsonl(path, skip, skipped)
     from datasets import load_dataset  # heavy import, only when loading
 
+    source = path
+    if skipped:  # `datasets` reads the good lines only, from a copy
+        import tempfile
+
+        keep = {n for n, _ in lines}
+        tmp = tempfile.NamedTemporaryFile("wb", suffix=".jsonl", delete=False)
+        with tmp:
+            tmp.writelines(raw + b"\n" for n, raw in enumerate(path.read_bytes().split(b"\n"), start=1) if n in keep)
+        source = Path(tmp.name)
     try:
-        ds = load_dataset("json", data_files=str(path), split="train")
+        ds = load_dataset("json", data_files=str(source), split="train")
     except Exception as e:  # checked above, so this is unexpected: still say which file
         raise DataError(f"{path}: datasets could not read the file: {type(e).__name__}: {e}") from e
+    finally:
+        if source != path:
+            source.unlink()
     if len(ds) != len(lines):
         raise DataError(f"{path}: datasets read {len(ds)} rows but the file has {len(lines)}")
-    return _to_problems(spec, ds, [f"{path}, line {n}" for n in lines])
+    return _to_problems(spec, ds, [f"{path}, line {n}" for n, _ in lines], skip, skipped, [i for _, i in lines])
 
 
-def _load_hub(spec: DatasetSpec) -> list[Problem]:
+def _load_hub(spec: DatasetSpec, skip: bool, skipped: list[SkippedRow]) -> list[Problem]:
     from datasets import load_dataset
 
     src = f"{spec.hub_id} (config {spec.hub_config}, split {spec.split})"
@@ -344,7 +416,7 @@ def _load_hub(spec: DatasetSpec) -> list[Problem]:
         ) from e
     if len(ds) == 0:
         raise DataError(f"{src}: the dataset has no rows")
-    return _to_problems(spec, ds, [f"{src}, row {i + 1}" for i in range(len(ds))])
+    return _to_problems(spec, ds, [f"{src}, row {i + 1}" for i in range(len(ds))], skip, skipped)
 
 
 def load_problems(
@@ -360,18 +432,32 @@ def load_problems(
     (in file order); `seed` alone changes nothing. problem_id is f"{name}-{id}", stable across runs
     (ids that already start with f"{name}-" are kept as they are).
     """
+    return load_problems_checked(spec, data_dir, limit, seed).problems
+
+
+def load_problems_checked(
+    spec: DatasetSpec,
+    data_dir: str | Path | None = None,
+    limit: int | None = None,
+    seed: int | None = None,
+    on_bad_row: str = "error",
+) -> LoadedProblems:
+    """`load_problems`, with `on_bad_row`: "error" (a bad row refuses the whole file, as
+    `load_problems` does) or "skip" (bad rows are left out and returned in `skipped`, each with its
+    place and reason; a file with no good row is still an error). `limit` counts good rows."""
     spec.validate()
+    if on_bad_row not in ON_BAD_ROW:
+        raise ConfigError(f"on_bad_row must be one of {ON_BAD_ROW}, got {on_bad_row!r}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"limit must be a positive integer or None, got {limit!r}")
+    skip, skipped = on_bad_row == "skip", []
     if spec.local_file and (data_dir is not None or Path(spec.local_file).is_absolute()):
-        problems = _load_local(spec, Path(data_dir or "/") / spec.local_file)  # absolute wins the join
+        problems = _load_local(spec, Path(data_dir or "/") / spec.local_file, skip, skipped)  # absolute wins the join
     elif spec.hub_id:
-        problems = _load_hub(spec)
+        problems = _load_hub(spec, skip, skipped)
     else:
         raise ConfigError(f"dataset {spec.name!r} has only a local_file ({spec.local_file}); pass data_dir")
-    if limit is None or limit >= len(problems):
-        return problems
-    if seed is None:
-        return problems[:limit]
-    keep = sorted(random.Random(seed).sample(range(len(problems)), limit))
-    return [problems[i] for i in keep]
+    if limit is not None and limit < len(problems):
+        keep = range(limit) if seed is None else sorted(random.Random(seed).sample(range(len(problems)), limit))
+        problems = [problems[i] for i in keep]
+    return LoadedProblems(problems, skipped)

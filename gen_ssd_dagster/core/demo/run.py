@@ -19,6 +19,7 @@ from gen_ssd_dagster.core.demo.models import DemoModelsConfig, build_demo_models
 from gen_ssd_dagster.core.demo.world import write_demo_dataset
 from gen_ssd_dagster.core.evaluation.evaluate import evaluate
 from gen_ssd_dagster.core.method.registry import run_method, training_examples
+from gen_ssd_dagster.core.engines.devices import resolve_device
 from gen_ssd_dagster.core.engines.models import ModelSpec
 from gen_ssd_dagster.core.experiments.comparison import DISTILL_TRAIN
 from gen_ssd_dagster.core.data.solution_text import ANSWER_LINE
@@ -35,6 +36,7 @@ class DemoConfig:
     n_distill: train problems (disjoint from the cold-start ones) every method generates for.
     cold_start: how the teacher samples the cold start's data (Standard KD, keep the correct ones).
     cold_start_train / distill_train: the fine-tuning of the cold start and of each distilled student.
+    device: where every model runs (`ModelSpec.device`): "auto", "cpu", "cuda", "cuda:N".
     """
 
     seed: int = 0
@@ -51,6 +53,7 @@ class DemoConfig:
         num_candidates=2, sampling=SamplingConfig(temperature=0.8, solution_end="answer_line"))
     cold_start_train: TrainConfig = TrainConfig(epochs=3, learning_rate=2e-3, batch_size=16, bf16=True)
     distill_train: TrainConfig = DISTILL_TRAIN
+    device: str = "auto"
 
 
 @dataclass
@@ -62,6 +65,11 @@ class DemoResult:
 
 def run_demo(home: str | Path, config: DemoConfig = DemoConfig(), log: Log = print) -> DemoResult:
     home = Path(home)
+    resolve_device(config.device, "gen-ssd demo --device")  # before anything is built or loaded
+
+    def spec(path) -> ModelSpec:
+        return ModelSpec(str(path), device=config.device)
+
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -81,17 +89,17 @@ def run_demo(home: str | Path, config: DemoConfig = DemoConfig(), log: Log = pri
 
     models = build_demo_models(home / "models", config.models, progress=_train_log(log, "demo models"))
     stage("demo models")
-    teacher = TransformersTeacher(ModelSpec(str(models.teacher)))
+    teacher = TransformersTeacher(spec(models.teacher))
 
-    base_scorer = TransformersScorer(ModelSpec(str(models.student)))
+    base_scorer = TransformersScorer(spec(models.student))
     cold_data = training_examples(run_method(config.cold_start, cold_problems, teacher, base_scorer))
     log(f"[demo] cold start: {len(cold_data)} correct teacher samples from {len(cold_problems)} problems")
-    cold = fine_tune(models.student, cold_data, home / "students" / "cold_start", config.cold_start_train,
+    cold = fine_tune(spec(models.student), cold_data, home / "students" / "cold_start", config.cold_start_train,
                      _train_log(log, "cold start"))
     stage("cold start")
 
     # The cold-start student is the judge: its perplexity now measures the teacher's format.
-    scorer = TransformersScorer(ModelSpec(str(cold.path)))
+    scorer = TransformersScorer(spec(cold.path))
     students = {"base": models.student, "cold_start": cold.path}
     trajectories = {}
     for method_config in (config.gen_ssd, config.standard_kd, config.posthoc):
@@ -102,14 +110,14 @@ def run_demo(home: str | Path, config: DemoConfig = DemoConfig(), log: Log = pri
         log(f"[demo] {method}: {len(examples)} training trajectories, "
             f"{sum(t.teacher_tokens for t in trajectories[method])} teacher tokens")
         stage(f"{method} trajectories")
-        result = fine_tune(cold.path, examples, home / "students" / method, config.distill_train,
+        result = fine_tune(spec(cold.path), examples, home / "students" / method, config.distill_train,
                            _train_log(log, f"distill {method}"))
         students[method] = result.path
         stage(f"{method} student")
 
     accuracy = {}
     for name, path in students.items():
-        accuracy[name] = evaluate(ModelSpec(str(path)), test, solution_end=ANSWER_LINE,
+        accuracy[name] = evaluate(spec(path), test, solution_end=ANSWER_LINE,
                                   progress=Reporter(f"[demo] evaluating {name}", log, unit="questions")).accuracy
         log(f"[demo] accuracy of {name}: {accuracy[name]:.3f}")
     stage("evaluation")

