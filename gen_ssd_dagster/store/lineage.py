@@ -150,7 +150,7 @@ def dataset_lineage(home: Home, dataset: str, tracking_uri: str | None = None, s
             " ORDER BY 8, 3", [dataset])]
     if store is not None and shards > 1:  # the stored problems of each shard of today's count
         for t in trajectories:
-            ids = store.query(
+            ids = store.trajectory_query(
                 "SELECT DISTINCT problem_id FROM trajectories WHERE dataset = ? AND teacher_version = ?"
                 " AND student_version = ? AND method = ? AND method_version = ? AND config_hash = ?",
                 [dataset, t["teacher_version"], t["student_version"], t["method"], t["method_version"],
