@@ -12,7 +12,7 @@ import pytest
 
 from conftest import run_processes
 from gen_ssd_dagster.core.types import Candidate, Step, Trajectory
-from gen_ssd_dagster.store import Store, segments
+from gen_ssd_dagster.store import Store, compaction, segments, snapshot
 from gen_ssd_dagster.store.trajectories import (WorkKey, candidate_ppl_histogram, candidate_ppls,
                                                 done_problem_ids, write_batch)
 
@@ -114,7 +114,7 @@ def test_racing_writers_on_the_same_problems_count_once_and_the_first_commit_win
     # each problem's rows are the ones of its earliest commit, whoever wrote it
     with store.trajectory_reader() as con:
         won = con.execute("SELECT t.problem_id, t.text FROM _trajectories_won t ORDER BY 1").fetchall()
-        first = con.execute("SELECT problem_id, arg_min(text, commit_id) FROM _trajectories_all GROUP BY 1"
+        first = con.execute("SELECT problem_id, arg_min(text, commit_id) FROM _trajectories_tail GROUP BY 1"
                             " ORDER BY 1").fetchall()
     assert won == first
     assert store.query("SELECT count(*) FROM trajectories")[0][0] == 40  # the locked path agrees
@@ -156,6 +156,10 @@ def test_an_old_home_is_read_as_it_is_then_migrated(tmp_path):
     assert store.trajectory_query(CONSISTENT)[0] == (2, 2, 3, 0)
 
 
+def _names(folder) -> set[str]:
+    return {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+
+
 def test_compaction_keeps_every_answer_and_deletes_its_sources_later(tmp_path, monkeypatch):
     path = str(tmp_path / "db.duckdb")
     _write(path, "p", 6)
@@ -164,19 +168,113 @@ def test_compaction_keeps_every_answer_and_deletes_its_sources_later(tmp_path, m
     query = "SELECT problem_id, text FROM trajectories ORDER BY 1"
     before, counts = store.trajectory_query(query), store.trajectory_query(CONSISTENT)
     assert store.compact(min_batches=100) is None  # too few batches to bother
-    merged = store.compact(min_batches=2)
-    assert merged and store.trajectory_query(query) == before and store.trajectory_query(CONSISTENT) == counts
-    assert [b.name for b in segments.live_batches(store.segments)] == [merged]
-    assert len(list((store.segments / "batches").iterdir())) == 9  # sources stay a while for readers
+    assert store.compact(min_batches=2)
+    assert store.trajectory_query(query) == before and store.trajectory_query(CONSISTENT) == counts
+    snap = snapshot.take(store.segments)
+    assert snap.tail == [] and len(snap.manifest.segments) == 1
+    assert snap.manifest.segments[0]["rows"] == {"problem_runs": 24, "trajectories": 24, "candidates": 48}
+    with store.trajectory_reader() as con:  # a compacted home is read without a window or a join
+        plan = con.execute("EXPLAIN SELECT count(*) FROM trajectories").fetchall()[0][1]
+    assert "WINDOW" not in plan and "JOIN" not in plan
+    assert len(_names(store.segments / "batches")) == 8  # consumed, kept a while for readers that listed them
+    # the tail against the compacted layer: a problem written again loses; a new one counts
+    _write(path, "p", 1, "too late again")
     _write(path, "q", 1)
-    monkeypatch.setattr(segments, "DELETE_AFTER_S", 0.0)
-    second = store.compact(min_batches=2)  # deletes the first compaction's sources, then merges again
-    assert len(list((store.segments / "batches").iterdir())) == 3
-    assert store.compact(min_batches=2) is None  # one live batch: nothing to merge, the sources go
-    assert [b.name for b in (store.segments / "batches").iterdir()] == [second]
-    assert [b.name for b in segments.live_batches(store.segments)] == [second]
-    assert store.trajectory_query(CONSISTENT)[0] == (counts[0][0] + BATCH, counts[0][1] + BATCH,
-                                                     counts[0][2] + 2 * BATCH, 0)
+    assert store.trajectory_query(CONSISTENT)[0] == (24 + BATCH, 24 + BATCH, 48 + 2 * BATCH, 0)
+    assert store.trajectory_query(query)[:len(before)] == before
+    monkeypatch.setattr(snapshot, "DELETE_AFTER_S", 0.0)
+    assert store.compact(min_batches=1)
+    assert _names(store.segments / "batches") == set(snapshot.take(store.segments).manifest.consumed)
+    assert store.compact(min_batches=1)  # the consumed batches go, then the manifest forgets them
+    assert _names(store.segments / "batches") == set() and len(_names(store.segments / "manifest")) == 2  # the newest two
+    assert store.trajectory_query(CONSISTENT)[0] == (24 + BATCH, 24 + BATCH, 48 + 2 * BATCH, 0)
+    assert store.compact(min_batches=1) is None  # nothing left to do
+
+
+def test_a_late_commit_with_an_earlier_id_beats_a_compacted_row(tmp_path, monkeypatch):
+    """First commit wins across both layers: a writer that committed late (a stalled machine, a clock
+    behind) under an earlier commit id takes the problem from the compacted layer, for readers at
+    once and in the next compaction."""
+    path = str(tmp_path / "db.duckdb")
+    early = segments.new_commit_id()
+    _write(path, "p", 2)
+    store = Store(path)
+    assert store.compact(min_batches=1)
+    monkeypatch.setattr(segments, "new_commit_id", lambda: early)
+    write_batch(store, _key(), ["p1", "x1"], [_traj("p1", "late but first"), _traj("x1", "late but first")], {})
+    query = "SELECT problem_id, text FROM trajectories WHERE text = 'late but first' ORDER BY 1"
+    assert store.trajectory_query(query) == [("p1", "late but first"), ("x1", "late but first")]
+    assert store.trajectory_query(CONSISTENT)[0] == (2 * BATCH + 1, 2 * BATCH + 1, 4 * BATCH + 2, 0)
+    assert store.compact(min_batches=1)  # rewrites the segment that held p1
+    assert snapshot.take(store.segments).tail == []
+    assert store.trajectory_query(query) == [("p1", "late but first"), ("x1", "late but first")]
+    assert store.trajectory_query(CONSISTENT)[0] == (2 * BATCH + 1, 2 * BATCH + 1, 4 * BATCH + 2, 0)
+
+
+def test_segments_merge_level_by_level(tmp_path):
+    path = str(tmp_path / "db.duckdb")
+    store = Store(path)
+    for b in range(compaction.FANOUT + 1):
+        _write(path, f"b{b}-", 1)
+        assert store.compact(min_batches=1)
+    levels = sorted(s["level"] for s in snapshot.take(store.segments).manifest.segments)
+    assert levels == [0, 1]  # FANOUT level-0 segments became one level-1 segment
+    assert store.trajectory_query(CONSISTENT)[0] == (5 * BATCH, 5 * BATCH, 10 * BATCH, 0)
+    assert len(done_problem_ids(store, _key())) == 5 * BATCH
+
+
+def _die_in_compaction(path: str, at: str) -> None:
+    """Compact, and be SIGKILLed at `at`: the segment written (rename) or the manifest written (link)."""
+    real = getattr(compaction.os, at)
+
+    def die(src, dst):
+        if "compacted" in str(dst) or at == "link":
+            os.kill(os.getpid(), signal.SIGKILL)
+        real(src, dst)
+
+    setattr(compaction.os, at, die)
+    Store(path).compact(min_batches=1)
+
+
+@pytest.mark.parametrize("at", ["rename", "link"])
+def test_a_compaction_killed_midway_leaves_the_old_layer_readable(tmp_path, at):
+    path = str(tmp_path / "db.duckdb")
+    _write(path, "p", 3)
+    store = Store(path)
+    assert store.compact(min_batches=1)
+    _write(path, "q", 2)
+    counts = store.trajectory_query(CONSISTENT)
+    assert run_processes(_die_in_compaction, [(path, at)], 120) == [-signal.SIGKILL]
+    assert store.trajectory_query(CONSISTENT) == counts and counts[0][0] == 5 * BATCH
+    assert len(snapshot.take(store.segments).tail) == 2  # still the tail: nothing counted twice
+    assert store.compact(min_batches=1) is None  # its claim is left: skipped, not waited for
+    (store.segments / "compacting").rmdir()  # (taken over after CLAIM_STALE_S)
+    assert store.compact(min_batches=1)
+    assert store.trajectory_query(CONSISTENT) == counts and snapshot.take(store.segments).tail == []
+
+
+def test_a_writer_starts_a_compaction_when_the_tail_is_long(tmp_path, monkeypatch):
+    monkeypatch.setenv("GEN_SSD_COMPACT_AFTER", "3")
+    monkeypatch.setenv("PYTHONPATH", os.getcwd())  # the compactor process imports this checkout
+    path = str(tmp_path / "db.duckdb")
+    store = Store(path)
+    _write(path, "p", 2)
+    assert not (store.segments / "manifest").exists()
+    pids = [f"p{8 + i}" for i in range(BATCH)]
+    monkeypatch.setattr(compaction, "start_if_due", _keep(compaction.start_if_due, started := []))
+    write_batch(store, _key(), pids, [_traj(p) for p in pids], {})
+    assert len(started) == 1 and started[0] is not None
+    assert started[0].wait(120) == 0
+    snap = snapshot.take(store.segments)
+    assert snap.tail == [] and snap.manifest.segments[0]["rows"]["problem_runs"] == 3 * BATCH
+    assert store.trajectory_query(CONSISTENT)[0] == (3 * BATCH, 3 * BATCH, 6 * BATCH, 0)
+
+
+def _keep(fn, out: list):
+    def wrapped(*args):
+        out.append(fn(*args))
+        return out[-1]
+    return wrapped
 
 
 def test_the_ppl_histogram_is_counted_in_sql(tmp_path):

@@ -24,7 +24,7 @@ from pathlib import Path
 import duckdb
 from filelock import FileLock
 
-from . import segments
+from . import segments, snapshot
 from .schema import DDL, KEY_CHANGES, MIGRATIONS, SCHEMA_VERSION
 
 
@@ -73,7 +73,7 @@ class Store:
         with self._lock:
             con = self._open(read_only)
             try:
-                segments.create_views(con, self.segments, con.execute("SELECT current_database()").fetchone()[0])
+                self._views(con, con.execute("SELECT current_database()").fetchone()[0])
                 yield con
             finally:
                 con.close()
@@ -89,23 +89,32 @@ class Store:
             return
         con = duckdb.connect()
         try:
-            segments.create_views(con, self.segments)
+            self._views(con)
             yield con
         finally:
             con.close()
+
+    def _views(self, con: duckdb.DuckDBPyConnection, legacy_db: str | None = None) -> None:
+        """The trajectory tables' views over a snapshot of the folder (`snapshot.py`), and over an
+        old home's DuckDB tables (database `legacy_db`) while they are not migrated."""
+        snap = snapshot.take(self.segments)
+        legacy = None
+        if legacy_db and not (self.segments / segments.MIGRATED_MARKER).exists() and not (
+                segments.LEGACY_COMMIT in {b.name for b in snap.tail} or segments.LEGACY_COMMIT in snap.manifest.consumed):
+            legacy = {t: segments.legacy_select(con, legacy_db, t) for t in segments.TABLES}
+        snapshot.create_views(con, snap, legacy)
 
     def trajectory_query(self, sql: str, params: list | None = None) -> list[tuple]:
         """`query` over the trajectory tables only, without the lock (`trajectory_reader`)."""
         with self.trajectory_reader() as con:
             return con.execute(sql, params or []).fetchall()
 
-    def compact(self, min_batches: int = 64) -> str | None:
-        """Merge the trajectory tables' batches (`segments.compact`); one process at a time."""
-        con = duckdb.connect()
-        try:
-            return segments.compact(con, self.segments, min_batches)
-        finally:
-            con.close()
+    def compact(self, min_batches: int = 1) -> str | None:
+        """Fold the trajectory tables' fresh batches into the compacted layer (`compaction.py`);
+        None when another compactor is at work or there was nothing to do."""
+        from . import compaction
+
+        return compaction.compact(self.segments, min_batches)
 
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:

@@ -14,7 +14,7 @@ import pandas as pd
 
 from ..core.method.versions import FIRST_VERSION, method_version
 from ..core.types import Problem, Trajectory
-from . import segments
+from . import compaction, segments
 from .db import Store
 from .schema import TRAJECTORY_TABLES
 
@@ -112,6 +112,7 @@ def write_batch(store: Store, key: WorkKey, problem_ids: list[str], trajectories
         segments.commit(con, store.segments, {
             t: f"SELECT *, {'' if t == 'candidates' else segments.PROBLEM_KEY_SQL + ' AS problem_key, '}"
                f"'{commit_id}' AS commit_id FROM {t}" for t in segments.TABLES}, commit_id)
+    compaction.start_if_due(store.segments)  # in a process of its own: this writer goes on
     return len(traj_rows)
 
 
