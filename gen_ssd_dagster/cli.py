@@ -188,6 +188,25 @@ def cmd_view(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_store_compact(args: argparse.Namespace) -> int:
+    """Compact the trajectory tables now (writers also start this themselves: docs/store.md)."""
+    from gen_ssd_dagster.store import Home, Store
+    from gen_ssd_dagster.store.snapshot import take
+
+    home = Home.resolve(args.home)
+    store = Store(home.db_path)
+    before = len(take(store.segments).tail)
+    manifest = store.compact(args.min_batches)
+    after = take(store.segments)
+    if manifest is None and (store.segments / "compacting").exists():
+        print(f"gen-ssd: another compaction of {store.segments} is at work; nothing done", file=sys.stderr)
+        return 1
+    rows = sum(s["rows"].get("trajectories", 0) for s in after.manifest.segments)
+    print(f"{store.segments}: {before - len(after.tail)} batches folded in; {len(after.manifest.segments)}"
+          f" segments ({rows} trajectories), {len(after.tail)} fresh batches left")
+    return 0
+
+
 class _LazyHelp(argparse.HelpFormatter):
     """Help texts given as functions are read only when help is printed (`_field_help`)."""
 
@@ -275,6 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
     view.add_argument("--export", metavar="DATASET", help="write this partition as one HTML file instead of serving")
     view.add_argument("--out", help="the exported file (default: trajectories_<DATASET>.html)")
     view.set_defaults(func=cmd_view)
+    store = sub.add_parser("store", help="maintain the home's trajectory store (docs/store.md)")
+    store_sub = store.add_subparsers(dest="store_command", required=True)
+    compact = store_sub.add_parser("compact", help="fold the fresh trajectory batches into the compacted layer now")
+    compact.add_argument("--min-batches", type=int, default=1, help="do nothing below this many fresh batches")
+    compact.set_defaults(func=cmd_store_compact)
     return parser
 
 

@@ -291,3 +291,15 @@ def test_the_ppl_histogram_is_counted_in_sql(tmp_path):
                            for i, (lo, hi) in enumerate(zip(h["edges"], h["edges"][1:]))]
     assert candidate_ppls(store, _key(), limit=3)[1] == sorted(candidate_ppls(store, _key(), limit=3)[1])
     assert len(candidate_ppls(store, _key(), limit=3)[1]) == 3
+
+
+def test_gen_ssd_store_compact(tmp_path, capsys):
+    from gen_ssd_dagster.cli import main
+    from gen_ssd_dagster.store import Home
+
+    home = Home(tmp_path / "home").make()
+    _write(str(home.db_path), "p", 3)
+    assert main(["--home", str(home.root), "store", "compact"]) == 0
+    out = capsys.readouterr().out
+    assert "3 batches folded in; 1 segments (12 trajectories), 0 fresh batches left" in out
+    assert Store(home.db_path).trajectory_query(CONSISTENT)[0] == (12, 12, 24, 0)
