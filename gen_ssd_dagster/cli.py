@@ -68,12 +68,12 @@ def _run_experiment(args: argparse.Namespace, asset: str, settings: dict) -> int
     return 0 if result.success else 1
 
 
-def _experiment_report(home, kind: str) -> str:
+def _experiment_report(home, kind: str, store=None) -> str:
     from gen_ssd_dagster.core.experiments.comparison_table import markdown
     from gen_ssd_dagster.store import Store
     from gen_ssd_dagster.store.experiments import experiment_arms, latest_experiment
 
-    store = Store(home.db_path)
+    store = store or Store(home.db_path)  # one Store: one schema check per command
     name = latest_experiment(store, kind)
     if name is None:
         return ""
@@ -146,7 +146,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             print(f"\ngrader {', '.join(sorted(set(df.grader_version)))}; MLflow runs: "
                   f"{', '.join(sorted(set(df.mlflow_run_id.dropna())))}")
         for kind in ("comparison", "sweep"):
-            text = _experiment_report(home, kind)
+            text = _experiment_report(home, kind, store)
             if text:
                 print(text)
     return 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+from pathlib import Path
 
 import duckdb
 import pytest
@@ -17,6 +18,9 @@ from gen_ssd_dagster.store.trajectories import (WorkKey, candidate_ppl_histogram
                                                 done_problem_ids, write_batch)
 
 BATCH = 4
+CONSISTENT_AS_ROW = ("SELECT (SELECT count(*) FROM problem_runs) AS runs, (SELECT count(*) FROM trajectories) AS t,"
+                     " (SELECT count(*) FROM candidates) AS c,"
+                     " (SELECT count(*) FROM candidates ANTI JOIN trajectories USING (trajectory_key)) AS o")
 CONSISTENT = ("SELECT (SELECT count(*) FROM problem_runs), (SELECT count(*) FROM trajectories),"
               " (SELECT count(*) FROM candidates),"
               " (SELECT count(*) FROM candidates ANTI JOIN trajectories USING (trajectory_key))")
@@ -303,3 +307,69 @@ def test_gen_ssd_store_compact(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "3 batches folded in; 1 segments (12 trajectories), 0 fresh batches left" in out
     assert Store(home.db_path).trajectory_query(CONSISTENT)[0] == (12, 12, 24, 0)
+
+
+def _write_shard(path: str, shard: int, batches: int, stall_at: int, release) -> None:
+    """Commit `batches` batches of one shard's problems (of 2); with `stall_at`, hang inside that
+    commit (its files written, not yet renamed into place) until `release` is set."""
+    from gen_ssd_dagster.core.data.sharding import shard_of
+
+    pids = [p for p in (f"s{i}" for i in range(10_000)) if shard_of(p, 2) == shard][:batches * BATCH]
+    real, commits = os.rename, []
+
+    def rename(src, dst):
+        if Path(dst).parent.name == "batches":
+            commits.append(dst)
+            if len(commits) == stall_at:
+                assert release.wait(300)
+        real(src, dst)
+
+    segments.os.rename = rename
+    store = Store(path)
+    for b in range(batches):
+        chunk = pids[b * BATCH:(b + 1) * BATCH]
+        write_batch(store, _key(), chunk, [_traj(p) for p in chunk], {})
+
+
+def test_two_shard_writers_while_the_viewer_and_the_report_read(tmp_path, monkeypatch, capsys):
+    """The issue's test: two processes write different shards at once while the viewer and `gen-ssd
+    report` read. One writer hangs in the middle of a commit the whole time the readers run: every
+    read still finishes (a reader never waits for a commit, let alone more than one), sees whole
+    batches only, and the other writer, and the compactor it starts, go on; no writer fails."""
+    from gen_ssd_dagster.cli import main
+    from gen_ssd_dagster.store import Home
+    from gen_ssd_dagster.store.scores import EvaluationScore, write_scores
+    from gen_ssd_dagster.viewer.queries import Filters, Reader
+
+    monkeypatch.setenv("GEN_SSD_COMPACT_AFTER", "4")  # compactions run during the test too
+    monkeypatch.setenv("PYTHONPATH", os.getcwd())
+    home = Home(tmp_path / "home").make()
+    path = str(home.db_path)
+    write_scores(Store(path), [EvaluationScore("gen_ssd", "m1", "demo", 10, 7, 0.7, "g1", "e1")])
+    ctx = mp.get_context("spawn")
+    release = ctx.Event()
+    stalled = ctx.Process(target=_write_shard, args=(path, 0, 6, 2, release))
+    other = ctx.Process(target=_write_shard, args=(path, 1, 12, 0, release))
+    stalled.start()
+    other.start()
+    reader, seen = Reader(home), []
+    try:
+        while other.is_alive() or len(seen) < 3:
+            with reader.session():
+                items, total = reader.page(Filters(page=0))
+                seen.append((total, reader._rows(CONSISTENT_AS_ROW)[0].values()))
+            assert main(["--home", str(home.root), "report"]) == 0
+            assert "gen_ssd" in capsys.readouterr().out
+        assert other.exitcode == 0 and stalled.is_alive()  # the whole time, one commit hung midway
+    finally:
+        release.set()
+        stalled.join(120)
+        other.join(1)
+    assert stalled.exitcode == 0
+    for total, counts in seen:
+        runs, trajectories, candidates, orphans = counts  # whole batches only
+        assert total == trajectories == runs and runs % BATCH == 0 and candidates == 2 * runs and orphans == 0
+    assert [s[0] for s in seen] == sorted(s[0] for s in seen) and seen[-1][0] == 13 * BATCH  # 12 + the first
+    store = Store(path)
+    assert store.trajectory_query(CONSISTENT)[0] == (18 * BATCH, 18 * BATCH, 36 * BATCH, 0)
+    assert len(done_problem_ids(store, _key())) == 18 * BATCH

@@ -25,7 +25,7 @@ import numpy as np
 
 from . import snapshot as snap_mod
 from .segments import fsync, new_commit_id, sql_path
-from .snapshot import KEY_NUMBER_SQL, KEYS_FILE, TABLES, Manifest, create_views, read_manifest, take
+from .snapshot import COUNTS, COUNTS_SQL, KEY_NUMBER_SQL, KEYS_FILE, TABLES, Manifest, create_views, read_manifest, take
 
 FANOUT = 4  # this many segments of one level are concatenated into one of the next level
 CLAIM_STALE_S = 3600.0  # a claim left this long (a killed compactor's) is taken over
@@ -154,6 +154,11 @@ def _write_segment(con, root: Path, selects: dict[str, str], level: int, keys: n
             con.execute(f"COPY ({select}) TO {sql_path(path)} (FORMAT parquet, COMPRESSION zstd)")
             fsync(path)
         rows[table] = n
+    if rows.get("trajectories"):
+        counts = tmp / f"{COUNTS}.parquet"
+        con.execute(f"COPY ({COUNTS_SQL.format('read_parquet(' + sql_path(tmp / 'trajectories.parquet') + ')')})"
+                    f" TO {sql_path(counts)} (FORMAT parquet)")
+        fsync(counts)
     if keys is None:
         runs = tmp / "problem_runs.parquet"
         keys = np.sort(np.array([k for (k,) in con.execute(

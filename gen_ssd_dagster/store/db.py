@@ -16,6 +16,7 @@ than surfaced as an error.
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +31,12 @@ from .schema import DDL, KEY_CHANGES, MIGRATIONS, SCHEMA_VERSION
 
 class StoreBusyError(RuntimeError):
     """The database stayed locked by another process for longer than the configured wait."""
+
+
+def _names_trajectory_table(sql: str) -> bool:
+    """Whether a query may read a trajectory table (their views cost a look at the batches: a query
+    of the scores does without them)."""
+    return re.search(r"\b(problem_runs|trajectories|candidates)\b", sql, re.IGNORECASE) is not None
 
 
 def _is_lock_error(exc: Exception) -> bool:
@@ -52,12 +59,13 @@ class Store:
         return segments.root_of(self.path)
 
     @contextmanager
-    def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A connection held for the duration of the block, under the file lock."""
+    def connect(self, read_only: bool = False, views: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection held for the duration of the block, under the file lock; with the trajectory
+        tables' views unless `views` is False."""
         if not self._ready:
             self._ready = True
             self.init()
-        with self._held(read_only) as con:
+        with self._held(read_only, views) as con:
             yield con
 
     @contextmanager
@@ -69,11 +77,12 @@ class Store:
             yield con
 
     @contextmanager
-    def _held(self, read_only: bool) -> Iterator[duckdb.DuckDBPyConnection]:
+    def _held(self, read_only: bool, views: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
         with self._lock:
             con = self._open(read_only)
             try:
-                self._views(con, con.execute("SELECT current_database()").fetchone()[0])
+                if views:
+                    self._views(con, con.execute("SELECT current_database()").fetchone()[0])
                 yield con
             finally:
                 con.close()
@@ -169,11 +178,11 @@ class Store:
 
     def query_df(self, sql: str, params: list | None = None):
         """Run one read query and return a pandas DataFrame."""
-        with self.connect(read_only=True) as con:
+        with self.connect(read_only=True, views=_names_trajectory_table(sql)) as con:
             return con.execute(sql, params or []).df()
 
     def query(self, sql: str, params: list | None = None) -> list[tuple]:
-        with self.connect(read_only=True) as con:
+        with self.connect(read_only=True, views=_names_trajectory_table(sql)) as con:
             return con.execute(sql, params or []).fetchall()
 
     def _open(self, read_only: bool) -> duckdb.DuckDBPyConnection:

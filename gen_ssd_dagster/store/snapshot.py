@@ -32,6 +32,12 @@ from .segments import TABLES, sql_path
 # Files no manifest names any more are deleted this long after, so a reader that listed them can finish.
 DELETE_AFTER_S = 600.0
 KEYS_FILE = "keys.npy"
+# Each segment keeps its trajectories counted by these columns (`trajectory_counts`): the viewer's
+# counts and filter menus read those few rows instead of every trajectory.
+COUNT_COLUMNS = ("dataset", "method", "method_version", "teacher_version", "config_hash", "end_reason", "correct",
+                 "selected")
+COUNTS = "trajectory_counts"
+COUNTS_SQL = f"SELECT {', '.join(COUNT_COLUMNS)}, count(*) AS n FROM {{}} GROUP BY ALL"
 
 
 def key_number(problem_key: str) -> int:
@@ -155,13 +161,21 @@ def create_views(con, snap: Snapshot, legacy_selects: dict[str, str] | None = No
         cand += " UNION ALL SELECT * FROM _candidates_tail_won"
     con.execute(f"CREATE OR REPLACE TEMP VIEW _candidates_won AS {cand}")
     con.execute("CREATE OR REPLACE TEMP VIEW candidates AS SELECT * EXCLUDE (commit_id) FROM _candidates_won")
+    counted = snap.files(COUNTS, snap.segment_dirs())
+    counts = ([f"SELECT * FROM read_parquet([{', '.join(sql_path(p) for p in counted)}])"] if counted and not beaten
+              else [COUNTS_SQL.format("_trajectories_compacted" + not_beaten)] if snap.manifest.segments else [])
+    counts += [COUNTS_SQL.format("_trajectories_tail_won")] if has_tail else []
+    cols = ", ".join(COUNT_COLUMNS)
+    con.execute(f"CREATE OR REPLACE TEMP VIEW {COUNTS} AS SELECT {cols}, CAST(sum(n) AS BIGINT) AS n FROM ("
+                + (" UNION ALL ".join(counts) or COUNTS_SQL.format("trajectories")) + ") GROUP BY ALL")
 
 
 def _settle_clashes(con, snap: Snapshot) -> list[str]:
     """Compare the tail's problems that a segment holds too with the segment's row: `_beaten` gets
     the segments' rows a tail commit precedes (rare: a writer that committed late with an early
     commit id), `_tail_lost` the tail's rows a segment precedes (a problem written twice)."""
-    first = dict(con.execute("SELECT problem_key, min(commit_id) FROM _problem_runs_tail GROUP BY 1").fetchall())
+    first = dict(con.execute("SELECT problem_key, min(commit_id) FROM _problem_runs_tail GROUP BY 1").fetchall()
+                 ) if snap.manifest.segments else {}
     both = clashes(snap, list(first))
     compacted = dict(con.execute(
         "SELECT problem_key, commit_id FROM _problem_runs_compacted WHERE list_contains(?, problem_key)",

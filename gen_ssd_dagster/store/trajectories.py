@@ -108,12 +108,19 @@ def write_batch(store: Store, key: WorkKey, problem_ids: list[str], trajectories
         _insert(con, "trajectories", _TRAJECTORY_COLUMNS, traj_rows)
         _insert(con, "candidates", _CANDIDATE_COLUMNS, cand_rows)
         _insert(con, "problem_runs", _RUN_COLUMNS, work_rows)
-        commit_id = segments.new_commit_id()
-        segments.commit(con, store.segments, {
-            t: f"SELECT *, {'' if t == 'candidates' else segments.PROBLEM_KEY_SQL + ' AS problem_key, '}"
-               f"'{commit_id}' AS commit_id FROM {t}" for t in segments.TABLES}, commit_id)
+        commit_tables(con, store)
     compaction.start_if_due(store.segments)  # in a process of its own: this writer goes on
     return len(traj_rows)
+
+
+def commit_tables(con: duckdb.DuckDBPyConnection, store: Store) -> str:
+    """Commit what `batch_tables`' connection holds as one batch, with each row's problem key and
+    commit id; returns the commit id."""
+    commit_id = segments.new_commit_id()
+    segments.commit(con, store.segments, {
+        t: f"SELECT *, {'' if t == 'candidates' else segments.PROBLEM_KEY_SQL + ' AS problem_key, '}"
+           f"'{commit_id}' AS commit_id FROM {t}" for t in segments.TABLES}, commit_id)
+    return commit_id
 
 
 _TRAJECTORY_COLUMNS = ("trajectory_key, dataset, problem_id, method, method_version, sample_index, teacher_version,"

@@ -134,13 +134,15 @@ class Reader:
         return [dict(zip(names, row)) for row in cur.fetchall()]
 
     def facets(self) -> dict[str, list[dict]]:
-        """Each filterable column's values with their counts, for the filter menus."""
-        return {name: self._rows(f"SELECT {name} AS value, count(*) AS n FROM trajectories"
+        """Each filterable column's values with their counts, for the filter menus (from the store's
+        per-segment counts, `trajectory_counts`, not from every trajectory)."""
+        return {name: self._rows(f"SELECT {name} AS value, sum(n)::BIGINT AS n FROM trajectory_counts"
                                  f" GROUP BY {name} ORDER BY {name}") for name in FACETS}
 
     def count(self, filters: Filters) -> int:
-        where, params = filters.where()
-        return self._rows(f"SELECT count(*) AS n FROM trajectories WHERE {where}", params)[0]["n"]
+        where, params = filters.where()  # its columns are all in trajectory_counts
+        return self._rows(f"SELECT coalesce(sum(n), 0)::BIGINT AS n FROM trajectory_counts WHERE {where}",
+                          params)[0]["n"]
 
     def page(self, filters: Filters) -> tuple[list[dict], int]:
         """One page of the selection, and how many trajectories it holds in all."""
