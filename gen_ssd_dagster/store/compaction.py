@@ -27,6 +27,10 @@ from . import snapshot as snap_mod
 from .segments import fsync, new_commit_id, sql_path
 from .snapshot import COUNTS, COUNTS_SQL, KEY_NUMBER_SQL, KEYS_FILE, TABLES, Manifest, create_views, read_manifest, take
 
+# Rows sorted so that min/max statistics skip row groups: the viewer's newest-first page reads the
+# newest row groups only (segments are listed newest first), a trajectory's candidates are found by key.
+LAYOUT = {"problem_runs": ("problem_key", 122_880), "trajectories": ("created_at DESC, trajectory_key", 16_384),
+          "candidates": ("trajectory_key, step, candidate_index", 122_880)}
 FANOUT = 4  # this many segments of one level are concatenated into one of the next level
 CLAIM_STALE_S = 3600.0  # a claim left this long (a killed compactor's) is taken over
 # Writers start a compactor when the tail holds this many batches ($GEN_SSD_COMPACT_AFTER; 0: never).
@@ -151,9 +155,13 @@ def _write_segment(con, root: Path, selects: dict[str, str], level: int, keys: n
         n = con.execute(f"SELECT count(*) FROM ({select})").fetchone()[0]
         if n:
             path = tmp / f"{table}.parquet"
-            con.execute(f"COPY ({select}) TO {sql_path(path)} (FORMAT parquet, COMPRESSION zstd)")
+            order, group = LAYOUT[table]
+            con.execute(f"COPY ({select} ORDER BY {order}) TO {sql_path(path)}"
+                        f" (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {group})")
             fsync(path)
         rows[table] = n
+    last = con.execute(f"SELECT max(commit_id) FROM read_parquet({sql_path(tmp / 'problem_runs.parquet')})").fetchone()[0] \
+        if rows.get("problem_runs") else ""
     if rows.get("trajectories"):
         counts = tmp / f"{COUNTS}.parquet"
         con.execute(f"COPY ({COUNTS_SQL.format('read_parquet(' + sql_path(tmp / 'trajectories.parquet') + ')')})"
@@ -169,7 +177,7 @@ def _write_segment(con, root: Path, selects: dict[str, str], level: int, keys: n
     fsync(tmp)
     (root / "compacted").mkdir(exist_ok=True)
     os.rename(tmp, root / "compacted" / name)
-    return {"name": name, "level": level, "rows": rows}
+    return {"name": name, "level": level, "rows": rows, "last_commit": last}
 
 
 def _write_manifest(root: Path, manifest: Manifest) -> str | None:

@@ -85,7 +85,9 @@ class Snapshot:
     tail: list[Path]  # batch folders, in commit order
 
     def segment_dirs(self) -> list[Path]:
-        return [self.root / "compacted" / s["name"] for s in self.manifest.segments]
+        """Newest first: a newest-first query finds its rows in the first row groups it reads."""
+        segs = sorted(self.manifest.segments, key=lambda s: s.get("last_commit", ""), reverse=True)
+        return [self.root / "compacted" / s["name"] for s in segs]
 
     def files(self, table: str, folders: list[Path]) -> list[Path]:
         return [p for p in (f / f"{table}.parquet" for f in folders) if p.exists()]
@@ -134,17 +136,18 @@ def create_views(con, snap: Snapshot, legacy_selects: dict[str, str] | None = No
             tail = f"{tail} UNION ALL BY NAME {legacy_selects[table]}"
         con.execute(f"CREATE OR REPLACE TEMP VIEW _{table}_tail AS {tail}")
     has_tail = bool(snap.tail) or any((legacy_selects or {}).values())
-    beaten = _settle_clashes(con, snap) if has_tail else []
+    beaten, lost = _settle_clashes(con, snap, any((legacy_selects or {}).values())) if has_tail else ([], [])
+    not_lost = " WHERE problem_key NOT IN (SELECT problem_key FROM _tail_lost)" if lost else ""
     not_beaten = " WHERE problem_key NOT IN (SELECT problem_key FROM _beaten)" if beaten else ""
     con.execute("CREATE OR REPLACE TEMP VIEW _problem_runs_tail_won AS SELECT * FROM _problem_runs_tail"
-                " WHERE problem_key NOT IN (SELECT problem_key FROM _tail_lost)"
+                f"{not_lost}"
                 " QUALIFY row_number() OVER (PARTITION BY problem_key ORDER BY commit_id) = 1" if has_tail else
                 "CREATE OR REPLACE TEMP VIEW _problem_runs_tail_won AS SELECT * FROM _problem_runs_tail")
     # a trajectory without any problem_runs row (possible only in an old home) is kept
+    orphan = "w.won IS NULL" + (" AND t.problem_key NOT IN (SELECT problem_key FROM _tail_lost)" if lost else "")
     con.execute("CREATE OR REPLACE TEMP VIEW _trajectories_tail_won AS SELECT t.* FROM _trajectories_tail t"
                 " LEFT JOIN (SELECT problem_key, commit_id AS won FROM _problem_runs_tail_won) w USING (problem_key)"
-                " WHERE (w.won IS NULL AND t.problem_key NOT IN (SELECT problem_key FROM _tail_lost))"
-                " OR w.won = t.commit_id" if has_tail else
+                f" WHERE ({orphan}) OR w.won = t.commit_id" if has_tail else
                 "CREATE OR REPLACE TEMP VIEW _trajectories_tail_won AS SELECT * FROM _trajectories_tail")
     con.execute("CREATE OR REPLACE TEMP VIEW _candidates_tail_won AS SELECT c.* FROM _candidates_tail c"
                 " SEMI JOIN _trajectories_tail_won t ON c.trajectory_key = t.trajectory_key"
@@ -170,12 +173,39 @@ def create_views(con, snap: Snapshot, legacy_selects: dict[str, str] | None = No
                 + (" UNION ALL ".join(counts) or COUNTS_SQL.format("trajectories")) + ") GROUP BY ALL")
 
 
-def _settle_clashes(con, snap: Snapshot) -> list[str]:
+# (folder, manifest generation, batch) -> the batch's problems that a segment of that generation
+# holds, with their commit id: a batch and a generation never change, so a long-lived reader (the
+# viewer) looks each batch up once.
+_HITS: dict[tuple[str, int, str], dict[str, str]] = {}
+
+
+def _tail_hits(con, snap: Snapshot) -> dict[str, str]:
+    """problem key -> earliest tail commit id, of the tail's problems some segment holds too."""
+    if len(_HITS) > 100_000:
+        _HITS.clear()
+    out: dict[str, str] = {}
+    for batch in snap.tail:
+        cached = (str(snap.root), snap.manifest.gen, batch.name)
+        if cached not in _HITS:
+            runs = batch / "problem_runs.parquet"
+            rows = dict(con.execute(f"SELECT problem_key, min(commit_id) FROM read_parquet({sql_path(runs)})"
+                                    " GROUP BY 1").fetchall()) if runs.exists() else {}
+            _HITS[cached] = {k: rows[k] for k in clashes(snap, list(rows))}
+        for key, commit_id in _HITS[cached].items():
+            out[key] = min(out.get(key, commit_id), commit_id)
+    return out
+
+
+def _settle_clashes(con, snap: Snapshot, legacy: bool = False) -> tuple[list[str], list[str]]:
     """Compare the tail's problems that a segment holds too with the segment's row: `_beaten` gets
     the segments' rows a tail commit precedes (rare: a writer that committed late with an early
     commit id), `_tail_lost` the tail's rows a segment precedes (a problem written twice)."""
-    first = dict(con.execute("SELECT problem_key, min(commit_id) FROM _problem_runs_tail GROUP BY 1").fetchall()
-                 ) if snap.manifest.segments else {}
+    if not snap.manifest.segments:
+        first = {}
+    elif legacy:
+        first = dict(con.execute("SELECT problem_key, min(commit_id) FROM _problem_runs_tail GROUP BY 1").fetchall())
+    else:
+        first = _tail_hits(con, snap)
     both = clashes(snap, list(first))
     compacted = dict(con.execute(
         "SELECT problem_key, commit_id FROM _problem_runs_compacted WHERE list_contains(?, problem_key)",
@@ -183,5 +213,6 @@ def _settle_clashes(con, snap: Snapshot) -> list[str]:
     beaten = [k for k, c in compacted.items() if first[k] < c]
     lost = [k for k, c in compacted.items() if first[k] >= c]
     for name, keys in (("_beaten", beaten), ("_tail_lost", lost)):
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT unnest(?::VARCHAR[]) AS problem_key", [keys])
-    return beaten
+        if keys:  # (none, nearly always: the views then leave the clause out)
+            con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT unnest(?::VARCHAR[]) AS problem_key", [keys])
+    return beaten, lost
