@@ -232,15 +232,16 @@ def candidate_ppl_histogram(store: Store, key: WorkKey, bins: int = 40) -> dict:
     bins on a log scale between the smallest and largest PPL. {"edges", "chosen", "rejected"}."""
     with store.trajectory_reader() as con:
         for sql, params in (_ppl_rows(key), _baseline_rows(key)):
-            lo, hi = con.execute(f"SELECT min(value), max(value) FROM ({sql}) WHERE value > 0", params).fetchone()
+            # the key's PPLs once into a temp table (one scan of the candidates), then two small passes
+            con.execute(f"CREATE OR REPLACE TEMP TABLE _ppl AS SELECT value, chosen FROM ({sql}) WHERE value > 0", params)
+            lo, hi = con.execute("SELECT min(value), max(value) FROM _ppl").fetchone()
             if lo is None:
                 continue
             lo, hi = math.log(lo), math.log(hi) if hi > lo else math.log(lo) + 1.0
             width = (hi - lo) / bins
             counts = con.execute(
-                f"SELECT least(CAST(floor((ln(value) - ?) / ?) AS INTEGER), ?) AS b, count(*) FILTER (chosen),"
-                f" count(*) FILTER (NOT chosen) FROM ({sql}) WHERE value > 0 GROUP BY b", [lo, width, bins - 1, *params]
-            ).fetchall()
+                "SELECT least(CAST(floor((ln(value) - ?) / ?) AS INTEGER), ?) AS b, count(*) FILTER (chosen),"
+                " count(*) FILTER (NOT chosen) FROM _ppl GROUP BY b", [lo, width, bins - 1]).fetchall()
             chosen, rejected = [0] * bins, [0] * bins
             for b, c, r in counts:
                 chosen[b], rejected[b] = c, r
