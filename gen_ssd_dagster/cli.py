@@ -77,12 +77,12 @@ def _run_experiment(args: argparse.Namespace, asset: str, settings: dict) -> int
     return 0 if result.success else 1
 
 
-def _experiment_report(home, kind: str) -> str:
+def _experiment_report(home, kind: str, store=None) -> str:
     from gen_ssd_dagster.core.experiments.comparison_table import markdown
     from gen_ssd_dagster.store import Store
     from gen_ssd_dagster.store.experiments import experiment_arms, latest_experiment
 
-    store = Store(home.db_path)
+    store = store or Store(home.db_path)  # one Store: one schema check per command
     name = latest_experiment(store, kind)
     if name is None:
         return ""
@@ -155,7 +155,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             print(f"\ngrader {', '.join(sorted(set(df.grader_version)))}; MLflow runs: "
                   f"{', '.join(sorted(set(df.mlflow_run_id.dropna())))}")
         for kind in ("comparison", "sweep"):
-            text = _experiment_report(home, kind)
+            text = _experiment_report(home, kind, store)
             if text:
                 print(text)
     return 0
@@ -194,6 +194,25 @@ def cmd_view(args: argparse.Namespace) -> int:
         serve(home, port=args.port, announce=lambda line: print(line, flush=True))
     except KeyboardInterrupt:
         pass
+    return 0
+
+
+def cmd_store_compact(args: argparse.Namespace) -> int:
+    """Compact the trajectory tables now (writers also start this themselves: docs/store.md)."""
+    from gen_ssd_dagster.store import Home, Store
+    from gen_ssd_dagster.store.snapshot import take
+
+    home = Home.resolve(args.home)
+    store = Store(home.db_path)
+    before = len(take(store.segments).tail)
+    manifest = store.compact(args.min_batches)
+    after = take(store.segments)
+    if manifest is None and (store.segments / "compacting").exists():
+        print(f"gen-ssd: another compaction of {store.segments} is at work; nothing done", file=sys.stderr)
+        return 1
+    rows = sum(s["rows"].get("trajectories", 0) for s in after.manifest.segments)
+    print(f"{store.segments}: {before - len(after.tail)} batches folded in; {len(after.manifest.segments)}"
+          f" segments ({rows} trajectories), {len(after.tail)} fresh batches left")
     return 0
 
 
@@ -284,6 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
     view.add_argument("--export", metavar="DATASET", help="write this partition as one HTML file instead of serving")
     view.add_argument("--out", help="the exported file (default: trajectories_<DATASET>.html)")
     view.set_defaults(func=cmd_view)
+    store = sub.add_parser("store", help="maintain the home's trajectory store (docs/store.md)")
+    store_sub = store.add_subparsers(dest="store_command", required=True)
+    compact = store_sub.add_parser("compact", help="fold the fresh trajectory batches into the compacted layer now")
+    compact.add_argument("--min-batches", type=int, default=1, help="do nothing below this many fresh batches")
+    compact.set_defaults(func=cmd_store_compact)
     return parser
 
 

@@ -21,7 +21,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import duckdb
 import pytest
 
 from conftest import DEMO_SIZES
@@ -57,11 +56,9 @@ def home(tmp_path_factory, tiny_models, memorizing_teacher):
 
 
 def _rows(home, sql, params=()):
-    con = duckdb.connect(str(home.db_path), read_only=True)
-    try:
-        return con.execute(sql, list(params)).fetchall()
-    finally:
-        con.close()
+    from gen_ssd_dagster.store import Store
+
+    return Store(home.db_path).trajectory_query(sql, list(params))  # the trajectory tables are Parquet batches
 
 
 @pytest.fixture(scope="module")

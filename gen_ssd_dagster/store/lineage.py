@@ -67,7 +67,7 @@ def _dataset_rows(store: Store | None, dataset: str, method: str, teacher: str, 
     if student:
         sql += " AND student_version = ?"
         params.append(student)
-    n, selected, problems, first, last, config = store.query(sql, params)[0]
+    n, selected, problems, first, last, config = store.trajectory_query(sql, params)[0]
     row.update(stored_trajectories=n, selected=selected, problems=problems,
                generated=f"{first} .. {last}" if n else None,
                config=json.loads(config) if config else None)
@@ -144,13 +144,13 @@ def dataset_lineage(home: Home, dataset: str, tracking_uri: str | None = None, s
     trajectories = [] if store is None else [
         {"teacher_version": t, "student_version": s, "method": m, "method_version": v, "config_hash": h,
          "trajectories": n, "selected": k, "created_at": str(c)}
-        for t, s, m, v, h, n, k, c in store.query(
+        for t, s, m, v, h, n, k, c in store.trajectory_query(
             "SELECT teacher_version, student_version, method, method_version, config_hash, count(*),"
             " count(*) FILTER (selected), min(created_at) FROM trajectories WHERE dataset = ? GROUP BY ALL"
             " ORDER BY 8, 3", [dataset])]
     if store is not None and shards > 1:  # the stored problems of each shard of today's count
         for t in trajectories:
-            ids = store.query(
+            ids = store.trajectory_query(
                 "SELECT DISTINCT problem_id FROM trajectories WHERE dataset = ? AND teacher_version = ?"
                 " AND student_version = ? AND method = ? AND method_version = ? AND config_hash = ?",
                 [dataset, t["teacher_version"], t["student_version"], t["method"], t["method_version"],

@@ -8,6 +8,8 @@ problem done under a key, written in the same transaction as its trajectories, s
 produced no trajectory is not redone either.
 """
 
+from functools import lru_cache
+
 from ..core.method.versions import FIRST_VERSION
 
 SCHEMA_VERSION = 1
@@ -79,6 +81,24 @@ CREATE TABLE IF NOT EXISTS trajectories (
 );
 """
 
+CANDIDATES = """
+CREATE TABLE IF NOT EXISTS candidates (
+    trajectory_key VARCHAR NOT NULL,
+    step INTEGER NOT NULL,
+    candidate_index INTEGER NOT NULL,
+    text VARCHAR NOT NULL,
+    ppl DOUBLE,
+    nll DOUBLE,
+    teacher_tokens INTEGER,
+    student_tokens INTEGER,
+    chars INTEGER,
+    passed BOOLEAN,
+    chosen BOOLEAN NOT NULL,
+    ends_solution BOOLEAN,
+    PRIMARY KEY (trajectory_key, step, candidate_index)
+);
+"""
+
 DDL = f"""
 CREATE TABLE IF NOT EXISTS schema_info (version INTEGER);
 
@@ -97,22 +117,7 @@ CREATE TABLE IF NOT EXISTS problems (
 
 {PROBLEM_RUNS}
 {TRAJECTORIES}
-CREATE TABLE IF NOT EXISTS candidates (
-    trajectory_key VARCHAR NOT NULL,
-    step INTEGER NOT NULL,
-    candidate_index INTEGER NOT NULL,
-    text VARCHAR NOT NULL,
-    ppl DOUBLE,
-    nll DOUBLE,
-    teacher_tokens INTEGER,
-    student_tokens INTEGER,
-    chars INTEGER,
-    passed BOOLEAN,
-    chosen BOOLEAN NOT NULL,
-    ends_solution BOOLEAN,
-    PRIMARY KEY (trajectory_key, step, candidate_index)
-);
-
+{CANDIDATES}
 CREATE TABLE IF NOT EXISTS evaluation_scores (
     student VARCHAR NOT NULL,          -- base | cold_start | gen_ssd | standard_kd | posthoc
     model_version VARCHAR NOT NULL,
@@ -186,3 +191,36 @@ KEY_CHANGES = {
     ("trajectories", "method_version"): _rebuilt("trajectories", TRAJECTORIES, _TRAJECTORY_COLUMNS, "method_version",
                                                  f"'{FIRST_VERSION}'"),
 }
+
+
+# The trajectory tables' rows now live in Parquet batches (segments.py); the tables above stay in
+# the DuckDB file for the rows of old homes until they are migrated. A batch's rows carry two more
+# columns: the commit they landed in and, but for candidates, their work key and problem (hashed).
+TRAJECTORY_TABLES = {"problem_runs": PROBLEM_RUNS, "trajectories": TRAJECTORIES, "candidates": CANDIDATES}
+
+
+@lru_cache(maxsize=None)
+def _table_types(table: str) -> tuple[tuple[str, str], ...]:
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute(TRAJECTORY_TABLES[table])
+    return tuple(con.execute("SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ?"
+                             " ORDER BY ordinal_position", [table]).fetchall())
+
+
+def table_columns(table: str) -> list[str]:
+    return [c for c, _ in _table_types(table)]
+
+
+def batch_columns(table: str) -> list[str]:
+    """A batch file's columns, in order: the table's, then problem_key (not for candidates), commit_id."""
+    return table_columns(table) + (["commit_id"] if table == "candidates" else
+                                                  ["problem_key", "commit_id"])
+
+
+def empty_select(table: str) -> str:
+    """A SELECT of no rows with a batch file's columns and types (a view over no batch yet)."""
+    cols = [f"CAST(NULL AS {t}) AS {c}" for c, t in _table_types(table)]
+    cols += [f"CAST(NULL AS VARCHAR) AS {c}" for c in batch_columns(table)[len(cols):]]
+    return f"SELECT {', '.join(cols)} WHERE false"

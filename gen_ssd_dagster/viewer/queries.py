@@ -1,6 +1,7 @@
-"""What the viewer reads from a home's DuckDB: read-only, one short connection per request.
+"""What the viewer reads from a home's trajectory tables: read-only, one short connection per request.
 
-Nothing here writes, creates or migrates the file, so a viewer can run beside a materialization.
+Nothing here writes, creates or migrates anything, and the trajectory tables are read without a lock
+(`Store.trajectory_reader`), so a viewer never waits for a materialization.
 """
 
 from __future__ import annotations
@@ -97,19 +98,6 @@ class Filters:
         return replace(self, sort="created", order="desc", page=0) == Filters()
 
 
-def _with_method_version(con) -> None:
-    """A file from before method versions were recorded (the viewer never migrates one) is read as
-    its first version, through a temporary view over its table."""
-    from ..core.method.versions import FIRST_VERSION
-
-    has = con.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'trajectories'"
-                      " AND column_name = 'method_version'").fetchone()[0]
-    if not has:
-        db = con.execute("SELECT current_database()").fetchone()[0]
-        con.execute(f"CREATE TEMP VIEW trajectories AS SELECT *, '{FIRST_VERSION}' AS method_version"
-                    f" FROM \"{db}\".main.trajectories")
-
-
 class Reader:
     """The trajectories of one home, read-only."""
 
@@ -126,8 +114,9 @@ class Reader:
         """One connection for every query of the block (a page's), instead of one per query.
         The app serves one request at a time (its handlers never await), so one slot is enough."""
         try:
-            with self.store.reader() as con:
-                _with_method_version(con)
+            if not self.home.db_path.is_file():
+                raise FileNotFoundError(f"{self.home.db_path} does not exist")
+            with self.store.trajectory_reader() as con:
                 self._con = con
                 try:
                     yield self
@@ -145,13 +134,15 @@ class Reader:
         return [dict(zip(names, row)) for row in cur.fetchall()]
 
     def facets(self) -> dict[str, list[dict]]:
-        """Each filterable column's values with their counts, for the filter menus."""
-        return {name: self._rows(f"SELECT {name} AS value, count(*) AS n FROM trajectories"
+        """Each filterable column's values with their counts, for the filter menus (from the store's
+        per-segment counts, `trajectory_counts`, not from every trajectory)."""
+        return {name: self._rows(f"SELECT {name} AS value, sum(n)::BIGINT AS n FROM trajectory_counts"
                                  f" GROUP BY {name} ORDER BY {name}") for name in FACETS}
 
     def count(self, filters: Filters) -> int:
-        where, params = filters.where()
-        return self._rows(f"SELECT count(*) AS n FROM trajectories WHERE {where}", params)[0]["n"]
+        where, params = filters.where()  # its columns are all in trajectory_counts
+        return self._rows(f"SELECT coalesce(sum(n), 0)::BIGINT AS n FROM trajectory_counts WHERE {where}",
+                          params)[0]["n"]
 
     def page(self, filters: Filters) -> tuple[list[dict], int]:
         """One page of the selection, and how many trajectories it holds in all."""
