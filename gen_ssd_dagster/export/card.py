@@ -20,13 +20,16 @@ def _size_category(n: int) -> str:
     return "1M<n<10M"
 
 
-def header(title: str, kept: int) -> str:
+def header(title: str, kept: int, files: dict[str, list[str]]) -> str:
+    """The YAML header. `files` = {config: its Parquet files}, named explicitly: `datasets` keys its
+    cache of a local folder by these paths alone (not by the files' dates), and the file names carry
+    their content's hash, so a changed export is never served from a stale cache."""
     meta = {
         "pretty_name": title, "task_categories": ["text-generation"],
         "tags": ["gen-ssd", "distillation", "synthetic", "reasoning"], "size_categories": [_size_category(kept)],
         "configs": [
-            {"config_name": "default", "data_files": [{"split": "train", "path": f"{KEPT_DIR}/train-*"}], "default": True},
-            {"config_name": "all", "data_files": [{"split": "train", "path": f"{ALL_DIR}/train-*"}]},
+            {"config_name": "default", "data_files": [{"split": "train", "path": files[KEPT_DIR]}], "default": True},
+            {"config_name": "all", "data_files": [{"split": "train", "path": files[ALL_DIR]}]},
         ],
     }
     return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n"
@@ -44,7 +47,7 @@ def card(info: dict) -> str:
     keep = (cfg.get("sampling") or {}).get("keep", "correct")
     per_kept = s["teacher_tokens"] / kept if kept else None
     lines = [
-        header(title, kept), f"# {title}", "",
+        header(title, kept, info["files"]), f"# {title}", "",
         f"Teacher solutions of the **{key['dataset']}** training problems, selected by **{key['method']}** "
         f"(method version {key['method_version']}) and exported by gen-ssd-dagster {info['project_version']}. "
         f"The `default` configuration holds the {kept} trajectories kept for training under `keep: {keep}` "

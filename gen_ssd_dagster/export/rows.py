@@ -88,7 +88,7 @@ def select_sql(key: WorkKey, settings: PromptSettings, everything: bool) -> tupl
              "  FROM candidates c SEMI JOIN keys USING (trajectory_key) GROUP BY c.trajectory_key, c.step),"
              " per_trajectory AS (SELECT trajectory_key, list({'step': step, 'chosen': chosen, 'candidates': candidates}"
              "  ORDER BY step) AS steps FROM per_step GROUP BY trajectory_key)")
-    return (f"{steps} SELECT {chat}, {raw}, t.selected AS selected, s.steps AS steps FROM trajectories t"
+    return (f"{steps} SELECT {chat}, {raw}, t.selected AS selected, coalesce(s.steps, []) AS steps FROM trajectories t"
             f" LEFT JOIN per_trajectory s USING (trajectory_key) WHERE {where}"
             " ORDER BY t.problem_id, t.sample_index, t.trajectory_key", [*cparams, *chat_params, *params])
 

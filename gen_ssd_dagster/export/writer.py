@@ -2,8 +2,8 @@
 its plot, and a manifest with the digest.
 
     <out>/README.md                   card (YAML header: configs `default` and `all`)
-    <out>/data/train-0000i-of-0000n.parquet   the kept rows (the run's `keep` setting)
-    <out>/all/train-0000i-of-0000n.parquet    every trajectory, with its steps and candidates
+    <out>/data/train-0000i-of-0000n-<hash>.parquet   the kept rows (the run's `keep` setting)
+    <out>/all/train-0000i-of-0000n-<hash>.parquet    every trajectory, with its steps and candidates
     <out>/distributions.png           PPL and length, kept vs not kept
     <out>/gen_ssd_export.json         digest, counts, files (not part of the digest)
 
@@ -31,7 +31,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..core.engines.prompts import PromptSettings
-from ..core.errors import DataError
+from ..core.data.sharding import check_shards
+from ..core.errors import ConfigError, DataError
 from ..store.db import Store
 from ..store.home import Home
 from ..store.trajectories import WorkKey, partition_summary
@@ -48,7 +49,7 @@ ROWS_PER_FILE = 100_000
 class ExportSettings:
     """prompt: the system prompt and instruction written into `messages` (the student's: what the
     project's trainer prompts it with). shards: the count the `shard` column is computed for.
-    teacher, scorer, source: names for the card. home_command: the `--home` the card's commands name."""
+    rows_per_file: rows per Parquet file. teacher, scorer, source: what the card names them."""
 
     prompt: PromptSettings = PromptSettings()
     shards: int = 1
@@ -56,6 +57,12 @@ class ExportSettings:
     teacher: str = ""
     scorer: str = ""
     source: str = ""
+
+    def validate(self) -> None:
+        check_shards(self.shards, "shards")
+        if isinstance(self.rows_per_file, bool) or not isinstance(self.rows_per_file, int) or self.rows_per_file < 1:
+            raise ConfigError(f"rows_per_file must be a positive integer, got {self.rows_per_file!r}")
+        self.prompt.validate("student")
 
     def record(self) -> dict:
         return {**asdict(self), "prompt": asdict(self.prompt)}
@@ -112,8 +119,9 @@ def _digest(files: dict) -> str:
     return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
 
 
-def _write_config(batches, folder: Path, rows: int, rows_per_file: int, schema: pa.Schema, on_batch) -> None:
-    """Stream `batches` (`rows` in all) into folder/train-0000i-of-0000n.parquet."""
+def _write_config(batches, folder: Path, rows: int, rows_per_file: int, schema: pa.Schema, on_batch) -> list[str]:
+    """Stream `batches` (`rows` in all) into folder/train-0000i-of-0000n-<hash>.parquet; returns their
+    paths relative to the dataset folder."""
     folder.mkdir(parents=True)
     n_files = max(1, math.ceil(rows / rows_per_file))
     names = [folder / f"train-{i:05d}-of-{n_files:05d}.parquet" for i in range(n_files)]
@@ -136,6 +144,11 @@ def _write_config(batches, folder: Path, rows: int, rows_per_file: int, schema: 
     if index + 1 != n_files:
         raise DataError(f"the store changed while exporting to {folder}: {rows} rows counted, other rows read; "
                         "export again when the generation has finished")
+    renamed = []
+    for name in names:  # the content's hash in the name: see card.header
+        renamed.append(name.with_name(f"{name.stem}-{_sha256(name)[:12]}.parquet"))
+        name.rename(renamed[-1])
+    return [f"{folder.name}/{p.name}" for p in renamed]
 
 
 def _replace(tmp: Path, out: Path) -> None:
@@ -175,6 +188,7 @@ def _intact(folder: Path, manifest: dict) -> bool:
 def export_dataset(home: Home, key: WorkKey, settings: ExportSettings = ExportSettings(),
                    out: Path | None = None) -> ExportResult:
     """Write (or leave as it is) the dataset of `key` at `out` (default: `dataset_dir`)."""
+    settings.validate()
     store = Store(home.db_path)
     out = Path(out) if out is not None else dataset_dir(home, key)
     summary = partition_summary(store, key)
@@ -223,10 +237,11 @@ def _write(store: Store, key: WorkKey, settings: ExportSettings, summary: dict, 
             groups["not kept"].extend(pc.filter(values, pc.invert(kept)).to_pylist())
 
     args = (store, key, settings.prompt)
-    _write_config(stream(*args, everything=False, shards=settings.shards), tmp / cards.KEPT_DIR, summary["selected"],
-                  settings.rows_per_file, KEPT_SCHEMA, on_kept)
-    _write_config(stream(*args, everything=True, shards=settings.shards), tmp / cards.ALL_DIR,
-                  summary["trajectories"], settings.rows_per_file, ALL_SCHEMA, on_any)
+    data_files = {
+        cards.KEPT_DIR: _write_config(stream(*args, everything=False, shards=settings.shards), tmp / cards.KEPT_DIR,
+                                      summary["selected"], settings.rows_per_file, KEPT_SCHEMA, on_kept),
+        cards.ALL_DIR: _write_config(stream(*args, everything=True, shards=settings.shards), tmp / cards.ALL_DIR,
+                                     summary["trajectories"], settings.rows_per_file, ALL_SCHEMA, on_any)}
     if counted["kept"] != summary["selected"]:
         raise DataError(f"the store changed while exporting {work_id(key)}: {summary['selected']} kept rows counted, "
                         f"{counted['kept']} read; export again when the generation has finished")
@@ -236,10 +251,10 @@ def _write(store: Store, key: WorkKey, settings: ExportSettings, summary: dict, 
     config = json.loads(store.query(f"SELECT any_value(t.config) FROM trajectories t WHERE {where}", params)[0][0] or "{}")
     counts = {k: summary[k] for k in ("problems", "trajectories", "finished", "pruned", "length_capped", "correct",
                                       "teacher_tokens")}
-    counts["kept"] = counted["kept"]
+    counts = dict(sorted({**counts, "kept": counted["kept"]}.items()))  # the manifest's order
     info = {"work_key": asdict(key), "summary": summary, "config": config, "kept": counted["kept"],
             "project_version": project_version(), "prompt": asdict(settings.prompt), "shards": settings.shards,
-            "teacher": settings.teacher, "scorer": settings.scorer, "source": settings.source,
+            "teacher": settings.teacher, "scorer": settings.scorer, "source": settings.source, "files": data_files,
             "quantiles": {name: {g: s.quantiles() for g, s in groups.items()} for name, groups in samples.items()},
             "commands": [f"gen-ssd --home {home.root} pipeline --partition {key.dataset}   # the trajectories",
                          f"gen-ssd --home {home.root} export {work_id(key)}   # this folder"]}
