@@ -237,3 +237,81 @@ def test_an_mlflow_run_logs_the_dataset_and_lineage_lists_it(home, capsys):
                                           "context": "training"}]
     assert cli.main(["--home", str(home.root), "lineage", "--model", "gen_ssd"]) == 0
     assert f"trained on         {result.path}  (digest {result.digest})" in capsys.readouterr().out
+
+
+CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def chat_student(tiny_models, tmp_path_factory) -> Path:
+    """The tiny student with a ChatML template and its two special tokens (embeddings grown to match)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("chat_student")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models[1])
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.chat_template = CHATML
+    model = AutoModelForCausalLM.from_pretrained(tiny_models[1])
+    model.resize_token_embeddings(len(tokenizer))
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def _ids(encoded) -> list[int]:
+    return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+
+
+SETTINGS = PromptSettings(system_prompt="You are a careful tutor.", instruction="End with the line #### N.")
+
+
+def test_messages_through_the_students_chat_template_are_the_trainers_tokens(home, chat_student):
+    """What the project's trainer feeds the student (sft.encode_examples) is what the student's chat
+    template makes of `messages`: the prompt turns with the generation prompt, then the solution
+    and the end-of-turn token (the template's newline after it is all that TRL adds)."""
+    from transformers import AutoTokenizer
+
+    from gen_ssd_dagster.core.training.sft import IGNORE, encode_examples
+
+    tokenizer = AutoTokenizer.from_pretrained(chat_student)
+    prompter = Prompter(tokenizer, SETTINGS, "student")
+    assert prompter.uses_chat and tokenizer.convert_ids_to_tokens(prompter.end_id) == "<|im_end|>"
+    result = export_dataset(home, KEY, ExportSettings(prompt=SETTINGS))
+    rows = list(_load(result.path))
+    trainer = encode_examples(prompter, list(training_pairs(result.path)), max_length=4096)
+    assert len(trainer) == len(rows) > 0
+    for row, (ids, labels) in zip(rows, trainer):
+        prompt = _ids(tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True))
+        solution = tokenizer(row["completion"][0]["content"], add_special_tokens=False)["input_ids"]
+        assert ids == prompt + solution + [prompter.end_id]
+        assert labels == [IGNORE] * len(prompt) + solution + [prompter.end_id]
+        whole = _ids(tokenizer.apply_chat_template(row["messages"], tokenize=True))
+        assert whole[:len(ids)] == ids and tokenizer.decode(whole[len(ids):]) == "\n"
+
+
+def test_trl_sft_trainer_trains_on_the_export_as_it_is(home, chat_student, tmp_path):
+    """docs/dataset-export.md's lines, with a 2-step budget. Skipped only where `trl` does not import
+    (it is not a dependency of the project: `pip install trl`)."""
+    pytest.importorskip("trl", exc_type=ImportError)
+    from datasets import load_dataset
+    from trl import SFTConfig, SFTTrainer
+
+    path = export_dataset(home, KEY, ExportSettings(prompt=SETTINGS)).path
+    dataset = load_dataset(str(path), split="train")
+    trainer = SFTTrainer(model=str(chat_student), train_dataset=dataset,
+                         args=SFTConfig(output_dir=str(tmp_path / "student-sft"), max_steps=2,
+                                        per_device_train_batch_size=2, report_to="none", save_strategy="no",
+                                        use_cpu=True))
+    result = trainer.train()
+    assert result.global_step == 2 and result.training_loss > 0
+    # TRL tokenized the rows as our trainer does, and put the loss on the same tokens (plus the
+    # template's newline after the end of turn, which TRL keeps and our trainer cuts)
+    from transformers import AutoTokenizer
+
+    from gen_ssd_dagster.core.training.sft import encode_examples
+
+    prompter = Prompter(AutoTokenizer.from_pretrained(chat_student), SETTINGS, "student")
+    ours = encode_examples(prompter, list(training_pairs(path)), max_length=4096)
+    for row, (ids, labels) in zip(trainer.train_dataset, ours, strict=True):
+        assert list(row["input_ids"])[:-1] == ids and list(row["labels"])[:-1] == labels
