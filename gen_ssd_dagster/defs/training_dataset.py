@@ -7,8 +7,6 @@ rewrites nothing (same digest, same files). The distilled students read their ex
 same folders (defs/distillation.py). `push_to_hub` is opt-in (docs/dataset-export.md).
 """
 
-from __future__ import annotations
-
 import dagster as dg
 from pydantic import Field
 
@@ -68,7 +66,7 @@ def training_dataset_asset(method: str) -> dg.AssetsDefinition:
                           "`default` = the kept rows, `all` = every trajectory with its steps and candidates.")
     def _asset(context: dg.AssetExecutionContext, config: TrainingDatasetConfig, teacher: ModelSpec,
                cold_start_student: ModelSpec, models: ModelsResource, store: StoreResource,
-               work_keys: dict[str, WorkKey]) -> dg.Output[str]:
+               work_keys: dict[str, WorkKey]) -> dg.MaterializeResult:
         from .distillation import received_keys
 
         dataset = context.partition_key
@@ -80,10 +78,9 @@ def training_dataset_asset(method: str) -> dg.AssetsDefinition:
         if config.push_to_hub:
             hub = {"hub_url": dg.MetadataValue.url(push(result.path, HubTarget(
                 config.hub_repo_id, config.hub_token_env, config.hub_private), result.digest))}
-        return dg.Output(str(result.path), data_version=dg.DataVersion(result.digest[:16]),
-                         metadata={**metadata(result), "work_id": work_id(key),
-                                   "export_command": f"gen-ssd --home {store.home_dir().root} export {work_id(key)}",
-                                   **hub})
+        command = f"gen-ssd --home {store.home_dir().root} export {work_id(key)}"
+        return dg.MaterializeResult(data_version=dg.DataVersion(result.digest[:16]), metadata={
+            **metadata(result), "work_id": work_id(key), "export_command": command, **hub})
 
     return _asset
 

@@ -54,6 +54,8 @@ def card(info: dict) -> str:
         f"({'finished solutions whose answer matches the gold' if keep == 'correct' else 'every finished solution'}); "
         f"the `all` configuration holds every one of the {s['trajectories']} trajectories, pruned ones included, "
         "with each step's candidates, their student perplexities and which one was chosen.", "",
+        *(["**This export keeps no trajectory**: `default` is an empty file, which `datasets.load_dataset` "
+           "refuses (\"corresponds to no data\"); load `all` to see why nothing was kept.", ""] if not kept else []),
         "## Models", "",
         "| role | version | model |", "|---|---|---|",
         f"| teacher | `{key['teacher_version']}` | {info.get('teacher') or ''} |",
