@@ -72,25 +72,35 @@ def _chat_columns(settings: PromptSettings) -> tuple[str, list]:
 
 
 def select_sql(key: WorkKey, settings: PromptSettings, everything: bool) -> tuple[str, list]:
-    """The query of one configuration: the kept rows (`everything` False), or every trajectory
-    with its steps and their candidates (`everything` True)."""
+    """The query of one configuration's trajectories: the kept rows (`everything` False), or every
+    trajectory with `selected` (`everything` True; its steps are added a batch at a time: `steps_sql`)."""
     chat, chat_params = _chat_columns(settings)
     where, params = key_filter(key)
     raw = ", ".join(f"{expr} AS {name}" for expr, name in RAW_FIELDS)
-    if not everything:
-        return (f"SELECT {chat}, {raw} FROM trajectories t WHERE {where} AND t.selected"
-                " ORDER BY t.problem_id, t.sample_index, t.trajectory_key", [*chat_params, *params])
-    # Steps as a nested list: each step's candidates in proposal order, and which one was chosen.
-    cwhere, cparams = key_filter(key, "k")
-    steps = (f"WITH keys AS (SELECT k.trajectory_key FROM trajectories k WHERE {cwhere}),"
-             f" per_step AS (SELECT c.trajectory_key, c.step, list({_CANDIDATE} ORDER BY c.candidate_index) AS candidates,"
-             "  max(c.candidate_index) FILTER (c.chosen) AS chosen"
-             "  FROM candidates c SEMI JOIN keys USING (trajectory_key) GROUP BY c.trajectory_key, c.step),"
-             " per_trajectory AS (SELECT trajectory_key, list({'step': step, 'chosen': chosen, 'candidates': candidates}"
-             "  ORDER BY step) AS steps FROM per_step GROUP BY trajectory_key)")
-    return (f"{steps} SELECT {chat}, {raw}, t.selected AS selected, coalesce(s.steps, []) AS steps FROM trajectories t"
-            f" LEFT JOIN per_trajectory s USING (trajectory_key) WHERE {where}"
-            " ORDER BY t.problem_id, t.sample_index, t.trajectory_key", [*cparams, *chat_params, *params])
+    extra, only_kept = (", t.selected AS selected", "") if everything else ("", " AND t.selected")
+    return (f"SELECT {chat}, {raw}{extra} FROM trajectories t WHERE {where}{only_kept}"
+            " ORDER BY t.problem_id, t.sample_index, t.trajectory_key", [*chat_params, *params])
+
+
+# The steps of a batch of trajectories: each step's candidates in proposal order, and which one was
+# chosen. Asked per batch, not joined into the whole query: DuckDB cannot spill nested lists, and
+# grouping every candidate of a large key at once ran out of its memory limit.
+STEPS_SQL = ("SELECT trajectory_key, list({'step': step, 'chosen': chosen, 'candidates': candidates} ORDER BY step)"
+             " AS steps FROM (SELECT c.trajectory_key, c.step, max(c.candidate_index) FILTER (c.chosen) AS chosen,"
+             f" list({_CANDIDATE} ORDER BY c.candidate_index) AS candidates FROM candidates c"
+             " WHERE c.trajectory_key IN (SELECT unnest(?::VARCHAR[])) GROUP BY c.trajectory_key, c.step)"
+             " GROUP BY trajectory_key")
+
+
+def _with_steps(con, batch: pa.RecordBatch) -> pa.RecordBatch:
+    """`batch` with the column `steps` (an empty list for a method without steps)."""
+    keys = batch.column("trajectory_key").to_pylist()
+    found = con.sql(STEPS_SQL, params=[keys]).to_arrow_table()
+    where = {k: i for i, k in enumerate(found.column("trajectory_key").to_pylist())}
+    steps = found.column("steps").combine_chunks().cast(pa.list_(STEP)).take(pa.array([where.get(k) for k in keys],
+                                                                                       pa.int64()))
+    steps = steps.fill_null(pa.scalar([], pa.list_(STEP)))
+    return pa.RecordBatch.from_arrays([*batch.columns, steps], names=[*batch.schema.names, "steps"])
 
 
 def _finished(batch: pa.RecordBatch, shards: int, schema: pa.Schema) -> pa.RecordBatch:
@@ -108,15 +118,22 @@ def stream(store: Store, key: WorkKey, settings: PromptSettings, everything: boo
     schema = ALL_SCHEMA if everything else KEPT_SCHEMA
     with store.connect(read_only=True) as con:
         con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
-        reader = con.sql(sql, params=params).to_arrow_reader(batch_rows)
-        pending, size = [], 0
-        for batch in reader:  # DuckDB's batches vary in size: re-cut them, so row groups never move
-            pending.append(batch)
-            size += batch.num_rows
-            while size >= batch_rows:
-                table = pa.Table.from_batches(pending).combine_chunks()
-                yield _finished(table.slice(0, batch_rows).to_batches()[0], shards, schema)
-                rest = table.slice(batch_rows)
-                pending, size = rest.to_batches(), rest.num_rows
-        if size:
-            yield _finished(pa.Table.from_batches(pending).combine_chunks().to_batches()[0], shards, schema)
+        con.execute("SET enable_progress_bar = false")
+        steps = con.cursor() if everything else None  # its own queries while the main one streams
+        for batch in _recut(con.sql(sql, params=params).to_arrow_reader(batch_rows), batch_rows):
+            yield _finished(_with_steps(steps, batch) if steps else batch, shards, schema)
+
+
+def _recut(reader, rows: int) -> Iterator[pa.RecordBatch]:
+    """Batches of exactly `rows` rows (the last one shorter): DuckDB's vary, and the row groups must not."""
+    pending, size = [], 0
+    for batch in reader:
+        pending.append(batch)
+        size += batch.num_rows
+        while size >= rows:
+            table = pa.Table.from_batches(pending).combine_chunks()
+            yield table.slice(0, rows).to_batches()[0]
+            rest = table.slice(rows)
+            pending, size = rest.to_batches(), rest.num_rows
+    if size:
+        yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
