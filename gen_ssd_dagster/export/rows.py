@@ -17,10 +17,11 @@ from ..core.data.sharding import shard_of
 from ..core.engines.prompts import PromptSettings
 from ..store.db import Store
 from ..store.trajectories import WorkKey
+from .steps import STEPS, StepsMerger, candidates_sql
 
 BATCH_ROWS = 8192  # rows per Arrow batch read from DuckDB (and per Parquet row group)
-# DuckDB spills what does not fit (the ORDER BY, the candidates' grouping) to disk past this.
-MEMORY_LIMIT = "512MB"
+# DuckDB spills what does not fit (the ORDER BYs) to disk past this.
+MEMORY_LIMIT = "256MB"
 
 # The raw fields after the chat columns: (SQL expression, column name).
 RAW_FIELDS = [
@@ -37,19 +38,11 @@ CHAT = pa.list_(TURN)
 _TYPES = {"problem_id": pa.string(), "sample_index": pa.int32(), "question": pa.string(), "gold": pa.string(),
           "predicted": pa.string(), "correct": pa.bool_(), "end_reason": pa.string(), "ppl": pa.float64(),
           "student_tokens": pa.int32(), "teacher_tokens": pa.int32(), "n_steps": pa.int32()}
-CANDIDATE = pa.struct([("text", pa.string()), ("ppl", pa.float64()), ("nll", pa.float64()),
-                       ("teacher_tokens", pa.int32()), ("student_tokens", pa.int32()), ("passed", pa.bool_()),
-                       ("chosen", pa.bool_()), ("ends_solution", pa.bool_())])
-STEP = pa.struct([("step", pa.int32()), ("chosen", pa.int32()), ("candidates", pa.list_(CANDIDATE))])
 # The kept rows' columns; `all` adds `selected` and `steps` before `shard`.
 KEPT_SCHEMA = pa.schema([("messages", CHAT), ("prompt", CHAT), ("completion", CHAT),
                          *((name, _TYPES.get(name, pa.string())) for _, name in RAW_FIELDS), ("shard", pa.int32())])
-ALL_SCHEMA = pa.schema([*list(KEPT_SCHEMA)[:-1], ("selected", pa.bool_()), ("steps", pa.list_(STEP)),
+ALL_SCHEMA = pa.schema([*list(KEPT_SCHEMA)[:-1], ("selected", pa.bool_()), ("steps", STEPS),
                         ("shard", pa.int32())])
-
-_CANDIDATE = ("{'text': c.text, 'ppl': c.ppl, 'nll': c.nll, 'teacher_tokens': c.teacher_tokens,"
-              " 'student_tokens': c.student_tokens, 'passed': c.passed, 'chosen': c.chosen,"
-              " 'ends_solution': c.ends_solution}")
 
 
 def key_filter(key: WorkKey, alias: str = "t") -> tuple[str, list]:
@@ -73,7 +66,7 @@ def _chat_columns(settings: PromptSettings) -> tuple[str, list]:
 
 def select_sql(key: WorkKey, settings: PromptSettings, everything: bool) -> tuple[str, list]:
     """The query of one configuration's trajectories: the kept rows (`everything` False), or every
-    trajectory with `selected` (`everything` True; its steps are added a batch at a time: `steps_sql`)."""
+    trajectory with `selected` (`everything` True; its steps are added a batch at a time: steps.py)."""
     chat, chat_params = _chat_columns(settings)
     where, params = key_filter(key)
     raw = ", ".join(f"{expr} AS {name}" for expr, name in RAW_FIELDS)
@@ -82,24 +75,9 @@ def select_sql(key: WorkKey, settings: PromptSettings, everything: bool) -> tupl
             " ORDER BY t.problem_id, t.sample_index, t.trajectory_key", [*chat_params, *params])
 
 
-# The steps of a batch of trajectories: each step's candidates in proposal order, and which one was
-# chosen. Asked per batch, not joined into the whole query: DuckDB cannot spill nested lists, and
-# grouping every candidate of a large key at once ran out of its memory limit.
-STEPS_SQL = ("SELECT trajectory_key, list({'step': step, 'chosen': chosen, 'candidates': candidates} ORDER BY step)"
-             " AS steps FROM (SELECT c.trajectory_key, c.step, max(c.candidate_index) FILTER (c.chosen) AS chosen,"
-             f" list({_CANDIDATE} ORDER BY c.candidate_index) AS candidates FROM candidates c"
-             " WHERE c.trajectory_key IN (SELECT unnest(?::VARCHAR[])) GROUP BY c.trajectory_key, c.step)"
-             " GROUP BY trajectory_key")
-
-
-def _with_steps(con, batch: pa.RecordBatch) -> pa.RecordBatch:
+def with_steps(batch: pa.RecordBatch, merger: StepsMerger) -> pa.RecordBatch:
     """`batch` with the column `steps` (an empty list for a method without steps)."""
-    keys = batch.column("trajectory_key").to_pylist()
-    found = con.sql(STEPS_SQL, params=[keys]).to_arrow_table()
-    where = {k: i for i, k in enumerate(found.column("trajectory_key").to_pylist())}
-    steps = found.column("steps").combine_chunks().cast(pa.list_(STEP)).take(pa.array([where.get(k) for k in keys],
-                                                                                       pa.int64()))
-    steps = steps.fill_null(pa.scalar([], pa.list_(STEP)))
+    steps = merger.steps_of(batch.column("trajectory_key").to_pylist())
     return pa.RecordBatch.from_arrays([*batch.columns, steps], names=[*batch.schema.names, "steps"])
 
 
@@ -119,9 +97,16 @@ def stream(store: Store, key: WorkKey, settings: PromptSettings, everything: boo
     with store.connect(read_only=True) as con:
         con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
         con.execute("SET enable_progress_bar = false")
-        steps = con.cursor() if everything else None  # its own queries while the main one streams
-        for batch in _recut(con.sql(sql, params=params).to_arrow_reader(batch_rows), batch_rows):
-            yield _finished(_with_steps(steps, batch) if steps else batch, shards, schema)
+        reader = con.sql(sql, params=params).to_arrow_reader(batch_rows)
+        if not everything:
+            for batch in _recut(reader, batch_rows):
+                yield _finished(batch, shards, schema)
+            return
+        # the candidates, flat, in the same order, on a second connection streaming beside the first
+        where, params = key_filter(key)
+        merger = StepsMerger(con.cursor().sql(candidates_sql(where), params=params).to_arrow_reader(batch_rows))
+        for batch in _recut(reader, batch_rows):
+            yield _finished(with_steps(batch, merger), shards, schema)
 
 
 def _recut(reader, rows: int) -> Iterator[pa.RecordBatch]:
