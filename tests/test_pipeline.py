@@ -279,5 +279,6 @@ def test_every_model_running_asset_is_in_the_gpu_pool():
     definitions = defs()
     pools = {key.to_user_string(): definitions.resolve_assets_def(key).op.pool
              for key in definitions.resolve_asset_graph().materializable_asset_keys}
-    light = {"teacher", "base_student", "problems", "benchmarks"}  # resolve paths and read data only
+    light = {"teacher", "base_student", "problems", "benchmarks",  # resolve paths and read data only
+             *(f"training_datasets/{m}" for m in ("gen_ssd", "standard_kd", "posthoc"))}  # DuckDB to Parquet
     assert {k for k, pool in pools.items() if pool != "gpu"} == light
