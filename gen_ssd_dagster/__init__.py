@@ -7,6 +7,8 @@ What lives where, each part importing only from the parts listed before it:
     generation.py      a method run over problems in committed batches, resuming from the store
                        (imports core and store)
     viewer/            `gen-ssd view`: pages over a home's trajectories (imports core and store)
+    export/            a work key's trajectories as a Hugging Face dataset: Parquet, card, digest
+                       (imports core and store)
     run_config/        each asset's run config, derived from the core's config dataclasses, and the
                        datasets a run may name (imports core and store)
     tracking/          the MLflow client and the training-run cache (imports core)

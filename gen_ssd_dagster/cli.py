@@ -116,18 +116,26 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                                                          "teacher_token_budget": args.budget, **_eval_flags(args)})
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    """Print the latest evaluation score of each student on each benchmark, from DuckDB."""
-    import json
-
+def _stored(args: argparse.Namespace):
+    """(home, its store), or None after saying that the home has no results yet."""
     from gen_ssd_dagster.store import Home, Store
-    from gen_ssd_dagster.store.scores import latest_scores, report
 
     home = Home.resolve(args.home)
     if not home.db_path.exists():
         print(f"gen-ssd: no results in {home.root} yet: run `gen-ssd pipeline` first", file=sys.stderr)
+        return None
+    return home, Store(home.db_path)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Print the latest evaluation score of each student on each benchmark, from DuckDB."""
+    import json
+
+    from gen_ssd_dagster.store.scores import latest_scores, report
+
+    if (stored := _stored(args)) is None:
         return 1
-    store = Store(home.db_path)
+    home, store = stored
     df = latest_scores(store)
     text, intervals, diffs, majs = report(store, df)
     if getattr(args, "json", False):
@@ -177,6 +185,31 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     else:
         info = lineage.model_lineage(home, args.model, args.version, args.run_id)
         print(lineage.as_json(info) if args.json else lineage.format_model(info))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write one stored work key's trajectories as a Hugging Face dataset folder; list the keys without one."""
+    from gen_ssd_dagster.core.engines.prompts import PromptSettings
+    from gen_ssd_dagster.core.data.sharding import shard_count
+    from gen_ssd_dagster.export import ExportSettings, export_dataset
+    from gen_ssd_dagster.export.keys import find_key, listing, stored_keys
+
+    if (stored := _stored(args)) is None:
+        return 1
+    home, store = stored
+    if not args.key:
+        print(f"Stored work keys in {home.db_path} (export one: gen-ssd export KEY):\n{listing(stored_keys(store))}")
+        return 0
+    settings = ExportSettings(prompt=PromptSettings(system_prompt=args.system_prompt, instruction=args.instruction),
+                              shards=shard_count())
+    result = export_dataset(home, find_key(store, args.key), settings, Path(args.out) if args.out else None)
+    print(f"{'wrote' if result.rewritten else 'unchanged:'} {result.path}\n  digest {result.digest}\n  "
+          + ", ".join(f"{k} {v}" for k, v in result.counts.items()))
+    if args.push_to_hub:
+        from gen_ssd_dagster.export.hub import HubTarget, push
+
+        print(f"pushed to {push(result.path, HubTarget(args.push_to_hub, args.token_env), result.digest)}")
     return 0
 
 
@@ -298,6 +331,15 @@ def build_parser() -> argparse.ArgumentParser:
     lineage.add_argument("--partition", help="same as --dataset (partitions are datasets)")
     lineage.add_argument("--json", action="store_true", help="machine-readable output")
     lineage.set_defaults(func=cmd_lineage)
+    export = sub.add_parser("export", help="write a stored work key's trajectories as a Hugging Face dataset "
+                            "(Parquet + card); without KEY, list the stored keys")
+    export.add_argument("key", nargs="?", help="a work key id from the listing (a unique prefix will do)")
+    export.add_argument("--out", help="the folder (default: <home>/datasets/<dataset>/<method>-<key>)")
+    export.add_argument("--system-prompt", help="a system message for `messages` (the student's, if it has one)")
+    export.add_argument("--instruction", help="text appended to each question after a blank line (the student's)")
+    export.add_argument("--push-to-hub", metavar="USER/NAME", help="also upload to this hub dataset repository")
+    export.add_argument("--token-env", default="HF_TOKEN", help="environment variable with the hub token (default: HF_TOKEN)")
+    export.set_defaults(func=cmd_export)
     view = sub.add_parser("view", help="browse the home's trajectories in a browser: candidates, PPLs, pruned paths")
     view.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one, printed)")
     view.add_argument("--export", metavar="DATASET", help="write this partition as one HTML file instead of serving")

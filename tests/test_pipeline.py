@@ -168,7 +168,7 @@ def test_every_asset_on_demo(tmp_path, tiny_models, memorizing_teacher, capsys):
         "data": DataResource(**DEMO_SIZES)}, log=lambda _: None)
     assert result.success
     materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-    assert len(materialized) == 13, materialized
+    assert len(materialized) == 16, materialized  # training_datasets/<method>: 3 of them
     # what the assets told the event log reads as sentences, never a Python dict
     from gen_ssd_dagster.instance import get_instance
 
@@ -279,5 +279,6 @@ def test_every_model_running_asset_is_in_the_gpu_pool():
     definitions = defs()
     pools = {key.to_user_string(): definitions.resolve_assets_def(key).op.pool
              for key in definitions.resolve_asset_graph().materializable_asset_keys}
-    light = {"teacher", "base_student", "problems", "benchmarks"}  # resolve paths and read data only
+    light = {"teacher", "base_student", "problems", "benchmarks",  # resolve paths and read data only
+             *(f"training_datasets/{m}" for m in ("gen_ssd", "standard_kd", "posthoc"))}  # DuckDB to Parquet
     assert {k for k, pool in pools.items() if pool != "gpu"} == light

@@ -3,7 +3,8 @@
 cold_start_student: Standard-KD teacher samples of a few training problems, the correct ones,
 teach the base student the teacher's format; it then scores candidates for every method.
 distilled_students/<method>: the cold-start student fine-tuned on what that method selected, in
-the partitions it is told (`partitions`), read under the work keys its trajectories asset output.
+the partitions it is told (`partitions`), read under the work keys its trajectories asset output,
+from each dataset's exported folder (defs/training_dataset.py), which its MLflow run logs as inputs.
 A dataset cut in shards ($GEN_SSD_SHARDS) is learned from once every one of its shards is
 materialized (they share the dataset's one work key).
 """
@@ -18,6 +19,8 @@ from .partitions import SHARDS, dataset_partitions
 from .resources import GPU_POOL, MLflowResource, ModelsResource, StoreResource
 from ..run_config.asset_configs import ColdStartConfig, DistillConfig
 from .trajectories import generate, trajectories_asset_name, trajectory_page
+from .training_dataset import export_key
+from ..export.reading import training_pairs
 from ..tracking.training_runs import metadata, train_logged
 
 
@@ -93,14 +96,16 @@ def distilled_asset(method: str) -> dg.AssetsDefinition:
 
     @dg.asset(name=method, key_prefix="distilled_students", group_name="distillation", pool=GPU_POOL,
               kinds={"pytorch", "mlflow"}, ins={"work_keys": dg.AssetIn(trajectories)},
+              deps=[dg.AssetKey(["training_datasets", method])],
               description=f"The cold-start student fine-tuned on the {method} trajectories it selected.")
     def _asset(context: dg.AssetExecutionContext, config: DistillConfig, teacher: ModelSpec,
                cold_start_student: ModelSpec, models: ModelsResource, store: StoreResource,
                mlflow: MLflowResource, work_keys: dict[str, WorkKey]) -> dg.Output[ModelSpec]:
-        db = store.store()
         keys = received_keys(method, work_keys, config.partitions, models.teacher_version(teacher),
                              models.scorer_version(cold_start_student))
-        examples = [(q, text) for key in keys for _, q, text in selected_examples(db, key)]
+        # Read back from each dataset's exported folder (written now if the store has anything it lacks).
+        exports = [export_key(store, key, teacher, cold_start_student) for key in keys]
+        examples = [pair for export in exports for pair in training_pairs(export.path)]
         if not examples:
             raise dg.Failure(f"{method} selected no trajectory in {config.partitions}: nothing to learn from")
         lineage = {"method": method, "partitions": ",".join(config.partitions),
@@ -113,9 +118,11 @@ def distilled_asset(method: str) -> dg.AssetsDefinition:
 
         model = train_logged(context, f"student_{method}", models.placed(cold_start_student, "student"), examples,
                              config.train.to_core(), store.home_dir().checkpoints, mlflow.session(), mlflow.run_url, lineage,
-                             trajectory_pages)
+                             trajectory_pages, [(f"{method}/{k.dataset}", e.path, e.digest) for k, e in zip(keys, exports)])
+        datasets = {"training_datasets": dg.MetadataValue.json(
+            [{"path": str(e.path), "digest": e.digest, "rows": e.counts["kept"]} for e in exports])}
         return dg.Output(model.spec, data_version=dg.DataVersion(model.version),
-                         metadata={**metadata(model), **lineage, **shards})
+                         metadata={**metadata(model), **lineage, **shards, **datasets})
 
     return _asset
 

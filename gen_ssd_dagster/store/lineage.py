@@ -22,6 +22,7 @@ from .db import Store
 from .home import Home
 
 PREFIX = "gen-ssd-"
+DATASET_DIGEST_TAG = "gen_ssd.dataset_digest"  # tracking/mlflow_client.py writes it beside each input dataset
 
 
 class LineageError(GenSSDError):
@@ -85,6 +86,21 @@ def _scores(store: Store | None, model_version: str | None) -> list[dict]:
             for b, a, n, g, t in rows]
 
 
+def _training_datasets(run) -> list[dict]:
+    """The exported datasets (export/) a run logged as its training inputs: name, folder, digest."""
+    out = []
+    for item in run.inputs.dataset_inputs if run.inputs else []:
+        tags = {t.key: t.value for t in item.tags}
+        try:
+            source = json.loads(item.dataset.source)
+        except (TypeError, ValueError):
+            source = {}
+        out.append({"name": item.dataset.name, "path": source.get("path") or item.dataset.source,
+                    "digest": tags.get(DATASET_DIGEST_TAG, item.dataset.digest),
+                    "context": tags.get("mlflow.data.context")})
+    return out
+
+
 def _store(home: Home) -> Store | None:
     return Store(home.db_path) if home.db_path.exists() else None
 
@@ -131,7 +147,8 @@ def model_lineage(home: Home, model: str | None = None, version: str | None = No
         "config_hash": tags.get("config_hash"),
         "trajectories": int(tags["trajectories"]) if tags.get("trajectories", "").isdigit() else None,
         "checkpoint_key": tags.get("checkpoint_key"), "dagster_run_id": tags.get("dagster_run_id"),
-        "datasets": datasets, "training": training, "scores": _scores(store, tags.get("model_version")),
+        "datasets": datasets, "training_datasets": _training_datasets(run), "training": training,
+        "scores": _scores(store, tags.get("model_version")),
     }
 
 
@@ -190,6 +207,8 @@ def format_model(info: dict) -> str:
         stored = (f": {d['selected']} selected of {d['stored_trajectories']} stored trajectories, "
                   f"{d['problems']} problems" if "stored_trajectories" in d else ": (no DuckDB in this home)")
         lines.append(f"  dataset {d['dataset']:<10} config {d['config_hash']}{stored}")
+    for d in info.get("training_datasets") or []:
+        lines.append(f"  trained on         {d['path']}  (digest {d['digest']})")
     if info["training"]:
         lines.append("  training           " + ", ".join(f"{k}={v}" for k, v in sorted(info["training"].items())))
     for s in info["scores"]:

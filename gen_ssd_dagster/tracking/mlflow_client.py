@@ -23,6 +23,7 @@ from mlflow.exceptions import MlflowException
 
 HOST_TAG, PID_TAG, PROCESS_TAG = "gen_ssd.host", "gen_ssd.pid", "gen_ssd.process"
 ENDED_BY_TAG = "gen_ssd.ended_by"
+DATASET_DIGEST_TAG = "gen_ssd.dataset_digest"  # an input dataset's whole digest (MLflow keeps 36 characters)
 
 
 def process_identity(pid: int) -> str | None:
@@ -104,6 +105,19 @@ class MLflowRun:
 
     def log_text(self, text: str, artifact_file: str) -> None:
         self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_dataset(self, path: str | Path, digest: str, name: str, config: str = "default") -> None:
+        """Record the Hugging Face dataset folder `path` (export/) as this run's training input. MLflow
+        keeps 36 characters of a digest: the first 32 of ours go there, the whole one in an input tag."""
+        from mlflow.data.huggingface_dataset_source import HuggingFaceDatasetSource
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        source = HuggingFaceDatasetSource(path=str(path), config_name=config, split="train")
+        dataset = MetaDataset(source, name=name, digest=digest[:32])._to_mlflow_entity()
+        tags = [InputTag(MLFLOW_DATASET_CONTEXT, "training"), InputTag(DATASET_DIGEST_TAG, digest)]
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset, tags)])
 
     def register(self, name: str, artifact_path: str, tags: dict | None = None) -> str:
         """A new version of registered model `name` from this run's artifacts; returns the version."""

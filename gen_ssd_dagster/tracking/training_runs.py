@@ -9,7 +9,7 @@ import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,12 +38,14 @@ class TrainedModel:
 
 def train_logged(context, name: str, base: ModelSpec, examples: list[tuple[str, str]], config: TrainConfig,
                  checkpoints: Path, session: MLflowSession, run_url: Callable[[str, str], str], lineage: dict,
-                 attachments: Callable[[], list[Path]] = list) -> TrainedModel:
+                 attachments: Callable[[], list[Path]] = list,
+                 datasets: Sequence[tuple[str, Path, str]] = ()) -> TrainedModel:
     """Fine-tune `base` on `examples` (or reuse the same earlier run) into `checkpoints`/<name>/<key>
     and log it to MLflow through `session` as a version of the registered model `gen-ssd-<name>` whose
     tags carry `lineage`; `run_url(experiment_id, run_id)` is where the MLflow UI shows a run. The
     files that `attachments` returns (made only for a new run) are logged beside the model, under
-    `trajectories/`."""
+    `trajectories/`. `datasets`: (name, folder, digest) of the exported datasets the examples were read
+    from, logged as the run's training inputs (not part of the key: the examples are)."""
     base_version = model_version(base)
     # The lineage is part of the key: a model version's tags must name the teacher and data that
     # made it, so a new teacher gets a new model version even if its examples happen to be the same.
@@ -67,6 +69,8 @@ def train_logged(context, name: str, base: ModelSpec, examples: list[tuple[str, 
             "dagster_run_id": context.run.run_id, **lineage}
     with session.run(name, tags=tags) as run:
         run.log(params={**dataclasses.asdict(config), "base_model": base.name_or_path, **tags})
+        for dataset_name, folder, digest in datasets:
+            run.log_dataset(folder, digest, dataset_name)
         report = Reporter(name, context.log.info)  # a bar in a terminal, a sentence now and then in the event log
 
         def progress(info: dict) -> None:
