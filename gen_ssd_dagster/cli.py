@@ -121,10 +121,11 @@ def _stored(args: argparse.Namespace):
     from gen_ssd_dagster.store import Home, Store
 
     home = Home.resolve(args.home)
-    if not home.db_path.exists():
+    store = Store(home.db_path)
+    if not home.db_path.exists() and not store.segments.exists():  # trajectories alone live beside the file
         print(f"gen-ssd: no results in {home.root} yet: run `gen-ssd pipeline` first", file=sys.stderr)
         return None
-    return home, Store(home.db_path)
+    return home, store
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -91,10 +91,10 @@ def _finished(batch: pa.RecordBatch, shards: int, schema: pa.Schema) -> pa.Recor
 def stream(store: Store, key: WorkKey, settings: PromptSettings, everything: bool, shards: int = 1,
            batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
     """The rows of one configuration, `batch_rows` at a time (the last batch may be shorter).
-    The store stays locked (for writers) while the stream is read."""
+    It reads one snapshot of the trajectory tables and takes no lock: writers go on meanwhile."""
     sql, params = select_sql(key, settings, everything)
     schema = ALL_SCHEMA if everything else KEPT_SCHEMA
-    with store.connect(read_only=True) as con:
+    with store.trajectory_streams(2) as (con, beside):
         con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
         con.execute("SET enable_progress_bar = false")
         reader = con.sql(sql, params=params).to_arrow_reader(batch_rows)
@@ -104,7 +104,7 @@ def stream(store: Store, key: WorkKey, settings: PromptSettings, everything: boo
             return
         # the candidates, flat, in the same order, on a second connection streaming beside the first
         where, params = key_filter(key)
-        merger = StepsMerger(con.cursor().sql(candidates_sql(where), params=params).to_arrow_reader(batch_rows))
+        merger = StepsMerger(beside.sql(candidates_sql(where), params=params).to_arrow_reader(batch_rows))
         for batch in _recut(reader, batch_rows):
             yield _finished(with_steps(batch, merger), shards, schema)
 

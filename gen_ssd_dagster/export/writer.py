@@ -262,8 +262,10 @@ def _write(store: Store, key: WorkKey, settings: ExportSettings, summary: dict, 
             "project_version": project_version(), "prompt": asdict(settings.prompt), "shards": settings.shards,
             "teacher": settings.teacher, "scorer": settings.scorer, "source": settings.source, "files": data_files,
             "quantiles": {name: {g: s.quantiles() for g, s in groups.items()} for name, groups in samples.items()},
-            "commands": [f"gen-ssd --home {home.root} pipeline --partition {key.dataset}   # the trajectories",
-                         f"gen-ssd --home {home.root} export {work_id(key)}   # this folder"]}
+            # the home by its folder name: no machine path in a card that may go public, and a moved
+            # home keeps its digest
+            "commands": [f"gen-ssd --home {home.root.name} pipeline --partition {key.dataset}   # the trajectories",
+                         f"gen-ssd --home {home.root.name} export {work_id(key)}   # this folder"]}
     (tmp / "README.md").write_text(cards.card(info), encoding="utf-8")
     files = {p.relative_to(tmp).as_posix(): {"sha256": _sha256(p), "bytes": p.stat().st_size}
              for p in sorted(tmp.rglob("*")) if p.is_file()}

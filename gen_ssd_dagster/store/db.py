@@ -103,6 +103,29 @@ class Store:
         finally:
             con.close()
 
+    @contextmanager
+    def trajectory_streams(self, n: int) -> Iterator[list[duckdb.DuckDBPyConnection]]:
+        """`n` lock-free connections over one and the same snapshot, for queries streamed side by
+        side (an export reads trajectories and their candidates in step). Temp views are per
+        connection, so each gets its own, made from the one snapshot."""
+        if self.path.is_file() and not (self.segments / segments.MIGRATED_MARKER).exists():
+            with self.reader() as con:  # an old home, read as it is: nobody writes it before migrating
+                cursors = [con] + [con.cursor() for _ in range(n - 1)]
+                db = con.execute("SELECT current_database()").fetchone()[0]
+                for cursor in cursors[1:]:
+                    self._views(cursor, db)
+                yield cursors
+            return
+        con = duckdb.connect()
+        try:
+            snap = snapshot.take(self.segments)
+            cursors = [con] + [con.cursor() for _ in range(n - 1)]
+            for cursor in cursors:
+                snapshot.create_views(cursor, snap, None)
+            yield cursors
+        finally:
+            con.close()
+
     def _views(self, con: duckdb.DuckDBPyConnection, legacy_db: str | None = None) -> None:
         """The trajectory tables' views over a snapshot of the folder (`snapshot.py`), and over an
         old home's DuckDB tables (database `legacy_db`) while they are not migrated."""
