@@ -12,7 +12,7 @@ Everything is kept under --work: the world and the data are built once, and ever
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/training_recipe.py --work /tmp/recipe [--n-test 500]
         [--candidates today,lr1e-3,...] [--orders 0,100,200] [--prepare-only]
-        [--threads 1 --worker K --workers N]   # N processes share the runs; --summary-only prints the table
+        [--threads 1 --worker K]   # start several with distinct K: they share the runs; --summary-only prints the table
 """
 
 from __future__ import annotations
@@ -130,6 +130,15 @@ def summarize(rows: list[dict], names: list[str], orders: list[int]) -> None:
           "of make compare's 5 seeds x 1,000 questions)")
 
 
+def claim(path: Path) -> bool:
+    """True for the one worker that creates `path` (remove the claims directory to retry killed runs)."""
+    try:
+        path.open("x").close()
+        return True
+    except FileExistsError:
+        return False
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, required=True)
@@ -139,8 +148,7 @@ def main() -> None:
     parser.add_argument("--prepare-only", action="store_true")
     # 1 thread: on a loaded machine two OpenMP threads that wait on each other were ~10x slower.
     parser.add_argument("--threads", type=int, default=1, help="torch threads of this process")
-    parser.add_argument("--worker", type=int, default=0, help="this process's share of the runs: every --workers-th")
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--worker", type=int, default=0, help="this process's number (names its results file)")
     parser.add_argument("--summary-only", action="store_true", help="print the table of the finished runs")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -161,11 +169,13 @@ def main() -> None:
     rows = [json.loads(line) for f in files for line in f.read_text().splitlines()]
     done = {(r["candidate"], r["order"], r["arm"]) for r in rows}
     # Order-major: every candidate gets its first orders before any gets its third, so a cut-short run
-    # still compares them all.
+    # still compares them all. Workers claim runs through files, so any number of them share the list.
+    claims = args.work / "claims"
+    claims.mkdir(exist_ok=True)
     jobs = [(name, order, arm) for order in orders for name in names for arm in ARMS]
     results = args.work / f"results_n{len(test)}_w{args.worker}.jsonl"
-    for name, order, arm in ([] if args.summary_only else jobs[args.worker::args.workers]):
-        if (name, order, arm) in done:
+    for name, order, arm in ([] if args.summary_only else jobs):
+        if (name, order, arm) in done or not claim(claims / f"n{len(test)}-{name}-{order}-{arm}"):
             continue
         row = run_one(args.work, cold, examples[arm], test, name, order, arm)
         with results.open("a") as f:
