@@ -46,6 +46,7 @@ from gen_ssd_dagster.core.errors import ConfigError, GenSSDError
 from gen_ssd_dagster.core.engines.models import ModelSpec, context_size, load_model, load_tokenizer
 from gen_ssd_dagster.core.engines.prompts import Prompter
 from gen_ssd_dagster.core.training import parallel
+from gen_ssd_dagster.core.training.averaging import WeightAverage
 from gen_ssd_dagster.core.types import Progress
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,15 @@ class TrainConfig:
     """One fine-tuning run.
 
     epochs: passes over the examples; fractions allowed (0.5 = half the examples once).
-    learning_rate: peak AdamW rate, reached after `warmup_steps`, then cosine decay to 10% of it.
+    learning_rate: peak AdamW rate, reached after `warmup_steps`, then decayed by `lr_schedule`.
+    lr_schedule: how the rate falls from its peak to `min_lr_ratio` of it at the end of the run:
+        "cosine" (half a cosine), "linear", or "constant" (no decay; `min_lr_ratio` unused).
+    min_lr_ratio: where the decay ends, as a fraction of the peak rate, in [0, 1].
+    ema_decay: 0 = off; in (0, 1), an exponential moving average of the weights is kept in float32
+        (updated after every optimizer step: ema = decay * ema + (1 - decay) * weights, i.e. about
+        the last 1 / (1 - decay) steps) and the average, not the last weights, is saved. Averaging
+        makes the result depend less on the order of the last batches (docs/training-recipe.md).
+        Not with `fsdp` (its weights are sharded).
     batch_size: examples per optimizer step, padded to the longest in the batch.
     max_length: prompt + completion + EOS are cut to this many tokens.
     weight_decay: AdamW weight decay.
@@ -87,6 +96,9 @@ class TrainConfig:
     max_length: int = 256
     weight_decay: float = 0.0
     warmup_steps: int = 10
+    lr_schedule: str = "cosine"
+    min_lr_ratio: float = 0.1
+    ema_decay: float = 0.0
     seed: int = 0
     bf16: bool = False
     log_every: int = 20
@@ -119,6 +131,14 @@ class TrainConfig:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.warmup_steps < 0:
             raise ConfigError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"ema_decay must be in [0, 1) (0 = off), got {self.ema_decay}")
+        if self.ema_decay and self.fsdp:
+            raise ConfigError("ema_decay averages whole weights: it does not work with fsdp (sharded weights)")
         if self.log_every < 1:
             raise ConfigError(f"log_every must be >= 1, got {self.log_every}")
         if self.processes < 1:
@@ -132,6 +152,7 @@ class TrainConfig:
             raise ConfigError(f"fsdp shards over several processes: it needs processes >= 2, got {self.processes}")
 
 
+LR_SCHEDULES = ("cosine", "linear", "constant")
 EXECUTION_SETTINGS = ("processes", "gradient_accumulation", "gradient_checkpointing", "fsdp")
 
 
@@ -263,11 +284,17 @@ def _length_grouped_batches(rows: list, batch_size: int, gen: torch.Generator) -
     return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
 
 
-def _schedule(step: int, total: int, warmup: int) -> float:
+def lr_factor(step: int, total: int, config: TrainConfig) -> float:
+    """The learning rate of optimizer step `step` (0-based, of `total`) as a fraction of the peak:
+    linear warmup, then `config.lr_schedule` from 1 down towards `min_lr_ratio`."""
+    warmup = config.warmup_steps
     if step < warmup:
         return (step + 1) / (warmup + 1)
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+    if config.lr_schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)  # the step after the last would reach the floor
+    shape = 0.5 * (1 + math.cos(math.pi * progress)) if config.lr_schedule == "cosine" else 1 - progress
+    return config.min_lr_ratio + (1 - config.min_lr_ratio) * shape
 
 
 def fine_tune(
@@ -352,10 +379,11 @@ def _fine_tune(accelerator, spec: ModelSpec, examples, out_dir, config: TrainCon
     batches = [b for _ in passes for b in _length_grouped_batches(rows, config.batch_size, gen)]
     optim = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     model, optim = accelerator.prepare(model, optim)
-    sched = torch.optim.lr_scheduler.LambdaLR(optim.optimizer, lambda s: _schedule(s, total, config.warmup_steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(optim.optimizer, lambda s: lr_factor(s, total, config))
 
     scratch, fingerprint = resume_dir(out_dir), _fingerprint(spec, examples, config)
     tokens = window_tokens = 0
+    average = WeightAverage(accelerator.unwrap_model(model), config.ema_decay) if config.ema_decay else None
     losses: list[float] = []
     first = 0
     state = _load_state(scratch, fingerprint)
@@ -367,6 +395,8 @@ def _fine_tune(accelerator, spec: ModelSpec, examples, out_dir, config: TrainCon
             parallel.set_rng_state(rngs[rank], device)
         elif main:  # the loss curve is the same; only dropout (if any) draws other numbers
             log.warning("resuming a %d-process state with %d processes: RNG states not restored", len(rngs), world)
+        if average is not None:
+            average.load_state_dict(state["ema"])
         first, tokens, losses = int(state["step"]), int(state["tokens"]), [float(x) for x in state["losses"]]
         if main:
             log.info("resuming training from step %d/%d (%s)", first, total, scratch)
@@ -382,6 +412,7 @@ def _fine_tune(accelerator, spec: ModelSpec, examples, out_dir, config: TrainCon
                 _save_state(scratch, {
                     "format": STATE_FORMAT, "fingerprint": fingerprint, "step": done_steps, "tokens": tokens,
                     "losses": losses, "model": model_state, "optimizer": optim_state,
+                    "ema": average.state_dict() if average is not None else None,
                     "scheduler": sched.state_dict(), "rng": rngs, "processes": world})
             except OSError as exc:  # a full disk costs resumability, not the run: the previous state stays
                 log.warning("could not save training state at step %d to %s: %s", done_steps, scratch, exc)
@@ -417,6 +448,8 @@ def _fine_tune(accelerator, spec: ModelSpec, examples, out_dir, config: TrainCon
                                      dtype=torch.float64)
         accelerator.clip_grad_norm_(model.parameters(), 1.0)
         optim.step()
+        if average is not None:
+            average.update(accelerator.unwrap_model(model))
         sched.step()
         optim.zero_grad(set_to_none=True)
 
@@ -441,6 +474,8 @@ def _fine_tune(accelerator, spec: ModelSpec, examples, out_dir, config: TrainCon
             last_save = time.perf_counter()
 
     model.eval()
+    if average is not None:  # the average is what the run leaves, not its last weights
+        average.copy_to(accelerator.unwrap_model(model))
     weights = parallel.full_model_state(model)  # collective: all ranks
     path = Path(out_dir).resolve()
     if main:
