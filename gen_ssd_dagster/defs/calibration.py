@@ -1,8 +1,9 @@
 """pruning_thresholds: Gen-SSD's pruning thresholds, calibrated from the cold-start student, per dataset.
 
 The teacher solves held-back train problems; the cold-start student scores each line; a threshold
-rule reads max_ppl and ppl_ratio from what it saw (core/method/calibration.py, docs/thresholds.md). The teacher samples with the
-knobs of `gen_ssd_trajectories` in the same run, so the thresholds fit the paths they will prune;
+rule reads max_ppl and ppl_ratio from what it saw (core/method/calibration.py, docs/thresholds.md).
+The teacher samples with the knobs of `gen_ssd_trajectories` in the same run, so the thresholds fit
+the paths they will prune;
 gen_ssd_trajectories uses them when its `thresholds` is "calibrated", and records them with every
 trajectory.
 """
