@@ -3,9 +3,10 @@
 # in one home (so Standard KD's, post-hoc's and answer likelihood's arms are shared), then the
 # picked rule with the final chunk pruned. Usage: benchmarks/threshold_pick.sh HOME [SEEDS] [RULES] [FINAL_RULE]
 #   e.g. benchmarks/threshold_pick.sh .gen_ssd_home_hard 0,1,2 mode_split,median_multiple,teacher_quantile
+#   (an empty RULES runs only FINAL_RULE with the final chunk pruned)
 # Results: `gen-ssd --home HOME report --json` after each run (experiment_differences).
 set -euo pipefail
-home=$1 seeds=${2:-0,1,2} rules=${3:-mode_split,median_multiple,teacher_quantile} final_rule=${4:-}
+home=$1 seeds=${2:-0,1,2} rules=${3-mode_split,median_multiple,teacher_quantile} final_rule=${4:-}
 here=$(cd "$(dirname "$0")/.." && pwd)
 py=${PYTHON:-python}
 exempt=$(mktemp --suffix=.yaml)
