@@ -72,7 +72,8 @@ def calibration_plot(ppls, record, title: str, path: Path | None = None) -> dg.M
             ax.hist(positive, bins=bins, alpha=0.7)
             ax.set_xscale("log")
             _plain_log_ticks(ax)
-        ax.axvline(line, color="C3", label=f"q{record.quantile:g} = {line:.2f}")
+        rule = f"q{record.quantile:g}" if record.rule == "teacher_quantile" else record.rule
+        ax.axvline(line, color="C3", label=f"{rule} = {line:.2f}")
         ax.set_xlabel(label)
         ax.legend(fontsize=8)
     axes[0].set_ylabel("teacher lines")

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from gen_ssd_dagster.core.errors import GenSSDError
+from gen_ssd_dagster.core.method.threshold_rules import THRESHOLD_RULES
 from gen_ssd_dagster.store.home import Home, default_home
 
 
@@ -93,7 +94,7 @@ def _experiment_report(home, kind: str, store=None) -> str:
 
 def _eval_flags(args: argparse.Namespace) -> dict:
     return {"eval": {"samples": args.eval_samples, "temperature": args.eval_temperature},
-            "calibration_quantile": args.calibrate}
+            "calibration_quantile": args.calibrate, "threshold_rule": args.threshold_rule}
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -147,16 +148,20 @@ def cmd_report(args: argparse.Namespace) -> int:
             k, maj = majs.get((row["student"], row["benchmark"]), (None, None))
             row["maj_at_k"] = {"k": k, **maj.as_dict()} if maj else None
         differences = [{"student": s, "benchmark": b, "minus": "standard_kd", **d.as_dict()} for s, b, d in diffs]
-        from gen_ssd_dagster.store.experiments import experiment_arms
+        from gen_ssd_dagster.core.experiments.comparison_table import paired_differences
+        from gen_ssd_dagster.store.experiments import experiment_arms, latest_experiment
 
-        experiments = {kind: [a.to_dict() for a in experiment_arms(store, kind=kind)]
-                       for kind in ("comparison", "sweep")}
+        arms_of = {kind: experiment_arms(store, kind=kind) for kind in ("comparison", "sweep")}
+        # each method minus Standard KD, paired by seed and question (the tables' column, as data)
+        paired = {kind: {"experiment": latest_experiment(store, kind), "differences": paired_differences(arms)}
+                  for kind, arms in arms_of.items() if arms}
+        experiments = {kind: [a.to_dict() for a in arms] for kind, arms in arms_of.items()}
         for arms in experiments.values():
             for arm in arms:
                 arm.pop("ppls", None)  # per-trajectory and per-question values: in DuckDB, too long for a report
                 arm.pop("graded", None)
         print(json.dumps({"home": str(home.root), "scores": rows, "differences": differences,
-                          "experiments": experiments}, indent=2, default=str))
+                          "experiment_differences": paired, "experiments": experiments}, indent=2, default=str))
     else:
         print(f"Accuracy in % (latest score per student and benchmark; {home.db_path}):\n")
         print(text)
@@ -319,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--calibrate", type=float, metavar="Q",
                        help="derive Gen-SSD's max_ppl and ppl_ratio from the Q-quantile of the cold-start "
                             "student's PPLs of the teacher's lines (e.g. 0.9; default: as configured)")
+        p.add_argument("--threshold-rule", choices=THRESHOLD_RULES,
+                       help="how Gen-SSD's max_ppl and ppl_ratio are set: hand (as configured) or a rule that "
+                            "reads them from the cold-start student (docs/thresholds.md; default: as configured)")
         p.set_defaults(func=func)
     report = sub.add_parser("report", help="print the evaluation table (student x benchmark) from DuckDB")
     report.add_argument("--json", action="store_true", help="machine-readable output")

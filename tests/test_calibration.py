@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 
 import pytest
 
@@ -23,6 +24,27 @@ def test_quantile_and_lines():
     assert quantile([3.0, 1.0, 2.0], 0.5) == 2.0
     assert quantile([1.0, 2.0], 0.9) == pytest.approx(1.9)
     assert split_lines("Step 1: 2 + 3 = 5\n\n#### 5") == ["Step 1: 2 + 3 = 5\n", "#### 5"]
+
+
+def test_threshold_rules_give_their_documented_values():
+    """docs/thresholds.md: mode_split is Otsu's cut on log values (geometric mean of the two values
+    either side); median_multiple is 2 x the median."""
+    from gen_ssd_dagster.core.errors import DataError
+    from gen_ssd_dagster.core.method.threshold_rules import mode_split, threshold
+
+    # two modes: stepwise openings near 20, verbose ones near 80; the cut falls between 22 and 60
+    sample = [18.0, 20.0, 22.0, 60.0, 80.0, 100.0, 90.0, 70.0]
+    assert mode_split(sample) == pytest.approx(math.sqrt(22.0 * 60.0))
+    assert threshold("mode_split", sample, 0.9) == mode_split(sample)
+    # the cut does not follow the shares, as a quantile does: three times as many hard lines, same cut
+    assert mode_split([18.0, 20.0, 22.0] + [60.0, 80.0, 100.0, 90.0, 70.0] * 3) == pytest.approx(math.sqrt(22.0 * 60.0))
+    assert threshold("median_multiple", sample, 0.9) == pytest.approx(2 * 65.0)
+    assert threshold("teacher_quantile", sample, 0.5) == pytest.approx(65.0)
+    assert mode_split([1.0, 4.0]) == pytest.approx(2.0)
+    with pytest.raises(DataError, match="two distinct values"):
+        mode_split([5.0, 5.0, 5.0])
+    with pytest.raises(ConfigError, match="computes no threshold"):
+        threshold("hand", sample, 0.9)
 
 
 def test_line_ppls_score_each_line_given_the_lines_before(tiny_models):
@@ -60,6 +82,16 @@ def test_calibration_reads_the_quantile_and_records_itself(tiny_models, memorizi
     assert config_hash(dataclasses.replace(config, calibration=None)) != config_hash(config)
     with pytest.raises(ConfigError, match="quantile"):
         calibrate(problems, teacher, scorer, base, 1.0)
+
+    # another rule reads the same PPLs its own way, and says so in the record every trajectory carries
+    split, same = calibrate(problems, teacher, scorer, base, 0.9, batch_size=4, rule="median_multiple")
+    assert same == ppls and split.rule == "median_multiple"
+    assert split.max_ppl == pytest.approx(max(2 * statistics.median(ppls.first), 1 + 1e-6), rel=1e-3)
+    assert split.ppl_ratio == pytest.approx(2 * statistics.median(ppls.ratios), rel=1e-3)
+    assert config_dict(calibrated(base, split))["calibration"]["rule"] == "median_multiple"
+    assert "rule" not in config_dict(config)["calibration"]  # teacher_quantile: stored keys from before rules stay
+    with pytest.raises(ConfigError, match="calibration rule must be one of"):
+        calibrate(problems, teacher, scorer, base, 0.9, rule="hand")
 
 
 def test_answer_likelihood_keeps_the_sample_whose_answer_the_student_finds_likeliest(tiny_models):

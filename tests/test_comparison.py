@@ -4,6 +4,7 @@ from __future__ import annotations
 
 
 import dataclasses
+import json
 
 import pytest
 
@@ -144,7 +145,8 @@ def test_comparison_and_sweep_assets(tmp_path, tiny_models, memorizing_teacher, 
     rc = {"ops": {"cold_start_student": {"config": {**small, "max_problems": 4, "train": {"epochs": 2}}},
                   "method_comparison": {"config": {**experiment, "seeds": [0, 1]}},
                   "gen_ssd_knob_sweep": {"config": {**experiment, "knobs": {"chunk_tokens": ["8", "16"]},
-                                                    "calibration_quantile": 0.9, "calibration_problems": 2}}}}
+                                                    "calibration_quantile": 0.9, "calibration_problems": 2,
+                                                    "threshold_rule": "median_multiple"}}}}
     resources = {"models": ModelsResource(teacher=str(memorizing_teacher), student=str(tiny_models[1])),
                  "data": DataResource(**DEMO_SIZES)}
     selection = ["teacher", "base_student", "problems", "benchmarks", "cold_start_student",
@@ -172,6 +174,7 @@ def test_comparison_and_sweep_assets(tmp_path, tiny_models, memorizing_teacher, 
     assert [a.config["chunk_tokens"] for a in sorted(sweep, key=lambda a: a.label)] == [16, 8]
     # the sweep calibrated its thresholds: every point records where they came from
     assert {a.config["calibration"]["quantile"] for a in sweep} == {0.9}
+    assert {a.config["calibration"]["rule"] for a in sweep} == {"median_multiple"}  # the knob reached the record
     assert {a.config["max_ppl"] for a in sweep} == {sweep[0].config["calibration"]["max_ppl"]}
     assert "calibration" not in by["gen_ssd", 0].config  # the comparison's thresholds were hand-set
 
@@ -221,6 +224,11 @@ def test_comparison_and_sweep_assets(tmp_path, tiny_models, memorizing_teacher, 
     assert cli.main(["--home", str(home.root), "report"]) == 0
     out = capsys.readouterr().out
     assert "Method comparison" in out and "Gen-SSD knob sweep" in out and "post-hoc filter" in out
+    assert cli.main(["--home", str(home.root), "report", "--json"]) == 0
+    paired = json.loads(capsys.readouterr().out)["experiment_differences"]["comparison"]["differences"]
+    assert {r["label"] for r in paired} == {"gen_ssd", "posthoc", "answer_likelihood"}
+    for r in paired:
+        assert r["n_seeds"] == 2 and r["low95"] <= r["estimate"] <= r["high95"] and r["seed_var"] >= 0
 
 
 def test_sweep_cli_rejects_a_bad_knob_before_loading_anything(tmp_path, capsys):
@@ -253,3 +261,35 @@ def test_shipped_configs_are_valid_run_config(name):
         result = validate_config(schemas[op], config.get("config", {}))
         assert result.success, (op, [e.message for e in result.errors])
     assert not validate_config(schemas["method_comparison"], {"gen_ssd": {"max_ppl": "high"}}).success
+
+
+def test_report_json_carries_each_methods_paired_difference(tmp_path, capsys):
+    """A stored comparison (2 seeds x 4 questions, the table test's example): `report --json` gives
+    the table's paired difference, its 95% interval and its seed / question variance split."""
+    from gen_ssd_dagster import cli
+    from gen_ssd_dagster.store import Home, Store
+    from gen_ssd_dagster.store.experiments import save_arm
+
+    def graded(right):
+        return {f"q{i}": i in right for i in range(1, 5)}
+
+    home = Home.resolve(tmp_path / "home")
+    store = Store(home.db_path)
+    arms = [_arm("standard_kd", 0, 0.25, graded=graded({1})), _arm("standard_kd", 1, 0.5, graded=graded({1, 2})),
+            _arm("gen_ssd", 0, 0.5, graded=graded({1, 2})), _arm("gen_ssd", 1, 0.75, graded=graded({1, 2, 3})),
+            _arm("posthoc", 0, 0.25, graded=graded({1})), _arm("posthoc", 1, 0.25, graded=graded({2}))]
+    for i, arm in enumerate(arms):
+        save_arm(store, f"k{i}", arm, "comparison-1", "demo", "demo")
+    assert cli.main(["--home", str(home.root), "report", "--json"]) == 0
+    paired = json.loads(capsys.readouterr().out)["experiment_differences"]["comparison"]
+    assert paired["experiment"] == "comparison-1"
+    rows = {r["label"]: r for r in paired["differences"]}
+    assert set(rows) == {"gen_ssd", "posthoc"}  # Standard KD is what the others are minus
+    gen = rows["gen_ssd"]
+    se = (0.25 / 3 / 4) ** 0.5
+    assert (gen["estimate"], gen["n_seeds"], gen["n_questions"], gen["minus"]) == (0.25, 2, 4, "standard_kd")
+    assert gen["stderr"] == pytest.approx(se)
+    assert (gen["low95"], gen["high95"]) == (pytest.approx(0.25 - 1.959964 * se), pytest.approx(0.25 + 1.959964 * se))
+    assert gen["seed_var"] == 0 and gen["question_var"] == pytest.approx(0.25 / 3 / 4)
+    assert gen["components"]["single_seed_stderr"] == pytest.approx(0.25)
+    assert rows["posthoc"]["estimate"] == pytest.approx(-0.125)

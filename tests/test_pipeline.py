@@ -156,7 +156,7 @@ def test_every_asset_on_demo(tmp_path, tiny_models, memorizing_teacher, capsys):
     small = {"batch_size": 4, "num_candidates": 2, "sampling": sampling}
     rc = {"ops": {
         "cold_start_student": {"config": {**small, "max_problems": 4, "train": {"epochs": 2}}},
-        "pruning_thresholds": {"config": {"max_problems": 4}},  # sampling as gen_ssd_trajectories
+        "pruning_thresholds": {"config": {"max_problems": 4, "rule": "median_multiple"}},  # sampling as gen_ssd_trajectories
         "gen_ssd_trajectories": {"config": {**small, "max_problems": 4, "offset": 4, "suitability": "none"}},
         "standard_kd_trajectories": {"config": {**small, "max_problems": 4, "offset": 4}},
         "posthoc_trajectories": {"config": {**small, "max_problems": 4, "offset": 4}},
@@ -173,7 +173,7 @@ def test_every_asset_on_demo(tmp_path, tiny_models, memorizing_teacher, capsys):
     from gen_ssd_dagster.instance import get_instance
 
     said = [e.user_message for e in get_instance(home).all_logs(result.run_id) if e.dagster_event is None]
-    assert any(m.startswith("calibrated: max_ppl") for m in said), said
+    assert any(m.startswith("calibrated by median_multiple: max_ppl") for m in said), said
     assert not [m for m in said if "{'" in m or '{"' in m], said
 
     store = _store(home.root)
@@ -181,7 +181,7 @@ def test_every_asset_on_demo(tmp_path, tiny_models, memorizing_teacher, capsys):
     events = {e.asset_key.to_user_string(): e.step_materialization_data.materialization.metadata
               for e in result.get_asset_materialization_events()}
     thresholds = events["pruning_thresholds"]
-    assert thresholds["quantile"].value == 0.9
+    assert thresholds["quantile"].value == 0.9 and thresholds["rule"].value == "median_multiple"
     scores = store.query_df("SELECT student, benchmark, accuracy, grader_version, mlflow_run_id, model_version"
                             " FROM evaluation_scores")
     assert set(scores.student) == {"base", "cold_start", "gen_ssd", "standard_kd", "posthoc"}
@@ -251,6 +251,7 @@ def test_every_asset_on_demo(tmp_path, tiny_models, memorizing_teacher, capsys):
     configs = [json.loads(c).get("calibration") for (c,) in store.query(
         "SELECT DISTINCT config FROM trajectories WHERE method = 'gen_ssd'")]
     assert sorted(c["max_ppl"] if c else 0 for c in configs) == [0, thresholds["max_ppl"].value]
+    assert [c["rule"] for c in configs if c] == ["median_multiple"]  # the rule is recorded with every trajectory
     [event] = again.get_asset_materialization_events()
     assert event.step_materialization_data.materialization.metadata["thresholds"].value == "calibrated"
 

@@ -1,8 +1,9 @@
 """pruning_thresholds: Gen-SSD's pruning thresholds, calibrated from the cold-start student, per dataset.
 
-The teacher solves held-back train problems; the cold-start student scores each line; max_ppl and
-ppl_ratio are a quantile of what it saw (core/method/calibration.py). The teacher samples with the
-knobs of `gen_ssd_trajectories` in the same run, so the thresholds fit the paths they will prune;
+The teacher solves held-back train problems; the cold-start student scores each line; a threshold
+rule reads max_ppl and ppl_ratio from what it saw (core/method/calibration.py, docs/thresholds.md).
+The teacher samples with the knobs of `gen_ssd_trajectories` in the same run, so the thresholds fit
+the paths they will prune;
 gen_ssd_trajectories uses them when its `thresholds` is "calibrated", and records them with every
 trajectory.
 """
@@ -27,8 +28,8 @@ from ..run_config.asset_configs import CalibrationRunConfig, gen_ssd_of_run
 def pruning_thresholds(context: dg.AssetExecutionContext, config: CalibrationRunConfig, teacher: ModelSpec,
                        cold_start_student: ModelSpec, models: ModelsResource, store: StoreResource,
                        mlflow: MLflowResource) -> dg.Output[dict]:
-    """max_ppl and ppl_ratio at a quantile of the cold-start student's PPLs of the teacher's own lines
-    on held-back problems of this dataset: pruning thresholds that follow the student."""
+    """max_ppl and ppl_ratio read by a threshold rule (docs/thresholds.md) from the cold-start student's
+    PPLs of the teacher's own lines on held-back problems of this dataset: thresholds that follow the student."""
     dataset = context.partition_key
     if config.offset is None:  # held back from the end: the methods take theirs from the front
         problems = read_problems(store.store(), dataset, "train")[-config.max_problems:]
@@ -39,11 +40,12 @@ def pruning_thresholds(context: dg.AssetExecutionContext, config: CalibrationRun
                          f"{config.offset}; lower `offset` or store more problems")
     gen_ssd = gen_ssd_of_run(context.run.run_config, dataset)
     teacher_backend, scorer = models.make_teacher(teacher), models.make_scorer(cold_start_student)
-    context.log.info(f"calibrating on {len(problems)} held-back {dataset} problems at quantile {config.quantile}")
-    record, ppls = calibrate(problems, teacher_backend, scorer, gen_ssd, config.quantile)
+    context.log.info(f"calibrating on {len(problems)} held-back {dataset} problems by {config.rule} "
+                     f"(quantile {config.quantile})")
+    record, ppls = calibrate(problems, teacher_backend, scorer, gen_ssd, config.quantile, rule=str(config.rule))
     facts = {**dataclasses.asdict(record), **summary(ppls)}
-    context.log.info(f"calibrated: max_ppl {record.max_ppl:.4g} and ppl_ratio {record.ppl_ratio:.4g}, the "
-                     f"{record.quantile} quantile of {record.first_lines} first-line PPLs (median "
+    context.log.info(f"calibrated by {record.rule}: max_ppl {record.max_ppl:.4g} and ppl_ratio {record.ppl_ratio:.4g}, "
+                     f"from {record.first_lines} first-line PPLs (median "
                      f"{facts['first_line_ppl_median']}) and {record.later_lines} later-line ratios (median "
                      f"{facts['later_line_ratio_median']}) over {record.texts} teacher solutions")
     plot_path = store.home_dir().plots / f"pruning_thresholds_{dataset}.png"
@@ -52,7 +54,7 @@ def pruning_thresholds(context: dg.AssetExecutionContext, config: CalibrationRun
     tags = {"dataset": dataset, "dagster_run_id": context.run.run_id, "teacher_version": teacher_backend.version,
             "student_version": scorer.version}
     with session.run("pruning_thresholds", tags=tags) as run:
-        run.log(params={"quantile": record.quantile, "held_back_problems": len(problems),
+        run.log(params={"rule": record.rule, "quantile": record.quantile, "held_back_problems": len(problems),
                         "first_problem": problems[0].problem_id},
                 metrics={"max_ppl": record.max_ppl, "ppl_ratio": record.ppl_ratio})
         run.log_file(plot_path, "plots")

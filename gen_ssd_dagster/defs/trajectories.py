@@ -119,7 +119,8 @@ def latest_calibration(instance: dg.DagsterInstance, dataset: str) -> dict:
         raise dg.Failure(f"gen_ssd_trajectories: thresholds is 'calibrated' but pruning_thresholds has no "
                          f"materialization for {dataset!r}: materialize it first (or set thresholds: hand-set)")
     meta = result.records[0].asset_materialization.metadata
-    return {f.name: meta[f.name].value for f in dataclasses.fields(Calibration)}
+    # a materialization from before rules had names was read by teacher_quantile (the field's default)
+    return {f.name: meta[f.name].value for f in dataclasses.fields(Calibration) if f.name in meta}
 
 
 def trajectory_page(home, name: str, key: WorkKey, refresh: bool = True) -> Path:

@@ -25,6 +25,7 @@ from ..core.demo.run import DemoConfig
 from ..core.evaluation.evaluate import EvalSettings
 from ..core.experiments.comparison import ComparisonConfig
 from ..core.method.calibration import CALIBRATION_PROBLEMS, CALIBRATION_QUANTILE
+from ..core.method.threshold_rules import CalibratedRule
 from ..core.method.config import GenSSDConfig, PostHocConfig, SamplingConfig, StandardKDConfig
 from ..core.training.sft import TrainConfig
 from .derive import CoreConfig, dagster_type, derive
@@ -82,8 +83,11 @@ class CalibrationRunConfig(dg.Config):
     The teacher samples as Gen-SSD does: with the knobs of `gen_ssd_trajectories` in the same run
     (`gen_ssd_of_run`), its defaults when the run has none."""
 
-    quantile: float = Field(default=CALIBRATION_QUANTILE, description="max_ppl and ppl_ratio are this quantile of the student's "
-                            "first-line PPLs and later-line PPL ratios")
+    rule: dagster_type(CalibratedRule, "rule") = Field(
+        default="teacher_quantile", description="how max_ppl and ppl_ratio are read from the student's first-line PPLs and "
+        'later-line PPL ratios (docs/thresholds.md): "teacher_quantile", "mode_split" or "median_multiple"')
+    quantile: float = Field(default=CALIBRATION_QUANTILE, description="under teacher_quantile, max_ppl and ppl_ratio are "
+                            "this quantile of the student's first-line PPLs and later-line PPL ratios")
     max_problems: int = Field(default=CALIBRATION_PROBLEMS, description="held-back train problems the teacher solves")
     offset: int | None = Field(default=None, description="train problems skipped first; None = the dataset's "
                                "last max_problems (the methods take theirs from the front)")

@@ -31,7 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gen_ssd_dagster.core.experiments.budget import BudgetMeter, seed_order
-from gen_ssd_dagster.core.method.calibration import CALIBRATION_PROBLEMS, calibrate, calibrated, summary, validate_quantile
+from gen_ssd_dagster.core.method.calibration import (CALIBRATION_PROBLEMS, CALIBRATION_QUANTILE, calibrate, calibrated,
+                                                     summary, validate_quantile)
+from gen_ssd_dagster.core.method.threshold_rules import ThresholdRule, validate_rule
 from gen_ssd_dagster.core.method.config import (GenSSDConfig, MethodConfig, PostHocConfig, SamplingConfig, StandardKDConfig,
                                                 config_dict)
 from gen_ssd_dagster.core.errors import ConfigError
@@ -66,10 +68,13 @@ class ComparisonConfig:
     eval: how each student answers the test problems (`evaluation.EvalSettings`; default one greedy
         answer each).
     eval_batch_size: test questions per generation batch.
-    calibration_quantile: None keeps gen_ssd's hand-set max_ppl and ppl_ratio; a value in (0, 1)
-        replaces them, once before the first arm, by that quantile of the cold-start student's PPLs
-        of the teacher's lines on `calibration_problems` problems held back from the end of the pool
-        (`calibration.calibrate`). Every arm then draws from the rest of the pool.
+    threshold_rule: "hand" keeps gen_ssd's hand-set max_ppl and ppl_ratio; "teacher_quantile",
+        "mode_split" or "median_multiple" replaces them, once before the first arm, by that rule
+        (docs/thresholds.md) applied to the cold-start student's PPLs of the teacher's lines on
+        `calibration_problems` problems held back from the end of the pool (`calibration.calibrate`).
+        Every arm then draws from the rest of the pool.
+    calibration_quantile: the quantile of "teacher_quantile" (None: 0.9); set with the rule "hand",
+        it means "teacher_quantile" at that quantile (as before rules had names).
     """
 
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # 5 seeds fit the 30-minute budget on 2 cores (docs/evaluation.md)
@@ -80,8 +85,16 @@ class ComparisonConfig:
     train: TrainConfig = DISTILL_TRAIN
     eval: EvalSettings = EvalSettings()
     eval_batch_size: int = 32
+    threshold_rule: ThresholdRule = "hand"
     calibration_quantile: float | None = None
     calibration_problems: int = CALIBRATION_PROBLEMS
+
+    @property
+    def calibration_rule(self) -> str | None:
+        """The rule that calibrates the thresholds; None when they stay hand-set."""
+        if self.threshold_rule != "hand":
+            return self.threshold_rule
+        return "teacher_quantile" if self.calibration_quantile is not None else None
 
     def validate(self) -> None:
         if not self.seeds:
@@ -94,8 +107,10 @@ class ComparisonConfig:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         self.gen_ssd.validate()
         self.standard_kd.validate()
+        validate_rule(self.threshold_rule)
         if self.calibration_quantile is not None:
             validate_quantile(self.calibration_quantile)
+        if self.calibration_rule is not None:
             if self.calibration_problems < 1:
                 raise ConfigError(f"calibration_problems must be >= 1, got {self.calibration_problems}")
         self.train.validate()
@@ -235,7 +250,7 @@ def run_comparison(config: ComparisonConfig, cold_start: ModelSpec | Path, pool:
     arms (teacher, scorer, cold start, data versions) for the keys; `lookup`/`save` persist arms so
     an interrupted comparison resumes at the first arm not yet stored."""
     config.validate()
-    if config.calibration_quantile is not None:
+    if config.calibration_rule is not None:
         config, pool, context = calibrated_comparison(config, pool, teacher, scorer, context, log)
     if not pool or not test:
         raise ConfigError(f"the comparison needs training and test problems (got {len(pool)} and {len(test)})")
@@ -284,10 +299,10 @@ def calibrated_comparison(config: ComparisonConfig, pool: list[Problem], teacher
         raise ConfigError(f"calibration holds back {n} problems, but the pool has only {len(pool)}: lower "
                           "calibration_problems or store more training problems")
     held_back, pool = pool[-n:], pool[:-n]
-    record, ppls = calibrate(held_back, teacher, scorer, config.gen_ssd, config.calibration_quantile,
-                             config.batch_size)
+    q = CALIBRATION_QUANTILE if config.calibration_quantile is None else config.calibration_quantile
+    record, ppls = calibrate(held_back, teacher, scorer, config.gen_ssd, q, config.batch_size, config.calibration_rule)
     if log:
-        log(f"calibrated at quantile {record.quantile}: max_ppl {record.max_ppl}, ppl_ratio {record.ppl_ratio} "
+        log(f"calibrated by {record.rule} (quantile {record.quantile}): max_ppl {record.max_ppl}, ppl_ratio {record.ppl_ratio} "
             f"({summary(ppls)})")
     config = dataclasses.replace(config, gen_ssd=calibrated(config.gen_ssd, record))
     return config, pool, {**context, "calibration_held_back": n}

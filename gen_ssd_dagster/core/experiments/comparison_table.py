@@ -89,6 +89,24 @@ def paired_vs_standard_kd(arms: list[ArmResult], label: str) -> dict | None:
             "n_questions": diff.n_questions, "components": parts}
 
 
+def paired_differences(arms: list[ArmResult]) -> list[dict]:
+    """Each label's `paired_vs_standard_kd` as plain data (`gen-ssd report --json`): the table's
+    paired column, its 95% interval and its split into training-seed and test-question variance
+    (fractions; None with one seed, whose interval holds the students fixed)."""
+    rows = []
+    for r in summarise(arms):
+        p = paired_vs_standard_kd(arms, r["label"])
+        if p is None:
+            continue
+        c = p["components"]
+        rows.append({"label": r["label"], "minus": "standard_kd", "estimate": p["estimate"], "stderr": p["stderr"],
+                     "low95": p["estimate"] - p["half"], "high95": p["estimate"] + p["half"],
+                     "n_seeds": p["n_seeds"], "n_questions": p["n_questions"],
+                     "seed_var": c.seed_var if c else None, "question_var": c.question_var if c else None,
+                     "components": c.as_dict() if c else None})
+    return rows
+
+
 def _paired_cell(p: dict | None) -> str:
     if p is None:
         return "—"

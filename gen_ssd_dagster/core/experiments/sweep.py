@@ -75,7 +75,7 @@ def run_sweep(config: ComparisonConfig, knobs: dict[str, list], seed: int, cold_
               log: Callable[[str], None] | None = None) -> list[ArmResult]:
     """Gen-SSD at each knob value (one-at-a-time around `config.gen_ssd`), trained and evaluated."""
     sweep_points(config.gen_ssd, knobs)  # validates every point before any work (calibration included)
-    if config.calibration_quantile is not None:
+    if config.calibration_rule is not None:
         config, pool, context = calibrated_comparison(config, pool, teacher, scorer, context, log)
     points = sweep_points(config.gen_ssd, knobs)
     stream = seed_order(pool, seed)

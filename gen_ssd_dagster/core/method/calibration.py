@@ -4,10 +4,10 @@ An absolute `max_ppl` does not carry over between students (docs/reasoning-world
 1. the teacher samples full solutions to held-back problems (used by no method);
 2. the student scores each line given the prompt and the lines before it (a line is what a chunk
    is under `snap_to_line` when lines are shorter than `chunk_tokens`);
-3. `max_ppl` is the `quantile` of the first lines' PPLs, `ppl_ratio` the `quantile` of
-   line PPL / PPL of the text before it, over the later lines.
-A step is then pruned only when even its best candidate is less learnable than that share of the
-teacher's own lines.
+3. a threshold rule (`threshold_rules`, docs/thresholds.md) reads `max_ppl` from the first lines'
+   PPLs and `ppl_ratio` from the later lines' ratios (line PPL / PPL of the text before it). Under
+   `teacher_quantile`, a step is pruned only when even its best candidate is less learnable than
+   that share of the teacher's own lines.
 """
 
 from __future__ import annotations
@@ -16,13 +16,12 @@ import dataclasses
 import statistics
 from dataclasses import dataclass
 
-import numpy as np
-
 from gen_ssd_dagster.core.batching import batches
 from gen_ssd_dagster.core.engines.interfaces import Scorer, Teacher
 from gen_ssd_dagster.core.method.config import Calibration, GenSSDConfig
 from gen_ssd_dagster.core.errors import ConfigError, DataError
 from gen_ssd_dagster.core.method.selection import normalised_ppl
+from gen_ssd_dagster.core.method.threshold_rules import CALIBRATED_RULES, quantile, threshold
 from gen_ssd_dagster.core.types import Problem
 
 CALIBRATION_QUANTILE = 0.9  # ours, chosen before measuring (docs/reasoning-world.md)
@@ -85,16 +84,13 @@ def line_ppls(questions: list[str], texts: list[str], scorer: Scorer, normalisat
     return LinePPLs(first, ratios, len(pairs))
 
 
-def quantile(values: list[float], q: float) -> float:
-    """The q-quantile of `values` (linear interpolation between order statistics)."""
-    return float(np.quantile(values, q))
-
-
 def calibrate(problems: list[Problem], teacher: Teacher, scorer: Scorer, config: GenSSDConfig, q: float,
-              batch_size: int = 32) -> tuple[Calibration, LinePPLs]:
-    """Thresholds at quantile `q` of the student's PPLs of the teacher's full solutions to `problems`,
-    sampled as `config.sampling` samples (one each)."""
+              batch_size: int = 32, rule: str = "teacher_quantile") -> tuple[Calibration, LinePPLs]:
+    """Thresholds by `rule` (at quantile `q` for teacher_quantile) from the student's PPLs of the
+    teacher's full solutions to `problems`, sampled as `config.sampling` samples (one each)."""
     validate_quantile(q)
+    if rule not in CALIBRATED_RULES:
+        raise ConfigError(f"calibration rule must be one of {CALIBRATED_RULES}, got {rule!r}")
     if not problems:
         raise ConfigError("calibration needs held-back problems (got none)")
     s = config.sampling
@@ -109,10 +105,14 @@ def calibrate(problems: list[Problem], teacher: Teacher, scorer: Scorer, config:
         raise DataError(f"calibration: the teacher's {len(texts)} held-back solutions gave {len(ppls.first)} first "
                         f"lines and {len(ppls.ratios)} later lines; both are needed (more problems, or a teacher "
                         "that writes more than one line)")
-    max_ppl = max(quantile(ppls.first, q), 1.0 + 1e-6)  # a perplexity is never below 1
-    calibration = Calibration(quantile=q, max_ppl=round(max_ppl, 4), ppl_ratio=round(quantile(ppls.ratios, q), 4),
-                              texts=ppls.texts, first_lines=len(ppls.first), later_lines=len(ppls.ratios))
-    return calibration, ppls
+    return thresholds_by_rule(ppls, rule, q), ppls
+
+
+def thresholds_by_rule(ppls: LinePPLs, rule: str, q: float) -> Calibration:
+    """The record of `rule`'s thresholds read from `ppls` (docs/thresholds.md)."""
+    max_ppl = max(threshold(rule, ppls.first, q), 1.0 + 1e-6)  # a perplexity is never below 1
+    return Calibration(quantile=q, max_ppl=round(max_ppl, 4), ppl_ratio=round(threshold(rule, ppls.ratios, q), 4),
+                       texts=ppls.texts, first_lines=len(ppls.first), later_lines=len(ppls.ratios), rule=rule)
 
 
 def calibrated(config: GenSSDConfig, calibration: Calibration) -> GenSSDConfig:

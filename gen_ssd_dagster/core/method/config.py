@@ -73,8 +73,9 @@ class SamplingConfig:
 
 @dataclass(frozen=True)
 class Calibration:
-    """Where calibrated pruning thresholds came from (`calibration.calibrate`): the quantile of the
-    cold-start student's PPLs of the teacher's held-back lines, and how many values it rests on."""
+    """Where calibrated pruning thresholds came from (`calibration.calibrate`): the rule that read them
+    from the cold-start student's PPLs of the teacher's held-back lines (docs/thresholds.md), its
+    quantile (teacher_quantile's constant), and how many values they rest on."""
 
     quantile: float
     max_ppl: float
@@ -82,6 +83,7 @@ class Calibration:
     texts: int  # held-back teacher solutions scored
     first_lines: int  # first-line PPLs the max_ppl quantile rests on
     later_lines: int  # later-line ratios the ppl_ratio quantile rests on
+    rule: str = "teacher_quantile"  # `threshold_rules.THRESHOLD_RULES`; the only one before rules had names
 
 
 @dataclass(frozen=True)
@@ -185,6 +187,8 @@ def config_dict(config: MethodConfig) -> dict:
     for name, old in _SILENT_DEFAULTS.items():
         if name in data and data[name] == old:
             del data[name]
+    if (data.get("calibration") or {}).get("rule") == "teacher_quantile":  # calibrated before rules had names
+        del data["calibration"]["rule"]
     return data
 
 
