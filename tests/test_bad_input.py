@@ -295,7 +295,7 @@ def test_full_disk_while_writing_trajectories_and_checkpoints(small_disk, tiny_m
     write_batch(store, _key(), ["p0"], [_traj("demo", "p0")], {})
     filler = _fill(small_disk, 256 << 10)
     big = _traj("demo", "p1")
-    big.text = "x" * (4 << 20)
+    big.text = os.urandom(3 << 20).hex()  # incompressible: the batch's Parquet files cannot fit
     with pytest.raises(duckdb.Error, match=r"gen_ssd\.duckdb.*No space left on device"):
         write_batch(store, _key(), ["p1"], [big], {})
     filler.unlink()
@@ -318,5 +318,7 @@ def test_full_disk_while_writing_trajectories_and_checkpoints(small_disk, tiny_m
     assert f"while saving the checkpoint to {out}" in "".join(getattr(exc.value, "__notes__", []))
     assert sorted((p.name, p.read_bytes()) for p in out.iterdir()) == before
     assert sorted(p.name for p in small_disk.iterdir()) == sorted(
-        ["ckpt", "filler", "gen_ssd.duckdb", "gen_ssd.duckdb.lock", *[p.name for p in small_disk.glob("*.wal")]])
+        ["ckpt", "filler", "gen_ssd.duckdb", "gen_ssd.duckdb.lock", "gen_ssd.duckdb.trajectories",
+         *[p.name for p in small_disk.glob("*.wal")]])
+    assert not any((small_disk / "gen_ssd.duckdb.trajectories" / "tmp").glob("*/*")), "a failed commit left files"
     filler.unlink()

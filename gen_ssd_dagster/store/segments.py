@@ -19,6 +19,7 @@ wins, the same answer on every reader), through the views `snapshot.create_views
 from __future__ import annotations
 
 import os
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -66,16 +67,21 @@ def commit(con, root: Path, selects: dict[str, str], commit_id: str | None = Non
     tmp = root / "tmp" / f"{commit_id}.{uuid.uuid4().hex[:6]}"
     tmp.mkdir(parents=True)
     (root / "batches").mkdir(exist_ok=True)
-    for table, select in selects.items():
-        if not con.execute(f"SELECT EXISTS ({select})").fetchone()[0]:
-            continue
-        path = tmp / f"{table}.parquet"
-        con.execute(f"COPY ({select}) TO {sql_path(path)} (FORMAT parquet, COMPRESSION zstd)")
-        fsync(path)
-    for name, text in (notes or {}).items():
-        (tmp / name).write_text(text)
-        fsync(tmp / name)
-    fsync(tmp)
+    try:
+        for table, select in selects.items():
+            if not con.execute(f"SELECT EXISTS ({select})").fetchone()[0]:
+                continue
+            path = tmp / f"{table}.parquet"
+            con.execute(f"COPY ({select}) TO {sql_path(path)} (FORMAT parquet, COMPRESSION zstd)")
+            fsync(path)
+        for name, text in (notes or {}).items():
+            (tmp / name).write_text(text)
+            fsync(tmp / name)
+        fsync(tmp)
+    except BaseException:
+        # a commit that fails (a full disk) takes its files with it; only a killed one leaves them
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     os.rename(tmp, final)  # the commit point
     fsync(final.parent)
     return commit_id
