@@ -306,7 +306,12 @@ def test_trl_sft_trainer_trains_on_the_export_as_it_is(home, chat_student, tmp_p
                          args=SFTConfig(output_dir=str(tmp_path / "student-sft"), max_steps=2,
                                         per_device_train_batch_size=2, report_to="none", save_strategy="no",
                                         use_cpu=True))
-    result = trainer.train()
+    try:
+        result = trainer.train()
+    finally:  # TRL's Accelerator state is process-wide: later tests build their own
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
     assert result.global_step == 2 and result.training_loss > 0
     # TRL tokenized the rows as our trainer does, and put the loss on the same tokens (plus the
     # template's newline after the end of turn, which TRL keeps and our trainer cuts)

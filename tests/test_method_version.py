@@ -109,12 +109,13 @@ def test_a_store_from_before_method_versions_is_migrated(tmp_path, monkeypatch):
     assert done_problem_ids(store, _key("1")) == {"p0"}
     assert store.query("SELECT trajectory_key, method_version, text FROM trajectories") == [(tkey, "1", "old text")]
     assert store.query("SELECT count(*) FROM information_schema.tables WHERE table_name LIKE '%_before_%'")[0][0] == 0
-    # re-writing the same work replaces it (the key is the old one); a bumped version's work lands beside it
+    # re-writing the same work is ignored, the first commit wins (docs/store.md); a bumped version's
+    # work lands beside it
     write_batch(store, _key("1"), ["p0"], [_traj("p0", "redone")], {})
     _bump(monkeypatch, "gen_ssd")
     assert done_problem_ids(store, _key()) == set()
     write_batch(store, _key(), ["p0"], [_traj("p0", "new code")], {})
-    assert store.query("SELECT method_version, text FROM trajectories ORDER BY 1") == [("1", "redone"), ("2", "new code")]
+    assert store.query("SELECT method_version, text FROM trajectories ORDER BY 1") == [("1", "old text"), ("2", "new code")]
     Store(path).init()  # opening it again changes nothing
     assert store.query("SELECT count(*) FROM trajectories")[0][0] == 2
 

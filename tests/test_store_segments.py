@@ -354,7 +354,9 @@ def test_two_shard_writers_while_the_viewer_and_the_report_read(tmp_path, monkey
     other.start()
     reader, seen = Reader(home), []
     try:
-        while other.is_alive() or len(seen) < 3:
+        writing = True
+        while writing or len(seen) < 3:
+            writing = other.is_alive()  # read once more after the writer is done: its last batch shows
             with reader.session():
                 items, total = reader.page(Filters(page=0))
                 seen.append((total, reader._rows(CONSISTENT_AS_ROW)[0].values()))

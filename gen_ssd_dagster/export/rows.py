@@ -16,7 +16,7 @@ import pyarrow as pa
 from ..core.data.sharding import shard_of
 from ..core.engines.prompts import PromptSettings
 from ..store.db import Store
-from ..store.trajectories import WorkKey
+from ..store.trajectories import WorkKey, data_where
 from .steps import STEPS, StepsMerger, candidates_sql
 
 BATCH_ROWS = 8192  # rows per Arrow batch read from DuckDB (and per Parquet row group)
@@ -46,10 +46,9 @@ ALL_SCHEMA = pa.schema([*list(KEPT_SCHEMA)[:-1], ("selected", pa.bool_()), ("ste
 
 
 def key_filter(key: WorkKey, alias: str = "t") -> tuple[str, list]:
-    """The WHERE clause of one work key's rows."""
-    return (f"{alias}.dataset = ? AND {alias}.method = ? AND {alias}.method_version = ? AND {alias}.teacher_version = ?"
-            f" AND {alias}.student_version = ? AND {alias}.config_hash = ?",
-            [key.dataset, key.method, key.method_version, key.teacher_version, key.student_version, key.config_hash])
+    """The WHERE clause of one work key's rows: the partition's data, the same rows the asset's
+    summary counts (narrowed to the problems a teacher-token budget chose, when one did)."""
+    return data_where(key, alias)
 
 
 def _chat_columns(settings: PromptSettings) -> tuple[str, list]:

@@ -166,7 +166,7 @@ def _where(key: WorkKey, alias: str = "") -> tuple[str, list]:
             [key.dataset, key.method, key.teacher_version, key.student_version, key.config_hash, key.method_version])
 
 
-def _data_where(key: WorkKey, alias: str = "") -> tuple[str, list]:
+def data_where(key: WorkKey, alias: str = "") -> tuple[str, list]:
     """`_where`, narrowed to the key's `budget_problems` when a budget chose them: the partition's data,
     where `_where` is the work stored (reused whatever the budget)."""
     where, params = _where(key, alias)
@@ -178,9 +178,9 @@ def _data_where(key: WorkKey, alias: str = "") -> tuple[str, list]:
 def partition_summary(store: Store, key: WorkKey) -> dict:
     """The numbers a trajectory asset reports about everything stored under its key (its
     `budget_problems` only, when a budget chose them)."""
-    where, params = _data_where(key)
+    where, params = data_where(key)
     with store.trajectory_reader() as con:
-        return _summary(con, where, params, *_data_where(key, "t"))
+        return _summary(con, where, params, *data_where(key, "t"))
 
 
 def _summary(con, where: str, params: list, cwhere: str, cparams: list) -> dict:
@@ -218,13 +218,13 @@ PPL_SAMPLE = 20_000
 def _ppl_rows(key: WorkKey) -> tuple[str, list]:
     """(value, chosen) rows of a key, as SQL: candidates' PPLs, or for the baselines (no steps) the
     whole samples' (selected or not)."""
-    where, params = _data_where(key, "t")
+    where, params = data_where(key, "t")
     return (f"SELECT c.ppl AS value, c.chosen AS chosen FROM candidates c JOIN trajectories t USING (trajectory_key)"
             f" WHERE {where} AND c.ppl IS NOT NULL", params)
 
 
 def _baseline_rows(key: WorkKey) -> tuple[str, list]:
-    where, params = _data_where(key, "t")
+    where, params = data_where(key, "t")
     return f"SELECT t.ppl AS value, t.selected AS chosen FROM trajectories t WHERE {where} AND t.ppl IS NOT NULL", params
 
 
@@ -266,7 +266,7 @@ def candidate_ppl_histogram(store: Store, key: WorkKey, bins: int = 40) -> dict:
 
 def sample_trajectory(store: Store, key: WorkKey) -> dict | None:
     """One selected (else any) trajectory under a key, for a readable example."""
-    where, params = _data_where(key)
+    where, params = data_where(key)
     with store.trajectory_reader() as con:
         df = con.execute(
             f"SELECT problem_id, question, gold, text, end_reason, ppl, correct, selected FROM trajectories"
@@ -277,7 +277,7 @@ def sample_trajectory(store: Store, key: WorkKey) -> dict | None:
 def selected_examples(store: Store, key: WorkKey) -> list[tuple[str, str, str]]:
     """(problem_id, question, text) of the trajectories the method kept as training data (of the
     key's `budget_problems` only, when a budget chose them)."""
-    where, params = _data_where(key)
+    where, params = data_where(key)
     return [tuple(r) for r in store.trajectory_query(
         f"SELECT problem_id, question, text FROM trajectories WHERE {where} AND selected"
         " ORDER BY problem_id, sample_index", params)]

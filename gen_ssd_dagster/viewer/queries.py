@@ -103,18 +103,23 @@ class Reader:
 
     def __init__(self, home: Home):
         self.home = home
-        if not home.db_path.is_file():
+        self.store = Store(home.db_path, timeout_s=30)
+        if not self._stored():
             raise ViewerError(f"{home.db_path} does not exist: home {home.root} has no trajectories yet. "
                               "Materialize a trajectories asset first, or pass the home that has them (--home).", 404)
-        self.store = Store(home.db_path, timeout_s=30)
         self._con = None
+
+    def _stored(self) -> bool:
+        """Whether the home holds trajectories: the DuckDB file, or the Parquet batches that may come
+        before it (a writer of trajectories alone never creates the file)."""
+        return self.home.db_path.is_file() or self.store.segments.is_dir()
 
     @contextmanager
     def session(self) -> Iterator["Reader"]:
         """One connection for every query of the block (a page's), instead of one per query.
         The app serves one request at a time (its handlers never await), so one slot is enough."""
         try:
-            if not self.home.db_path.is_file():
+            if not self._stored():
                 raise FileNotFoundError(f"{self.home.db_path} does not exist")
             with self.store.trajectory_reader() as con:
                 self._con = con
