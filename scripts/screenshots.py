@@ -4,7 +4,7 @@
 
 Writes `ui_lineage.png` (the Dagster UI: the lineage upstream of evaluation_scores, every asset
 named on it) and `viewer_list.png`, `viewer_trajectory.png` (`gen-ssd view`: the list, then a pruned
-Gen-SSD path when the home has one). Pages are 1600x1000 CSS pixels at 2x (PNGs of 3200x2000); the home's path in the viewer's header is
+Gen-SSD path when the home has one). Pages are 1600x1000 CSS pixels at 2x (PNGs of 3200x2000; the lineage 1300x1800, as it is tall); the home's path in the viewer's header is
 shown as its last component, so no machine path reaches an image. Needs playwright (the test extra)
 and Chromium (apt-get install -y chromium).
 """
@@ -26,6 +26,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 VIEWPORT = {"width": 1600, "height": 1000}
+# The lineage runs top to bottom (one column per group), so a tall page shows it at a readable zoom.
+LINEAGE_VIEWPORT = {"width": 1300, "height": 1800}
 LINEAGE = "/assets/evaluation_scores?view=lineage&lineageScope=upstream&lineageDepth=10"
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "chromium", "chromium-browser")
 
@@ -88,6 +90,7 @@ def shows(label: str, name: str) -> bool:
 
 def lineage_shot(page, url: str, out: Path, names: list[str], machine_path: Path) -> Path:
     """The lineage upstream of the scores, checked to name every asset in `names`."""
+    page.set_viewport_size(LINEAGE_VIEWPORT)
     page.goto(url + LINEAGE)
     page.wait_for_load_state("networkidle")
     page.get_by_text("evaluation", exact=True).locator("visible=true").first.wait_for()
@@ -100,7 +103,9 @@ def lineage_shot(page, url: str, out: Path, names: list[str], machine_path: Path
     if missing:
         page.screenshot(path=str(out / "ui_lineage.FAILED.png"))
         raise RuntimeError(f"the lineage graph does not show {missing} (see {out / 'ui_lineage.FAILED.png'})")
-    return shot(page, out / "ui_lineage.png", machine_path)
+    written = shot(page, out / "ui_lineage.png", machine_path)
+    page.set_viewport_size(VIEWPORT)
+    return written
 
 
 def shot(page, path: Path, machine_path: Path, full_page: bool = False) -> Path:
