@@ -92,16 +92,8 @@ class Store:
         """A connection to the trajectory tables alone that takes no lock and never waits for a
         writer: an in-memory DuckDB over the Parquet batches. A home whose old DuckDB tables are not
         migrated yet is read from the file as it is, under the lock."""
-        if self.path.is_file() and not (self.segments / segments.MIGRATED_MARKER).exists():
-            with self.reader() as con:
-                yield con
-            return
-        con = duckdb.connect()
-        try:
-            self._views(con)
+        with self.trajectory_streams(1) as (con,):
             yield con
-        finally:
-            con.close()
 
     @contextmanager
     def trajectory_streams(self, n: int) -> Iterator[list[duckdb.DuckDBPyConnection]]:
