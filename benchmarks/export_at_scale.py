@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,7 +38,11 @@ LINE = "format('Step {}: {} + {} = {}', s, (i * 31 + s) % 97, (i * 17 + s) % 89,
 
 
 def fill(home: Home, kept: int, not_kept: int, steps: int) -> None:
-    Store(home.db_path).init()
+    """The rows go into the DuckDB tables, where an old home kept them; the store's next `init`
+    moves them into its Parquet batches (the old-home migration, store/db.py)."""
+    store = Store(home.db_path)
+    store.init()
+    shutil.rmtree(store.segments)  # no batch and no "migrated" marker: the home reads as an old one
     n = kept + not_kept
     con = duckdb.connect(str(home.db_path))
     config = json.dumps({"method": "gen_ssd", "chunk_tokens": 16, "num_candidates": 2, "sampling": {"keep": "correct"}})
@@ -61,6 +66,7 @@ def fill(home: Home, kept: int, not_kept: int, steps: int) -> None:
             1.2 + c * 4 + (i % 31) / 10.0, 0.2 + c, 10, 8, 20, c = 0, c = 0, s = {steps} - 1 AND c = 0
         FROM range({n}) t(i), range({steps}) u(s), range(2) v(c)""")
     con.close()
+    store.init()
 
 
 CHILD = """
@@ -71,11 +77,11 @@ from gen_ssd_dagster.store.trajectories import WorkKey
 home, what, key = Home(Path(sys.argv[1])), sys.argv[2], WorkKey(**json.loads(sys.argv[3]))
 start = time.perf_counter()
 out = {}
-if what == "copy":
-    import duckdb
-    con = duckdb.connect(str(home.db_path), read_only=True)
-    con.execute(f"COPY (SELECT question, text FROM trajectories WHERE config_hash = '{key.config_hash}' AND selected"
-                f" ORDER BY problem_id) TO '{home.root / 'copy.parquet'}' (FORMAT parquet, COMPRESSION zstd)")
+if what == "copy":  # from the store's Parquet batches, as the export reads them
+    from gen_ssd_dagster.store import Store
+    with Store(home.db_path).trajectory_reader() as con:
+        con.execute(f"COPY (SELECT question, text FROM trajectories WHERE config_hash = '{key.config_hash}' AND selected"
+                    f" ORDER BY problem_id) TO '{home.root / 'copy.parquet'}' (FORMAT parquet, COMPRESSION zstd)")
 elif what == "export":
     from gen_ssd_dagster.export import export_dataset
     r = export_dataset(home, key)

@@ -20,7 +20,7 @@ from .resources import GPU_POOL, MLflowResource, ModelsResource, StoreResource
 from ..run_config.asset_configs import ColdStartConfig, DistillConfig
 from .trajectories import generate, trajectories_asset_name, trajectory_page
 from .training_dataset import export_key
-from ..export.reading import training_pairs
+from ..export.reading import ExportedExamples
 from ..tracking.training_runs import metadata, train_logged
 
 
@@ -105,8 +105,9 @@ def distilled_asset(method: str) -> dg.AssetsDefinition:
                              models.scorer_version(cold_start_student))
         # Read back from each dataset's exported folder (written now if the store has anything it lacks).
         exports = [export_key(store, key, teacher, cold_start_student) for key in keys]
-        examples = [pair for export in exports for pair in training_pairs(export.path)]
-        if not examples:
+        # Streamed from the Parquet files while training: memory stays bounded at any size.
+        examples = ExportedExamples.of([e.path for e in exports], [e.digest for e in exports])
+        if not len(examples):
             raise dg.Failure(f"{method} selected no trajectory in {config.partitions}: nothing to learn from")
         lineage = {"method": method, "partitions": ",".join(config.partitions),
                    "config_hash": ",".join(f"{k.dataset}:{k.config_hash}" for k in keys),

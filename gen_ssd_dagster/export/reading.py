@@ -3,8 +3,12 @@ streamed through `datasets` (one Parquet batch at a time, nothing cached)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+
+from .card import KEPT_DIR
 
 
 def training_pairs(folder: Path, config: str = "default") -> Iterator[tuple[str, str]]:
@@ -15,3 +19,31 @@ def training_pairs(folder: Path, config: str = "default") -> Iterator[tuple[str,
     rows = load_dataset(str(folder), config, split="train", streaming=True).select_columns(["question", "completion"])
     for row in rows:
         yield row["question"], row["completion"][-1]["content"]
+
+
+@dataclass(frozen=True)
+class ExportedExamples:
+    """The kept rows of exported folders, one after another: an `ExampleSource` for `fine_tune`,
+    which reads it as a stream (memory bounded whatever its size). `digests` are the folders' own
+    (their manifests'), so the source's digest changes exactly when their data does; the row count
+    comes from the Parquet footers, without reading a row."""
+
+    folders: tuple[str, ...]
+    digests: tuple[str, ...]
+
+    @classmethod
+    def of(cls, folders: Sequence[Path], digests: Sequence[str]) -> "ExportedExamples":
+        return cls(tuple(str(Path(f).resolve()) for f in folders), tuple(digests))
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        for folder in self.folders:
+            yield from training_pairs(Path(folder))
+
+    def __len__(self) -> int:
+        import pyarrow.parquet as pq
+
+        return sum(pq.read_metadata(f).num_rows for folder in self.folders
+                   for f in sorted((Path(folder) / KEPT_DIR).glob("*.parquet")))
+
+    def digest(self) -> str:
+        return hashlib.sha256("\n".join(self.digests).encode()).hexdigest()

@@ -96,6 +96,9 @@ def stream(store: Store, key: WorkKey, settings: PromptSettings, everything: boo
     with store.trajectory_streams(2) as (con, beside):
         con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
         con.execute("SET enable_progress_bar = false")
+        # One thread: with two, the two sorted streams' per-thread buffers outgrew the limit and
+        # failed at 300,000 trajectories (benchmarks/export_at_scale.py); with one they spill.
+        con.execute("SET threads = 1")
         reader = con.sql(sql, params=params).to_arrow_reader(batch_rows)
         if not everything:
             for batch in _recut(reader, batch_rows):

@@ -17,6 +17,7 @@ import dagster as dg
 
 from ..core.engines.models import ModelSpec, model_version
 from ..core.progress import Reporter
+from ..core.training.examples import ExampleSource, InMemoryExamples, example_source
 from ..core.training.sft import TrainConfig, fine_tune
 from .mlflow_client import MLflowSession
 
@@ -36,7 +37,7 @@ class TrainedModel:
     mlflow_url: str = ""  # the run in the MLflow UI
 
 
-def train_logged(context, name: str, base: ModelSpec, examples: list[tuple[str, str]], config: TrainConfig,
+def train_logged(context, name: str, base: ModelSpec, examples: list[tuple[str, str]] | ExampleSource, config: TrainConfig,
                  checkpoints: Path, session: MLflowSession, run_url: Callable[[str, str], str], lineage: dict,
                  attachments: Callable[[], list[Path]] = list,
                  datasets: Sequence[tuple[str, Path, str]] = ()) -> TrainedModel:
@@ -50,7 +51,10 @@ def train_logged(context, name: str, base: ModelSpec, examples: list[tuple[str, 
     # The lineage is part of the key: a model version's tags must name the teacher and data that
     # made it, so a new teacher gets a new model version even if its examples happen to be the same.
     # The config's recipe only: the same run on 1 or 8 processes gives the same model (fp32 rounding aside).
-    blob = json.dumps([base_version, examples, config.recipe(), lineage], sort_keys=True).encode()
+    # A list is hashed as it is; a streamed source (an exported dataset) by its digest, never read whole.
+    source = example_source(examples)
+    data = [list(p) for p in source.pairs] if isinstance(source, InMemoryExamples) else {"digest": source.digest()}
+    blob = json.dumps([base_version, data, config.recipe(), lineage], sort_keys=True).encode()
     key = hashlib.sha256(blob).hexdigest()[:16]
     out_dir = checkpoints / name / key
     registered = f"gen-ssd-{name.replace('_', '-')}"
@@ -65,7 +69,7 @@ def train_logged(context, name: str, base: ModelSpec, examples: list[tuple[str, 
                                 saved["steps"], saved["final_loss"], reused=True,
                                 mlflow_url=run_url(session.experiment_id, existing.run_id))
 
-    tags = {"checkpoint_key": key, "base_version": base_version, "n_examples": len(examples),
+    tags = {"checkpoint_key": key, "base_version": base_version, "n_examples": len(source),
             "dagster_run_id": context.run.run_id, **lineage}
     with session.run(name, tags=tags) as run:
         run.log(params={**dataclasses.asdict(config), "base_model": base.name_or_path, **tags})
@@ -78,7 +82,7 @@ def train_logged(context, name: str, base: ModelSpec, examples: list[tuple[str, 
             run.log(metrics={"train_loss": info["loss"]})
 
         # config.processes > 1: torchrun processes; their logs reach the `...training.launch` logger
-        result = fine_tune(base, examples, out_dir, config, progress)
+        result = fine_tune(base, source, out_dir, config, progress)
         # Before the fingerprint (the marker is a file of the checkpoint directory, so the version
         # must include it); it is only trusted together with a registered MLflow version (above).
         # Written then renamed: a crash mid-write leaves no half marker for the next run to trip on.

@@ -1,7 +1,8 @@
 """`fine_tune` in several processes: the launcher, and the entry point each process runs.
 
 `fine_tune` with `TrainConfig.processes = N > 1` calls `train_in_processes`, which writes the job
-(base model spec, examples, output, config) to a JSON file and starts
+(base model spec, examples, output, config) to a JSON file and starts (a list of examples goes into
+the file; a streamed source, such as an exported dataset, is pickled beside it: its folders, not its rows)
 
     python -m torch.distributed.run --standalone --nproc-per-node N -m gen_ssd_dagster.core.training.launch JOB.json
 
@@ -21,6 +22,7 @@ import dataclasses
 import json
 import logging
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -31,25 +33,32 @@ from pathlib import Path
 
 from gen_ssd_dagster.core import errors
 from gen_ssd_dagster.core.engines.models import ModelSpec
+from gen_ssd_dagster.core.training.examples import ExampleSource, InMemoryExamples, example_source
 from gen_ssd_dagster.core.training.sft import TrainConfig, TrainResult, fine_tune
 from gen_ssd_dagster.core.types import Progress
 
 log = logging.getLogger(__name__)
 
 PROGRESS = "@@gen-ssd-progress "  # rank 0's progress lines, told apart from the processes' logs
-RESULT, ERROR = "result.json", "error-rank{}.json"
+RESULT, ERROR, SOURCE = "result.json", "error-rank{}.json", "examples.pickle"
 
 
-def write_job(path: Path, base: ModelSpec, examples: list[tuple[str, str]], out_dir: str | Path, config: TrainConfig,
-              checkpoint_every_steps: int = 0, checkpoint_every_s: float = 600.0) -> None:
+def write_job(path: Path, base: ModelSpec, examples: list[tuple[str, str]] | ExampleSource, out_dir: str | Path,
+              config: TrainConfig, checkpoint_every_steps: int = 0, checkpoint_every_s: float = 600.0) -> None:
     """The job file the entry point reads: what `fine_tune` is called with."""
+    source = example_source(examples)
+    if isinstance(source, InMemoryExamples):
+        listed = [list(e) for e in source.pairs]
+    else:
+        listed = None
+        (path.parent / SOURCE).write_bytes(pickle.dumps(source))
     path.write_text(json.dumps({
-        "base": dataclasses.asdict(base), "examples": [list(e) for e in examples], "out_dir": str(Path(out_dir).resolve()),
+        "base": dataclasses.asdict(base), "examples": listed, "out_dir": str(Path(out_dir).resolve()),
         "config": dataclasses.asdict(config), "checkpoint_every_steps": checkpoint_every_steps,
         "checkpoint_every_s": checkpoint_every_s}))
 
 
-def train_in_processes(base: ModelSpec, examples: list[tuple[str, str]], out_dir: str | Path, config: TrainConfig,
+def train_in_processes(base: ModelSpec, examples: list[tuple[str, str]] | ExampleSource, out_dir: str | Path, config: TrainConfig,
                        progress: Progress | None = None, checkpoint_every_steps: int = 0,
                        checkpoint_every_s: float = 600.0) -> TrainResult:
     """Run `fine_tune` as `config.processes` processes on this machine and return rank 0's result."""
@@ -130,8 +139,12 @@ def main(argv: list[str] | None = None) -> None:
     def report(info: dict) -> None:
         print(PROGRESS + json.dumps(info), flush=True)
 
+    if job["examples"] is None:  # the job's own file, written by `write_job`
+        examples = pickle.loads((job_file.parent / SOURCE).read_bytes())
+    else:
+        examples = [tuple(e) for e in job["examples"]]
     try:
-        result = fine_tune(ModelSpec(**job["base"]), [tuple(e) for e in job["examples"]], job["out_dir"],
+        result = fine_tune(ModelSpec(**job["base"]), examples, job["out_dir"],
                            TrainConfig(**job["config"]), report if rank == 0 else None,
                            job["checkpoint_every_steps"], job["checkpoint_every_s"])
     except Exception as exc:

@@ -4,9 +4,10 @@ Each question is prompted through the model's own format (`prompts.Prompter`: it
 or the plain format), and the solution is closed by the model's end-of-turn token, exactly as the
 student is prompted when it scores candidates and when it is evaluated.
 
-Small on purpose: tokenize, shuffle, pad per batch, AdamW with linear warmup and cosine decay,
-optional bf16 autocast (CUDA, or a CPU with native bf16), and an atomic `save_pretrained` so a
-crash never leaves a half-written checkpoint where a finished one is expected.
+Small on purpose: examples read as a stream and shuffled within a bounded buffer (`examples.py`),
+padded per batch, AdamW with linear warmup and a decay, optional bf16 autocast (CUDA, or a CPU
+with native bf16), and an atomic `save_pretrained` so a crash never leaves a half-written
+checkpoint where a finished one is expected.
 
 Devices and processes: the model trains on its spec's device (CUDA when present by default).
 `TrainConfig.processes > 1` runs the same loop in that many processes through torchrun and
@@ -33,6 +34,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,12 +48,13 @@ from gen_ssd_dagster.core.errors import ConfigError, GenSSDError
 from gen_ssd_dagster.core.engines.models import ModelSpec, context_size, load_model, load_tokenizer
 from gen_ssd_dagster.core.engines.prompts import Prompter
 from gen_ssd_dagster.core.training import parallel
+# IGNORE and encode_examples are re-exported: they were defined here first
+from gen_ssd_dagster.core.training.examples import (IGNORE, Encoder, ExampleSource, collate, count, encode_examples,
+                                                     example_source, training_batches)
 from gen_ssd_dagster.core.training.averaging import WeightAverage
 from gen_ssd_dagster.core.types import Progress
 
 log = logging.getLogger(__name__)
-
-IGNORE = -100  # label value the loss skips (prompt tokens and padding)
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,9 @@ class TrainConfig:
     weight_decay: AdamW weight decay.
     warmup_steps: steps of linear warmup from 0.
     seed: seeds the shuffling (and dropout, if the model has any).
+    shuffle_buffer: examples tokenized, shuffled and batched together (`examples.py`): memory is
+        bounded by this many examples whatever the data's size; a set no larger is shuffled as a
+        whole. 16,384 examples of 4k tokens take 256 MiB.
     bf16: bfloat16 autocast: on CUDA where the GPU has bf16, on the CPU where it computes bf16
         natively (`native_bf16`: ~2x faster on AVX-512 BF16 machines); elsewhere training runs in
         float32 (`TrainResult.precision` says which), since emulated bf16 was ~11x slower on a
@@ -100,6 +106,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.1
     ema_decay: float = 0.0
     seed: int = 0
+    shuffle_buffer: int = 16_384
     bf16: bool = False
     log_every: int = 20
     processes: int = 1
@@ -139,6 +146,8 @@ class TrainConfig:
             raise ConfigError(f"ema_decay must be in [0, 1) (0 = off), got {self.ema_decay}")
         if self.ema_decay and self.fsdp:
             raise ConfigError("ema_decay averages whole weights: it does not work with fsdp (sharded weights)")
+        if self.shuffle_buffer < 1:
+            raise ConfigError(f"shuffle_buffer must be >= 1, got {self.shuffle_buffer}")
         if self.log_every < 1:
             raise ConfigError(f"log_every must be >= 1, got {self.log_every}")
         if self.processes < 1:
@@ -191,12 +200,13 @@ def resume_dir(out_dir: str | Path) -> Path:
     return out_dir.parent / f".{out_dir.name}.resume"
 
 
-def _fingerprint(spec: ModelSpec, examples: list[tuple[str, str]], config: TrainConfig) -> str:
-    """What makes two runs the same run: the base weights, the examples and the config's recipe
-    (not its process count: a state resumes with another)."""
+def _fingerprint(spec: ModelSpec, examples: Sequence[tuple[str, str]] | ExampleSource, config: TrainConfig) -> str:
+    """What makes two runs the same run: the base weights, the examples (their digest) and the
+    config's recipe (not its process count: a state resumes with another)."""
     from gen_ssd_dagster.core.engines.models import model_version
 
-    blob = json.dumps([model_version(spec), spec.revision, examples, config.recipe()], sort_keys=True)
+    digest = example_source(examples).digest()
+    blob = json.dumps([model_version(spec), spec.revision, digest, config.recipe()], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -235,55 +245,6 @@ def _load_state(scratch: Path, fingerprint: str) -> dict | None:
     return state
 
 
-def encode_examples(prompter: Prompter, examples: list[tuple[str, str]], max_length: int) -> list[tuple[list[int], list[int]]]:
-    """(input_ids, labels) per (question, solution): prompt labels are IGNORE, the end-of-turn
-    token closes the solution.
-
-    Prompt and solution are tokenized separately, as at generation time, where the prompt is
-    tokenized alone and the model continues it. An empty question means no prompt at all: the
-    text is learnt as plain language (the demo student's pretraining). Examples whose solution is
-    cut off entirely by `max_length` are dropped (they would teach nothing).
-    """
-    tokenizer = prompter.tokenizer
-    out, dropped = [], 0
-    for question, completion in examples:
-        p = prompter.ids(question) if question else []
-        c = tokenizer(completion, add_special_tokens=False)["input_ids"] + [prompter.end_id]
-        ids, labels = (p + c)[:max_length], ([IGNORE] * len(p) + c)[:max_length]
-        if all(x == IGNORE for x in labels[1:]):  # the first label is never predicted
-            dropped += 1
-            continue
-        out.append((ids, labels))
-    if dropped:
-        log.warning("dropped %d of %d examples: no completion token within max_length", dropped, len(examples))
-    return out
-
-
-def _batch(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    width = max(len(ids) for ids, _ in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (x, y) in enumerate(rows):
-        ids[i, : len(x)], labels[i, : len(y)], mask[i, : len(x)] = torch.tensor(x), torch.tensor(y), 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
-
-
-def _length_grouped_batches(rows: list, batch_size: int, gen: torch.Generator) -> list[list[int]]:
-    """One shuffled pass, batched so that similar lengths share a batch (less padding, ~2x faster).
-
-    Examples are sorted by length only within windows of 16 batches, and the batches are then
-    shuffled, so the order stays random at the scale of the run.
-    """
-    perm = torch.randperm(len(rows), generator=gen).tolist()
-    window = 16 * batch_size
-    batches = []
-    for i in range(0, len(perm), window):
-        part = sorted(perm[i : i + window], key=lambda j: len(rows[j][0]))
-        batches += [part[k : k + batch_size] for k in range(0, len(part), batch_size)]
-    return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
-
-
 def lr_factor(step: int, total: int, config: TrainConfig) -> float:
     """The learning rate of optimizer step `step` (0-based, of `total`) as a fraction of the peak:
     linear warmup, then `config.lr_schedule` from 1 down towards `min_lr_ratio`."""
@@ -299,7 +260,7 @@ def lr_factor(step: int, total: int, config: TrainConfig) -> float:
 
 def fine_tune(
     base: ModelSpec | str,
-    examples: list[tuple[str, str]],
+    examples: Sequence[tuple[str, str]] | ExampleSource,
     out_dir: str | Path,
     config: TrainConfig,
     progress: Progress | None = None,
@@ -307,6 +268,9 @@ def fine_tune(
     checkpoint_every_s: float = 600.0,
 ) -> TrainResult:
     """Fine-tune `base` on (question, solution) pairs and save it (model + tokenizer) to `out_dir`.
+
+    `examples`: a list of pairs, or an `ExampleSource` read as a stream (an exported dataset), in
+    memory bounded by `config.shuffle_buffer` examples whatever its size.
 
     The loss covers solution tokens and the appended end-of-turn token only. A `max_length` past
     the model's context is lowered to the context (and logged). `progress` is called every
@@ -321,7 +285,8 @@ def fine_tune(
     if checkpoint_every_steps < 0 or checkpoint_every_s < 0:
         raise ConfigError(f"checkpoint_every_steps and checkpoint_every_s must be >= 0, got "
                           f"{checkpoint_every_steps} and {checkpoint_every_s}")
-    if not examples:
+    examples = example_source(examples)
+    if not len(examples):
         raise GenSSDError("fine_tune got no training examples: nothing to learn from")
     spec = base if isinstance(base, ModelSpec) else ModelSpec(str(base))
     world = parallel.world_size()
@@ -355,9 +320,13 @@ def _fine_tune(accelerator, spec: ModelSpec, examples, out_dir, config: TrainCon
         if main:
             log.warning("max_length %d is past the model's context of %d tokens: using %d", max_length, context, context)
         max_length = context
-    rows = encode_examples(Prompter(tokenizer, spec.prompt_settings, "student"), examples, max_length)
-    if not rows:
+    encoder = Encoder(Prompter(tokenizer, spec.prompt_settings, "student"), max_length)
+    n_rows, n_labels = count(examples, encoder, config.shuffle_buffer)  # a pass that keeps nothing
+    if not n_rows:
         raise GenSSDError(f"every example's completion lies beyond max_length={max_length}")
+    if encoder.dropped and main:
+        log.warning("dropped %d of %d examples: no completion token within max_length", encoder.dropped,
+                    encoder.dropped + n_rows)
 
     native = torch.cuda.is_bf16_supported() if device.type == "cuda" else native_bf16()
     use_bf16 = config.bf16 and native
@@ -369,14 +338,13 @@ def _fine_tune(accelerator, spec: ModelSpec, examples, out_dir, config: TrainCon
         model.config.use_cache = False
     torch.manual_seed(config.seed + rank)  # dropout differs per rank, as its examples do
     gen = torch.Generator().manual_seed(config.seed)  # the same batches on every rank
-    total = max(1, math.ceil(config.epochs * len(rows) / config.batch_size))
+    total = max(1, math.ceil(config.epochs * n_rows / config.batch_size))
     # Every completion token weighs the same, whatever batch it lands in: the summed loss is divided
     # by the mean label count of a full batch, not by this batch's count. (A per-batch mean would
     # overweight the tokens of short examples, which length grouping puts together: the teacher's
     # style mix would drift toward its shortest style.)
-    per_batch = config.batch_size * sum(sum(y != IGNORE for y in labels[1:]) for _, labels in rows) / len(rows)
-    passes = range(math.ceil(config.epochs) + 1)  # whole passes, enough for fractional epochs
-    batches = [b for _ in passes for b in _length_grouped_batches(rows, config.batch_size, gen)]
+    per_batch = config.batch_size * n_labels / n_rows
+    batches = training_batches(examples, encoder, config.batch_size, config.shuffle_buffer, gen)
     optim = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     model, optim = accelerator.prepare(model, optim)
     sched = torch.optim.lr_scheduler.LambdaLR(optim.optimizer, lambda s: lr_factor(s, total, config))
@@ -420,18 +388,20 @@ def _fine_tune(accelerator, spec: ModelSpec, examples, out_dir, config: TrainCon
                 log.info("saved training state at step %d/%d to %s", done_steps, total, scratch)
         accelerator.wait_for_everyone()
 
+    for _ in range(first):  # a resumed run skips the batches it has trained on (same draws, same order)
+        next(batches)
     model.train()
     parts = world * config.gradient_accumulation
     start = window_start = last_save = time.perf_counter()
     for step in range(first, total):
-        step_rows = [rows[i] for i in batches[step]]
+        step_rows = next(batches)
         mine = parallel.micro_batches(list(range(len(step_rows))), parts)[rank * config.gradient_accumulation:][
             : config.gradient_accumulation]
         sums = torch.zeros(4, dtype=torch.float64)  # summed NLL, labels, tokens, rank 0's "save now"
         for k, part in enumerate(mine):
             # A rank whose share of a short last batch is empty still runs a pass, weighted 0: DDP and
             # FSDP need every rank in every gradient exchange.
-            batch = _batch([step_rows[i] for i in part] or step_rows[:1], tokenizer.pad_token_id)
+            batch = collate([step_rows[i] for i in part] or step_rows[:1], tokenizer.pad_token_id)
             labels = batch.pop("labels")[:, 1:].to(device)
             batch = {key: v.to(device) for key, v in batch.items()}
             sync = k + 1 == len(mine)
