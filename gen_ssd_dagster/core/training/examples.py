@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 IGNORE = -100  # label value the loss skips (prompt tokens and padding)
 WINDOW_BATCHES = 16  # batches whose examples are sorted by length together (less padding)
+TOKENIZE_BATCH = 256  # solutions per tokenizer call
 
 
 @runtime_checkable
@@ -86,7 +87,10 @@ class Encoder:
         if not pairs:
             return []
         tokenizer, end = self.prompter.tokenizer, self.prompter.end_id
-        solutions = tokenizer([c for _, c in pairs], add_special_tokens=False)["input_ids"]
+        solutions = []
+        for i in range(0, len(pairs), TOKENIZE_BATCH):  # a fast tokenizer keeps offsets and strings per token
+            part = [c for _, c in pairs[i : i + TOKENIZE_BATCH]]
+            solutions += tokenizer(part, add_special_tokens=False)["input_ids"]
         out = []
         for (question, _), solution in zip(pairs, solutions):
             prompt = self.prompter.ids(question) if question else []
