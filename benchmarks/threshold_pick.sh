@@ -9,13 +9,14 @@ set -euo pipefail
 home=$1 seeds=${2:-0,1,2} rules=${3-mode_split,median_multiple,teacher_quantile} final_rule=${4:-}
 here=$(cd "$(dirname "$0")/.." && pwd)
 py=${PYTHON:-python}
-exempt=$(mktemp --suffix=.yaml)
-trap 'rm -f "$exempt"' EXIT
-"$py" - "$here/configs/hard_teacher.yaml" "$exempt" <<'PY'
+exempt=$(mktemp --suffix=.yaml) pruned=$(mktemp --suffix=.yaml)
+trap 'rm -f "$exempt" "$pruned"' EXIT
+"$py" - "$here/configs/hard_teacher.yaml" "$exempt" "$pruned" <<'PY'
 import sys, yaml
-raw = yaml.safe_load(open(sys.argv[1]))
-raw["ops"]["method_comparison"]["config"]["gen_ssd"]["prune_final_chunk"] = False
-yaml.safe_dump(raw, open(sys.argv[2], "w"))
+for path, prune in ((sys.argv[2], False), (sys.argv[3], True)):  # said, whatever the default
+    raw = yaml.safe_load(open(sys.argv[1]))
+    raw["ops"]["method_comparison"]["config"]["gen_ssd"]["prune_final_chunk"] = prune
+    yaml.safe_dump(raw, open(path, "w"))
 PY
 for rule in ${rules//,/ }; do
   echo "== $rule, final chunk exempt ($(date -u +%H:%M:%S))"
@@ -24,7 +25,7 @@ for rule in ${rules//,/ }; do
 done
 if [ -n "$final_rule" ]; then
   echo "== $final_rule, final chunk pruned ($(date -u +%H:%M:%S))"
-  "$py" -m gen_ssd_dagster.cli --home "$home" compare --config "$here/configs/hard_teacher.yaml" --seeds "$seeds" \
+  "$py" -m gen_ssd_dagster.cli --home "$home" compare --config "$pruned" --seeds "$seeds" \
     --threshold-rule "$final_rule"
   "$py" -m gen_ssd_dagster.cli --home "$home" report --json > "$home/report_${final_rule}_pruned.json"
 fi

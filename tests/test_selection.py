@@ -68,7 +68,9 @@ def test_same_seed_same_trajectories(backends):
 def test_absolute_ceiling_prunes_when_no_candidate_is_learnable(backends):
     teacher, scorer = backends
     # A random student's perplexity is near its vocabulary size: nothing passes a ceiling of 2.
-    trajectories = run_method(_config(suitability="absolute", max_ppl=2.0), PROBLEMS, teacher, scorer)
+    # (a random teacher may end its solution in the first chunk: held to the rule too)
+    trajectories = run_method(_config(suitability="absolute", max_ppl=2.0, prune_final_chunk=True), PROBLEMS,
+                              teacher, scorer)
     for t in trajectories:
         assert t.end_reason == "pruned" and t.text == "" and not t.selected
         assert len(t.steps) == 1 and t.steps[0].chosen is None
@@ -76,8 +78,8 @@ def test_absolute_ceiling_prunes_when_no_candidate_is_learnable(backends):
 
 
 def test_a_final_chunk_passes_when_prune_final_chunk_is_off(tiny_models, memorizing_teacher):
-    """A chunk that ends the solution is held to the rule by default; with prune_final_chunk=False it
-    passes (its teacher tokens are spent either way) and grading judges the finished path."""
+    """With prune_final_chunk=True a chunk that ends the solution is held to the rule; with False (the
+    default) it passes (its teacher tokens are spent either way) and grading judges the finished path."""
     from gen_ssd_dagster.core.method.config import config_dict
     from gen_ssd_dagster.core.demo.world import generate_problems
 
@@ -86,7 +88,8 @@ def test_a_final_chunk_passes_when_prune_final_chunk_is_off(tiny_models, memoriz
     problems = generate_problems(4, 0, "train")  # the ones the teacher memorised: whole solutions
     sampling = SamplingConfig(temperature=0.3, max_new_tokens=96, solution_end="answer_line")
     strict = GenSSDConfig(chunk_tokens=96, snap_to_line=False, suitability="absolute", max_ppl=1.0001,
-                          sampling=sampling)
+                          sampling=sampling, prune_final_chunk=True)
+    assert not GenSSDConfig().prune_final_chunk
     pruned = run_gen_ssd(problems, teacher, scorer, strict)
     assert {t.end_reason for t in pruned} == {"pruned"}
     assert all(c.ends_solution for t in pruned for c in t.steps[0].candidates)  # the only chunk ends it
