@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from export_at_scale import KEY, fill  # noqa: E402
 
-from gen_ssd_dagster.export import export_dataset  # noqa: E402
+from gen_ssd_dagster.export import dataset_dir, export_dataset, read_manifest  # noqa: E402
 from gen_ssd_dagster.store import Home  # noqa: E402
 
 CHILD = """
@@ -71,7 +71,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="20000,200000", help="kept rows per synthetic export, comma-separated")
     parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--home", help="where to build the homes (default: a temp dir)")
+    parser.add_argument("--home", help="where to build the homes (default: a temp dir); homes already there are reused")
     args = parser.parse_args()
     from conftest import build_tiny_model
 
@@ -86,7 +86,8 @@ def main() -> None:
     for size in sizes:
         home = Home.resolve(root / f"home-{size}").make()
         start = time.perf_counter()
-        fill(home, size, 0, 6)
+        if read_manifest(dataset_dir(home, KEY)) is None:  # a home of an earlier run (--home) is reused
+            fill(home, size, 0, 6)
         export = export_dataset(home, KEY)
         print(f"{size} kept rows exported in {time.perf_counter() - start:.0f} s "
               f"({export.parquet_bytes / 1e6:.0f} MB Parquet, {export.text_bytes / 1e6:.0f} MB text)", flush=True)
