@@ -18,10 +18,10 @@ from .defs.trajectories import trajectories_asset_name
 # Teacher tokens per method. Scaled so the whole tour fits 10 minutes from a fresh clone on a
 # 2-core CPU (venv included); `gen-ssd compare` spends 100,000 per arm (docs/comparison.md).
 TOUR_BUDGET = 30_000
-# How long the tour takes, and where: measured 2026-12-07 (`/usr/bin/time gen-ssd pipeline`, fresh
-# home) with OMP_NUM_THREADS=1 beside a CI run; not yet timed on a quiet machine.
-MEASURED = ("11 min 11 s from a fresh home on 2 CPU cores (Xeon with AVX-512, no GPU), measured 2026-12-07 "
-            "beside another job; peak memory 2.5 GB")
+# How long the tour takes, and where: measured 2026-12-07 (`/usr/bin/time make demo` from a fresh
+# clone whose venv was built, nothing else running).
+MEASURED = ("11 min 36 s from a fresh home on 2 CPU cores (Xeon with AVX-512, no GPU), measured 2026-12-07; "
+            "peak memory 3.0 GB")
 
 
 def with_tour_defaults(run_config: dict) -> dict:
