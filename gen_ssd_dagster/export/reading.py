@@ -40,18 +40,20 @@ class ExportedExamples:
         # `training_pairs` (tested), and `datasets`' streaming reader took 3x the memory at 200,000 rows.
         import pyarrow.parquet as pq
 
-        for folder in self.folders:
-            for path in sorted((Path(folder) / KEPT_DIR).glob("*.parquet")):
-                for batch in pq.ParquetFile(path).iter_batches(batch_size=1024, columns=["question", "completion"]):
-                    for question, completion in zip(batch.column("question").to_pylist(),
-                                                    batch.column("completion").to_pylist()):
-                        yield question, completion[-1]["content"]
+        for path in self._files():
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=1024, columns=["question", "completion"]):
+                for question, completion in zip(batch.column("question").to_pylist(),
+                                                batch.column("completion").to_pylist()):
+                    yield question, completion[-1]["content"]
 
     def __len__(self) -> int:
         import pyarrow.parquet as pq
 
-        return sum(pq.read_metadata(f).num_rows for folder in self.folders
-                   for f in sorted((Path(folder) / KEPT_DIR).glob("*.parquet")))
+        return sum(pq.read_metadata(path).num_rows for path in self._files())
+
+    def _files(self) -> list[Path]:
+        """The kept rows' Parquet files, folder after folder, each folder's in name order (its row order)."""
+        return [path for folder in self.folders for path in sorted((Path(folder) / KEPT_DIR).glob("*.parquet"))]
 
     def digest(self) -> str:
         return hashlib.sha256("\n".join(self.digests).encode()).hexdigest()

@@ -45,12 +45,6 @@ ALL_SCHEMA = pa.schema([*list(KEPT_SCHEMA)[:-1], ("selected", pa.bool_()), ("ste
                         ("shard", pa.int32())])
 
 
-def key_filter(key: WorkKey, alias: str = "t") -> tuple[str, list]:
-    """The WHERE clause of one work key's rows: the partition's data, the same rows the asset's
-    summary counts (narrowed to the problems a teacher-token budget chose, when one did)."""
-    return data_where(key, alias)
-
-
 def _chat_columns(settings: PromptSettings) -> tuple[str, list]:
     """SQL for messages, prompt and completion, and its parameters (in order of appearance)."""
     user = "t.question || ? " if settings.instruction else "t.question"
@@ -67,7 +61,7 @@ def select_sql(key: WorkKey, settings: PromptSettings, everything: bool) -> tupl
     """The query of one configuration's trajectories: the kept rows (`everything` False), or every
     trajectory with `selected` (`everything` True; its steps are added a batch at a time: steps.py)."""
     chat, chat_params = _chat_columns(settings)
-    where, params = key_filter(key)
+    where, params = data_where(key, "t")
     raw = ", ".join(f"{expr} AS {name}" for expr, name in RAW_FIELDS)
     extra, only_kept = (", t.selected AS selected", "") if everything else ("", " AND t.selected")
     return (f"SELECT {chat}, {raw}{extra} FROM trajectories t WHERE {where}{only_kept}"
@@ -105,7 +99,7 @@ def stream(store: Store, key: WorkKey, settings: PromptSettings, everything: boo
                 yield _finished(batch, shards, schema)
             return
         # the candidates, flat, in the same order, on a second connection streaming beside the first
-        where, params = key_filter(key)
+        where, params = data_where(key, "t")
         merger = StepsMerger(beside.sql(candidates_sql(where), params=params).to_arrow_reader(batch_rows))
         for batch in _recut(reader, batch_rows):
             yield _finished(with_steps(batch, merger), shards, schema)

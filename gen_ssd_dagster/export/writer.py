@@ -37,10 +37,10 @@ from ..core.data.sharding import check_shards
 from ..core.errors import ConfigError, DataError
 from ..store.db import Store
 from ..store.home import Home
-from ..store.trajectories import WorkKey, partition_summary
+from ..store.trajectories import WorkKey, data_where, partition_summary
 from . import card as cards
 from .plot import Sample, distributions_png
-from .rows import ALL_SCHEMA, KEPT_SCHEMA, MEMORY_LIMIT, key_filter, stream
+from .rows import ALL_SCHEMA, KEPT_SCHEMA, MEMORY_LIMIT, stream
 
 FORMAT = 1  # bump when the bytes of an export change for the same stored work
 MANIFEST = "gen_ssd_export.json"
@@ -102,7 +102,7 @@ def project_version() -> str:
 
 def _fingerprint(store: Store, key: WorkKey, settings: ExportSettings, summary: dict) -> str:
     """What the export is a function of: a change in the store shows in the latest write time."""
-    where, params = key_filter(key)
+    where, params = data_where(key, "t")
     latest = store.query(f"SELECT max(t.created_at) FROM trajectories t WHERE {where}", params)[0][0]
     # Counts only: DuckDB's parallel averages differ in their last bits from one query to the next.
     counts = {k: v for k, v in summary.items() if isinstance(v, int)}
@@ -218,15 +218,14 @@ def export_dataset(home: Home, key: WorkKey, settings: ExportSettings = ExportSe
             shutil.rmtree(tmp)
             return _result(out, old, rewritten=False)
         _replace(tmp, out)
-    except duckdb.OutOfMemoryException as exc:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        # Measured: 900,000 trajectories in one uncompacted batch (an old home's, just migrated)
-        # outgrew the limit; compacted, the same export ran in it (benchmarks/export_at_scale.py).
-        raise DataError(f"exporting {work_id(key)} from {home.root} ran out of DuckDB's {MEMORY_LIMIT}: its "
-                        f"trajectories are not compacted yet; run `gen-ssd --home {home.root} store compact` "
-                        "and export again") from exc
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, duckdb.OutOfMemoryException):
+            # Measured: 900,000 trajectories in one uncompacted batch (an old home's, just migrated)
+            # outgrew the limit; compacted, the same export ran in it (benchmarks/export_at_scale.py).
+            raise DataError(f"exporting {work_id(key)} from {home.root} ran out of DuckDB's {MEMORY_LIMIT}: its "
+                            f"trajectories are not compacted yet; run `gen-ssd --home {home.root} store compact` "
+                            "and export again") from exc
         raise
     return _result(out, manifest, rewritten=True)
 
@@ -261,7 +260,7 @@ def _write(store: Store, key: WorkKey, settings: ExportSettings, summary: dict, 
                         f"{counted['kept']} read; export again when the generation has finished")
     title = f"{key.method} / {key.dataset}: {summary['trajectories']} trajectories, {counted['kept']} kept"
     (tmp / cards.PLOT_FILE).write_bytes(distributions_png(samples, title))
-    where, params = key_filter(key)
+    where, params = data_where(key, "t")
     config = json.loads(store.query(f"SELECT any_value(t.config) FROM trajectories t WHERE {where}", params)[0][0] or "{}")
     counts = {k: summary[k] for k in ("problems", "trajectories", "finished", "pruned", "length_capped", "correct",
                                       "teacher_tokens")}

@@ -159,10 +159,12 @@ def length_grouped_batches(rows: Sequence, batch_size: int, gen: torch.Generator
 
 def training_batches(source: ExampleSource, encoder: Encoder, batch_size: int, shuffle_buffer: int,
                      gen: torch.Generator) -> Iterator[list[tuple[torch.Tensor, int]]]:
-    """Batches of rows, pass after pass without end (the caller stops at its step count)."""
+    """Batches of rows, pass after pass without end (the caller stops at its step count). A source
+    that fits in one block is tokenized once and that block reused by every pass."""
     size = block_size(shuffle_buffer, batch_size)
+    whole = list(blocks(source, encoder, size)) if len(source) <= size else None
     while True:
-        for block in blocks(source, encoder, size):
+        for block in whole if whole is not None else blocks(source, encoder, size):
             for batch in length_grouped_batches(block, batch_size, gen):
                 yield [block[i] for i in batch]
 
