@@ -63,8 +63,14 @@ ui: $(STAMP)
 	instance="$$($(INSTANCE_DIR))" && GEN_SSD_HOME="$$(dirname "$$instance")" DAGSTER_HOME="$$instance" \
 	  $(BIN)/dagster dev -h 127.0.0.1 -p $(UI_PORT)
 
+# The tests run in TEST_WORKERS processes (pytest-xdist), one torch thread each: most of a test's
+# time is process starts, Dagster runs and tiny models, which do not use a second core, so two
+# workers on two cores took 0.62x the time of one. A module stays on one worker (--dist loadfile), so
+# its expensive fixtures are built once. Each worker may need ~3 GB: raise TEST_WORKERS with the
+# cores and memory you have. --durations: the slowest tests of the run, at its end.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 # GEN_SSD_EXPECT_VLLM=1: here a vllm that cannot be imported fails the group instead of skipping it.
 test-vllm: $(VLLM_STAMP)

@@ -17,6 +17,7 @@ from conftest import data_dir
 from test_celery import BIN, _env, _stop, redis_url  # noqa: F401  (redis_url: a fixture)
 
 SHARDS = 2
+PROBLEMS = 48
 UPSTREAM = "teacher,base_student,problems,cold_start_student"
 
 
@@ -88,14 +89,16 @@ def test_two_celery_workers_run_the_shards_in_parallel(tmp_path, tiny_models, re
     home = tmp_path / "home"
     env = {**_env(home, redis_url), "GEN_SSD_SHARDS": str(SHARDS)}
     workers, logs = start_workers(env, tmp_path, WORKERS)
+    # Steps of several seconds each: the two `dagster asset materialize` processes start seconds
+    # apart on a loaded machine (imports), and steps of ~1 s could then miss each other.
     run_config = {
-        "ops": {"problems": {"config": {"max_problems": 8}},
+        "ops": {"problems": {"config": {"max_problems": PROBLEMS}},
                 "cold_start_student": {"config": {"max_problems": 0}},
-                "gen_ssd_trajectories": {"config": {"max_problems": 6, "offset": 0, "batch_size": 2,
+                "gen_ssd_trajectories": {"config": {"max_problems": PROBLEMS, "offset": 0, "batch_size": 2,
                                                     "num_candidates": 2, "chunk_tokens": 8, "suitability": "none",
-                                                    "sampling": {"max_new_tokens": 16}}}},
+                                                    "sampling": {"max_new_tokens": 64}}}},
         "resources": {"models": {"config": {"teacher": str(teacher), "student": str(student)}},
-                      "data": {"config": {"demo_train": 8, "demo_test": 4, "data_dir": str(data_dir())}}},
+                      "data": {"config": {"demo_train": PROBLEMS, "demo_test": 4, "data_dir": str(data_dir())}}},
     }
     try:
         shard_config = run_upstream(env, tmp_path, run_config)
@@ -123,8 +126,8 @@ def test_two_celery_workers_run_the_shards_in_parallel(tmp_path, tiny_models, re
 
     store = Store(Home.resolve(home).db_path)
     by_run = store.query("SELECT dagster_run_id, problem_id FROM problem_runs WHERE method = 'gen_ssd'")
-    assert len(by_run) == 6 and len({p for _, p in by_run}) == 6  # every problem once
+    assert len(by_run) == PROBLEMS and len({p for _, p in by_run}) == PROBLEMS  # every problem once
     shard_of_run = {r.run_id: int(r.tags["dagster/partition"].split("|")[1].split("-")[0]) for r in shard_runs}
     assert all(shard_of(p, SHARDS) == shard_of_run[run_id] for run_id, p in by_run)
-    print(f"two shards on two Celery workers: {elapsed:.0f}s for both runs, steps overlapped {overlap:.0f}s "
+    print(f"two shards on two Celery workers: {elapsed:.0f}s for both runs, steps of {a1 - a0:.0f}s and {b1 - b0:.0f}s overlapped {overlap:.0f}s "
           f"({nodes})")
