@@ -15,8 +15,9 @@ import textwrap
 from .core.method.methods import METHODS
 from .defs.trajectories import trajectories_asset_name
 
-# Teacher tokens per method. Scaled so the whole tour fits 10 minutes from a fresh clone on a
-# 2-core CPU (venv included); `gen-ssd compare` spends 100,000 per arm (docs/comparison.md).
+# Teacher tokens per method, scaled for the tour's time (the goal is 10 minutes from a fresh clone
+# on a 2-core CPU, venv included; measured 14, MEASURED below); `gen-ssd compare` spends 100,000
+# per arm (docs/comparison.md).
 TOUR_BUDGET = 30_000
 # How long the tour takes, and where: measured 2026-12-07 (`/usr/bin/time make demo` from a fresh
 # clone whose venv was built, nothing else running).

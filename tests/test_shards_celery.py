@@ -129,5 +129,5 @@ def test_two_celery_workers_run_the_shards_in_parallel(tmp_path, tiny_models, re
     assert len(by_run) == PROBLEMS and len({p for _, p in by_run}) == PROBLEMS  # every problem once
     shard_of_run = {r.run_id: int(r.tags["dagster/partition"].split("|")[1].split("-")[0]) for r in shard_runs}
     assert all(shard_of(p, SHARDS) == shard_of_run[run_id] for run_id, p in by_run)
-    print(f"two shards on two Celery workers: {elapsed:.0f}s for both runs, steps of {a1 - a0:.0f}s and {b1 - b0:.0f}s overlapped {overlap:.0f}s "
-          f"({nodes})")
+    print(f"two shards on two Celery workers: {elapsed:.0f}s for both runs, steps of {a1 - a0:.0f}s and "
+          f"{b1 - b0:.0f}s overlapped {overlap:.0f}s ({nodes})")
