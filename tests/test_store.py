@@ -37,6 +37,13 @@ def test_schema_and_problems(tmp_path):
     assert write_problems(store, probs, "train") == 3  # upsert, no duplicates
     assert read_problems(store, "demo", "train") == probs
     assert read_problems(store, "demo", "test") == []
+    # one statement for the whole set: a problem given twice keeps its last row, as row-by-row upserts did
+    again = [Problem("demo", "p1", "first", "1"), Problem("demo", "p9", "new", "9", solution=None),
+             Problem("demo", "p1", "second", "2", solution="worked")]
+    assert write_problems(store, again, "train") == 3
+    stored = {p.problem_id: p for p in read_problems(store, "demo", "train")}
+    assert stored["p1"] == Problem("demo", "p1", "second", "2", solution="worked") and stored["p9"].solution is None
+    assert store.query("SELECT position FROM problems WHERE problem_id = 'p1'") == [(2,)]
 
 
 def test_batch_write_is_keyed_and_idempotent(tmp_path):

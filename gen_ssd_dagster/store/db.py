@@ -215,3 +215,23 @@ class Store:
                     ) from exc
                 time.sleep(delay * (1 + random.random()))
                 delay = min(delay * 2, 2.0)
+
+
+def upsert_rows(con: duckdb.DuckDBPyConnection, table: str, columns: list[str], rows: list[tuple],
+                key: int) -> None:
+    """`INSERT OR REPLACE` of `rows` (tuples in `columns` order) as one statement over a DataFrame:
+    `executemany` ran a statement per row, 3 ms each (12 s for GSM8K's 7,473 problems). The first
+    `key` columns are the table's primary key; a key given twice keeps its last row, as row-by-row
+    upserts did."""
+    import pandas as pd
+
+    last = {row[:key]: row for row in rows}
+    if not last:
+        return
+    frame = pd.DataFrame(list(last.values()), columns=columns, dtype=object)
+    names = ", ".join(columns)
+    con.register("rows_to_upsert", frame)
+    try:
+        con.execute(f"INSERT OR REPLACE INTO {table} ({names}) SELECT {names} FROM rows_to_upsert")
+    finally:
+        con.unregister("rows_to_upsert")

@@ -11,7 +11,10 @@ from __future__ import annotations
 import hashlib
 
 from ..core.types import Problem
-from .db import Store
+from .db import Store, upsert_rows
+
+COLUMNS = ["model_version", "benchmark", "grader_version", "eval_config_hash", "problem_id", "sample_index",
+           "prompt_sha", "completion", "predicted", "gold", "correct", "ended", "tokens"]
 
 
 def prompt_sha(problem: Problem) -> str:
@@ -45,7 +48,4 @@ class EvalLedger:
         rows = [(*self.key, o["problem_id"], o.get("sample_index", 0), sha[o["problem_id"]], o["completion"],
                  o["predicted"], o["gold"], bool(o["correct"]), o.get("ended"), o.get("tokens")) for o in outputs]
         with self.store.transaction() as con:
-            con.executemany(
-                "INSERT OR REPLACE INTO evaluation_outputs (model_version, benchmark, grader_version,"
-                " eval_config_hash, problem_id, sample_index, prompt_sha, completion, predicted, gold, correct,"
-                " ended, tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            upsert_rows(con, "evaluation_outputs", COLUMNS, rows, key=6)

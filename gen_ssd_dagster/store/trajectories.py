@@ -15,7 +15,7 @@ import pandas as pd
 from ..core.method.versions import FIRST_VERSION, method_version
 from ..core.types import Problem, Trajectory
 from . import compaction, segments
-from .db import Store
+from .db import Store, upsert_rows
 from .schema import TRAJECTORY_TABLES
 
 
@@ -58,9 +58,8 @@ def write_problems(store: Store, problems: Iterable[Problem], side: str, run_id:
     rows = [(p.dataset, side, p.problem_id, i, p.question, p.gold, p.solution, run_id)
             for i, p in enumerate(problems)]
     with store.transaction() as con:
-        con.executemany(
-            "INSERT OR REPLACE INTO problems (dataset, side, problem_id, position, question, gold, solution,"
-            " dagster_run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        upsert_rows(con, "problems", ["dataset", "side", "problem_id", "position", "question", "gold", "solution",
+                                      "dagster_run_id"], rows, key=3)
     return len(rows)
 
 
