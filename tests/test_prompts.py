@@ -47,6 +47,9 @@ def test_plain_prompter_is_the_demo_format(tiny_models):
     assert not p.uses_chat
     assert p.text(QUESTION) == format_prompt(QUESTION) == f"Question: {QUESTION}\nAnswer:\n"
     assert p.ids(QUESTION) == tok(format_prompt(QUESTION))["input_ids"]
+    questions = [QUESTION, "Q?", "Tom has 12 pens. He gives away 3. How many are left?"]
+    assert p.ids_of_many(questions) == [p.ids(q) for q in questions]  # one batch, the same ids
+    assert p.ids_of_many([]) == []
     assert p.end_id == tok.eos_token_id
     with_instruction = Prompter(tok, PromptSettings(instruction="Think.", system_prompt="Be brief."))
     assert with_instruction.text("Q?") == "Be brief.\n\nQuestion: Q?\n\nThink.\nAnswer:\n"
@@ -61,6 +64,7 @@ def test_chat_prompter_uses_the_template_once(chat_model):
                     "<|im_end|>\n<|im_start|>assistant\n")
     ids = p.ids(QUESTION)
     assert ids == tok(text, add_special_tokens=False)["input_ids"]
+    assert p.ids_of_many([QUESTION, "Q?"]) == [ids, p.ids("Q?")]
     assert ids.count(tok.bos_token_id) == 0  # the template writes no BOS, so none may be added
     assert p.end_id == tok.convert_tokens_to_ids("<|im_end|>") != tok.eos_token_id
     assert p.stop_ids == {p.end_id, tok.eos_token_id}

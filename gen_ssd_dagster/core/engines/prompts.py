@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal, get_args
 
@@ -119,6 +120,14 @@ class Prompter:
     def ids(self, question: str) -> list[int]:
         """The prompt as token ids."""
         return self.tokenize(self.text(question))
+
+    def ids_of_many(self, questions: Sequence[str]) -> list[list[int]]:
+        """`ids` of each question, tokenized as one batch (a call per question cost a training run
+        of 36,000 examples 7 s per pass over them)."""
+        if not questions:
+            return []
+        texts = [self.text(q) for q in questions]
+        return [list(ids) for ids in self.tokenizer(texts, add_special_tokens=not self.uses_chat)["input_ids"]]
 
     def tokenize(self, prompt: str) -> list[int]:
         """Token ids of a written-out prompt. A chat template writes its own special tokens (BOS

@@ -87,13 +87,15 @@ class Encoder:
         if not pairs:
             return []
         tokenizer, end = self.prompter.tokenizer, self.prompter.end_id
-        solutions = []
+        solutions, prompts = [], []
         for i in range(0, len(pairs), TOKENIZE_BATCH):  # a fast tokenizer keeps offsets and strings per token
-            part = [c for _, c in pairs[i : i + TOKENIZE_BATCH]]
-            solutions += tokenizer(part, add_special_tokens=False)["input_ids"]
+            part = pairs[i : i + TOKENIZE_BATCH]
+            solutions += tokenizer([c for _, c in part], add_special_tokens=False)["input_ids"]
+            asked = [q for q, _ in part if q]
+            ids = iter(self.prompter.ids_of_many(asked))
+            prompts += [next(ids) if q else [] for q, _ in part]
         out = []
-        for (question, _), solution in zip(pairs, solutions):
-            prompt = self.prompter.ids(question) if question else []
+        for prompt, solution in zip(prompts, solutions):
             ids = (prompt + solution + [end])[: self.max_length]
             if len(ids) <= max(1, len(prompt)):  # no solution label left past the first token
                 self.dropped += 1
