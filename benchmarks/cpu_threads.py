@@ -2,7 +2,7 @@
 
     python benchmarks/cpu_threads.py [--steps 120] [--threads 1,2]
 
-The demo teacher (`DemoModelsConfig`: 128 wide, 4 layers, bf16 where the CPU has it) is
+The demo teacher (`DemoModelsConfig`: 128 wide, 4 layers, in its own precision setting) is
 initialised once, then trained for `--steps` steps of 16 of its own training examples in a fresh
 child process per thread count (`torch.set_num_threads`, set before any work), the arms
 alternating twice. Printed: seconds per arm and the ratio of each to the first thread count,

@@ -41,7 +41,7 @@ BUILD_VERSION = 4  # bump when the demo world's text or this recipe changes: old
 
 @dataclass(frozen=True)
 class DemoModelsConfig:
-    """How the demo models are built. Defaults fit ~2-3 minutes on 2 quiet CPU cores.
+    """How the demo models are built. Defaults take about 3.5 minutes on 2 quiet CPU cores.
 
     The teacher sees ~2.5M tokens (36k problems of ~70 tokens, one pass): with the small demo
     world that makes it mostly right (see benchmarks/demo_models_quality.py). A peak rate of 4e-3
@@ -61,7 +61,11 @@ class DemoModelsConfig:
         teacher_hidden / teacher_layers / teacher_heads; student_hidden / student_layers / student_heads.
     training:
         teacher_epochs, student_epochs, learning_rate (peak), warmup_steps, batch_size,
-        bf16 (autocast, ~2x on AVX-512).
+        bf16: autocast where the CPU has native bf16. Off: for models this narrow bf16 was slower,
+            1.4x the float32 step time for the teacher on a 2-core AVX-512/AMX Xeon
+            (benchmarks/training_precision.py, 2026-12-07), and in float32 every CPU builds the
+            same models (an AVX2 CPU never had bf16). Until 2026-12-07 it was on: the demo models
+            of earlier measurements on AVX-512 machines were built in bf16.
     """
 
     seed: int = 0
@@ -81,7 +85,7 @@ class DemoModelsConfig:
     learning_rate: float = 3e-3
     warmup_steps: int = 50
     batch_size: int = 16
-    bf16: bool = True
+    bf16: bool = False
 
     def validate(self) -> None:
         if self.n_teacher_problems < 1 or self.n_student_questions < 1:

@@ -80,9 +80,10 @@ class TrainConfig:
         bounded by this many examples whatever the data's size; a set no larger is shuffled as a
         whole. 16,384 examples of 4k tokens take 256 MiB.
     bf16: bfloat16 autocast: on CUDA where the GPU has bf16, on the CPU where it computes bf16
-        natively (`native_bf16`: ~2x faster on AVX-512 BF16 machines); elsewhere training runs in
-        float32 (`TrainResult.precision` says which), since emulated bf16 was ~11x slower on a
-        CPU. Weights stay in the model spec's dtype.
+        natively (`native_bf16`); elsewhere training runs in float32 (`TrainResult.precision` says
+        which), since emulated bf16 was ~11x slower on a CPU. On a native-bf16 CPU it pays for wide
+        models only: 2x faster than float32 at SmolLM2-135M's width, 1.4x slower for the demo's
+        128-wide teacher (benchmarks/training_precision.py). Weights stay in the model spec's dtype.
     log_every: steps between progress reports.
     processes: training processes (one per GPU; DDP, or FSDP with `fsdp`), started by torchrun
         (`launch.py`); 1 = train in the calling process. The model goes on its spec's `device`.
