@@ -220,7 +220,7 @@ class Store:
 def upsert_rows(con: duckdb.DuckDBPyConnection, table: str, columns: list[str], rows: list[tuple],
                 key: int) -> None:
     """`INSERT OR REPLACE` of `rows` (tuples in `columns` order) as one statement over a DataFrame:
-    `executemany` ran a statement per row, 3 ms each (12 s for GSM8K's 7,473 problems). The first
+    `executemany` ran a statement per row, 3 ms each (12 s for 4,000 demo problems). The first
     `key` columns are the table's primary key; a key given twice keeps its last row, as row-by-row
     upserts did."""
     import pandas as pd

@@ -124,15 +124,19 @@ class Prompter:
     def ids_of_many(self, questions: Sequence[str]) -> list[list[int]]:
         """`ids` of each question, tokenized as one batch (a call per question cost a training run
         of 36,000 examples 7 s per pass over them)."""
-        if not questions:
-            return []
-        texts = [self.text(q) for q in questions]
-        return [list(ids) for ids in self.tokenizer(texts, add_special_tokens=not self.uses_chat)["input_ids"]]
+        return self.tokenize_many([self.text(q) for q in questions])
 
     def tokenize(self, prompt: str) -> list[int]:
-        """Token ids of a written-out prompt. A chat template writes its own special tokens (BOS
-        included), so they are not added a second time; the plain format gets the usual ones."""
-        return list(self.tokenizer(prompt, add_special_tokens=not self.uses_chat)["input_ids"])
+        """Token ids of a written-out prompt."""
+        return self.tokenize_many([prompt])[0]
+
+    def tokenize_many(self, prompts: Sequence[str]) -> list[list[int]]:
+        """Token ids of written-out prompts, in one tokenizer call. A chat template writes its own
+        special tokens (BOS included), so they are not added a second time; the plain format gets
+        the usual ones."""
+        if not prompts:
+            return []
+        return [list(ids) for ids in self.tokenizer(list(prompts), add_special_tokens=not self.uses_chat)["input_ids"]]
 
     # ------------------------------------------------------------ the end of an answer
 
